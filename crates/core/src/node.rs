@@ -1,0 +1,226 @@
+//! The contract between the engine and a node type.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cancel::CancelToken;
+use crate::events::{Event, EventSink};
+use crate::schema::NodeSchema;
+use crate::value::{Image, Object, PortType, Value};
+
+/// What a node needs to know about the run it is part of.
+#[derive(Clone, Debug)]
+pub struct RunEnv {
+    /// Where output nodes write files. Output nodes must never write outside it.
+    pub out_dir: PathBuf,
+    /// Where model files are looked up by name (ComfyUI layout: `diffusion_models/`, ...).
+    pub models_dir: PathBuf,
+    /// How many runs the engine has started before this one (0 for the first). Seed nodes in
+    /// `increment` mode add it to their seed.
+    pub run_index: u64,
+    /// The workflow being run, as `.ron` text, for output nodes that embed it in their files.
+    pub workflow: Option<Arc<str>>,
+}
+
+impl Default for RunEnv {
+    fn default() -> Self {
+        RunEnv {
+            out_dir: PathBuf::from("out"),
+            models_dir: PathBuf::from("models"),
+            run_index: 0,
+            workflow: None,
+        }
+    }
+}
+
+/// Whether a node's output is determined by its type, params and inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Same params and inputs, same output: cached by the usual key.
+    Pure,
+    /// The output also depends on something outside the graph (a file's identity, the run
+    /// index); these bytes join the cache key so that a change re-runs the node.
+    Fingerprint(Vec<u8>),
+    /// Not deterministic by nature (a random seed): executed on every run and never served from
+    /// the cache. Its outputs are keyed by their content, so descendants still hit the cache
+    /// when the output comes out the same.
+    Always,
+}
+
+/// The params of a node as it runs: every declared param, set, defaulted, or fed by a link.
+#[derive(Clone, Debug, Default)]
+pub struct Params(pub Vec<(String, Value)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn require(&self, name: &str) -> Result<&Value, NodeError> {
+        self.get(name)
+            .ok_or_else(|| NodeError::failed(format!("param '{name}' is not declared")))
+    }
+
+    pub fn int(&self, name: &str) -> Result<i64, NodeError> {
+        self.require(name)?
+            .as_int()
+            .ok_or_else(|| NodeError::failed(format!("param '{name}' is not an integer")))
+    }
+
+    pub fn float(&self, name: &str) -> Result<f64, NodeError> {
+        self.require(name)?
+            .as_float()
+            .ok_or_else(|| NodeError::failed(format!("param '{name}' is not a number")))
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool, NodeError> {
+        self.require(name)?
+            .as_bool()
+            .ok_or_else(|| NodeError::failed(format!("param '{name}' is not a bool")))
+    }
+
+    pub fn str(&self, name: &str) -> Result<&str, NodeError> {
+        self.require(name)?
+            .as_str()
+            .ok_or_else(|| NodeError::failed(format!("param '{name}' is not a string")))
+    }
+}
+
+/// Why a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl NodeError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        NodeError::Failed(message.into())
+    }
+}
+
+/// A problem found in a node's params before the run (a missing input file, say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamProblem {
+    pub param: String,
+    pub message: String,
+}
+
+/// A node type. Implementations are registered once in a [`crate::NodeRegistry`].
+pub trait NodeDef: Send + Sync + 'static {
+    fn schema(&self) -> &NodeSchema;
+
+    /// Whether the output depends on more than params and inputs. Called once per run, before
+    /// anything executes, with the constant params (linked params show their constant or
+    /// default here).
+    fn freshness(&self, _params: &Params, _env: &RunEnv) -> Freshness {
+        Freshness::Pure
+    }
+
+    /// Node-specific checks run by validation (a file that must exist, width a multiple of 16).
+    fn check(&self, _params: &Params, _env: &RunEnv) -> Vec<ParamProblem> {
+        Vec::new()
+    }
+
+    /// Computes the outputs, one value per declared output, in order.
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError>;
+}
+
+/// What a node sees while it executes.
+pub struct ExecContext<'a> {
+    pub node_id: &'a str,
+    pub params: Params,
+    pub env: &'a RunEnv,
+    pub cancel: &'a CancelToken,
+    inputs: Vec<(&'a str, Value)>,
+    events: &'a dyn EventSink,
+}
+
+impl<'a> ExecContext<'a> {
+    pub fn new(
+        node_id: &'a str,
+        params: Params,
+        inputs: Vec<(&'a str, Value)>,
+        env: &'a RunEnv,
+        cancel: &'a CancelToken,
+        events: &'a dyn EventSink,
+    ) -> Self {
+        ExecContext {
+            node_id,
+            params,
+            env,
+            cancel,
+            inputs,
+            events,
+        }
+    }
+
+    /// A linked input, or None when an optional input is not connected.
+    pub fn input(&self, name: &str) -> Option<&Value> {
+        self.inputs.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// A required input (validation guarantees it is linked).
+    pub fn required(&self, name: &str) -> Result<&Value, NodeError> {
+        self.input(name)
+            .ok_or_else(|| NodeError::failed(format!("input '{name}' is not connected")))
+    }
+
+    pub fn image(&self, name: &str) -> Result<&Image, NodeError> {
+        self.required(name)?
+            .as_image()
+            .ok_or_else(|| NodeError::failed(format!("input '{name}' is not an image")))
+    }
+
+    pub fn object(&self, name: &str, ty: PortType) -> Result<&Object, NodeError> {
+        match self.required(name)? {
+            Value::Object(o) if o.ty == ty => Ok(o),
+            other => Err(NodeError::failed(format!(
+                "input '{name}' should be {ty}, found {}",
+                other.port_type()
+            ))),
+        }
+    }
+
+    /// Returns `Err(Cancelled)` if the run was cancelled; long loops call it every step.
+    pub fn check_cancelled(&self) -> Result<(), NodeError> {
+        if self.cancel.is_cancelled() {
+            Err(NodeError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn progress(&self, step: u64, total: u64) {
+        self.events.emit(&Event::Progress {
+            node: self.node_id.into(),
+            step,
+            total,
+        });
+    }
+
+    pub fn preview(&self, image: Image) {
+        self.events.emit(&Event::Preview {
+            node: self.node_id.into(),
+            width: image.width,
+            height: image.height,
+            image,
+        });
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.events.emit(&Event::Warning {
+            node: Some(self.node_id.into()),
+            message: message.into(),
+        });
+    }
+
+    pub fn output_written(&self, path: impl Into<String>) {
+        self.events.emit(&Event::OutputWritten {
+            node: self.node_id.into(),
+            path: path.into(),
+        });
+    }
+}
