@@ -1,0 +1,27 @@
+//! The facade over every Veetance node family: one call registers them all, for the CLI, the
+//! editor and tests.
+//!
+//! To add a family: depend on its crate in `Cargo.toml` and add a row to [`FAMILIES`].
+
+use veetance_core::NodeRegistry;
+
+/// Every node family, by name, with its registration function.
+pub const FAMILIES: &[(&str, fn(&mut NodeRegistry))] = &[("basic", veetance_nodes_basic::register)];
+
+/// Registers every node of every family.
+///
+/// # Panics
+/// If two families register the same node type name (a programming error, caught by this
+/// crate's tests).
+pub fn register_all(reg: &mut NodeRegistry) {
+    for (_, register) in FAMILIES {
+        register(reg);
+    }
+}
+
+/// A registry holding every node.
+pub fn registry() -> NodeRegistry {
+    let mut reg = NodeRegistry::new();
+    register_all(&mut reg);
+    reg
+}
