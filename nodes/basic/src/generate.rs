@@ -75,7 +75,7 @@ impl GradientImage {
                 .doc(
                     "An RGB image fading from `color_a` to `color_b` (mixed linearly in sRGB \
                      values): left to right, top to bottom, top-left to bottom-right, or from the \
-                     centre out to the corners.",
+                     centre out to the corner pixels.",
                 )
                 .param(side_param("width", "Width in pixels."))
                 .param(side_param("height", "Height in pixels."))
@@ -133,7 +133,11 @@ impl NodeDef for GradientImage {
         let direction = Direction::parse(ctx.params.str("direction")?)?;
 
         let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
-        let max_radius = (cx * cx + cy * cy).sqrt();
+        // Measured to the corner pixels' centres, so that they are exactly `color_b`, as the
+        // last pixel is for the other directions.
+        let max_radius = ((cx - 0.5).powi(2) + (cy - 0.5).powi(2))
+            .sqrt()
+            .max(f32::EPSILON);
         let columns: Vec<f32> = (0..width as usize).map(|x| ramp(x, width)).collect();
         let mut data = vec![0.0f32; width as usize * height as usize * 3];
         for (y, row) in data.chunks_exact_mut(width as usize * 3).enumerate() {
