@@ -5,8 +5,11 @@
 
 use veetance_core::NodeRegistry;
 
+/// A node family's `register` function.
+pub type RegisterFn = fn(&mut NodeRegistry);
+
 /// Every node family, by name, with its registration function.
-pub const FAMILIES: &[(&str, fn(&mut NodeRegistry))] = &[("basic", veetance_nodes_basic::register)];
+pub const FAMILIES: &[(&str, RegisterFn)] = &[("basic", veetance_nodes_basic::register)];
 
 /// Registers every node of every family.
 ///

@@ -316,3 +316,43 @@ fn blend_broadcasts_a_single_image_and_refuses_mismatched_batches() {
     let err = blend("normal", 1.0, two, three).unwrap_err();
     assert!(err.to_string().contains("batches"), "{err}");
 }
+
+/// The brief's speed bar: a 1024×1024 gradient + noise + blend + resize + save well under a
+/// second. Only meaningful in release: `cargo test --release -p veetance-nodes-basic -- --ignored`.
+#[test]
+#[ignore = "timing; run in release"]
+fn megapixel_pipeline_is_fast_in_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut graph = Graph::new();
+    let side = [("width", Value::Int(1024)), ("height", Value::Int(1024))];
+    let mut with = |id: &str, ty: &str, extra: &[(&str, Value)]| {
+        let mut p = params(extra);
+        if ty != "SaveImage" && ty != "ImageBlend" {
+            p.extend(params(&side));
+        }
+        graph.add_node(id, ty, p).unwrap();
+    };
+    with(
+        "g",
+        "GradientImage",
+        &[("direction", Value::choice("radial"))],
+    );
+    with("n", "NoiseImage", &[("color", Value::Bool(true))]);
+    with("b", "ImageBlend", &[("mode", Value::choice("screen"))]);
+    with("r", "ImageResize", &[]);
+    with("s", "SaveImage", &[]);
+    graph.set_param("r", "width", Value::Int(768)).unwrap();
+    link(&mut graph, ("g", "image"), ("b", "a"));
+    link(&mut graph, ("n", "image"), ("b", "b"));
+    link(&mut graph, ("b", "image"), ("r", "image"));
+    link(&mut graph, ("r", "image"), ("s", "images"));
+    let env = RunEnv {
+        out_dir: dir.path().to_path_buf(),
+        ..RunEnv::default()
+    };
+    let started = std::time::Instant::now();
+    run(&mut engine(), &graph, &["s"], &env).unwrap();
+    let elapsed = started.elapsed();
+    eprintln!("megapixel pipeline: {elapsed:?}");
+    assert!(elapsed.as_secs_f64() < 0.5, "{elapsed:?}");
+}
