@@ -24,7 +24,7 @@ use crate::cache::{Budgets, CacheKey, OutputCache};
 use crate::cancel::CancelToken;
 use crate::events::{Event, EventSink};
 use crate::graph::Graph;
-use crate::node::{ExecContext, Freshness, NodeDef, NodeError, Params, RunEnv};
+use crate::node::{panic_message, ExecContext, Freshness, NodeDef, NodeError, Params, RunEnv};
 use crate::registry::NodeRegistry;
 use crate::validate::{check_graph, ValidationError};
 use crate::value::Value;
@@ -245,10 +245,19 @@ impl Engine {
                 })
                 .collect();
             inputs.sort_by(|a, b| a.2.cmp(b.2));
-            let freshness = def
-                .as_ref()
-                .map(|d| d.freshness(&params, env))
-                .unwrap_or(Freshness::Pure);
+            let freshness = match &def {
+                // Node code: guarded like `execute`, so that a panic fails the run, not the caller.
+                Some(d) => std::panic::catch_unwind(AssertUnwindSafe(|| d.freshness(&params, env)))
+                    .map_err(|panic| RunError::NodeFailed {
+                        node: node.id.clone(),
+                        node_type: node.type_name.clone(),
+                        message: format!(
+                            "internal error while planning (please report): {}",
+                            panic_message(&*panic)
+                        ),
+                    })?,
+                None => Freshness::Pure,
+            };
             let key = match &freshness {
                 Freshness::Always => KeyState::Pending,
                 _ => {
@@ -494,12 +503,10 @@ impl Engine {
             }
             Ok(Err(NodeError::Failed(m))) => return Err(fail(m)),
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(fail(format!("internal error (please report): {msg}")));
+                return Err(fail(format!(
+                    "internal error (please report): {}",
+                    panic_message(&*panic)
+                )));
             }
         };
         if values.len() != schema.outputs.len() {

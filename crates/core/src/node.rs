@@ -128,6 +128,15 @@ pub trait NodeDef: Send + Sync + 'static {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError>;
 }
 
+/// The text of a caught panic, for the error that reports it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// What a node sees while it executes.
 pub struct ExecContext<'a> {
     pub node_id: &'a str,

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 
 use petgraph::algo::tarjan_scc;
 use petgraph::visit::NodeIndexable;
 
 use crate::graph::Graph;
-use crate::node::{Params, RunEnv};
+use crate::node::{panic_message, Params, RunEnv};
 use crate::registry::NodeRegistry;
 use crate::schema::{NodeSchema, ParamKind};
 use crate::value::{PortType, Value};
@@ -247,12 +248,29 @@ pub(crate) fn check_graph(
             errors.push(err(&node.id, Place::Param(param), problem));
         }
         if !had_problems {
-            for p in def.check(&params, env) {
-                errors.push(err(
+            // Node code runs here, before the engine's guard around `execute`: a panicking check
+            // must not take the caller down.
+            let checked = std::panic::catch_unwind(AssertUnwindSafe(|| def.check(&params, env)));
+            match checked {
+                Ok(problems) => {
+                    for p in problems {
+                        errors.push(err(
+                            &node.id,
+                            Place::Param(p.param),
+                            Problem::Invalid { message: p.message },
+                        ));
+                    }
+                }
+                Err(panic) => errors.push(err(
                     &node.id,
-                    Place::Param(p.param),
-                    Problem::Invalid { message: p.message },
-                ));
+                    Place::Node,
+                    Problem::Invalid {
+                        message: format!(
+                            "its check failed with an internal error (please report): {}",
+                            panic_message(&*panic)
+                        ),
+                    },
+                )),
             }
         }
         resolved[ix.index()] = Some(params);

@@ -62,10 +62,7 @@ fn first_run_executes_everything_and_computes_the_result() {
     let h = Harness::new();
     let mut engine = h.engine();
     let report = run(&mut engine, &chain());
-    assert_eq!(
-        report.executed,
-        ids(&["c1", "c2", "adder", "inc", "sink"])
-    );
+    assert_eq!(report.executed, ids(&["c1", "c2", "adder", "inc", "sink"]));
     assert!(report.cached.is_empty());
     assert_eq!(int_output(&report, "sink"), 2 + 3 + 10 + 1);
     assert_eq!(h.log.take(), report.executed);
@@ -102,10 +99,7 @@ fn changing_one_param_reruns_exactly_that_node_and_descendants() {
     assert_eq!(h.log.take(), second.executed);
     // The sibling, the shared source (read again because `left` re-runs) and the unrelated
     // branch are served from the cache.
-    assert_eq!(
-        sorted(&second.cached),
-        ids(&["other_sink", "right", "src"])
-    );
+    assert_eq!(sorted(&second.cached), ids(&["other_sink", "right", "src"]));
     assert_eq!(int_output(&second, "sink"), (1 + 20) + (1 + 100));
     assert_eq!(int_output(&second, "other_sink"), 5 + 1);
 }
@@ -193,7 +187,9 @@ fn swapping_two_inputs_changes_the_key() {
 
     let mut swapped = Graph::new();
     for n in g.nodes() {
-        swapped.add_node(&n.id, &n.type_name, n.params.clone()).unwrap();
+        swapped
+            .add_node(&n.id, &n.type_name, n.params.clone())
+            .unwrap();
     }
     link(&mut swapped, "c1", "out", "inc1", "x");
     link(&mut swapped, "inc1", "out", "adder", "b");

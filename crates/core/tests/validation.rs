@@ -5,8 +5,7 @@ mod common;
 
 use common::{link, node, Harness};
 use veetance_core::{
-    validate, Graph, Place, PortType, Problem, RunError, RunEnv, RunOptions, ValidationError,
-    Value,
+    validate, Graph, Place, PortType, Problem, RunEnv, RunError, RunOptions, ValidationError, Value,
 };
 
 fn problems(h: &Harness, g: &Graph) -> Vec<ValidationError> {
@@ -323,7 +322,10 @@ fn every_problem_is_reported_at_once() {
         other => panic!("expected Invalid, got {other:?}"),
     }
     assert!(err.is_invalid_input());
-    assert!(h.log.take().is_empty(), "nothing may run on an invalid graph");
+    assert!(
+        h.log.take().is_empty(),
+        "nothing may run on an invalid graph"
+    );
 }
 
 #[test]

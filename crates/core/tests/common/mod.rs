@@ -3,7 +3,10 @@
 //! Every node records its executions (by node id) in a shared [`Log`], so tests can assert on
 //! exactly which nodes ran, in which order, independently of the engine's own report.
 
-#![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -249,8 +252,11 @@ impl Script {
 impl Random {
     pub fn new(log: Log, next: Script) -> Self {
         Random {
-            schema: NodeSchema::new("Random", "Random", "test")
-                .output("out", PortType::Int, "a value from outside the graph"),
+            schema: NodeSchema::new("Random", "Random", "test").output(
+                "out",
+                PortType::Int,
+                "a value from outside the graph",
+            ),
             log,
             next,
         }
@@ -318,6 +324,10 @@ pub enum Fault {
     CancelToken,
     /// Loops until the token is cancelled (by another thread), checking it every step.
     WaitForCancel,
+    /// Panics in `NodeDef::check`, during validation.
+    PanicInCheck,
+    /// Panics in `NodeDef::freshness`, during planning.
+    PanicInFreshness,
 }
 
 /// `Faulty`: passes its `Int` input through, or misbehaves as the shared [`FaultSwitch`] says.
@@ -367,12 +377,26 @@ impl NodeDef for Faulty {
         &self.schema
     }
 
+    fn check(&self, _params: &Params, _env: &RunEnv) -> Vec<veetance_core::ParamProblem> {
+        if *self.fault.fault.lock().unwrap() == Fault::PanicInCheck {
+            panic!("faulty check panicked on purpose");
+        }
+        Vec::new()
+    }
+
+    fn freshness(&self, _params: &Params, _env: &RunEnv) -> Freshness {
+        if *self.fault.fault.lock().unwrap() == Fault::PanicInFreshness {
+            panic!("faulty freshness panicked on purpose");
+        }
+        Freshness::Pure
+    }
+
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         self.log.record(ctx.node_id);
         let x = ctx.required("x")?.clone();
         let fault = *self.fault.fault.lock().unwrap();
         match fault {
-            Fault::None => Ok(vec![x]),
+            Fault::None | Fault::PanicInCheck | Fault::PanicInFreshness => Ok(vec![x]),
             Fault::Panic => panic!("faulty node panicked on purpose"),
             Fault::TooManyOutputs => Ok(vec![x.clone(), x]),
             Fault::WrongOutputType => Ok(vec![Value::Float(1.5)]),
