@@ -123,6 +123,12 @@ pub(crate) fn resize_image(
     method: ResizeMethod,
     cancel: &CancelToken,
 ) -> Result<Image, NodeError> {
+    if image.width == 0 || image.height == 0 {
+        return Err(NodeError::failed(format!(
+            "cannot resize an empty {}×{} image",
+            image.width, image.height
+        )));
+    }
     let c = image.channels as usize;
     let frame_len = width as usize * height as usize * c;
     let mut data = vec![0.0f32; frame_len * image.batch as usize];
