@@ -1,0 +1,423 @@
+//! The FLUX.2 transformer, written against BFL's tensor layout (fused qkv).
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{linear_no_bias, Linear, VarBuilder};
+
+use super::config::Config;
+use crate::sampling::VelocityModel;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Sinusoidal embedding of `t` (already scaled by 1000), `[cos | sin]`, computed in f32.
+fn timestep_embedding(t: &Tensor, dim: usize) -> CResult<Tensor> {
+    let half = dim / 2;
+    let device = t.device();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(10_000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), device)?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
+}
+
+/// cos/sin tables `(L, head_dim / 2)` in f32 for the interleaved RoPE over the 4 position axes.
+pub fn rope_tables(ids: &Tensor, axes_dims: &[usize], theta: f64) -> CResult<(Tensor, Tensor)> {
+    let ids_host = ids.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    let half: usize = axes_dims.iter().sum::<usize>() / 2;
+    let mut cos = Vec::with_capacity(ids_host.len() * half);
+    let mut sin = Vec::with_capacity(ids_host.len() * half);
+    for pos in &ids_host {
+        for (axis, &dim) in axes_dims.iter().enumerate() {
+            let p = f64::from(pos.get(axis).copied().unwrap_or(0.0));
+            for j in 0..dim / 2 {
+                let freq = 1.0 / theta.powf((2 * j) as f64 / dim as f64);
+                let angle = p * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    let l = ids_host.len();
+    Ok((
+        Tensor::from_vec(cos, (l, half), ids.device())?,
+        Tensor::from_vec(sin, (l, half), ids.device())?,
+    ))
+}
+
+/// LayerNorm without affine parameters.
+fn layer_norm(xs: &Tensor, eps: f64) -> CResult<Tensor> {
+    let d = xs.dim(D::Minus1)?;
+    let ones = Tensor::ones(d, xs.dtype(), xs.device())?;
+    let zeros = Tensor::zeros(d, xs.dtype(), xs.device())?;
+    candle_nn::ops::layer_norm(xs, &ones, &zeros, eps as f32)
+}
+
+/// `(1 + scale) * LN(x) + shift`.
+fn modulate(xs: &Tensor, m: &ModulationOut, eps: f64) -> CResult<Tensor> {
+    layer_norm(xs, eps)?
+        .broadcast_mul(&(&m.scale + 1.0)?)?
+        .broadcast_add(&m.shift)
+}
+
+/// RMSNorm over the head dim of q or k, weight named `scale` as in BFL.
+#[derive(Debug, Clone)]
+struct QkNorm {
+    query_norm: Tensor,
+    key_norm: Tensor,
+    eps: f32,
+}
+
+impl QkNorm {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let d = cfg.attention_head_dim;
+        Ok(Self {
+            query_norm: vb.get(d, "query_norm.scale")?,
+            key_norm: vb.get(d, "key_norm.scale")?,
+            eps: cfg.eps as f32,
+        })
+    }
+
+    fn forward(&self, q: &Tensor, k: &Tensor) -> CResult<(Tensor, Tensor)> {
+        Ok((
+            candle_nn::ops::rms_norm(&q.contiguous()?, &self.query_norm, self.eps)?,
+            candle_nn::ops::rms_norm(&k.contiguous()?, &self.key_norm, self.eps)?,
+        ))
+    }
+}
+
+/// Interleaved RoPE, applied in f32 as diffusers does.
+fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let dtype = xs.dtype();
+    candle_nn::rotary_emb::rope_i(&xs.to_dtype(DType::F32)?.contiguous()?, cos, sin)?.to_dtype(dtype)
+}
+
+/// Softmax attention over `(B, H, L, D)`, the softmax in f32.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> CResult<Tensor> {
+    let dtype = q.dtype();
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    let out = probs.matmul(v)?; // (B, H, L, D)
+    let (b, h, l, d) = out.dims4()?;
+    out.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// Splits `(B, L, 3 * H * D)` into q, k, v of `(B, H, L, D)`.
+fn split_qkv(qkv: &Tensor, heads: usize) -> CResult<(Tensor, Tensor, Tensor)> {
+    let (b, l, three_hd) = qkv.dims3()?;
+    let d = three_hd / 3 / heads;
+    let qkv = qkv.reshape((b, l, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+    Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+}
+
+#[derive(Debug, Clone)]
+struct ModulationOut {
+    shift: Tensor,
+    scale: Tensor,
+    gate: Tensor,
+}
+
+/// A modulation linear `D -> n * 3D` applied to `silu(temb)`; yields `n` (shift, scale, gate) sets.
+#[derive(Debug, Clone)]
+struct Modulation {
+    lin: Linear,
+    sets: usize,
+}
+
+impl Modulation {
+    fn new(dim: usize, sets: usize, vb: VarBuilder) -> CResult<Self> {
+        Ok(Self {
+            lin: linear_no_bias(dim, 3 * sets * dim, vb.pp("lin"))?,
+            sets,
+        })
+    }
+
+    fn forward(&self, temb: &Tensor) -> CResult<Vec<ModulationOut>> {
+        let out = self.lin.forward(&temb.silu()?)?.unsqueeze(1)?;
+        let chunks = out.chunk(3 * self.sets, D::Minus1)?;
+        Ok(chunks
+            .chunks(3)
+            .map(|c| ModulationOut {
+                shift: c[0].clone(),
+                scale: c[1].clone(),
+                gate: c[2].clone(),
+            })
+            .collect())
+    }
+}
+
+/// SwiGLU: `linear_out(silu(a) * b)` with `[a | b] = linear_in(x)`; BFL names `0` and `2`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    lin_in: Linear,
+    lin_out: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let (d, h) = (cfg.hidden_size(), cfg.mlp_hidden());
+        Ok(Self {
+            lin_in: linear_no_bias(d, 2 * h, vb.pp("0"))?,
+            lin_out: linear_no_bias(h, d, vb.pp("2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+        let h = self.lin_in.forward(xs)?;
+        let parts = h.chunk(2, D::Minus1)?;
+        self.lin_out.forward(&(parts[0].silu()? * &parts[1])?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    qkv: Linear,
+    norm: QkNorm,
+    proj: Linear,
+}
+
+impl SelfAttention {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let d = cfg.hidden_size();
+        Ok(Self {
+            qkv: linear_no_bias(d, 3 * d, vb.pp("qkv"))?,
+            norm: QkNorm::new(cfg, vb.pp("norm"))?,
+            proj: linear_no_bias(d, d, vb.pp("proj"))?,
+        })
+    }
+
+    /// Normed q, k and v of `(B, H, L, D)` (RoPE not yet applied).
+    fn qkv(&self, xs: &Tensor, heads: usize) -> CResult<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = split_qkv(&self.qkv.forward(xs)?, heads)?;
+        let (q, k) = self.norm.forward(&q, &k)?;
+        Ok((q, k, v))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DoubleStreamBlock {
+    img_attn: SelfAttention,
+    img_mlp: Mlp,
+    txt_attn: SelfAttention,
+    txt_mlp: Mlp,
+    heads: usize,
+    eps: f64,
+}
+
+impl DoubleStreamBlock {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        Ok(Self {
+            img_attn: SelfAttention::new(cfg, vb.pp("img_attn"))?,
+            img_mlp: Mlp::new(cfg, vb.pp("img_mlp"))?,
+            txt_attn: SelfAttention::new(cfg, vb.pp("txt_attn"))?,
+            txt_mlp: Mlp::new(cfg, vb.pp("txt_mlp"))?,
+            heads: cfg.num_attention_heads,
+            eps: cfg.eps,
+        })
+    }
+
+    fn forward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        mod_img: &[ModulationOut],
+        mod_txt: &[ModulationOut],
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> CResult<(Tensor, Tensor)> {
+        let n_txt = txt.dim(1)?;
+        let (img_q, img_k, img_v) =
+            self.img_attn.qkv(&modulate(img, &mod_img[0], self.eps)?, self.heads)?;
+        let (txt_q, txt_k, txt_v) =
+            self.txt_attn.qkv(&modulate(txt, &mod_txt[0], self.eps)?, self.heads)?;
+        let q = apply_rope(&Tensor::cat(&[txt_q, img_q], 2)?, cos, sin)?;
+        let k = apply_rope(&Tensor::cat(&[txt_k, img_k], 2)?, cos, sin)?;
+        let v = Tensor::cat(&[txt_v, img_v], 2)?;
+        let attn = attention(&q, &k, &v)?;
+        let l = attn.dim(1)?;
+        let txt_attn = attn.narrow(1, 0, n_txt)?;
+        let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
+
+        let img = (img + self.img_attn.proj.forward(&img_attn)?.broadcast_mul(&mod_img[0].gate)?)?;
+        let img_mlp = self.img_mlp.forward(&modulate(&img, &mod_img[1], self.eps)?)?;
+        let img = (&img + img_mlp.broadcast_mul(&mod_img[1].gate)?)?;
+
+        let txt = (txt + self.txt_attn.proj.forward(&txt_attn)?.broadcast_mul(&mod_txt[0].gate)?)?;
+        let txt_mlp = self.txt_mlp.forward(&modulate(&txt, &mod_txt[1], self.eps)?)?;
+        let txt = (&txt + txt_mlp.broadcast_mul(&mod_txt[1].gate)?)?;
+        Ok((img, txt))
+    }
+}
+
+/// The parallel block: one linear gives q, k, v and the MLP input; one linear takes attention and
+/// MLP outputs back.
+#[derive(Debug, Clone)]
+struct SingleStreamBlock {
+    linear1: Linear,
+    linear2: Linear,
+    norm: QkNorm,
+    heads: usize,
+    hidden: usize,
+    mlp_hidden: usize,
+    eps: f64,
+}
+
+impl SingleStreamBlock {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let (d, h) = (cfg.hidden_size(), cfg.mlp_hidden());
+        Ok(Self {
+            linear1: linear_no_bias(d, 3 * d + 2 * h, vb.pp("linear1"))?,
+            linear2: linear_no_bias(d + h, d, vb.pp("linear2"))?,
+            norm: QkNorm::new(cfg, vb.pp("norm"))?,
+            heads: cfg.num_attention_heads,
+            hidden: d,
+            mlp_hidden: h,
+            eps: cfg.eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, m: &ModulationOut, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+        let h = self.linear1.forward(&modulate(xs, m, self.eps)?)?;
+        let qkv = h.narrow(D::Minus1, 0, 3 * self.hidden)?;
+        let gate = h.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?;
+        let up = h.narrow(D::Minus1, 3 * self.hidden + self.mlp_hidden, self.mlp_hidden)?;
+        let (q, k, v) = split_qkv(&qkv, self.heads)?;
+        let (q, k) = self.norm.forward(&q, &k)?;
+        let q = apply_rope(&q, cos, sin)?;
+        let k = apply_rope(&k, cos, sin)?;
+        let attn = attention(&q, &k, &v)?;
+        let mlp = (gate.silu()? * up)?;
+        let out = self.linear2.forward(&Tensor::cat(&[attn, mlp], D::Minus1)?)?;
+        xs + out.broadcast_mul(&m.gate)?
+    }
+}
+
+/// `time_in`: sinusoidal embedding -> in_layer -> SiLU -> out_layer.
+#[derive(Debug, Clone)]
+struct MlpEmbedder {
+    in_layer: Linear,
+    out_layer: Linear,
+}
+
+impl MlpEmbedder {
+    fn new(in_dim: usize, dim: usize, vb: VarBuilder) -> CResult<Self> {
+        Ok(Self {
+            in_layer: linear_no_bias(in_dim, dim, vb.pp("in_layer"))?,
+            out_layer: linear_no_bias(dim, dim, vb.pp("out_layer"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+        self.out_layer.forward(&self.in_layer.forward(xs)?.silu()?)
+    }
+}
+
+/// The FLUX.2 transformer (velocity prediction on packed latent tokens).
+#[derive(Debug, Clone)]
+pub struct Flux2Transformer {
+    img_in: Linear,
+    txt_in: Linear,
+    time_in: MlpEmbedder,
+    double_stream_modulation_img: Modulation,
+    double_stream_modulation_txt: Modulation,
+    single_stream_modulation: Modulation,
+    double_blocks: Vec<DoubleStreamBlock>,
+    single_blocks: Vec<SingleStreamBlock>,
+    final_adaln: Linear,
+    final_linear: Linear,
+    cfg: Config,
+    dtype: DType,
+}
+
+impl Flux2Transformer {
+    /// Builds the model from a `VarBuilder` in BFL naming.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let d = cfg.hidden_size();
+        let double_blocks = (0..cfg.num_layers)
+            .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i)))
+            .collect::<CResult<Vec<_>>>()?;
+        let single_blocks = (0..cfg.num_single_layers)
+            .map(|i| SingleStreamBlock::new(cfg, vb.pp("single_blocks").pp(i)))
+            .collect::<CResult<Vec<_>>>()?;
+        Ok(Self {
+            img_in: linear_no_bias(cfg.in_channels, d, vb.pp("img_in"))?,
+            txt_in: linear_no_bias(cfg.joint_attention_dim, d, vb.pp("txt_in"))?,
+            time_in: MlpEmbedder::new(cfg.timestep_guidance_channels, d, vb.pp("time_in"))?,
+            double_stream_modulation_img: Modulation::new(d, 2, vb.pp("double_stream_modulation_img"))?,
+            double_stream_modulation_txt: Modulation::new(d, 2, vb.pp("double_stream_modulation_txt"))?,
+            single_stream_modulation: Modulation::new(d, 1, vb.pp("single_stream_modulation"))?,
+            double_blocks,
+            single_blocks,
+            final_adaln: linear_no_bias(d, 2 * d, vb.pp("final_layer.adaLN_modulation.1"))?,
+            final_linear: linear_no_bias(d, cfg.out_channels(), vb.pp("final_layer.linear"))?,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The velocity for packed image tokens; see [`VelocityModel`].
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+    ) -> CResult<Tensor> {
+        let dtype = self.dtype;
+        let img = img.to_dtype(dtype)?;
+        let txt = txt.to_dtype(dtype)?;
+        let n_txt = txt.dim(1)?;
+
+        let t = (t.to_dtype(dtype)? * 1000.0)?;
+        let temb = self
+            .time_in
+            .forward(&timestep_embedding(&t, self.cfg.timestep_guidance_channels)?.to_dtype(dtype)?)?;
+        let mod_img = self.double_stream_modulation_img.forward(&temb)?;
+        let mod_txt = self.double_stream_modulation_txt.forward(&temb)?;
+        let mod_single = self.single_stream_modulation.forward(&temb)?;
+
+        let mut img = self.img_in.forward(&img)?;
+        let mut txt = self.txt_in.forward(&txt)?;
+        let ids = Tensor::cat(&[txt_ids, img_ids], 0)?;
+        let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
+
+        for block in &self.double_blocks {
+            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, &cos, &sin)?;
+        }
+        let mut xs = Tensor::cat(&[txt, img], 1)?;
+        for block in &self.single_blocks {
+            xs = block.forward(&xs, &mod_single[0], &cos, &sin)?;
+        }
+        let l = xs.dim(1)?;
+        let img = xs.narrow(1, n_txt, l - n_txt)?;
+
+        let final_mod = self.final_adaln.forward(&temb.silu()?)?.unsqueeze(1)?;
+        let parts = final_mod.chunk(2, D::Minus1)?; // BFL order: shift, scale
+        let img = layer_norm(&img, self.cfg.eps)?
+            .broadcast_mul(&(&parts[1] + 1.0)?)?
+            .broadcast_add(&parts[0])?;
+        self.final_linear.forward(&img)
+    }
+}
+
+impl VelocityModel for Flux2Transformer {
+    fn velocity(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+    ) -> crate::Result<Tensor> {
+        Ok(self.forward(img, img_ids, txt, txt_ids, t)?)
+    }
+}

@@ -1,0 +1,20 @@
+//! Veetance's model code: FLUX.2 [klein] on candle.
+//!
+//! * [`flux2`]: the transformer (klein-4B / klein-9B), BFL and diffusers layouts.
+//! * [`qwen3`]: the Qwen3 text encoder with the klein prompt template.
+//! * [`vae`]: the FLUX.2 autoencoder (decoder and encoder).
+//! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
+//! * [`preview`]: latent-to-RGB previews for every step.
+//! * [`weights`]: memory-mapped, validated safetensors loading.
+//!
+//! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
+
+pub mod error;
+pub mod flux2;
+pub mod preview;
+pub mod qwen3;
+pub mod sampling;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Error, Result};

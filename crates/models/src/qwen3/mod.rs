@@ -1,0 +1,467 @@
+//! Qwen3 as the FLUX.2 [klein] text encoder.
+//!
+//! Only the decoder layers up to the last one whose output is used are run (27 of 36 for klein);
+//! the hidden states after layers 9, 18 and 27 (HF `hidden_states[9|18|27]`, no final norm) are
+//! concatenated per token into `(1, L, 3 * hidden)`. Attention is causal with a key-padding mask,
+//! as transformers computes it for a right-padded batch: every query sees the real tokens up to
+//! itself, never a pad key. Reference: diffusers' `Flux2KleinPipeline._get_qwen3_prompt_embeds`,
+//! transformers' `modeling_qwen3.py`; Qwen3-4B for klein-4B, Qwen3-8B for klein-9B.
+//!
+//! The prompt goes through Qwen's chat template with thinking disabled:
+//! `<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n`,
+//! is tokenized with the model's `tokenizer.json`, truncated to `max_length` (512) and right-padded
+//! with the tokenizer's pad token (`<|endoftext|>`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Qwen3 hyper-parameters (HF `config.json` names) plus the encoder's own settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    /// 1-based decoder layers whose outputs are concatenated (HF `hidden_states` indices).
+    #[serde(default = "default_output_layers")]
+    pub output_layers: Vec<usize>,
+    /// Tokens per prompt after padding/truncation.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    1_000_000.0
+}
+fn default_output_layers() -> Vec<usize> {
+    vec![9, 18, 27]
+}
+fn default_max_length() -> usize {
+    512
+}
+
+impl Config {
+    /// Qwen3-4B, the text encoder of klein-4B.
+    pub fn qwen3_4b() -> Self {
+        Self {
+            vocab_size: 151_936,
+            hidden_size: 2560,
+            intermediate_size: 9728,
+            num_hidden_layers: 36,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: Some(128),
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            output_layers: default_output_layers(),
+            max_length: 512,
+        }
+    }
+
+    /// Qwen3-8B, the text encoder of klein-9B.
+    pub fn qwen3_8b() -> Self {
+        Self {
+            hidden_size: 4096,
+            intermediate_size: 12288,
+            ..Self::qwen3_4b()
+        }
+    }
+
+    /// Reads an HF `config.json` (encoder settings take their defaults).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Number of decoder layers actually run.
+    pub fn layers_needed(&self) -> usize {
+        self.output_layers.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Width of the encoder output.
+    pub fn output_dim(&self) -> usize {
+        self.output_layers.len() * self.hidden_size
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let needed = self.layers_needed();
+        if self.output_layers.is_empty() || self.output_layers.contains(&0) || needed > self.num_hidden_layers {
+            return Err(format!(
+                "output_layers {:?} must be in 1..={}",
+                self.output_layers, self.num_hidden_layers
+            ));
+        }
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        if self.max_length == 0 || self.head_dim() % 2 != 0 {
+            return Err("max_length must be positive and head_dim even".into());
+        }
+        Ok(())
+    }
+}
+
+fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> CResult<Tensor> {
+    candle_nn::ops::rms_norm(&xs.contiguous()?, weight, eps as f32)
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+impl Attention {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        Ok(Self {
+            q_proj: linear_no_bias(cfg.hidden_size, h * d, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(cfg.hidden_size, kv * d, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(cfg.hidden_size, kv * d, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(h * d, cfg.hidden_size, vb.pp("o_proj"))?,
+            q_norm: vb.get(d, "q_norm.weight")?,
+            k_norm: vb.get(d, "k_norm.weight")?,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let d = self.head_dim;
+        let q = self.q_proj.forward(xs)?.reshape((b, l, self.heads, d))?;
+        let k = self.k_proj.forward(xs)?.reshape((b, l, self.kv_heads, d))?;
+        let v = self.v_proj.forward(xs)?.reshape((b, l, self.kv_heads, d))?;
+        let q = rms_norm(&q, &self.q_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
+        let k = rms_norm(&k, &self.k_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let rep = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?
+            .to_dtype(DType::F32)?
+            .broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.heads * d))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+        let gate = self.gate_proj.forward(xs)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    eps: f64,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: vb.get(cfg.hidden_size, "input_layernorm.weight")?,
+            post_attention_layernorm: vb.get(cfg.hidden_size, "post_attention_layernorm.weight")?,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&rms_norm(xs, &self.input_layernorm, self.eps)?, mask, cos, sin)?;
+        let xs = (xs + h)?;
+        let h = self
+            .mlp
+            .forward(&rms_norm(&xs, &self.post_attention_layernorm, self.eps)?)?;
+        xs + h
+    }
+}
+
+/// The truncated Qwen3 stack (embedding + the first `layers_needed` decoder layers).
+#[derive(Debug, Clone)]
+pub struct Qwen3Encoder {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    cfg: Config,
+    dtype: DType,
+    device: Device,
+}
+
+impl Qwen3Encoder {
+    /// Builds from a `VarBuilder` in HF naming (`model.embed_tokens`, `model.layers.{i}`...).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+        let vb = vb.pp("model");
+        let layers = (0..cfg.layers_needed())
+            .map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i)))
+            .collect::<CResult<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?,
+            layers,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Half-split RoPE tables `(L, head_dim / 2)`, computed in f32 like transformers.
+    fn rope_tables(&self, len: usize) -> CResult<(Tensor, Tensor)> {
+        let d = self.cfg.head_dim();
+        let theta = self.cfg.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..d / 2)
+            .map(|j| 1.0 / theta.powf((2 * j) as f32 / d as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(len * d / 2);
+        let mut sin = Vec::with_capacity(len * d / 2);
+        for p in 0..len {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (len, d / 2), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (len, d / 2), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Hidden states `(1, L, output_dim)` for token ids `(L,)` of which the first `num_real` are
+    /// real and the rest padding.
+    pub fn forward(&self, ids: &[u32], num_real: usize) -> CResult<Tensor> {
+        let len = ids.len();
+        let num_real = num_real.clamp(1, len.max(1));
+        let ids = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        // Additive mask (1, 1, L, L): query i sees key j iff j <= i and j < num_real.
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| {
+                (0..len).map(move |j| if j <= i && j < num_real { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, len, len), &self.device)?;
+        let (cos, sin) = self.rope_tables(len)?;
+        let mut xs = self.embed_tokens.forward(&ids)?;
+        let mut outputs = Vec::with_capacity(self.cfg.output_layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &mask, &cos, &sin)?;
+            if self.cfg.output_layers.contains(&(i + 1)) {
+                outputs.push((i + 1, xs.clone()));
+            }
+        }
+        // In the order of `output_layers`.
+        let ordered = self
+            .cfg
+            .output_layers
+            .iter()
+            .filter_map(|k| outputs.iter().find(|(i, _)| i == k).map(|(_, t)| t.clone()))
+            .collect::<Vec<_>>();
+        Tensor::cat(&ordered, D::Minus1)
+    }
+}
+
+/// A prompt's embedding.
+#[derive(Debug, Clone)]
+pub struct PromptEmbedding {
+    /// `(1, max_length, output_dim)` in the encoder's dtype.
+    pub hidden: Tensor,
+    /// Tokens of the templated prompt before padding (at most `max_length`).
+    pub num_tokens: usize,
+    /// Whether the templated prompt was longer than `max_length` and got cut.
+    pub truncated: bool,
+}
+
+/// The klein text encoder: tokenizer, chat template and truncated Qwen3.
+#[derive(Debug, Clone)]
+pub struct TextEncoder {
+    model: Qwen3Encoder,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    pad_id: u32,
+}
+
+/// Qwen3's chat template for one user turn, thinking disabled, generation prompt added.
+pub fn chat_template(prompt: &str) -> String {
+    format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+}
+
+/// Loads the tokenizer and finds its pad id (`<|endoftext|>` for Qwen), naming the file on error.
+pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32)> {
+    let tok_err = |reason: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(tok_err("file not found".into()));
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(e.to_string()))?;
+    let pad_id = tokenizer
+        .get_padding()
+        .map(|p| p.pad_id)
+        .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
+        .ok_or_else(|| tok_err("no padding configured and no <|endoftext|> token".into()))?;
+    for special in ["<|im_start|>", "<|im_end|>"] {
+        if tokenizer.token_to_id(special).is_none() {
+            return Err(tok_err(format!("not a Qwen tokenizer: no {special} token")));
+        }
+    }
+    Ok((tokenizer, pad_id))
+}
+
+/// Files of a text encoder.
+#[derive(Debug, Clone)]
+pub struct TextEncoderFiles {
+    /// A `.safetensors` file or a folder of shards.
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `config.json`; `None` uses `preset`.
+    pub config: Option<PathBuf>,
+}
+
+impl TextEncoder {
+    /// Loads weights, tokenizer and configuration. `preset` (e.g. `Config::qwen3_4b()`) is used when
+    /// `files.config` is `None`; `output_layers` and `max_length` always come from `preset` when given.
+    pub fn load(files: &TextEncoderFiles, preset: Option<&Config>, dtype: DType, device: &Device) -> Result<Self> {
+        crate::flux2::check_dtype(dtype, device)?;
+        let mut cfg = match (&files.config, preset) {
+            (Some(path), _) => Config::from_file(path)?,
+            (None, Some(p)) => p.clone(),
+            (None, None) => Config::qwen3_4b(),
+        };
+        if let Some(p) = preset {
+            cfg.output_layers.clone_from(&p.output_layers);
+            cfg.max_length = p.max_length;
+        }
+        cfg.validate().map_err(|reason| Error::Config {
+            path: files.config.clone().unwrap_or_else(|| files.weights.clone()),
+            reason,
+        })?;
+        let (tokenizer, pad_id) = load_tokenizer(&files.tokenizer)?;
+        let weights = Arc::new(WeightFiles::open_path(&files.weights)?);
+        // HF files name it `model.embed_tokens`; some exports drop the `model.` prefix.
+        let prefix = if weights.contains("model.embed_tokens.weight") {
+            ""
+        } else if weights.contains("embed_tokens.weight") {
+            "strip"
+        } else {
+            return Err(Error::WrongModel {
+                path: weights.path().to_path_buf(),
+                expected: "a Qwen3 language model".into(),
+                found: guess_model_kind(&weights),
+            });
+        };
+        let map = move |n: &str| {
+            if prefix == "strip" {
+                Source::Name(n.strip_prefix("model.").unwrap_or(n).to_string())
+            } else {
+                Source::Name(n.to_string())
+            }
+        };
+        let model = build_model(weights, map, dtype, device, |vb| Qwen3Encoder::new(&cfg, vb))?;
+        Ok(Self {
+            model,
+            tokenizer: Arc::new(tokenizer),
+            pad_id,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    /// Token ids of the templated prompt, truncated and right-padded to `max_length`, and the
+    /// number of real tokens and whether it was truncated.
+    pub fn tokenize(&self, prompt: &str) -> Result<(Vec<u32>, usize, bool)> {
+        let max_len = self.model.cfg.max_length;
+        let enc = self
+            .tokenizer
+            .encode(chat_template(prompt), true)
+            .map_err(|e| Error::InvalidInput(format!("tokenizing the prompt failed: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        let truncated = ids.len() > max_len;
+        ids.truncate(max_len);
+        let num_real = ids.len();
+        ids.resize(max_len, self.pad_id);
+        Ok((ids, num_real, truncated))
+    }
+
+    /// Encodes a prompt to `(1, max_length, 3 * hidden)`.
+    pub fn encode(&self, prompt: &str) -> Result<PromptEmbedding> {
+        let (ids, num_tokens, truncated) = self.tokenize(prompt)?;
+        let hidden = self.model.forward(&ids, num_tokens)?;
+        Ok(PromptEmbedding {
+            hidden,
+            num_tokens,
+            truncated,
+        })
+    }
+}

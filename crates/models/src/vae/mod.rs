@@ -1,0 +1,321 @@
+//! FLUX.2 VAE: the KL autoencoder with 32 latent channels, quant convs and a batch-norm
+//! normalisation over 2x2-patchified latents.
+//!
+//! Reference: diffusers' `AutoencoderKLFlux2` (`autoencoder_kl_flux2.py`) and the klein pipeline's
+//! latent handling, BFL's `flux2/src/flux2/autoencoder.py`. The convolutional encoder and decoder are
+//! candle's FLUX.1 ones (`candle_transformers::models::flux::autoencoder`, BFL naming), which have
+//! the same structure; this module adds `quant_conv`, `post_quant_conv` and the batch norm.
+//!
+//! Latent spaces: the transformer works on the *normalised* 128-channel latent `(B, 128, H/16,
+//! W/16)`; the VAE decoder on the raw 32-channel latent `(B, 32, H/8, W/8)`.
+//! `decode` = de-normalise (`z * sqrt(var + eps) + mean`) -> un-patchify -> `post_quant_conv` ->
+//! decoder. `encode` = encoder -> `quant_conv` -> mean of the Gaussian -> patchify -> normalise.
+//!
+//! Both BFL names (`decoder.up.0.block.0...`, `encoder.quant_conv`, `decoder.post_quant_conv`) and
+//! diffusers names (`decoder.up_blocks.3.resnets.0...`, top-level `quant_conv`) load; the
+//! diffusers mid-block attention linears are read as BFL's 1x1 convolutions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{conv2d, Conv2d, VarBuilder};
+use candle_transformers::models::flux::autoencoder as ldm;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};
+
+/// The VAE hyper-parameters (diffusers `config.json` names).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+    pub batch_norm_eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::flux2()
+    }
+}
+
+impl Config {
+    /// The FLUX.2 VAE (shared by dev and klein).
+    pub fn flux2() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            latent_channels: 32,
+            norm_num_groups: 32,
+            batch_norm_eps: 1e-4,
+        }
+    }
+
+    /// Reads a diffusers `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn validate(&self) -> std::result::Result<ldm::Config, String> {
+        let ch = *self.block_out_channels.first().ok_or("block_out_channels is empty")?;
+        if self.norm_num_groups != 32 {
+            return Err(format!(
+                "norm_num_groups {} is not supported (the FLUX VAE uses 32)",
+                self.norm_num_groups
+            ));
+        }
+        if ch == 0 || self.block_out_channels.iter().any(|c| c % ch != 0 || c % 32 != 0) {
+            return Err(format!(
+                "block_out_channels {:?} must be multiples of the first one and of 32",
+                self.block_out_channels
+            ));
+        }
+        Ok(ldm::Config {
+            resolution: 256,
+            in_channels: self.in_channels,
+            ch,
+            out_ch: self.out_channels,
+            ch_mult: self.block_out_channels.iter().map(|c| c / ch).collect(),
+            num_res_blocks: self.layers_per_block,
+            z_channels: self.latent_channels,
+            scale_factor: 1.0,
+            shift_factor: 0.0,
+        })
+    }
+}
+
+/// Which parts of the autoencoder to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    Decoder,
+    EncoderAndDecoder,
+}
+
+/// The FLUX.2 autoencoder.
+#[derive(Debug, Clone)]
+pub struct Flux2Vae {
+    encoder: Option<(ldm::Encoder, Conv2d)>,
+    decoder: ldm::Decoder,
+    post_quant_conv: Conv2d,
+    bn_mean: Tensor,
+    bn_std: Tensor,
+    latent_channels: usize,
+    dtype: DType,
+}
+
+impl Flux2Vae {
+    /// Builds from a `VarBuilder` in BFL naming.
+    pub fn new(cfg: &Config, parts: Parts, vb: VarBuilder) -> candle_core::Result<Self> {
+        let ldm_cfg = cfg.validate().map_err(candle_core::Error::Msg)?;
+        let z = cfg.latent_channels;
+        let patched = 4 * z;
+        let encoder = match parts {
+            Parts::Decoder => None,
+            Parts::EncoderAndDecoder => Some((
+                ldm::Encoder::new(&ldm_cfg, vb.pp("encoder"))?,
+                conv2d(2 * z, 2 * z, 1, Default::default(), vb.pp("encoder.quant_conv"))?,
+            )),
+        };
+        let decoder = ldm::Decoder::new(&ldm_cfg, vb.pp("decoder"))?;
+        let post_quant_conv = conv2d(z, z, 1, Default::default(), vb.pp("decoder.post_quant_conv"))?;
+        // Statistics stay in f32 whatever the weights' dtype.
+        let bn = vb.pp("bn").set_dtype(DType::F32);
+        let bn_mean = bn.get(patched, "running_mean")?.reshape((1, patched, 1, 1))?;
+        let bn_var = bn.get(patched, "running_var")?.reshape((1, patched, 1, 1))?;
+        let bn_std = (bn_var + cfg.batch_norm_eps)?.sqrt()?;
+        Ok(Self {
+            encoder,
+            decoder,
+            post_quant_conv,
+            bn_mean,
+            bn_std,
+            latent_channels: z,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// `(B, 128, h, w)` normalised latent (or packed tokens with `token_hw`) -> image
+    /// `(B, 3, 8*2h, 8*2w)` in about [-1, 1] (not clamped), f32.
+    pub fn decode(&self, latent: &Tensor, token_hw: Option<(usize, usize)>) -> Result<Tensor> {
+        let latent = match (latent.rank(), token_hw) {
+            (3, Some((h, w))) => crate::sampling::unpack_latents(latent, h, w)?,
+            (4, _) => latent.clone(),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "decode: expected (B, 128, h, w), or (B, h*w, 128) tokens with their height and width, got {:?}",
+                    latent.dims()
+                )))
+            }
+        };
+        let c = latent.dim(1)?;
+        if c != 4 * self.latent_channels {
+            return Err(Error::InvalidInput(format!(
+                "decode: expected {} latent channels, got {c}",
+                4 * self.latent_channels
+            )));
+        }
+        let z = latent
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&self.bn_std)?
+            .broadcast_add(&self.bn_mean)?;
+        let z = unpatchify(&z)?.to_dtype(self.dtype)?;
+        let z = self.post_quant_conv.forward(&z)?;
+        Ok(self.decoder.forward(&z)?.to_dtype(DType::F32)?)
+    }
+
+    /// Image `(B, 3, H, W)` in [-1, 1] (H, W multiples of 16) -> normalised latent
+    /// `(B, 128, H/16, W/16)`, f32. The Gaussian's mean is taken (no sampling).
+    pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
+        let (encoder, quant_conv) = self.encoder.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this VAE was loaded without its encoder".into())
+        })?;
+        let (_, _, h, w) = image.dims4()?;
+        if h % 16 != 0 || w % 16 != 0 {
+            return Err(Error::InvalidInput(format!(
+                "encode: image size {w}x{h} is not a multiple of 16"
+            )));
+        }
+        let moments = quant_conv.forward(&encoder.forward(&image.to_dtype(self.dtype)?)?)?;
+        let mean = moments.narrow(1, 0, self.latent_channels)?.to_dtype(DType::F32)?;
+        Ok(patchify(&mean)?
+            .broadcast_sub(&self.bn_mean)?
+            .broadcast_div(&self.bn_std)?)
+    }
+}
+
+/// `(B, C, 2h, 2w)` -> `(B, 4C, h, w)`, channel `c*4 + py*2 + px`.
+pub fn patchify(xs: &Tensor) -> Result<Tensor> {
+    let (b, c, h2, w2) = xs.dims4()?;
+    let (h, w) = (h2 / 2, w2 / 2);
+    Ok(xs
+        .reshape((b, c, h, 2, w, 2))?
+        .permute((0, 1, 3, 5, 2, 4))?
+        .reshape((b, c * 4, h, w))?)
+}
+
+/// `(B, 4C, h, w)` -> `(B, C, 2h, 2w)`, the inverse of [`patchify`].
+pub fn unpatchify(xs: &Tensor) -> Result<Tensor> {
+    let (b, c4, h, w) = xs.dims4()?;
+    let c = c4 / 4;
+    Ok(xs
+        .reshape((b, c, 2, 2, h, w))?
+        .permute((0, 1, 4, 2, 5, 3))?
+        .reshape((b, c, 2 * h, 2 * w))?)
+}
+
+/// Where an internal (BFL) VAE tensor name is stored in the diffusers layout.
+pub fn diffusers_source(name: &str, num_levels: usize) -> Source {
+    if let Some(rest) = name.strip_prefix("encoder.quant_conv.") {
+        return Source::Name(format!("quant_conv.{rest}"));
+    }
+    if let Some(rest) = name.strip_prefix("decoder.post_quant_conv.") {
+        return Source::Name(format!("post_quant_conv.{rest}"));
+    }
+    let Some((part, rest)) = name.split_once('.') else {
+        return Source::Name(name.to_string());
+    };
+    if part != "encoder" && part != "decoder" {
+        return Source::Name(name.to_string());
+    }
+    let resnet = |field: &str| field.replace("nin_shortcut", "conv_shortcut");
+    let mapped = if let Some(r) = rest.strip_prefix("mid.block_1.") {
+        format!("mid_block.resnets.0.{r}")
+    } else if let Some(r) = rest.strip_prefix("mid.block_2.") {
+        format!("mid_block.resnets.1.{r}")
+    } else if let Some(r) = rest.strip_prefix("mid.attn_1.") {
+        let (field, kind) = r.split_once('.').unwrap_or((r, ""));
+        let target = match field {
+            "norm" => "group_norm",
+            "q" => "to_q",
+            "k" => "to_k",
+            "v" => "to_v",
+            _ => "to_out.0",
+        };
+        let full = format!("{part}.mid_block.attentions.0.{target}.{kind}");
+        return if field != "norm" && kind == "weight" {
+            Source::Reshape(full)
+        } else {
+            Source::Name(full)
+        };
+    } else if let Some(r) = rest.strip_prefix("norm_out.") {
+        format!("conv_norm_out.{r}")
+    } else if let Some(r) = rest.strip_prefix("down.") {
+        // down.{i}.block.{j}.x -> down_blocks.{i}.resnets.{j}.x ; down.{i}.downsample.conv.x
+        let mut it = r.splitn(3, '.');
+        let (i, kind, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+        match kind {
+            "block" => format!("down_blocks.{i}.resnets.{}", resnet(tail)),
+            _ => format!("down_blocks.{i}.downsamplers.0.{tail}"),
+        }
+    } else if let Some(r) = rest.strip_prefix("up.") {
+        let mut it = r.splitn(3, '.');
+        let (i, kind, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+        let i = i.parse::<usize>().map_or(0, |i| num_levels.saturating_sub(1 + i));
+        match kind {
+            "block" => format!("up_blocks.{i}.resnets.{}", resnet(tail)),
+            _ => format!("up_blocks.{i}.upsamplers.0.{tail}"),
+        }
+    } else {
+        rest.to_string()
+    };
+    Source::Name(format!("{part}.{mapped}"))
+}
+
+/// Loads the FLUX.2 VAE from a BFL file (`flux2-vae.safetensors`/`ae.safetensors`) or a diffusers
+/// `vae/` folder, in `dtype` on `device`. `config`: `None` reads `config.json` beside a diffusers
+/// folder or takes [`Config::flux2`].
+pub fn load_vae(
+    path: &Path,
+    config: Option<&Config>,
+    parts: Parts,
+    dtype: DType,
+    device: &Device,
+) -> Result<Flux2Vae> {
+    crate::flux2::check_dtype(dtype, device)?;
+    let files = Arc::new(WeightFiles::open_path(path)?);
+    let config = match config {
+        Some(c) => c.clone(),
+        None => {
+            let json = path.join("config.json");
+            if path.is_dir() && json.is_file() {
+                Config::from_file(&json)?
+            } else {
+                Config::flux2()
+            }
+        }
+    };
+    config.validate().map_err(|reason| Error::Config {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    if !files.contains("bn.running_mean") {
+        return Err(Error::WrongModel {
+            path: files.path().to_path_buf(),
+            expected: "the FLUX.2 VAE (with bn.running_mean)".into(),
+            found: guess_model_kind(&files),
+        });
+    }
+    let diffusers = files.contains("decoder.up_blocks.0.resnets.0.conv1.weight");
+    let levels = config.block_out_channels.len();
+    let build = |vb| Flux2Vae::new(&config, parts, vb);
+    if diffusers {
+        build_model(files, move |n| diffusers_source(n, levels), dtype, device, build)
+    } else {
+        build_model(files, |n| Source::Name(n.to_string()), dtype, device, build)
+    }
+}

@@ -1,0 +1,380 @@
+//! Loading weights from safetensors files: memory-mapped, validated, renamed.
+//!
+//! [`WeightFiles`] maps one or several safetensors files (a single-file checkpoint or a sharded
+//! diffusers folder) and checks every header once, when the file is opened: the `safetensors` crate
+//! verifies that the header is well-formed, that each tensor's byte range matches its dtype and
+//! shape, that the ranges tile the data section and that the data section ends exactly at the end of
+//! the file. A truncated file or a header that lies about sizes or offsets is therefore rejected
+//! before any tensor is read, with an error naming the file.
+//!
+//! The models are written against one internal tensor layout each. [`MappedBackend`] is a candle
+//! `VarBuilder` backend that resolves an internal name to the tensor(s) of the file's own layout
+//! ([`Source`]): the same name, a concatenation (diffusers' separate q/k/v into a fused qkv), a swap
+//! of the two row halves (diffusers' (scale, shift) into BFL's (shift, scale)), or a reshape
+//! (diffusers' linear layers where BFL has 1x1 convolutions). Every tensor's shape is checked
+//! against the one the model asks for, and a mismatch names the tensor, both shapes and the file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use safetensors::tensor::TensorInfo;
+
+use crate::error::{Error, Result};
+
+/// One memory-mapped, header-validated safetensors file.
+struct SafetensorsFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl SafetensorsFile {
+    fn open(path: &Path) -> Result<Self> {
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        #[expect(
+            unsafe_code,
+            reason = "memory-mapping is how multi-GB checkpoints load without a copy; the mapping is \
+                      read-only and the header is validated against the mapped length before use"
+        )]
+        // SAFETY: the map is read-only. Like every mmap-based loader (candle's included), we rely on
+        // the file not being truncated by another process while it is mapped.
+        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err)?;
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(
+            |e| Error::Safetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        )?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            tensors,
+        })
+    }
+
+    fn load(&self, name: &str, info: &TensorInfo, device: &Device) -> Result<Tensor> {
+        let (start, end) = info.data_offsets;
+        // read_metadata checked that all ranges lie inside the data section; `get` keeps even a
+        // logic error here from reading out of bounds.
+        let bytes = self
+            .mmap
+            .get(self.data_start + start..self.data_start + end)
+            .ok_or_else(|| Error::Safetensors {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}` lies outside the file"),
+            })?;
+        let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| Error::Safetensors {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+        view.load(device).map_err(|_| Error::UnsupportedDtype {
+            name: name.to_string(),
+            path: self.path.clone(),
+            dtype: format!("{:?}", info.dtype),
+        })
+    }
+}
+
+/// A set of safetensors files read as one checkpoint.
+pub struct WeightFiles {
+    files: Vec<SafetensorsFile>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for WeightFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightFiles")
+            .field("files", &self.files.iter().map(|f| &f.path).collect::<Vec<_>>())
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+impl WeightFiles {
+    /// Maps the given files. A tensor that appears in several files is taken from the last one.
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        if paths.is_empty() {
+            return Err(Error::InvalidInput("no safetensors file given".into()));
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = SafetensorsFile::open(path)?;
+            for name in file.tensors.keys() {
+                index.insert(name.clone(), i);
+            }
+            files.push(file);
+        }
+        Ok(Self { files, index })
+    }
+
+    /// Maps a single `.safetensors` file, or every `.safetensors` file of a folder (a sharded
+    /// diffusers component such as `transformer/`), in name order.
+    pub fn open_path(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Self::open(&[path.to_path_buf()]);
+        }
+        let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "folder holds no .safetensors file",
+                ),
+            });
+        }
+        Self::open(&paths)
+    }
+
+    /// Whether any file holds a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        let file = &self.files[*self.index.get(name)?];
+        file.tensors.get(name).map(|i| i.shape.as_slice())
+    }
+
+    /// All tensor names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The first file's path (used to name the checkpoint in errors).
+    pub fn path(&self) -> &Path {
+        &self.files[0].path
+    }
+
+    /// The files, for error messages.
+    pub fn describe(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.path.display().to_string(),
+            many => format!(
+                "{} files in {}",
+                many.len(),
+                many[0]
+                    .path
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Loads one tensor on `device` in `dtype`, checking its shape when one is expected.
+    pub fn load(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let file = self
+            .index
+            .get(name)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                files: self.describe(),
+            })?;
+        let info = &file.tensors[name];
+        if let Some(expected) = expected {
+            if expected != info.shape.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    name: name.to_string(),
+                    path: file.path.clone(),
+                    expected: expected.to_vec(),
+                    found: info.shape.clone(),
+                });
+            }
+        }
+        Ok(file.load(name, info, device)?.to_dtype(dtype)?)
+    }
+}
+
+/// Where an internal tensor comes from in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// One stored tensor (possibly under another name).
+    Name(String),
+    /// Stored tensors concatenated along dim 0, each an equal share of the expected rows.
+    Concat(Vec<String>),
+    /// A stored tensor whose two row halves come in the other order.
+    SwapHalves(String),
+    /// A stored tensor with the same elements in another shape (a linear weight read as a 1x1 conv).
+    Reshape(String),
+}
+
+type NameMap = dyn Fn(&str) -> Source + Send + Sync;
+
+/// A candle `VarBuilder` backend over [`WeightFiles`] with a name map and shape checks.
+///
+/// candle's `VarBuilder` only carries `candle_core::Error`, which cannot hold our structured error;
+/// so the backend keeps the first structured error it meets, and [`build_model`] returns that one.
+pub struct MappedBackend {
+    files: Arc<WeightFiles>,
+    map: Box<NameMap>,
+    first_error: Arc<Mutex<Option<Error>>>,
+}
+
+impl MappedBackend {
+    fn resolve(&self, name: &str, shape: Option<&[usize]>, dtype: DType, dev: &Device) -> Result<Tensor> {
+        match (self.map)(name) {
+            Source::Name(stored) => self.files.load(&stored, shape, dtype, dev),
+            Source::Concat(parts) => {
+                let part_shape = match shape {
+                    Some([rows, rest @ ..]) if rows % parts.len() == 0 => {
+                        let mut s = vec![rows / parts.len()];
+                        s.extend_from_slice(rest);
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                let tensors = parts
+                    .iter()
+                    .map(|p| self.files.load(p, part_shape.as_deref(), dtype, dev))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&tensors, 0)?)
+            }
+            Source::SwapHalves(stored) => {
+                let t = self.files.load(&stored, shape, dtype, dev)?;
+                let halves = t.chunk(2, 0)?;
+                Ok(Tensor::cat(&[&halves[1], &halves[0]], 0)?)
+            }
+            Source::Reshape(stored) => {
+                let t = self.files.load(&stored, None, dtype, dev)?;
+                match shape {
+                    Some(s) if t.elem_count() == s.iter().product::<usize>() => Ok(t.reshape(s)?),
+                    Some(s) => Err(Error::ShapeMismatch {
+                        name: stored.clone(),
+                        path: self.files.path().to_path_buf(),
+                        expected: s.to_vec(),
+                        found: t.dims().to_vec(),
+                    }),
+                    None => Ok(t),
+                }
+            }
+        }
+    }
+
+    fn record(&self, err: Error) -> candle_core::Error {
+        let msg = err.to_string();
+        if let Ok(mut slot) = self.first_error.lock() {
+            slot.get_or_insert(err);
+        }
+        candle_core::Error::Msg(msg)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for MappedBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.resolve(name, Some(s.dims()), dtype, dev)
+            .map_err(|e| self.record(e))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.resolve(name, None, dtype, dev).map_err(|e| self.record(e))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        match (self.map)(name) {
+            Source::Name(n) | Source::SwapHalves(n) | Source::Reshape(n) => self.files.contains(&n),
+            Source::Concat(parts) => parts.iter().all(|p| self.files.contains(p)),
+        }
+    }
+}
+
+/// Builds a model through a [`MappedBackend`]: `build` receives a `VarBuilder` whose names are the
+/// model's internal names; `map` says where each one is stored. Returns the structured loading error
+/// (missing tensor, shape mismatch, ...) when there is one, else candle's.
+pub fn build_model<T>(
+    files: Arc<WeightFiles>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let first_error = Arc::new(Mutex::new(None));
+    let backend = MappedBackend {
+        files,
+        map: Box::new(map),
+        first_error: first_error.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+    build(vb).map_err(|e| {
+        first_error
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .unwrap_or(Error::Candle(e))
+    })
+}
+
+/// A guess at what a checkpoint is, from its tensor names, for "wrong model" errors.
+pub fn guess_model_kind(files: &WeightFiles) -> String {
+    let has = |n: &str| files.contains(n);
+    let any_prefix = |p: &str| files.names().any(|n| n.starts_with(p));
+    if has("double_blocks.0.img_mod.lin.weight") {
+        "a FLUX.1 transformer".into()
+    } else if has("double_blocks.0.img_attn.qkv.weight") {
+        "a FLUX.2 transformer (BFL layout)".into()
+    } else if has("transformer_blocks.0.attn.to_q.weight")
+        && has("single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight")
+    {
+        "a FLUX.2 transformer (diffusers layout)".into()
+    } else if has("transformer_blocks.0.norm1.linear.weight") {
+        "a FLUX.1 transformer (diffusers layout)".into()
+    } else if has("decoder.conv_in.weight") || has("encoder.conv_in.weight") {
+        "a VAE".into()
+    } else if any_prefix("model.layers.") || any_prefix("layers.0.") {
+        "a language model (text encoder)".into()
+    } else if any_prefix("model.diffusion_model.") {
+        "a ComfyUI/stable-diffusion checkpoint".into()
+    } else if any_prefix("text_model.") {
+        "a CLIP text encoder".into()
+    } else {
+        let mut names: Vec<&str> = files.names().take(3).collect();
+        names.sort_unstable();
+        format!("an unknown model (tensors such as {names:?})")
+    }
+}
