@@ -34,10 +34,10 @@ os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(0)
 torch.set_grad_enabled(False)
 
-MAX_LEN = 32
+MAX_LEN = 48
 OUT_LAYERS = (1, 2, 3)
 PROMPT = "a red fox sitting in the snow at dawn"
-LONG_PROMPT = " ".join(["a very long prompt about a small house by the lake"] * 4)
+LONG_PROMPT = " ".join(["a very long prompt about a small house by the lake"] * 6)
 
 
 def save(tensors, name):

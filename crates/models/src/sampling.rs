@@ -68,7 +68,10 @@ pub fn image_seq_len(width: usize, height: usize) -> usize {
 /// `(B, C, h, w)` -> `(B, h*w, C)`, row-major over `(h, w)`.
 pub fn pack_latents(latents: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = latents.dims4()?;
-    Ok(latents.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?)
+    Ok(latents
+        .reshape((b, c, h * w))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// `(B, h*w, C)` -> `(B, C, h, w)`, the inverse of [`pack_latents`].
@@ -144,7 +147,8 @@ pub fn seeded_noise(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    if height % PIXELS_PER_TOKEN != 0 || width % PIXELS_PER_TOKEN != 0 || height == 0 || width == 0 {
+    if height % PIXELS_PER_TOKEN != 0 || width % PIXELS_PER_TOKEN != 0 || height == 0 || width == 0
+    {
         return Err(Error::InvalidInput(format!(
             "image size {width}x{height} is not a positive multiple of {PIXELS_PER_TOKEN}"
         )));

@@ -49,12 +49,11 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only. Like every mmap-based loader (candle's included), we rely on
         // the file not being truncated by another process while it is mapped.
         let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err)?;
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(
-            |e| Error::Safetensors {
+        let (header_len, metadata) =
+            safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            },
-        )?;
+            })?;
         let tensors = metadata
             .tensors()
             .into_iter()
@@ -102,7 +101,10 @@ pub struct WeightFiles {
 impl std::fmt::Debug for WeightFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightFiles")
-            .field("files", &self.files.iter().map(|f| &f.path).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            )
             .field("tensors", &self.index.len())
             .finish()
     }
@@ -251,7 +253,13 @@ pub struct MappedBackend {
 }
 
 impl MappedBackend {
-    fn resolve(&self, name: &str, shape: Option<&[usize]>, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn resolve(
+        &self,
+        name: &str,
+        shape: Option<&[usize]>,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         match (self.map)(name) {
             Source::Name(stored) => self.files.load(&stored, shape, dtype, dev),
             Source::Concat(parts) => {
@@ -313,7 +321,8 @@ impl candle_nn::var_builder::SimpleBackend for MappedBackend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.resolve(name, None, dtype, dev).map_err(|e| self.record(e))
+        self.resolve(name, None, dtype, dev)
+            .map_err(|e| self.record(e))
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

@@ -99,10 +99,15 @@ impl Config {
             ));
         }
         if self.axes_dims_rope.iter().any(|d| d % 2 != 0) {
-            return Err(format!("axes_dims_rope {:?} must be even", self.axes_dims_rope));
+            return Err(format!(
+                "axes_dims_rope {:?} must be even",
+                self.axes_dims_rope
+            ));
         }
         if self.timestep_guidance_channels % 2 != 0 || self.num_attention_heads == 0 {
-            return Err("timestep_guidance_channels must be even and num_attention_heads positive".into());
+            return Err(
+                "timestep_guidance_channels must be even and num_attention_heads positive".into(),
+            );
         }
         Ok(())
     }

@@ -108,7 +108,9 @@ pub fn diffusers_source(name: &str) -> Source {
             let b = format!("transformer_blocks.{i}");
             let attn = |n: &str| format!("{b}.attn.{n}.weight");
             return match field {
-                "img_attn.qkv.weight" => Source::Concat(vec![attn("to_q"), attn("to_k"), attn("to_v")]),
+                "img_attn.qkv.weight" => {
+                    Source::Concat(vec![attn("to_q"), attn("to_k"), attn("to_v")])
+                }
                 "txt_attn.qkv.weight" => Source::Concat(vec![
                     attn("add_q_proj"),
                     attn("add_k_proj"),
@@ -156,25 +158,36 @@ fn with_prefix(prefix: &str, source: Source) -> Source {
     }
 }
 
-/// The configuration implied by the shapes of a checkpoint's tensors (head dim 128, the klein
-/// defaults for what shapes do not show).
+/// The configuration implied by the shapes of a checkpoint's tensors (the klein values for what
+/// shapes do not show: mlp ratio 3, RoPE theta 2000, the head dim split evenly over 4 axes).
 pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
-    let (prefix, img_in, txt_in, double, single) = match layout {
-        Layout::Bfl { prefix } => (prefix, "img_in.weight", "txt_in.weight", "double_blocks.", "single_blocks."),
+    let (prefix, img_in, txt_in, qk_norm, double, single) = match layout {
+        Layout::Bfl { prefix } => (
+            prefix,
+            "img_in.weight",
+            "txt_in.weight",
+            "single_blocks.0.norm.query_norm.scale",
+            "double_blocks.",
+            "single_blocks.",
+        ),
         Layout::Diffusers { prefix } => (
             prefix,
             "x_embedder.weight",
             "context_embedder.weight",
+            "single_transformer_blocks.0.attn.norm_q.weight",
             "transformer_blocks.",
             "single_transformer_blocks.",
         ),
     };
     let shape_of = |n: &str| {
         let full = format!("{prefix}{n}");
-        files.shape(&full).map(<[usize]>::to_vec).ok_or(Error::MissingTensor {
-            name: full,
-            files: files.describe(),
-        })
+        files
+            .shape(&full)
+            .map(<[usize]>::to_vec)
+            .ok_or(Error::MissingTensor {
+                name: full,
+                files: files.describe(),
+            })
     };
     let img_in = shape_of(img_in)?;
     let txt_in = shape_of(txt_in)?;
@@ -198,9 +211,22 @@ pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
         }
     };
     let base = Config::klein_4b();
-    let head_dim = base.attention_head_dim;
+    let head_dim = shape_of(qk_norm)?
+        .first()
+        .copied()
+        .unwrap_or(base.attention_head_dim);
+    if head_dim == 0 || hidden % head_dim != 0 || head_dim % 8 != 0 {
+        return Err(Error::WrongModel {
+            path: files.path().to_path_buf(),
+            expected: "a FLUX.2 transformer".into(),
+            found: format!("hidden size {hidden} with head dim {head_dim}"),
+        });
+    }
     Ok(Config {
         in_channels,
+        attention_head_dim: head_dim,
+        // FLUX.2 splits the head dim evenly over the 4 position axes.
+        axes_dims_rope: vec![head_dim / 4; 4],
         num_layers: count(double),
         num_single_layers: count(single),
         num_attention_heads: hidden / head_dim,

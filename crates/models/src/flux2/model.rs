@@ -16,13 +16,19 @@ fn timestep_embedding(t: &Tensor, dim: usize) -> CResult<Tensor> {
         .map(|i| (-(10_000f64.ln()) * i as f64 / half as f64).exp() as f32)
         .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), device)?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
 }
 
 /// cos/sin tables `(L, head_dim / 2)` in f32 for the interleaved RoPE over the 4 position axes.
 pub fn rope_tables(ids: &Tensor, axes_dims: &[usize], theta: f64) -> CResult<(Tensor, Tensor)> {
-    let ids_host = ids.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    let ids_host = ids
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .to_vec2::<f32>()?;
     let half: usize = axes_dims.iter().sum::<usize>() / 2;
     let mut cos = Vec::with_capacity(ids_host.len() * half);
     let mut sin = Vec::with_capacity(ids_host.len() * half);
@@ -88,7 +94,8 @@ impl QkNorm {
 /// Interleaved RoPE, applied in f32 as diffusers does.
 fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     let dtype = xs.dtype();
-    candle_nn::rotary_emb::rope_i(&xs.to_dtype(DType::F32)?.contiguous()?, cos, sin)?.to_dtype(dtype)
+    candle_nn::rotary_emb::rope_i(&xs.to_dtype(DType::F32)?.contiguous()?, cos, sin)?
+        .to_dtype(dtype)
 }
 
 /// Softmax attention over `(B, H, L, D)`, the softmax in f32.
@@ -226,10 +233,12 @@ impl DoubleStreamBlock {
         sin: &Tensor,
     ) -> CResult<(Tensor, Tensor)> {
         let n_txt = txt.dim(1)?;
-        let (img_q, img_k, img_v) =
-            self.img_attn.qkv(&modulate(img, &mod_img[0], self.eps)?, self.heads)?;
-        let (txt_q, txt_k, txt_v) =
-            self.txt_attn.qkv(&modulate(txt, &mod_txt[0], self.eps)?, self.heads)?;
+        let (img_q, img_k, img_v) = self
+            .img_attn
+            .qkv(&modulate(img, &mod_img[0], self.eps)?, self.heads)?;
+        let (txt_q, txt_k, txt_v) = self
+            .txt_attn
+            .qkv(&modulate(txt, &mod_txt[0], self.eps)?, self.heads)?;
         let q = apply_rope(&Tensor::cat(&[txt_q, img_q], 2)?, cos, sin)?;
         let k = apply_rope(&Tensor::cat(&[txt_k, img_k], 2)?, cos, sin)?;
         let v = Tensor::cat(&[txt_v, img_v], 2)?;
@@ -238,12 +247,26 @@ impl DoubleStreamBlock {
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
 
-        let img = (img + self.img_attn.proj.forward(&img_attn)?.broadcast_mul(&mod_img[0].gate)?)?;
-        let img_mlp = self.img_mlp.forward(&modulate(&img, &mod_img[1], self.eps)?)?;
+        let img = (img
+            + self
+                .img_attn
+                .proj
+                .forward(&img_attn)?
+                .broadcast_mul(&mod_img[0].gate)?)?;
+        let img_mlp = self
+            .img_mlp
+            .forward(&modulate(&img, &mod_img[1], self.eps)?)?;
         let img = (&img + img_mlp.broadcast_mul(&mod_img[1].gate)?)?;
 
-        let txt = (txt + self.txt_attn.proj.forward(&txt_attn)?.broadcast_mul(&mod_txt[0].gate)?)?;
-        let txt_mlp = self.txt_mlp.forward(&modulate(&txt, &mod_txt[1], self.eps)?)?;
+        let txt = (txt
+            + self
+                .txt_attn
+                .proj
+                .forward(&txt_attn)?
+                .broadcast_mul(&mod_txt[0].gate)?)?;
+        let txt_mlp = self
+            .txt_mlp
+            .forward(&modulate(&txt, &mod_txt[1], self.eps)?)?;
         let txt = (&txt + txt_mlp.broadcast_mul(&mod_txt[1].gate)?)?;
         Ok((img, txt))
     }
@@ -276,18 +299,30 @@ impl SingleStreamBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, m: &ModulationOut, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        m: &ModulationOut,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> CResult<Tensor> {
         let h = self.linear1.forward(&modulate(xs, m, self.eps)?)?;
         let qkv = h.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let gate = h.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?;
-        let up = h.narrow(D::Minus1, 3 * self.hidden + self.mlp_hidden, self.mlp_hidden)?;
+        let up = h.narrow(
+            D::Minus1,
+            3 * self.hidden + self.mlp_hidden,
+            self.mlp_hidden,
+        )?;
         let (q, k, v) = split_qkv(&qkv, self.heads)?;
         let (q, k) = self.norm.forward(&q, &k)?;
         let q = apply_rope(&q, cos, sin)?;
         let k = apply_rope(&k, cos, sin)?;
         let attn = attention(&q, &k, &v)?;
         let mlp = (gate.silu()? * up)?;
-        let out = self.linear2.forward(&Tensor::cat(&[attn, mlp], D::Minus1)?)?;
+        let out = self
+            .linear2
+            .forward(&Tensor::cat(&[attn, mlp], D::Minus1)?)?;
         xs + out.broadcast_mul(&m.gate)?
     }
 }
@@ -343,8 +378,16 @@ impl Flux2Transformer {
             img_in: linear_no_bias(cfg.in_channels, d, vb.pp("img_in"))?,
             txt_in: linear_no_bias(cfg.joint_attention_dim, d, vb.pp("txt_in"))?,
             time_in: MlpEmbedder::new(cfg.timestep_guidance_channels, d, vb.pp("time_in"))?,
-            double_stream_modulation_img: Modulation::new(d, 2, vb.pp("double_stream_modulation_img"))?,
-            double_stream_modulation_txt: Modulation::new(d, 2, vb.pp("double_stream_modulation_txt"))?,
+            double_stream_modulation_img: Modulation::new(
+                d,
+                2,
+                vb.pp("double_stream_modulation_img"),
+            )?,
+            double_stream_modulation_txt: Modulation::new(
+                d,
+                2,
+                vb.pp("double_stream_modulation_txt"),
+            )?,
             single_stream_modulation: Modulation::new(d, 1, vb.pp("single_stream_modulation"))?,
             double_blocks,
             single_blocks,
@@ -378,9 +421,9 @@ impl Flux2Transformer {
         let n_txt = txt.dim(1)?;
 
         let t = (t.to_dtype(dtype)? * 1000.0)?;
-        let temb = self
-            .time_in
-            .forward(&timestep_embedding(&t, self.cfg.timestep_guidance_channels)?.to_dtype(dtype)?)?;
+        let temb = self.time_in.forward(
+            &timestep_embedding(&t, self.cfg.timestep_guidance_channels)?.to_dtype(dtype)?,
+        )?;
         let mod_img = self.double_stream_modulation_img.forward(&temb)?;
         let mod_txt = self.double_stream_modulation_txt.forward(&temb)?;
         let mod_single = self.single_stream_modulation.forward(&temb)?;

@@ -116,13 +116,17 @@ impl Config {
 
     fn validate(&self) -> std::result::Result<(), String> {
         let needed = self.layers_needed();
-        if self.output_layers.is_empty() || self.output_layers.contains(&0) || needed > self.num_hidden_layers {
+        if self.output_layers.is_empty()
+            || self.output_layers.contains(&0)
+            || needed > self.num_hidden_layers
+        {
             return Err(format!(
                 "output_layers {:?} must be in 1..={}",
                 self.output_layers, self.num_hidden_layers
             ));
         }
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
         if self.max_length == 0 || self.head_dim() % 2 != 0 {
@@ -152,7 +156,11 @@ struct Attention {
 
 impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
         Ok(Self {
             q_proj: linear_no_bias(cfg.hidden_size, h * d, vb.pp("q_proj"))?,
             k_proj: linear_no_bias(cfg.hidden_size, kv * d, vb.pp("k_proj"))?,
@@ -173,8 +181,12 @@ impl Attention {
         let q = self.q_proj.forward(xs)?.reshape((b, l, self.heads, d))?;
         let k = self.k_proj.forward(xs)?.reshape((b, l, self.kv_heads, d))?;
         let v = self.v_proj.forward(xs)?.reshape((b, l, self.kv_heads, d))?;
-        let q = rms_norm(&q, &self.q_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
-        let k = rms_norm(&k, &self.k_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
+        let q = rms_norm(&q, &self.q_norm, self.eps)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = rms_norm(&k, &self.k_norm, self.eps)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
@@ -186,7 +198,10 @@ impl Attention {
             .to_dtype(DType::F32)?
             .broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.heads * d))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * d))?;
         self.o_proj.forward(&out)
     }
 }
@@ -235,9 +250,12 @@ impl DecoderLayer {
     }
 
     fn forward(&self, xs: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
-        let h = self
-            .self_attn
-            .forward(&rms_norm(xs, &self.input_layernorm, self.eps)?, mask, cos, sin)?;
+        let h = self.self_attn.forward(
+            &rms_norm(xs, &self.input_layernorm, self.eps)?,
+            mask,
+            cos,
+            sin,
+        )?;
         let xs = (xs + h)?;
         let h = self
             .mlp
@@ -306,7 +324,13 @@ impl Qwen3Encoder {
         // Additive mask (1, 1, L, L): query i sees key j iff j <= i and j < num_real.
         let mask: Vec<f32> = (0..len)
             .flat_map(|i| {
-                (0..len).map(move |j| if j <= i && j < num_real { 0.0 } else { f32::NEG_INFINITY })
+                (0..len).map(move |j| {
+                    if j <= i && j < num_real {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
             })
             .collect();
         let mask = Tensor::from_vec(mask, (1, 1, len, len), &self.device)?;
@@ -390,7 +414,12 @@ pub struct TextEncoderFiles {
 impl TextEncoder {
     /// Loads weights, tokenizer and configuration. `preset` (e.g. `Config::qwen3_4b()`) is used when
     /// `files.config` is `None`; `output_layers` and `max_length` always come from `preset` when given.
-    pub fn load(files: &TextEncoderFiles, preset: Option<&Config>, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        files: &TextEncoderFiles,
+        preset: Option<&Config>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         crate::flux2::check_dtype(dtype, device)?;
         let mut cfg = match (&files.config, preset) {
             (Some(path), _) => Config::from_file(path)?,
@@ -402,7 +431,10 @@ impl TextEncoder {
             cfg.max_length = p.max_length;
         }
         cfg.validate().map_err(|reason| Error::Config {
-            path: files.config.clone().unwrap_or_else(|| files.weights.clone()),
+            path: files
+                .config
+                .clone()
+                .unwrap_or_else(|| files.weights.clone()),
             reason,
         })?;
         let (tokenizer, pad_id) = load_tokenizer(&files.tokenizer)?;
@@ -426,7 +458,9 @@ impl TextEncoder {
                 Source::Name(n.to_string())
             }
         };
-        let model = build_model(weights, map, dtype, device, |vb| Qwen3Encoder::new(&cfg, vb))?;
+        let model = build_model(weights, map, dtype, device, |vb| {
+            Qwen3Encoder::new(&cfg, vb)
+        })?;
         Ok(Self {
             model,
             tokenizer: Arc::new(tokenizer),

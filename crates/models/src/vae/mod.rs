@@ -72,14 +72,22 @@ impl Config {
     }
 
     fn validate(&self) -> std::result::Result<ldm::Config, String> {
-        let ch = *self.block_out_channels.first().ok_or("block_out_channels is empty")?;
+        let ch = *self
+            .block_out_channels
+            .first()
+            .ok_or("block_out_channels is empty")?;
         if self.norm_num_groups != 32 {
             return Err(format!(
                 "norm_num_groups {} is not supported (the FLUX VAE uses 32)",
                 self.norm_num_groups
             ));
         }
-        if ch == 0 || self.block_out_channels.iter().any(|c| c % ch != 0 || c % 32 != 0) {
+        if ch == 0
+            || self
+                .block_out_channels
+                .iter()
+                .any(|c| c % ch != 0 || c % 32 != 0)
+        {
             return Err(format!(
                 "block_out_channels {:?} must be multiples of the first one and of 32",
                 self.block_out_channels
@@ -128,15 +136,31 @@ impl Flux2Vae {
             Parts::Decoder => None,
             Parts::EncoderAndDecoder => Some((
                 ldm::Encoder::new(&ldm_cfg, vb.pp("encoder"))?,
-                conv2d(2 * z, 2 * z, 1, Default::default(), vb.pp("encoder.quant_conv"))?,
+                conv2d(
+                    2 * z,
+                    2 * z,
+                    1,
+                    Default::default(),
+                    vb.pp("encoder.quant_conv"),
+                )?,
             )),
         };
         let decoder = ldm::Decoder::new(&ldm_cfg, vb.pp("decoder"))?;
-        let post_quant_conv = conv2d(z, z, 1, Default::default(), vb.pp("decoder.post_quant_conv"))?;
+        let post_quant_conv = conv2d(
+            z,
+            z,
+            1,
+            Default::default(),
+            vb.pp("decoder.post_quant_conv"),
+        )?;
         // Statistics stay in f32 whatever the weights' dtype.
         let bn = vb.pp("bn").set_dtype(DType::F32);
-        let bn_mean = bn.get(patched, "running_mean")?.reshape((1, patched, 1, 1))?;
-        let bn_var = bn.get(patched, "running_var")?.reshape((1, patched, 1, 1))?;
+        let bn_mean = bn
+            .get(patched, "running_mean")?
+            .reshape((1, patched, 1, 1))?;
+        let bn_var = bn
+            .get(patched, "running_var")?
+            .reshape((1, patched, 1, 1))?;
         let bn_std = (bn_var + cfg.batch_norm_eps)?.sqrt()?;
         Ok(Self {
             encoder,
@@ -181,9 +205,10 @@ impl Flux2Vae {
     /// Image `(B, 3, H, W)` in [-1, 1] (H, W multiples of 16) -> normalised latent
     /// `(B, 128, H/16, W/16)`, f32. The Gaussian's mean is taken (no sampling).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
-        let (encoder, quant_conv) = self.encoder.as_ref().ok_or_else(|| {
-            Error::InvalidInput("this VAE was loaded without its encoder".into())
-        })?;
+        let (encoder, quant_conv) = self
+            .encoder
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("this VAE was loaded without its encoder".into()))?;
         let (_, _, h, w) = image.dims4()?;
         if h % 16 != 0 || w % 16 != 0 {
             return Err(Error::InvalidInput(format!(
@@ -191,7 +216,9 @@ impl Flux2Vae {
             )));
         }
         let moments = quant_conv.forward(&encoder.forward(&image.to_dtype(self.dtype)?)?)?;
-        let mean = moments.narrow(1, 0, self.latent_channels)?.to_dtype(DType::F32)?;
+        let mean = moments
+            .narrow(1, 0, self.latent_channels)?
+            .to_dtype(DType::F32)?;
         Ok(patchify(&mean)?
             .broadcast_sub(&self.bn_mean)?
             .broadcast_div(&self.bn_std)?)
@@ -257,15 +284,25 @@ pub fn diffusers_source(name: &str, num_levels: usize) -> Source {
     } else if let Some(r) = rest.strip_prefix("down.") {
         // down.{i}.block.{j}.x -> down_blocks.{i}.resnets.{j}.x ; down.{i}.downsample.conv.x
         let mut it = r.splitn(3, '.');
-        let (i, kind, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+        let (i, kind, tail) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
         match kind {
             "block" => format!("down_blocks.{i}.resnets.{}", resnet(tail)),
             _ => format!("down_blocks.{i}.downsamplers.0.{tail}"),
         }
     } else if let Some(r) = rest.strip_prefix("up.") {
         let mut it = r.splitn(3, '.');
-        let (i, kind, tail) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
-        let i = i.parse::<usize>().map_or(0, |i| num_levels.saturating_sub(1 + i));
+        let (i, kind, tail) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        let i = i
+            .parse::<usize>()
+            .map_or(0, |i| num_levels.saturating_sub(1 + i));
         match kind {
             "block" => format!("up_blocks.{i}.resnets.{}", resnet(tail)),
             _ => format!("up_blocks.{i}.upsamplers.0.{tail}"),
@@ -314,7 +351,13 @@ pub fn load_vae(
     let levels = config.block_out_channels.len();
     let build = |vb| Flux2Vae::new(&config, parts, vb);
     if diffusers {
-        build_model(files, move |n| diffusers_source(n, levels), dtype, device, build)
+        build_model(
+            files,
+            move |n| diffusers_source(n, levels),
+            dtype,
+            device,
+            build,
+        )
     } else {
         build_model(files, |n| Source::Name(n.to_string()), dtype, device, build)
     }
