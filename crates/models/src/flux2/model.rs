@@ -98,13 +98,16 @@ fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
         .to_dtype(dtype)
 }
 
-/// Softmax attention over `(B, H, L, D)`, the softmax in f32.
+/// Softmax attention over `(B, H, L, D)`. Scores and softmax are computed in f32 whatever the
+/// dtype (as flash attention does internally); the probabilities go back to the dtype for `P @ V`.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> CResult<Tensor> {
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let q = q.to_dtype(DType::F32)?;
+    let k = k.to_dtype(DType::F32)?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-    let out = probs.matmul(v)?; // (B, H, L, D)
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let out = probs.matmul(&v.contiguous()?)?; // (B, H, L, D)
     let (b, h, l, d) = out.dims4()?;
     out.transpose(1, 2)?.reshape((b, l, h * d))
 }
