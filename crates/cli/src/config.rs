@@ -1,0 +1,140 @@
+//! Settings from the config file, overridden by command-line flags.
+//!
+//! The file is TOML, found at `--config FILE`, else `$VEETANCE_CONFIG`, else `./veetance.toml`
+//! when it exists:
+//!
+//! ```toml
+//! [cache]
+//! vram_budget = "16GiB"   # bytes the output cache may hold on the GPU
+//! ram_budget = "8GiB"     # bytes it may hold in host memory
+//!
+//! [paths]
+//! models_dir = "models"   # ComfyUI layout: diffusion_models/, text_encoders/, vae/
+//! out_dir = "out"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub paths: PathsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub vram_budget: Option<String>,
+    pub ram_budget: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsSection {
+    pub models_dir: Option<PathBuf>,
+    pub out_dir: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    /// Reads the config file named by `explicit`, or the default places. A file named
+    /// explicitly must exist; the default `./veetance.toml` is optional.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<(Self, Option<PathBuf>)> {
+        let env = std::env::var_os("VEETANCE_CONFIG").map(PathBuf::from);
+        let (path, required) = match (explicit, env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from("veetance.toml"), false),
+        };
+        if !required && !path.exists() {
+            return Ok((ConfigFile::default(), None));
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        let config: ConfigFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            )
+        })?;
+        Ok((config, Some(path)))
+    }
+}
+
+/// Parses a byte size: `1024`, `512MiB`, `16GiB`, `1.5GB`, `8g`. Binary units (KiB, MiB, GiB,
+/// TiB, and the bare K/M/G/T) are powers of 1024; KB, MB, GB, TB are powers of 1000.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a size (try 16GiB, 512MiB or a byte count)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0f64.powi(2),
+        "g" | "gib" => 1024.0f64.powi(3),
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => bail!("{text:?}: unknown size unit {other:?} (use KiB, MiB, GiB or TiB)"),
+    };
+    Ok((value * mult).round() as u64)
+}
+
+/// Total physical memory, from /proc/meminfo on Linux.
+pub fn total_ram_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Formats bytes for people: `1.50 GiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("8g").unwrap(), 8 << 30);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes_format_for_people() {
+        assert_eq!(format_size(512), "512 B");
+        assert_eq!(format_size(3 << 29), "1.50 GiB");
+    }
+}

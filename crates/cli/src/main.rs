@@ -1,0 +1,196 @@
+//! The `veetance` command.
+//!
+//! - `veetance --headless [WORKFLOW] [--set node.param=value]… [--out DIR] [--events FILE|-]`
+//!   runs a workflow (`.ron`, or a PNG written by SaveImage) with progress bars and writes its
+//!   outputs; without a file it runs the built-in example.
+//! - `veetance validate FILE` checks a workflow without running it.
+//! - `veetance nodes [--json]` lists every node type.
+//!
+//! Exit codes: 0 ok, 1 the run failed, 2 invalid input.
+
+mod config;
+mod headless;
+mod load;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for a run that failed while running.
+const EXIT_RUN_FAILED: u8 = 1;
+/// Exit code for input that is not valid (bad file, bad flag, validation errors).
+const EXIT_INVALID: u8 = 2;
+
+/// An error with the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn invalid(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: EXIT_INVALID,
+            error: error.into(),
+        }
+    }
+
+    pub fn run_failed(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: EXIT_RUN_FAILED,
+            error: error.into(),
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "veetance",
+    version,
+    about = "A node-graph engine for diffusion image generation",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Run without the editor: execute the workflow and write its outputs.
+    #[arg(long)]
+    headless: bool,
+
+    /// Workflow to open or run (.ron, or a PNG written by SaveImage). Headless runs without
+    /// one run the built-in example.
+    workflow: Option<PathBuf>,
+
+    #[command(flatten)]
+    run: RunArgs,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Override a param: `--set node.param=value` (repeatable).
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub sets: Vec<String>,
+
+    /// Folder for output files (default: `out`, or `paths.out_dir` in the config file).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Write run events as JSON lines to FILE, or to stdout with `-`.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<String>,
+
+    /// Run only what these nodes need (repeatable); default: every output node.
+    #[arg(long = "target", value_name = "NODE")]
+    pub targets: Vec<String>,
+
+    /// Byte budget for cached values on the GPU, e.g. `16GiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub vram_budget: Option<String>,
+
+    /// Byte budget for cached values in host memory, e.g. `8GiB` (default: half the RAM).
+    #[arg(long, value_name = "SIZE")]
+    pub ram_budget: Option<String>,
+
+    /// Folder of model files, laid out as ComfyUI keeps them (default: `models`).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct CommonArgs {
+    /// Config file (TOML); default: `$VEETANCE_CONFIG`, else `./veetance.toml` if present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug); `VEETANCE_LOG` takes a tracing filter too.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a workflow without running it; every problem is listed.
+    Validate {
+        /// Workflow file (.ron, or a PNG written by SaveImage).
+        file: PathBuf,
+        /// Folder of model files, for checks of model params.
+        #[arg(long, value_name = "DIR")]
+        models_dir: Option<PathBuf>,
+    },
+    /// List every node type with its ports and params.
+    Nodes {
+        /// Machine-readable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.common.verbose);
+    let result = match cli.command {
+        Some(Command::Validate { file, models_dir }) => load::validate_command(&file, models_dir),
+        Some(Command::Nodes { json }) => load::nodes_command(json),
+        None if cli.headless => headless::run(cli.workflow.as_deref(), &cli.run, &cli.common),
+        None => Err(Failure::invalid(anyhow::anyhow!(
+            "the visual editor is not part of this build yet; run a workflow with \
+             `veetance --headless {}`",
+            cli.workflow
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<workflow.ron>".into())
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line per error; the chain joined so that the place comes first.
+            let mut msg = f.error.to_string();
+            for cause in f.error.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`veetance nodes | head` must not panic).
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+/// Sets up `tracing` once for the process: warnings by default, more with -v, or any filter
+/// in `VEETANCE_LOG`.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_env("VEETANCE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
