@@ -84,7 +84,12 @@ fn registry() -> NodeRegistry {
         .input("b", PortType::Int, "")
         .output("out", PortType::Int, "")
         .param(ParamDef::float("weight", 0.5, 0.0, 1.0, 0.01, ""))
-        .param(ParamDef::choice("op", &["add", "mul", "max"], "add", ""))));
+        .param(ParamDef::choice(
+            "op",
+            &["add", "mul", "max"],
+            "add",
+            "",
+        ))));
     reg.add(Save(
         NodeSchema::new("Save", "Save", "bench")
             .input("value", PortType::Int, "")
@@ -204,7 +209,10 @@ fn scheduler(c: &mut Criterion) {
     let first = engine.run(&graph, &options, &NullSink).expect("first run");
     assert_eq!(first.executed.len(), 1000, "the first run fills the cache");
     let again = engine.run(&graph, &options, &NullSink).expect("cached run");
-    assert!(again.executed.is_empty(), "a cached re-run executes nothing");
+    assert!(
+        again.executed.is_empty(),
+        "a cached re-run executes nothing"
+    );
     assert_eq!(again.outputs.len(), 20);
 
     c.bench_function("cached_rerun_1000_nodes", |b| {

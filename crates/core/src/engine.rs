@@ -193,7 +193,7 @@ impl Engine {
         run: u64,
         started: Instant,
     ) -> Result<RunReport, RunError> {
-        let (errors, resolved) = check_graph(graph, &self.registry, env);
+        let (errors, mut resolved) = check_graph(graph, &self.registry, env);
         if !errors.is_empty() {
             return Err(RunError::Invalid(errors));
         }
@@ -212,9 +212,9 @@ impl Engine {
             None => pg
                 .node_indices()
                 .filter(|&ix| {
-                    self.registry
-                        .get(&pg[ix].type_name)
-                        .is_some_and(|d| d.schema().is_output)
+                    resolved[ix.index()]
+                        .as_ref()
+                        .is_some_and(|r| r.def.schema().is_output)
                 })
                 .collect(),
         };
@@ -226,19 +226,23 @@ impl Engine {
         let order = needed_in_topological_order(graph, &targets);
 
         // Planning data and keys, in topological order.
+        let mut key_bytes = Vec::with_capacity(512);
         let mut slots: Vec<Option<Slot<'_>>> = (0..pg.node_bound()).map(|_| None).collect();
         for &ix in &order {
             let node = &pg[ix];
-            let def = self.registry.get(&node.type_name).cloned();
-            let params = resolved[ix.index()].clone().unwrap_or_default();
+            let (def, params) = match resolved[ix.index()].take() {
+                Some(r) => (Some(r.def.clone()), r.params),
+                None => (None, Params::default()),
+            };
             let schema = def.as_ref().map(|d| d.schema());
             let mut inputs: Vec<(NodeIndex, usize, &str)> = pg
                 .edges_directed(ix, Direction::Incoming)
                 .map(|e| {
                     let src = e.source();
-                    let out_index = self
-                        .registry
-                        .get(&pg[src].type_name)
+                    // Sources come earlier in the order, so their slots are filled.
+                    let out_index = slots[src.index()]
+                        .as_ref()
+                        .and_then(|s| s.def.as_ref())
                         .and_then(|d| d.schema().output_index(&e.weight().from_port))
                         .unwrap_or(0);
                     (src, out_index, e.weight().to_port.as_str())
@@ -261,20 +265,26 @@ impl Engine {
             let key = match &freshness {
                 Freshness::Always => KeyState::Pending,
                 _ => {
-                    let upstream: Vec<KeyState> = inputs
-                        .iter()
-                        .map(|(s, _, _)| {
+                    let upstream = || {
+                        inputs.iter().map(|(s, _, _)| {
                             slots[s.index()]
                                 .as_ref()
                                 .map_or(KeyState::Uncacheable, |s| s.key)
                         })
-                        .collect();
-                    if upstream.contains(&KeyState::Uncacheable) {
+                    };
+                    if upstream().any(|k| k == KeyState::Uncacheable) {
                         KeyState::Uncacheable
-                    } else if upstream.contains(&KeyState::Pending) {
+                    } else if upstream().any(|k| k == KeyState::Pending) {
                         KeyState::Pending
                     } else if let Some(schema) = schema {
-                        KeyState::Known(node_key(schema, &params, &freshness, &inputs, &slots))
+                        KeyState::Known(node_key(
+                            schema,
+                            &params,
+                            &freshness,
+                            &inputs,
+                            &slots,
+                            &mut key_bytes,
+                        ))
                     } else {
                         KeyState::Uncacheable
                     }
@@ -439,6 +449,7 @@ impl Engine {
                 &slot.freshness,
                 &slot.inputs,
                 slots,
+                &mut Vec::new(),
             )),
             None => KeyState::Uncacheable,
         }
@@ -575,43 +586,45 @@ fn needed_in_topological_order(graph: &Graph, targets: &[NodeIndex]) -> Vec<Node
 }
 
 /// The content-hash key of a node: type, version, constant params, fingerprint, and for each
-/// linked port (sorted by name) the key and output index of its source.
+/// linked port (sorted by name) the key and output index of its source. The bytes are gathered
+/// in `buf` (reused across nodes) and hashed at once.
 fn node_key(
     schema: &crate::schema::NodeSchema,
     params: &Params,
     freshness: &Freshness,
     inputs: &[(NodeIndex, usize, &str)],
     slots: &[Option<Slot<'_>>],
+    buf: &mut Vec<u8>,
 ) -> CacheKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"veetance-node-v1\0");
-    h.update(schema.type_name.as_bytes());
-    h.update(&[0]);
-    h.update(&schema.version.to_le_bytes());
+    buf.clear();
+    buf.extend_from_slice(b"veetance-node-v1\0");
+    buf.extend_from_slice(schema.type_name.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&schema.version.to_le_bytes());
     for (name, value) in &params.0 {
         if inputs.iter().any(|(_, _, port)| port == name) {
             continue; // linked: its source's key stands for it
         }
-        h.update(b"p");
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        value.hash_content(&mut h);
+        buf.push(b'p');
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(0);
+        value.write_content(buf);
     }
     for (src, out_index, port) in inputs {
-        h.update(b"i");
-        h.update(port.as_bytes());
-        h.update(&[0]);
+        buf.push(b'i');
+        buf.extend_from_slice(port.as_bytes());
+        buf.push(0);
         if let Some(KeyState::Known(k)) = slots[src.index()].as_ref().map(|s| s.key) {
-            h.update(&k.0);
+            buf.extend_from_slice(&k.0);
         }
-        h.update(&(*out_index as u64).to_le_bytes());
+        buf.extend_from_slice(&(*out_index as u64).to_le_bytes());
     }
     if let Freshness::Fingerprint(bytes) = freshness {
-        h.update(b"f");
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        buf.push(b'f');
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
     }
-    CacheKey(*h.finalize().as_bytes())
+    CacheKey(*blake3::hash(buf).as_bytes())
 }
 
 /// The key of an Always node's outputs: its type and version plus the outputs' content, so that

@@ -1,15 +1,17 @@
 //! Validation of a graph before anything runs. Every problem is reported at once, each naming
 //! the node id and the port or param it concerns.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::{is_cyclic_directed, tarjan_scc};
+use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::NodeIndexable;
+use petgraph::Direction;
 
-use crate::graph::Graph;
-use crate::node::{panic_message, Params, RunEnv};
+use crate::graph::{Graph, NodeInstance};
+use crate::node::{panic_message, NodeDef, Params, RunEnv};
 use crate::registry::NodeRegistry;
 use crate::schema::{NodeSchema, ParamKind};
 use crate::value::{PortType, Value};
@@ -159,20 +161,22 @@ pub(crate) fn resolve_params(
 ) -> (Params, Vec<(String, Problem)>) {
     let mut problems = Vec::new();
     let mut out = Vec::with_capacity(schema.params.len());
+    let mut known = 0;
     for def in &schema.params {
         let value = match set.get(&def.name) {
             None => def.kind.default_value(),
-            Some(v) => match def.kind.check(v) {
-                Ok(v) => v,
-                Err(message) => {
+            Some(v) => {
+                known += 1;
+                def.kind.check(v).unwrap_or_else(|message| {
                     problems.push((def.name.clone(), param_problem(&def.kind, v, message)));
                     def.kind.default_value()
-                }
-            },
+                })
+            }
         };
         out.push((def.name.clone(), value));
     }
-    for name in set.keys() {
+    // Every set param was found above unless some are unknown; only then look for which.
+    for name in set.keys().filter(|_| known < set.len()) {
         if schema.param_def(name).is_none() {
             problems.push((
                 name.clone(),
@@ -198,6 +202,80 @@ fn param_problem(kind: &ParamKind, value: &Value, message: String) -> Problem {
     }
 }
 
+/// Checks one link between existing nodes: both ports exist, the target may take a link, and
+/// the types agree. `None` schemas belong to nodes of unknown type, reported elsewhere.
+fn check_link(
+    errors: &mut Vec<ValidationError>,
+    (from, from_port, from_schema): (&NodeInstance, &str, Option<&NodeSchema>),
+    (to, to_port, to_schema): (&NodeInstance, &str, Option<&NodeSchema>),
+) {
+    let err = |node: &str, place: Place, problem: Problem| ValidationError {
+        node: node.into(),
+        place,
+        problem,
+    };
+    let from_ty = from_schema.map(|s| match s.output_index(from_port) {
+        Some(i) => Ok(s.outputs[i].ty),
+        None => Err(s),
+    });
+    if let Some(Err(s)) = from_ty {
+        errors.push(err(
+            &from.id,
+            Place::Output(from_port.into()),
+            Problem::MissingPort {
+                node_type: s.type_name.clone(),
+                available: s.outputs.iter().map(|p| p.name.clone()).collect(),
+            },
+        ));
+    }
+    let to_ty = to_schema.map(|s| match s.link_target_type(to_port) {
+        Some(t) => Ok(t),
+        None => Err(s),
+    });
+    match to_ty {
+        Some(Err(s)) if s.param_def(to_port).is_some() => errors.push(err(
+            &to.id,
+            Place::Param(to_port.into()),
+            Problem::NotLinkable,
+        )),
+        Some(Err(s)) => {
+            let mut available: Vec<String> = s.inputs.iter().map(|p| p.name.clone()).collect();
+            available.extend(
+                s.params
+                    .iter()
+                    .filter(|p| p.linkable)
+                    .map(|p| p.name.clone()),
+            );
+            errors.push(err(
+                &to.id,
+                Place::Input(to_port.into()),
+                Problem::MissingPort {
+                    node_type: s.type_name.clone(),
+                    available,
+                },
+            ))
+        }
+        _ => {}
+    }
+    if let (Some(Ok(found)), Some(Ok(expected))) = (from_ty, to_ty) {
+        if !found.can_feed(expected) {
+            let place = match to_schema.and_then(|s| s.input_def(to_port)) {
+                Some(_) => Place::Input(to_port.into()),
+                None => Place::Param(to_port.into()),
+            };
+            errors.push(err(
+                &to.id,
+                place,
+                Problem::TypeMismatch {
+                    expected,
+                    found,
+                    from: format!("{}.{from_port}", from.id),
+                },
+            ));
+        }
+    }
+}
+
 /// Checks the whole graph. Returns every problem found, or `Ok` when it may run.
 pub fn validate(
     graph: &Graph,
@@ -212,16 +290,23 @@ pub fn validate(
     }
 }
 
-/// Validation, also returning each node's resolved params, indexed by petgraph node index
-/// (`None` for nodes of unknown type).
-pub(crate) fn check_graph(
+/// A node of known type, as validation found it: its definition and resolved params.
+pub(crate) struct Resolved<'r> {
+    pub def: &'r Arc<dyn NodeDef>,
+    pub params: Params,
+}
+
+/// Validation, also returning each node's definition and resolved params, indexed by petgraph
+/// node index (`None` for nodes of unknown type), so that the engine need not look them up again.
+pub(crate) fn check_graph<'r>(
     graph: &Graph,
-    registry: &NodeRegistry,
+    registry: &'r NodeRegistry,
     env: &RunEnv,
-) -> (Vec<ValidationError>, Vec<Option<Params>>) {
+) -> (Vec<ValidationError>, Vec<Option<Resolved<'r>>>) {
     let mut errors = Vec::new();
     let pg = graph.petgraph();
-    let mut resolved: Vec<Option<Params>> = vec![None; pg.node_bound()];
+    let mut resolved: Vec<Option<Resolved<'r>>> = (0..pg.node_bound()).map(|_| None).collect();
+    let mut schemas: Vec<Option<&NodeSchema>> = vec![None; pg.node_bound()];
     let err = |node: &str, place: Place, problem: Problem| ValidationError {
         node: node.into(),
         place,
@@ -242,6 +327,7 @@ pub(crate) fn check_graph(
             ));
             continue;
         };
+        schemas[ix.index()] = Some(def.schema());
         let (params, problems) = resolve_params(def.schema(), &node.params);
         let had_problems = !problems.is_empty();
         for (param, problem) in problems {
@@ -273,147 +359,111 @@ pub(crate) fn check_graph(
                 )),
             }
         }
-        resolved[ix.index()] = Some(params);
+        resolved[ix.index()] = Some(Resolved { def, params });
     }
 
-    // Links.
-    let mut into_port: HashMap<(&str, &str), usize> = HashMap::new();
-    let links = graph.links();
-    for link in &links {
+    // Links: those between nodes (in insertion order), then those with a missing end.
+    for e in pg.edge_indices() {
+        let (a, b) = pg.edge_endpoints(e).expect("edge exists");
+        let ports = &pg[e];
+        check_link(
+            &mut errors,
+            (&pg[a], &ports.from_port, schemas[a.index()]),
+            (&pg[b], &ports.to_port, schemas[b.index()]),
+        );
+    }
+    for link in graph.dangling_links() {
         let from = graph.node(&link.from.node);
         let to = graph.node(&link.to.node);
-        let (Some(from), Some(to)) = (from, to) else {
-            // Report at whichever end exists; if neither does, at the target id.
-            let (at, place, missing) = match (from, to) {
-                (Some(_), None) => (
-                    &link.from.node,
-                    Place::Output(link.from.port.clone()),
-                    &link.to.node,
-                ),
-                _ => (
-                    &link.to.node,
-                    Place::Input(link.to.port.clone()),
-                    &link.from.node,
-                ),
-            };
-            errors.push(err(
-                at,
-                place,
-                Problem::MissingNode {
-                    missing: missing.clone(),
-                },
-            ));
+        if let (Some(from), Some(to)) = (from, to) {
+            let schema = |n: &NodeInstance| registry.get(&n.type_name).map(|d| d.schema());
+            check_link(
+                &mut errors,
+                (from, &link.from.port, schema(from)),
+                (to, &link.to.port, schema(to)),
+            );
             continue;
-        };
-        *into_port
-            .entry((to.id.as_str(), link.to.port.as_str()))
-            .or_default() += 1;
-        let from_schema = registry.get(&from.type_name).map(|d| d.schema());
-        let to_schema = registry.get(&to.type_name).map(|d| d.schema());
-        let from_ty = from_schema.map(|s| match s.output_index(&link.from.port) {
-            Some(i) => Ok(s.outputs[i].ty),
-            None => Err(s),
-        });
-        if let Some(Err(s)) = from_ty {
-            errors.push(err(
-                &from.id,
+        }
+        // Report at whichever end exists; if neither does, at the target id.
+        let (at, place, missing) = match (from, to) {
+            (Some(_), None) => (
+                &link.from.node,
                 Place::Output(link.from.port.clone()),
-                Problem::MissingPort {
-                    node_type: s.type_name.clone(),
-                    available: s.outputs.iter().map(|p| p.name.clone()).collect(),
-                },
-            ));
-        }
-        let to_ty = to_schema.map(|s| match s.link_target_type(&link.to.port) {
-            Some(t) => Ok(t),
-            None => Err(s),
-        });
-        match to_ty {
-            Some(Err(s)) if s.param_def(&link.to.port).is_some() => errors.push(err(
-                &to.id,
-                Place::Param(link.to.port.clone()),
-                Problem::NotLinkable,
-            )),
-            Some(Err(s)) => {
-                let mut available: Vec<String> = s.inputs.iter().map(|p| p.name.clone()).collect();
-                available.extend(
-                    s.params
-                        .iter()
-                        .filter(|p| p.linkable)
-                        .map(|p| p.name.clone()),
-                );
-                errors.push(err(
-                    &to.id,
-                    Place::Input(link.to.port.clone()),
-                    Problem::MissingPort {
-                        node_type: s.type_name.clone(),
-                        available,
-                    },
-                ))
-            }
-            _ => {}
-        }
-        if let (Some(Ok(found)), Some(Ok(expected))) = (from_ty, to_ty) {
-            if !found.can_feed(expected) {
-                let place = match to_schema.and_then(|s| s.input_def(&link.to.port)) {
-                    Some(_) => Place::Input(link.to.port.clone()),
-                    None => Place::Param(link.to.port.clone()),
-                };
-                errors.push(err(
-                    &to.id,
-                    place,
-                    Problem::TypeMismatch {
-                        expected,
-                        found,
-                        from: link.from.to_string(),
-                    },
-                ));
-            }
-        }
+                &link.to.node,
+            ),
+            _ => (
+                &link.to.node,
+                Place::Input(link.to.port.clone()),
+                &link.from.node,
+            ),
+        };
+        errors.push(err(
+            at,
+            place,
+            Problem::MissingNode {
+                missing: missing.clone(),
+            },
+        ));
     }
-    for node in graph.nodes() {
-        let Some(def) = registry.get(&node.type_name) else {
+
+    // Inputs: each required one linked, none linked twice. A node's links are few, so they are
+    // counted by scanning its incoming edges rather than through a map.
+    let links_into = |ix: NodeIndex, port: &str| {
+        pg.edges_directed(ix, Direction::Incoming)
+            .filter(|e| e.weight().to_port == port)
+            .count()
+    };
+    for ix in pg.node_indices() {
+        let Some(schema) = schemas[ix.index()] else {
             continue;
         };
-        for input in &def.schema().inputs {
-            let count = into_port
-                .get(&(node.id.as_str(), input.name.as_str()))
-                .copied()
-                .unwrap_or(0);
-            if count == 0 && input.required {
+        for input in schema.inputs.iter().filter(|i| i.required) {
+            if links_into(ix, &input.name) == 0 {
                 errors.push(err(
-                    &node.id,
+                    &pg[ix].id,
                     Place::Input(input.name.clone()),
                     Problem::MissingInput { ty: input.ty },
                 ));
             }
         }
     }
-    for ((node, port), count) in &into_port {
-        if *count > 1 {
-            errors.push(err(
-                node,
-                Place::Input((*port).into()),
-                Problem::MultipleLinks { count: *count },
-            ));
+    for ix in pg.node_indices() {
+        for (i, e) in pg.edges_directed(ix, Direction::Incoming).enumerate() {
+            let port = e.weight().to_port.as_str();
+            let first_of_its_port = pg
+                .edges_directed(ix, Direction::Incoming)
+                .position(|e| e.weight().to_port == port)
+                == Some(i);
+            let count = links_into(ix, port);
+            if first_of_its_port && count > 1 {
+                errors.push(err(
+                    &pg[ix].id,
+                    Place::Input(port.into()),
+                    Problem::MultipleLinks { count },
+                ));
+            }
         }
     }
 
-    // Cycles.
-    for scc in tarjan_scc(pg) {
-        let is_cycle = scc.len() > 1 || pg.contains_edge(scc[0], scc[0]);
-        if is_cycle {
-            let mut nodes: Vec<String> = scc.iter().rev().map(|&ix| pg[ix].id.clone()).collect();
-            // Name the cycle from the node that comes first in the file.
-            if let Some(first) = graph.nodes().find(|n| nodes.contains(&n.id)) {
-                let at = nodes.iter().position(|n| *n == first.id).unwrap_or(0);
-                nodes.rotate_left(at);
+    // Cycles. Finding strongly connected components allocates per node, so it runs only when a
+    // cheap search has found that there is a cycle to name.
+    if is_cyclic_directed(pg) {
+        for scc in tarjan_scc(pg) {
+            let is_cycle = scc.len() > 1 || pg.contains_edge(scc[0], scc[0]);
+            if is_cycle {
+                let mut nodes: Vec<String> =
+                    scc.iter().rev().map(|&ix| pg[ix].id.clone()).collect();
+                // Name the cycle from the node that comes first in the file.
+                if let Some(first) = graph.nodes().find(|n| nodes.contains(&n.id)) {
+                    let at = nodes.iter().position(|n| *n == first.id).unwrap_or(0);
+                    nodes.rotate_left(at);
+                }
+                errors.push(err(
+                    &nodes[0].clone(),
+                    Place::Node,
+                    Problem::Cycle { nodes },
+                ));
             }
-            errors.push(err(
-                &nodes[0].clone(),
-                Place::Node,
-                Problem::Cycle { nodes },
-            ));
         }
     }
     (errors, resolved)
