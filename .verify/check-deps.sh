@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Checks the dependency rules of docs/ARCHITECTURE.md with `cargo tree`:
+# - core, workflow and cli never pull in egui/eframe/wgpu;
+# - core and models do not depend on each other, and core pulls in no candle;
+# - workflow does not depend on models or any node crate.
+# Exit 0 when every rule holds, 1 with the offending paths otherwise.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+deps_of() { cargo tree -q -e normal -p "$1" --prefix none 2>/dev/null | awk '{print $1}' | sort -u; }
+
+forbid() { # package, regex of crate names it must not depend on, why
+  local pkg=$1 pattern=$2 why=$3
+  local hits
+  hits=$(deps_of "$pkg" | grep -E "^($pattern)$" || true)
+  if [ -n "$hits" ]; then
+    echo "FAIL: $pkg depends on $(echo "$hits" | tr '\n' ' ')— $why"
+    fail=1
+  else
+    echo "ok:   $pkg has no $pattern"
+  fi
+}
+
+ui='egui|eframe|egui-snarl|egui_kittest|wgpu|winit'
+forbid veetance-core "$ui" "the core must build without a UI"
+forbid veetance-workflow "$ui" "the file format must build without a UI"
+forbid veetance-cli "$ui" "headless servers must not link a UI"
+forbid veetance-core 'candle-core|candle-nn|candle-transformers|veetance-models' "core knows nothing of models"
+forbid veetance-models 'veetance-core|veetance-workflow|petgraph' "models know nothing of graphs"
+forbid veetance-workflow 'veetance-models|veetance-nodes|veetance-nodes-basic|candle-core' "the format is independent of nodes and models"
+exit $fail
