@@ -179,6 +179,9 @@ impl Object {
 
 /// A batch of images in host memory: `batch × height × width × channels` f32 values in [0, 1],
 /// row-major, channels interleaved (RGB or RGBA).
+///
+/// `meta` carries text that travels with the pixels (the prompt, seed and steps that made them,
+/// say), in order; image operations pass it on and `SaveImage` writes it into the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
     pub batch: u32,
@@ -186,6 +189,7 @@ pub struct Image {
     pub width: u32,
     pub channels: u32,
     pub data: Arc<[f32]>,
+    pub meta: Arc<[(String, String)]>,
 }
 
 impl Image {
@@ -207,13 +211,25 @@ impl Image {
         if !(channels == 3 || channels == 4) {
             return Err(format!("images have 3 or 4 channels, not {channels}"));
         }
+        if batch == 0 || height == 0 || width == 0 {
+            return Err(format!(
+                "an image batch cannot be empty ({batch}×{height}×{width})"
+            ));
+        }
         Ok(Image {
             batch,
             height,
             width,
             channels,
             data: data.into(),
+            meta: Arc::new([]),
         })
+    }
+
+    /// The same image with `meta` as its text metadata.
+    pub fn with_meta(mut self, meta: Vec<(String, String)>) -> Self {
+        self.meta = meta.into();
+        self
     }
 
     /// Number of f32 values in one image of the batch.
@@ -228,7 +244,8 @@ impl Image {
     }
 
     pub fn mem_bytes(&self) -> MemBytes {
-        MemBytes::host(std::mem::size_of_val(&*self.data) as u64)
+        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        MemBytes::host((std::mem::size_of_val(&*self.data) + meta) as u64)
     }
 
     /// 8-bit values of image `index` (rounded, clamped).
@@ -374,6 +391,13 @@ impl Value {
                 }
                 for v in img.data.iter() {
                     h.update(&v.to_bits().to_le_bytes());
+                }
+                h.update(&(img.meta.len() as u64).to_le_bytes());
+                for (k, v) in img.meta.iter() {
+                    for text in [k, v] {
+                        h.update(&(text.len() as u64).to_le_bytes());
+                        h.update(text.as_bytes());
+                    }
                 }
             }
             Value::Object(o) => match o.payload.content_hash() {

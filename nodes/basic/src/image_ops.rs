@@ -144,6 +144,7 @@ pub(crate) fn resize_image(
         )?;
     }
     Image::new(image.batch, height, width, image.channels, data)
+        .map(|img| img.with_meta(image.meta.to_vec()))
         .map_err(|e| NodeError::failed(format!("resize: {e}")))
 }
 
@@ -394,7 +395,8 @@ impl NodeDef for ImageBlend {
             }?;
         }
         let image = Image::new(batch, a.height, a.width, a.channels, data)
-            .map_err(|e| NodeError::failed(format!("blend: {e}")))?;
+            .map_err(|e| NodeError::failed(format!("blend: {e}")))?
+            .with_meta(a.meta.to_vec());
         Ok(vec![Value::Image(image)])
     }
 }

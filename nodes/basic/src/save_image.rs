@@ -190,12 +190,19 @@ impl NodeDef for SaveImage {
         let prefix = parse_prefix(prefix_text)
             .map_err(|e| NodeError::failed(format!("param 'filename_prefix': {e}")))?;
         let dir = output_folder(&ctx.env.out_dir, &prefix).map_err(NodeError::failed)?;
-        let chunks: Vec<(String, String)> = ctx
-            .env
-            .workflow
+        // The image's own metadata (generation parameters, say), then the workflow.
+        let mut chunks: Vec<(String, String)> = images
+            .meta
             .iter()
-            .map(|w| (WORKFLOW_PNG_KEYWORD.to_string(), w.to_string()))
+            .filter(|(k, _)| k != WORKFLOW_PNG_KEYWORD)
+            .cloned()
             .collect();
+        chunks.extend(
+            ctx.env
+                .workflow
+                .iter()
+                .map(|w| (WORKFLOW_PNG_KEYWORD.to_string(), w.to_string())),
+        );
 
         let mut number = next_number(&dir, &prefix.stem).map_err(NodeError::failed)?;
         let mut first: Option<PathBuf> = None;
