@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Screenshots of the real editor window under Xvfb (Mesa llvmpipe), saved to docs/screenshots/.
+# Not part of CI (CI has no X server); run by hand after changing how the editor looks:
+#
+#   apt-get install -y xvfb xauth imagemagick libgl1-mesa-dri libegl1 libgl1 libglx-mesa0 \
+#       libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6
+#   .verify/screenshots.sh
+#
+# Each shot starts the `editor_shot` example on its own X server, waits, captures the root
+# window with ImageMagick's `import`, and stops the editor.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-gui}"
+export LIBGL_ALWAYS_SOFTWARE=1
+cargo build -p veetance-gui --example editor_shot
+bin="$CARGO_TARGET_DIR/debug/examples/editor_shot"
+out=docs/screenshots
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# The golden workflow: a FLUX.2 [klein] workflow when one exists, else the model-free example.
+golden="$(ls workflows/flux2-klein-*.ron 2>/dev/null | grep -v tiny | head -n1 || true)"
+golden="${golden:-workflows/hello.ron}"
+
+# A run to photograph: the sampler stand-in (PreviewDemo) resolving noise into an image.
+cat > "$work/run.ron" <<'RON'
+(
+    version: 1,
+    description: Some("PreviewDemo stands in for the FLUX.2 sampler: progress and a preview every step."),
+    nodes: [
+        (id: "seed", type: "Seed", params: {"control": "fixed", "seed": 42}),
+        (id: "sampler", type: "PreviewDemo", params: {"size": 384, "step_ms": 60, "steps": 200}),
+        (id: "gradient", type: "GradientImage", params: {"color_a": "#4b0082", "color_b": "#ff69b4", "direction": "radial", "height": 384, "width": 384}),
+        (id: "blend", type: "ImageBlend", params: {"factor": 0.5, "mode": "screen"}),
+        (id: "save", type: "SaveImage", params: {"filename_prefix": "demo"}),
+    ],
+    links: [
+        (from: ("sampler", "image"), to: ("blend", "a")),
+        (from: ("gradient", "image"), to: ("blend", "b")),
+        (from: ("blend", "image"), to: ("save", "images")),
+    ],
+    layout: Some((
+        positions: {"blend": (620.0, 120.0), "gradient": (300.0, 300.0), "sampler": (300.0, 0.0), "save": (900.0, 120.0), "seed": (0.0, 60.0)},
+    )),
+)
+RON
+
+# shot NAME SECONDS MODE [WORKFLOW]
+shot() {
+  local name="$1" wait="$2" mode="$3" workflow="${4:-}"
+  VEETANCE_SHOT="$mode" xvfb-run -a -s "-screen 0 1600x1000x24" bash -c '
+    "$0" $1 &
+    pid=$!
+    sleep "$2"
+    import -window root "$3"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+  ' "$bin" "$workflow" "$wait" "$work/$name.png"
+  # Keep the files small: strip metadata, squeeze the PNG.
+  convert "$work/$name.png" -strip -define png:compression-level=9 "$out/$name.png"
+  echo "$out/$name.png: $(du -k "$out/$name.png" | cut -f1) KiB"
+}
+
+shot golden-workflow 6 canvas "$golden"
+shot run-in-progress 9 run "$work/run.ron"
+VEETANCE_SPLASH_AT=0.45 shot splash 5 splash

@@ -1,0 +1,665 @@
+//! The node canvas: how egui-snarl shows the document's nodes. Every node's pins, widgets and
+//! docs come from its [`NodeSchema`]; nothing here knows a node type by name.
+//!
+//! Pins: a node's inputs, then its linkable params (a param's widget is hidden while a link
+//! feeds it), on the left; its outputs on the right. Wires take the colour of their type.
+//! [`CanvasViewer::connect`] refuses a link whose types do not fit (`PortType::can_feed`) and
+//! says why.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use egui::emath::TSTransform;
+use egui::{Color32, Pos2, RichText, Stroke, Ui};
+use egui_snarl::ui::{PinInfo, PinWireInfo, SnarlPin, SnarlStyle, SnarlViewer};
+use egui_snarl::{InPin, NodeId, OutPin, Snarl};
+use veetance_core::{NodeRegistry, NodeSchema, ParamDef, ParamKind, PortType, Value};
+
+use crate::document::{add_node, input_slots, InputSlot, NodeView};
+
+/// The colour of a port type's pins and wires.
+pub fn type_color(ty: PortType) -> Color32 {
+    match ty {
+        PortType::Int => Color32::from_rgb(0x7d, 0xc4, 0xe4),
+        PortType::Float => Color32::from_rgb(0x9a, 0xd9, 0x8f),
+        PortType::Bool => Color32::from_rgb(0xe0, 0x8d, 0x79),
+        PortType::String => Color32::from_rgb(0xd8, 0xc8, 0x7a),
+        PortType::Choice => Color32::from_rgb(0xc7, 0xa8, 0x6b),
+        PortType::Image => Color32::from_rgb(0x64, 0xb5, 0xf6),
+        PortType::Latent => Color32::from_rgb(0xff, 0x9c, 0xd6),
+        PortType::Conditioning => Color32::from_rgb(0xff, 0xa9, 0x31),
+        PortType::Model => Color32::from_rgb(0xb3, 0x9d, 0xdb),
+        PortType::TextEncoder => Color32::from_rgb(0xff, 0xd5, 0x00),
+        PortType::Vae => Color32::from_rgb(0xff, 0x6e, 0x6e),
+        _ => Color32::GRAY,
+    }
+}
+
+/// The brand colours.
+pub const INDIGO: Color32 = Color32::from_rgb(0x4b, 0x00, 0x82);
+pub const PINK: Color32 = Color32::from_rgb(0xff, 0x69, 0xb4);
+
+/// What a node is doing in the current or last run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeRun {
+    Queued,
+    Running { step: u64, total: u64 },
+    Cached,
+    Done { ms: f64 },
+    Failed(String),
+    Cancelled,
+}
+
+impl NodeRun {
+    pub fn label(&self) -> String {
+        match self {
+            NodeRun::Queued => "queued".into(),
+            NodeRun::Running { step, total } if *total > 0 => {
+                format!("running {step}/{total}")
+            }
+            NodeRun::Running { .. } => "running".into(),
+            NodeRun::Cached => "cached".into(),
+            NodeRun::Done { ms } => format!("done {ms:.0} ms"),
+            NodeRun::Failed(_) => "failed".into(),
+            NodeRun::Cancelled => "cancelled".into(),
+        }
+    }
+
+    fn color(&self) -> Color32 {
+        match self {
+            NodeRun::Queued => Color32::from_gray(150),
+            NodeRun::Running { .. } => Color32::from_rgb(0xff, 0xc1, 0x07),
+            NodeRun::Cached => Color32::from_rgb(0x80, 0xcb, 0xc4),
+            NodeRun::Done { .. } => Color32::from_rgb(0x81, 0xc7, 0x84),
+            NodeRun::Failed(_) => Color32::from_rgb(0xef, 0x53, 0x50),
+            NodeRun::Cancelled => Color32::from_gray(170),
+        }
+    }
+}
+
+/// Which pin a screen position belongs to: (node id, port name, is output).
+pub type PinKey = (String, String, bool);
+
+/// Where each pin was drawn in the last frame (screen coordinates); tests drag wires between
+/// these points, as a user would.
+#[derive(Clone, Debug, Default)]
+pub struct PinTracker(Rc<RefCell<HashMap<PinKey, Pos2>>>);
+
+impl PinTracker {
+    pub fn get(&self, node: &str, port: &str, output: bool) -> Option<Pos2> {
+        self.0
+            .borrow()
+            .get(&(node.to_string(), port.to_string(), output))
+            .copied()
+    }
+
+    fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
+/// A pin that records where it was drawn.
+struct TrackedPin {
+    info: PinInfo,
+    key: PinKey,
+    tracker: PinTracker,
+}
+
+impl SnarlPin for TrackedPin {
+    fn draw(
+        self,
+        snarl_style: &SnarlStyle,
+        style: &egui::Style,
+        rect: egui::Rect,
+        painter: &egui::Painter,
+    ) -> PinWireInfo {
+        self.tracker.0.borrow_mut().insert(self.key, rect.center());
+        self.info.draw(snarl_style, style, rect, painter)
+    }
+}
+
+/// Model files under the models folder, by sub-folder, re-listed every few seconds.
+#[derive(Debug, Default)]
+pub struct ModelIndex {
+    pub root: PathBuf,
+    folders: RefCell<HashMap<String, (Instant, Vec<String>)>>,
+}
+
+impl ModelIndex {
+    pub fn new(root: PathBuf) -> Self {
+        ModelIndex {
+            root,
+            folders: RefCell::default(),
+        }
+    }
+
+    /// Files in `<root>/<folder>` (and one level of sub-folders), as names relative to it.
+    pub fn files(&self, folder: &str) -> Vec<String> {
+        let mut cache = self.folders.borrow_mut();
+        if let Some((at, files)) = cache.get(folder) {
+            if at.elapsed() < Duration::from_secs(3) {
+                return files.clone();
+            }
+        }
+        let mut files = Vec::new();
+        list_files(&self.root.join(folder), Path::new(""), 2, &mut files);
+        files.sort();
+        cache.insert(folder.to_string(), (Instant::now(), files.clone()));
+        files
+    }
+}
+
+fn list_files(dir: &Path, prefix: &Path, depth: u32, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let rel = prefix.join(&name);
+        match entry.file_type() {
+            Ok(t) if t.is_dir() && depth > 1 => list_files(&entry.path(), &rel, depth - 1, out),
+            Ok(t) if !t.is_dir() => out.push(rel.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// Shows the document's snarl, with what the app knows about the run.
+pub struct CanvasViewer<'a> {
+    pub registry: &'a NodeRegistry,
+    pub node_runs: &'a HashMap<String, NodeRun>,
+    pub node_images: &'a HashMap<String, egui::TextureHandle>,
+    pub problems: &'a BTreeMap<String, Vec<String>>,
+    pub models: &'a ModelIndex,
+    pub pins: &'a PinTracker,
+    /// A message for the status line (a refused connection…).
+    pub notice: &'a mut Option<String>,
+    /// The canvas transform (graph to screen), for placing new nodes in view.
+    pub transform: &'a mut TSTransform,
+    pub menu_search: &'a mut String,
+    /// Seeds for the seed widget's dice button.
+    pub dice: &'a mut u64,
+}
+
+impl CanvasViewer<'_> {
+    /// Clears pin positions before a frame draws them anew.
+    pub fn begin_frame(&self) {
+        self.pins.clear();
+    }
+
+    fn schema(&self, node: &NodeView) -> Option<&NodeSchema> {
+        self.registry.get(&node.type_name).map(|d| d.schema())
+    }
+}
+
+/// A pin's look: filled with its type's colour, hollow when an optional input is unlinked.
+fn pin_info(ty: PortType) -> PinInfo {
+    PinInfo::circle()
+        .with_fill(type_color(ty))
+        .with_wire_color(type_color(ty))
+}
+
+impl SnarlViewer<NodeView> for CanvasViewer<'_> {
+    fn title(&mut self, node: &NodeView) -> String {
+        self.schema(node)
+            .map(|s| s.display_name.clone())
+            .unwrap_or_else(|| node.type_name.clone())
+    }
+
+    fn show_header(
+        &mut self,
+        node: NodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) {
+        let view = &snarl[node];
+        let title = self.title(view);
+        let doc = self.schema(view).map(|s| s.doc.clone()).unwrap_or_default();
+        ui.horizontal(|ui| {
+            let r = ui.label(RichText::new(title).strong());
+            if !doc.is_empty() {
+                r.on_hover_text(doc);
+            }
+            ui.label(RichText::new(&view.id).weak().small());
+            if let Some(state) = self.node_runs.get(&view.id) {
+                ui.label(RichText::new(state.label()).small().color(state.color()));
+            }
+        });
+    }
+
+    fn node_frame(
+        &mut self,
+        default: egui::Frame,
+        node: NodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        snarl: &Snarl<NodeView>,
+    ) -> egui::Frame {
+        let id = &snarl[node].id;
+        let failed = matches!(self.node_runs.get(id), Some(NodeRun::Failed(_)))
+            || self.problems.contains_key(id);
+        match self.node_runs.get(id) {
+            _ if failed => default.stroke(Stroke::new(2.5, NodeRun::Failed(String::new()).color())),
+            Some(state @ NodeRun::Running { .. }) => default.stroke(Stroke::new(2.5, state.color())),
+            _ => default,
+        }
+    }
+
+    fn inputs(&mut self, node: &NodeView) -> usize {
+        self.schema(node).map(|s| input_slots(s).len()).unwrap_or(0)
+    }
+
+    fn outputs(&mut self, node: &NodeView) -> usize {
+        self.schema(node).map(|s| s.outputs.len()).unwrap_or(0)
+    }
+
+    fn show_input(
+        &mut self,
+        pin: &InPin,
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) -> impl SnarlPin + 'static {
+        let registry = self.registry;
+        let view = &mut snarl[pin.id.node];
+        let schema = registry.get(&view.type_name).map(|d| d.schema());
+        let slot = schema.and_then(|s| input_slots(s).get(pin.id.input).copied());
+        let Some(slot) = slot else {
+            return TrackedPin {
+                info: PinInfo::circle(),
+                key: (view.id.clone(), String::new(), false),
+                tracker: self.pins.clone(),
+            };
+        };
+        let key = (view.id.clone(), slot.name().to_string(), false);
+        match slot {
+            InputSlot::Port(port) => {
+                let text = if port.required {
+                    port.name.clone()
+                } else {
+                    format!("{} (optional)", port.name)
+                };
+                ui.label(text)
+                    .on_hover_text(format!("{}: {}\n{}", port.name, port.ty, port.doc));
+            }
+            InputSlot::Param(def) if pin.remotes.is_empty() => {
+                let node_id = view.id.clone();
+                param_widget(ui, def, &mut view.params, &node_id, self.models, self.dice);
+            }
+            InputSlot::Param(def) => {
+                ui.label(RichText::new(format!("{} (linked)", def.name)).italics())
+                    .on_hover_text(format!(
+                        "{}: {}\n{}",
+                        def.name,
+                        def.kind.port_type(),
+                        def.doc
+                    ));
+            }
+        }
+        TrackedPin {
+            info: pin_info(slot.ty()),
+            key,
+            tracker: self.pins.clone(),
+        }
+    }
+
+    fn show_output(
+        &mut self,
+        pin: &OutPin,
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) -> impl SnarlPin + 'static {
+        let view = &snarl[pin.id.node];
+        let port = self
+            .schema(view)
+            .and_then(|s| s.outputs.get(pin.id.output));
+        let Some(port) = port else {
+            return TrackedPin {
+                info: PinInfo::circle(),
+                key: (view.id.clone(), String::new(), true),
+                tracker: self.pins.clone(),
+            };
+        };
+        ui.label(&port.name)
+            .on_hover_text(format!("{}: {}\n{}", port.name, port.ty, port.doc));
+        TrackedPin {
+            info: pin_info(port.ty),
+            key: (view.id.clone(), port.name.clone(), true),
+            tracker: self.pins.clone(),
+        }
+    }
+
+    fn has_body(&mut self, node: &NodeView) -> bool {
+        match self.schema(node) {
+            Some(s) => s.params.iter().any(|p| !p.linkable),
+            None => true,
+        }
+    }
+
+    fn show_body(
+        &mut self,
+        node: NodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) {
+        let registry = self.registry;
+        let view = &mut snarl[node];
+        let Some(schema) = registry.get(&view.type_name).map(|d| d.schema()) else {
+            ui.colored_label(
+                NodeRun::Failed(String::new()).color(),
+                format!("unknown node type {:?}", view.type_name),
+            );
+            return;
+        };
+        ui.vertical(|ui| {
+            let node_id = view.id.clone();
+            for def in schema.params.iter().filter(|p| !p.linkable) {
+                param_widget(ui, def, &mut view.params, &node_id, self.models, self.dice);
+            }
+        });
+    }
+
+    fn has_footer(&mut self, node: &NodeView) -> bool {
+        self.node_runs.contains_key(&node.id)
+            || self.problems.contains_key(&node.id)
+            || self.node_images.contains_key(&node.id)
+    }
+
+    fn show_footer(
+        &mut self,
+        node: NodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) {
+        let id = snarl[node].id.clone();
+        ui.vertical(|ui| {
+            match self.node_runs.get(&id) {
+                Some(NodeRun::Running { step, total }) if *total > 0 => {
+                    ui.add(
+                        egui::ProgressBar::new(*step as f32 / *total as f32)
+                            .desired_width(180.0)
+                            .text(format!("{step}/{total}")),
+                    );
+                }
+                Some(NodeRun::Failed(message)) => {
+                    ui.colored_label(NodeRun::Failed(String::new()).color(), message);
+                }
+                _ => {}
+            }
+            if let Some(problems) = self.problems.get(&id) {
+                for p in problems {
+                    ui.colored_label(NodeRun::Failed(String::new()).color(), p);
+                }
+            }
+            if let Some(texture) = self.node_images.get(&id) {
+                let size = texture.size_vec2();
+                let scale = (200.0 / size.x.max(size.y)).min(1.0);
+                ui.add(egui::Image::new((texture.id(), size * scale)));
+            }
+        });
+    }
+
+    fn connect(&mut self, from: &OutPin, to: &InPin, snarl: &mut Snarl<NodeView>) {
+        let (from_view, to_view) = (&snarl[from.id.node], &snarl[to.id.node]);
+        let from_port = self
+            .schema(from_view)
+            .and_then(|s| s.outputs.get(from.id.output))
+            .map(|p| (p.name.clone(), p.ty));
+        let to_slot = self
+            .schema(to_view)
+            .and_then(|s| input_slots(s).get(to.id.input).map(|s| (s.name().to_string(), s.ty())));
+        let (Some((from_name, from_ty)), Some((to_name, to_ty))) = (from_port, to_slot) else {
+            return;
+        };
+        if from.id.node == to.id.node {
+            *self.notice = Some("a node cannot feed itself".into());
+            return;
+        }
+        if !from_ty.can_feed(to_ty) {
+            *self.notice = Some(format!(
+                "{from_ty} cannot feed {to_ty}: {}.{from_name} → {}.{to_name} was not connected",
+                from_view.id, to_view.id
+            ));
+            return;
+        }
+        // One link per input: a new link replaces the old one.
+        snarl.drop_inputs(to.id);
+        snarl.connect(from.id, to.id);
+        *self.notice = None;
+    }
+
+    fn has_graph_menu(&mut self, _pos: Pos2, _snarl: &mut Snarl<NodeView>) -> bool {
+        true
+    }
+
+    fn show_graph_menu(&mut self, pos: Pos2, ui: &mut Ui, snarl: &mut Snarl<NodeView>) {
+        ui.label("Add node");
+        ui.text_edit_singleline(self.menu_search).request_focus();
+        let needle = self.menu_search.to_lowercase();
+        let mut chosen = None;
+        egui::ScrollArea::vertical()
+            .max_height(320.0)
+            .show(ui, |ui| {
+                for schema in self.registry.schemas() {
+                    if !needle.is_empty() && !matches_search(schema, &needle) {
+                        continue;
+                    }
+                    let label = format!("{}  ({})", schema.display_name, schema.category);
+                    if ui.button(label).on_hover_text(&schema.doc).clicked() {
+                        chosen = Some(schema.type_name.clone());
+                    }
+                }
+            });
+        if let Some(type_name) = chosen {
+            add_node(snarl, &type_name, pos);
+            self.menu_search.clear();
+            ui.close();
+        }
+    }
+
+    fn has_node_menu(&mut self, _node: &NodeView) -> bool {
+        true
+    }
+
+    fn show_node_menu(
+        &mut self,
+        node: NodeId,
+        _inputs: &[InPin],
+        _outputs: &[OutPin],
+        ui: &mut Ui,
+        snarl: &mut Snarl<NodeView>,
+    ) {
+        if ui.button("Duplicate").clicked() {
+            if let Some(info) = snarl.get_node_info(node) {
+                let (pos, view) = (info.pos, info.value.clone());
+                let (nid, _) = add_node(snarl, &view.type_name, pos + egui::vec2(40.0, 40.0));
+                snarl[nid].params = view.params;
+            }
+            ui.close();
+        }
+        if ui.button("Disconnect all").clicked() {
+            let n_in = self.inputs(&snarl[node]);
+            let n_out = self.outputs(&snarl[node]);
+            for input in 0..n_in {
+                snarl.drop_inputs(egui_snarl::InPinId { node, input });
+            }
+            for output in 0..n_out {
+                snarl.drop_outputs(egui_snarl::OutPinId { node, output });
+            }
+            ui.close();
+        }
+        if ui.button("Delete").clicked() {
+            snarl.remove_node(node);
+            ui.close();
+        }
+    }
+
+    fn current_transform(&mut self, to_global: &mut TSTransform, _snarl: &mut Snarl<NodeView>) {
+        *self.transform = *to_global;
+    }
+}
+
+/// Whether a schema matches a lower-case search text (name, display name, category).
+pub fn matches_search(schema: &NodeSchema, needle: &str) -> bool {
+    schema.type_name.to_lowercase().contains(needle)
+        || schema.display_name.to_lowercase().contains(needle)
+        || schema.category.to_lowercase().contains(needle)
+}
+
+/// The widget for one param, fitted to its kind; writes into `params` when changed. Returns
+/// whether the value changed.
+pub fn param_widget(
+    ui: &mut Ui,
+    def: &ParamDef,
+    params: &mut BTreeMap<String, Value>,
+    node_id: &str,
+    models: &ModelIndex,
+    dice: &mut u64,
+) -> bool {
+    let current = params
+        .get(&def.name)
+        .cloned()
+        .unwrap_or_else(|| def.kind.default_value());
+    let hover = format!("{}: {}\n{}", def.name, def.kind.describe(), def.doc);
+    let mut changed = None;
+    ui.horizontal(|ui| {
+        let label = ui.label(&def.name).on_hover_text(&hover);
+        let response = match &def.kind {
+            ParamKind::Int { min, max, step, .. } => {
+                let mut v = current.as_int().unwrap_or_default();
+                let r = if max.saturating_sub(*min) <= 100 {
+                    ui.add(egui::Slider::new(&mut v, *min..=*max))
+                } else {
+                    ui.add(
+                        egui::DragValue::new(&mut v)
+                            .range(*min..=*max)
+                            .speed((*step).max(1) as f64),
+                    )
+                };
+                if r.changed() {
+                    changed = Some(Value::Int(v));
+                }
+                if def.name == "seed"
+                    && ui
+                        .small_button("🎲")
+                        .on_hover_text("a new random seed now")
+                        .clicked()
+                {
+                    *dice = splitmix(*dice);
+                    let span = (*max as i128 - *min as i128 + 1) as u128;
+                    let v = (*min as i128 + (*dice as u128 % span) as i128) as i64;
+                    changed = Some(Value::Int(v));
+                }
+                r
+            }
+            ParamKind::Float { min, max, step, .. } => {
+                let mut v = current.as_float().unwrap_or_default();
+                let r = if min.is_finite() && max.is_finite() && max - min <= 1e4 {
+                    ui.add(egui::Slider::new(&mut v, *min..=*max).step_by(*step))
+                } else {
+                    ui.add(egui::DragValue::new(&mut v).range(*min..=*max).speed(*step))
+                };
+                if r.changed() {
+                    changed = Some(Value::Float(v));
+                }
+                r
+            }
+            ParamKind::Bool { .. } => {
+                let mut v = current.as_bool().unwrap_or_default();
+                let r = ui.checkbox(&mut v, "");
+                if r.changed() {
+                    changed = Some(Value::Bool(v));
+                }
+                r
+            }
+            ParamKind::String { multiline, .. } => {
+                let mut text = current.as_str().unwrap_or_default().to_string();
+                let r = if *multiline {
+                    ui.add(
+                        egui::TextEdit::multiline(&mut text)
+                            .desired_rows(3)
+                            .desired_width(220.0),
+                    )
+                } else {
+                    ui.add(egui::TextEdit::singleline(&mut text).desired_width(160.0))
+                };
+                if r.changed() {
+                    changed = Some(Value::string(text));
+                }
+                r
+            }
+            ParamKind::Choice { options, .. } => {
+                let selected = current.as_str().unwrap_or_default().to_string();
+                let mut choice = selected.clone();
+                let r = egui::ComboBox::from_id_salt((node_id, &def.name))
+                    .selected_text(&selected)
+                    .show_ui(ui, |ui| {
+                        for o in options {
+                            ui.selectable_value(&mut choice, o.clone(), o);
+                        }
+                    })
+                    .response;
+                if choice != selected {
+                    changed = Some(Value::string(choice));
+                }
+                r
+            }
+            ParamKind::Path { folder, .. } => {
+                let mut text = current.as_str().unwrap_or_default().to_string();
+                let r = ui.add(egui::TextEdit::singleline(&mut text).desired_width(160.0));
+                if r.changed() {
+                    changed = Some(Value::string(text.clone()));
+                }
+                if let Some(folder) = folder {
+                    let files = models.files(folder);
+                    egui::ComboBox::from_id_salt((node_id, &def.name, "models"))
+                        .selected_text("📂")
+                        .width(28.0)
+                        .show_ui(ui, |ui| {
+                            if files.is_empty() {
+                                ui.label(format!(
+                                    "no files in {}",
+                                    models.root.join(folder).display()
+                                ));
+                            }
+                            for f in &files {
+                                if ui.selectable_label(*f == text, f).clicked() {
+                                    changed = Some(Value::string(f.as_str()));
+                                }
+                            }
+                        })
+                        .response
+                        .on_hover_text(format!("files in {}", models.root.join(folder).display()));
+                }
+                r
+            }
+        };
+        response.labelled_by(label.id).on_hover_text(&hover);
+    });
+    match changed {
+        Some(v) => {
+            params.insert(def.name.clone(), v);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A small, fast mixing function for the dice button (not for anything cryptographic).
+pub fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

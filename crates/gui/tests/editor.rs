@@ -1,0 +1,572 @@
+//! The editor, driven as a user drives it: through egui_kittest's harness, finding widgets by
+//! their accessibility labels, clicking, typing and dragging. No display and no GPU needed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui::{Key, Modifiers, Pos2};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use veetance_core::Value;
+use veetance_gui::canvas::NodeRun;
+use veetance_gui::demo::register_demo;
+use veetance_gui::{EditorOptions, Settings, VeetanceApp};
+use veetance_workflow::WorkflowFile;
+
+const HELLO: &str = include_str!("../../../workflows/hello.ron");
+
+/// A small model-free workflow: a 64×64 gradient saved as a PNG. Stands in for the FLUX.2
+/// "tiny workflow" until that exists; when `workflows/flux2-klein-tiny.ron` is present, the
+/// run test also runs it.
+const TINY: &str = r##"(
+    version: 1,
+    nodes: [
+        (id: "gradient", type: "GradientImage", params: {"width": 64, "height": 64, "color_a": "#4b0082", "color_b": "#ff69b4"}),
+        (id: "save", type: "SaveImage", params: {"filename_prefix": "tiny"}),
+    ],
+    links: [
+        (from: ("gradient", "image"), to: ("save", "images")),
+    ],
+    layout: Some((positions: {"gradient": (40.0, 40.0), "save": (420.0, 40.0)})),
+)
+"##;
+
+/// A sampler stand-in feeding a saver: `steps` steps of `step_ms`.
+fn slow_workflow(steps: u32, step_ms: u32) -> String {
+    format!(
+        r#"(
+    version: 1,
+    nodes: [
+        (id: "sampler", type: "PreviewDemo", params: {{"steps": {steps}, "step_ms": {step_ms}, "size": 48}}),
+        (id: "save", type: "SaveImage", params: {{"filename_prefix": "slow"}}),
+    ],
+    links: [
+        (from: ("sampler", "image"), to: ("save", "images")),
+    ],
+    layout: Some((positions: {{"sampler": (40.0, 40.0), "save": (460.0, 40.0)}})),
+)
+"#
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn options(&self, workflow: Option<PathBuf>) -> EditorOptions {
+        EditorOptions {
+            workflow,
+            out_dir: Some(self.path("out")),
+            models_dir: Some(self.path("models")),
+            state_dir: Some(self.path("state")),
+            ..EditorOptions::default()
+        }
+    }
+
+    fn app_with(&self, workflow: Option<PathBuf>, settings: Settings) -> VeetanceApp {
+        let mut registry = veetance_gui::node_registry();
+        register_demo(&mut registry);
+        VeetanceApp::new(registry, self.options(workflow), settings)
+    }
+
+    fn app(&self, workflow: Option<PathBuf>) -> VeetanceApp {
+        self.app_with(
+            workflow,
+            Settings {
+                show_splash: false,
+                ..Settings::default()
+            },
+        )
+    }
+}
+
+fn harness(app: VeetanceApp) -> Harness<'static, VeetanceApp> {
+    let mut h = Harness::builder()
+        .with_size([1500.0, 950.0])
+        .build_ui_state(|ui, app: &mut VeetanceApp| app.ui(ui), app);
+    h.run_steps(3);
+    h
+}
+
+/// Steps frames until `done` holds or `timeout` passes; returns whether it held.
+fn step_until(
+    h: &mut Harness<'_, VeetanceApp>,
+    timeout: Duration,
+    done: impl Fn(&VeetanceApp) -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        h.step();
+        if done(h.state()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Drags with the mouse from one point to another, as a user would.
+fn drag(h: &mut Harness<'_, VeetanceApp>, from: Pos2, to: Pos2) {
+    h.hover_at(from);
+    h.step();
+    h.drag_at(from);
+    h.step();
+    for i in 1..=6 {
+        h.hover_at(from.lerp(to, i as f32 / 6.0));
+        h.step();
+    }
+    h.drop_at(to);
+    h.run_steps(3);
+}
+
+fn pin(h: &Harness<'_, VeetanceApp>, node: &str, port: &str, output: bool) -> Pos2 {
+    h.state()
+        .pins
+        .get(node, port, output)
+        .unwrap_or_else(|| panic!("pin {node}.{port} is not on screen"))
+}
+
+fn has_link(app: &VeetanceApp, from: (&str, &str), to: (&str, &str)) -> bool {
+    app.workflow()
+        .links
+        .iter()
+        .any(|l| l.from.0 == from.0 && l.from.1 == from.1 && l.to.0 == to.0 && l.to.1 == to.1)
+}
+
+#[test]
+fn palette_adds_nodes_grouped_by_category_and_searchable() {
+    let fx = Fixture::new();
+    let mut h = harness(fx.app(None));
+    // Categories from the registry are headers; entries are buttons.
+    h.get_by_label("image/generate");
+    h.get_by_role_and_label(Role::Button, "Gradient").click();
+    h.run_steps(3);
+    let wf = h.state().workflow();
+    assert_eq!(wf.nodes.len(), 1);
+    assert_eq!(wf.nodes[0].type_name, "GradientImage");
+    // The node shows on the canvas with its title and id.
+    h.get_by_label("gradientimage");
+
+    h.get_by_label("Search").type_text("blend");
+    h.run_steps(2);
+    assert!(h
+        .query_by_role_and_label(Role::Button, "Gradient")
+        .is_none());
+    h.get_by_role_and_label(Role::Button, "Blend Images").click();
+    h.run_steps(3);
+    let types: Vec<String> = h
+        .state()
+        .workflow()
+        .nodes
+        .iter()
+        .map(|n| n.type_name.clone())
+        .collect();
+    assert_eq!(types, ["GradientImage", "ImageBlend"]);
+}
+
+#[test]
+fn dragging_from_an_output_to_a_compatible_input_connects_them() {
+    let fx = Fixture::new();
+    let unlinked = TINY.replace(r#"(from: ("gradient", "image"), to: ("save", "images")),"#, "");
+    let path = fx.write("unlinked.ron", &unlinked);
+    let mut h = harness(fx.app(Some(path)));
+    assert!(h.state().workflow().links.is_empty());
+    let from = pin(&h, "gradient", "image", true);
+    let to = pin(&h, "save", "images", false);
+    drag(&mut h, from, to);
+    assert!(
+        has_link(h.state(), ("gradient", "image"), ("save", "images")),
+        "links: {:?}",
+        h.state().workflow().links
+    );
+}
+
+#[test]
+fn an_incompatible_connection_is_refused_with_the_reason() {
+    let fx = Fixture::new();
+    let text = TINY
+        .replace(
+            r#"(id: "save","#,
+            r#"(id: "seed", type: "Seed", params: {"seed": 3}),
+        (id: "save","#,
+        )
+        .replace(
+            r#""save": (420.0, 40.0)"#,
+            r#""save": (420.0, 40.0), "seed": (40.0, 300.0)"#,
+        );
+    let path = fx.write("seed.ron", &text);
+    let mut h = harness(fx.app(Some(path)));
+    let before = h.state().workflow().links.len();
+    let from = pin(&h, "seed", "seed", true);
+    let to = pin(&h, "save", "images", false);
+    drag(&mut h, from, to);
+    assert_eq!(h.state().workflow().links.len(), before);
+    assert!(!has_link(h.state(), ("seed", "seed"), ("save", "images")));
+    let notice = h.state().notice.clone().unwrap_or_default();
+    assert!(notice.starts_with("Int cannot feed Image"), "{notice}");
+    // The reason is on screen.
+    h.get_by_label_contains("Int cannot feed Image");
+}
+
+#[test]
+fn editing_a_param_widget_changes_the_document_and_undo_reverts_it() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    let field = h.get_by_label("filename_prefix");
+    field.focus();
+    field.type_text("_v2");
+    h.run_steps(2);
+    h.key_press(Key::Tab);
+    h.run_steps(3);
+    let params = h.state().doc.snarl.nodes().find(|n| n.id == "save").unwrap().params.clone();
+    assert!(
+        matches!(params.get("filename_prefix"), Some(Value::String(s)) if &**s == "tiny_v2"),
+        "{params:?}"
+    );
+    assert!(h.state().doc.is_dirty());
+
+    // Undo with Ctrl+Z, redo with Ctrl+Shift+Z.
+    h.remove_cursor();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(3);
+    let wf = h.state().workflow();
+    let save = wf.nodes.iter().find(|n| n.id == "save").unwrap();
+    assert_eq!(save.params["filename_prefix"].to_string(), "\"tiny\"");
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    h.run_steps(3);
+    let wf = h.state().workflow();
+    let save = wf.nodes.iter().find(|n| n.id == "save").unwrap();
+    assert_eq!(save.params["filename_prefix"].to_string(), "\"tiny_v2\"");
+}
+
+#[test]
+fn saving_and_reopening_gives_the_identical_graph() {
+    let fx = Fixture::new();
+    let path = fx.write("hello.ron", HELLO);
+    let mut h = harness(fx.app(Some(path)));
+    // Change something: add a node from the palette.
+    h.get_by_role_and_label(Role::Button, "Gradient").click();
+    h.run_steps(3);
+    assert!(h.state().doc.is_dirty());
+    let before = h.state().workflow();
+
+    // File → Save As…, type a name, Save.
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Save As…").click();
+    h.run_steps(2);
+    let name = h.get_by_label("File name");
+    name.focus();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::A);
+    h.get_by_label("File name").type_text("edited.ron");
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "Save").click();
+    h.run_steps(3);
+    let saved = fx.path("edited.ron");
+    assert!(saved.exists(), "notice: {:?}", h.state().notice);
+    assert!(!h.state().doc.is_dirty());
+
+    let reopened = harness(fx.app(Some(saved.clone())));
+    assert_eq!(reopened.state().workflow(), before);
+    assert_eq!(WorkflowFile::load(&saved).unwrap(), before);
+    // And the file is what saving writes again: the text is stable.
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), before.to_ron());
+}
+
+/// Clicks Run and steps until the run ends; returns the frames stepped.
+fn run_to_end(h: &mut Harness<'_, VeetanceApp>, timeout: Duration) {
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.step();
+    assert!(h.state().is_running(), "notice: {:?}", h.state().notice);
+    assert!(
+        step_until(h, timeout, |app| !app.is_running()),
+        "the run did not finish"
+    );
+    h.run_steps(2);
+}
+
+#[test]
+fn running_the_tiny_workflow_shows_its_image() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    run_to_end(&mut h, Duration::from_secs(20));
+    let app = h.state();
+    assert_eq!(app.run.outputs.len(), 1, "result: {:?}", app.run.result);
+    let (node, png, texture) = &app.run.outputs[0];
+    assert_eq!(node, "save");
+    assert!(Path::new(png).exists());
+    assert_eq!(texture.size(), [64, 64]);
+    assert!(matches!(app.run.nodes.get("save"), Some(NodeRun::Done { .. })));
+    // In the viewer panel, labelled with its file.
+    h.get_by_label(&format!("save: {png}"));
+    // A second run is served from the cache except for the saver.
+    run_to_end(&mut h, Duration::from_secs(20));
+    assert_eq!(h.state().run.nodes.get("gradient"), Some(&NodeRun::Cached));
+}
+
+#[test]
+fn flux_tiny_workflows_run_when_present() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("flux2-klein") && name.contains("tiny") && name.ends_with(".ron")) {
+            continue;
+        }
+        let fx = Fixture::new();
+        let mut h = harness(fx.app(Some(entry.path())));
+        run_to_end(&mut h, Duration::from_secs(300));
+        assert!(
+            !h.state().run.outputs.is_empty(),
+            "{name}: {:?}",
+            h.state().run.result
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_a_run_between_steps() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(400, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    assert!(step_until(&mut h, Duration::from_secs(10), |app| {
+        matches!(app.run.nodes.get("sampler"), Some(NodeRun::Running { step, .. }) if *step > 2)
+    }));
+    let started = Instant::now();
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let app = h.state();
+    assert_eq!(app.run.nodes.get("sampler"), Some(&NodeRun::Cancelled));
+    assert_eq!(app.run.result.as_deref(), Some("run cancelled"));
+    assert!(app.run.outputs.is_empty());
+}
+
+#[test]
+fn a_png_written_by_save_image_restores_its_workflow() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    run_to_end(&mut h, Duration::from_secs(20));
+    let original = h.state().workflow();
+    let png = PathBuf::from(&h.state().run.outputs[0].1);
+
+    // A fresh editor; File → Open…, type the PNG's path, Open.
+    let mut h = harness(fx.app(None));
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open…").click();
+    h.run_steps(2);
+    h.get_by_label("File name").type_text(&png.display().to_string());
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "Open").click();
+    h.run_steps(3);
+    assert_eq!(h.state().workflow(), original, "notice: {:?}", h.state().notice);
+    // A restored PNG has no file to save over: Save asks for a name.
+    assert!(h.state().doc.path.is_none());
+}
+
+#[test]
+fn frames_keep_coming_while_the_engine_works() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(40, 25));
+    let mut h = harness(fx.app(Some(path)));
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    let run_started = Instant::now();
+    let mut frames = 0u32;
+    let mut slowest = Duration::ZERO;
+    let mut progress = Vec::new();
+    let mut saw_preview = false;
+    while h.state().is_running() && run_started.elapsed() < Duration::from_secs(20) {
+        let t = Instant::now();
+        h.step();
+        slowest = slowest.max(t.elapsed());
+        frames += 1;
+        progress.push(h.state().run.progress());
+        saw_preview |= h.state().run.images.contains_key("sampler");
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let run_time = run_started.elapsed();
+    assert!(!h.state().is_running(), "the run did not finish");
+    // 40 steps of 25 ms: about a second, during which the UI kept drawing.
+    assert!(run_time >= Duration::from_millis(900), "{run_time:?}");
+    assert!(frames >= 30, "only {frames} frames in {run_time:?}");
+    assert!(slowest < Duration::from_millis(100), "slowest frame {slowest:?}");
+    assert!(saw_preview, "no preview reached the sampler node");
+    let distinct_rising = progress.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(distinct_rising >= 10, "progress seen: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[1] >= w[0] || w[1] == 1.0));
+}
+
+#[test]
+fn validation_errors_from_a_loaded_file_point_at_their_nodes() {
+    let fx = Fixture::new();
+    let broken = TINY.replace(r#""width": 64"#, r#""width": 0"#);
+    let path = fx.write("broken.ron", &broken);
+    let mut h = harness(fx.app(Some(path)));
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| app
+        .problems
+        .contains_key("gradient")));
+    let problems = &h.state().problems["gradient"];
+    assert!(problems[0].contains("width"), "{problems:?}");
+    h.get_by_label_contains("param 'width'");
+}
+
+#[test]
+fn delete_duplicate_copy_and_paste_act_on_the_selection() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    // Shift+click a node to select it.
+    h.get_by_label("gradient").click_modifiers(Modifiers::SHIFT);
+    h.run_steps(2);
+    h.remove_cursor();
+    h.key_press_modifiers(Modifiers::COMMAND, Key::D);
+    h.run_steps(2);
+    let ids: Vec<String> = h.state().workflow().nodes.iter().map(|n| n.id.clone()).collect();
+    assert_eq!(ids, ["gradient", "save", "gradient_2"]);
+
+    h.key_press_modifiers(Modifiers::COMMAND, Key::C);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::V);
+    h.run_steps(2);
+    assert_eq!(h.state().workflow().nodes.len(), 4);
+
+    h.get_by_label("save").click_modifiers(Modifiers::SHIFT);
+    h.run_steps(2);
+    h.key_press(Key::Delete);
+    h.run_steps(2);
+    let wf = h.state().workflow();
+    assert!(wf.nodes.iter().all(|n| n.id != "save"));
+    assert!(wf.links.is_empty(), "links into a deleted node go with it");
+}
+
+#[test]
+fn box_select_picks_nodes_in_the_rectangle() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    let a = h.get_by_label("gradient").rect();
+    let b = h.get_by_label("save").rect();
+    let from = Pos2::new(a.left() - 60.0, a.top() - 40.0);
+    let to = Pos2::new(b.right() + 40.0, b.bottom() + 200.0);
+    h.event_modifiers(egui::Event::PointerMoved(from), Modifiers::SHIFT);
+    h.step();
+    h.event_modifiers(
+        egui::Event::PointerButton {
+            pos: from,
+            button: egui::PointerButton::Primary,
+            pressed: true,
+            modifiers: Modifiers::SHIFT,
+        },
+        Modifiers::SHIFT,
+    );
+    h.step();
+    for i in 1..=6 {
+        h.event_modifiers(egui::Event::PointerMoved(from.lerp(to, i as f32 / 6.0)), Modifiers::SHIFT);
+        h.step();
+    }
+    h.event_modifiers(
+        egui::Event::PointerButton {
+            pos: to,
+            button: egui::PointerButton::Primary,
+            pressed: false,
+            modifiers: Modifiers::SHIFT,
+        },
+        Modifiers::SHIFT,
+    );
+    h.run_steps(2);
+    let ctx = h.ctx.clone();
+    assert_eq!(h.state().selected_nodes(&ctx).len(), 2);
+}
+
+#[test]
+fn unsaved_changes_are_guarded_and_autosaved_for_recovery() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let settings = Settings {
+        show_splash: false,
+        autosave_seconds: 1,
+        ..Settings::default()
+    };
+    let mut h = harness(fx.app_with(Some(path.clone()), settings.clone()));
+    h.get_by_role_and_label(Role::Button, "Gradient").click();
+    h.run_steps(2);
+    let edited = h.state().workflow();
+    // Autosave writes within a second or so of the change.
+    let autosave = fx.path("state/autosave.ron");
+    assert!(step_until(&mut h, Duration::from_secs(4), |_| autosave.exists()));
+
+    // New asks first.
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("New").click();
+    h.run_steps(2);
+    h.get_by_label("Unsaved changes");
+    h.get_by_label("Keep editing").click();
+    h.run_steps(2);
+    assert_eq!(h.state().workflow(), edited);
+    drop(h);
+
+    // As if it had crashed: the next start offers the autosave.
+    let mut h = harness(fx.app_with(Some(path), settings));
+    h.get_by_label("Restore unsaved work?");
+    h.get_by_label("Restore").click();
+    h.run_steps(2);
+    assert_eq!(h.state().workflow().nodes, edited.nodes);
+    assert!(h.state().doc.is_dirty());
+}
+
+#[test]
+fn splash_shows_at_start_and_a_click_skips_it() {
+    let fx = Fixture::new();
+    let mut h = harness(fx.app_with(None, Settings::default()));
+    assert!(h.state().splash_visible());
+    h.hover_at(Pos2::new(700.0, 400.0));
+    h.drag_at(Pos2::new(700.0, 400.0));
+    h.step();
+    h.drop_at(Pos2::new(700.0, 400.0));
+    h.run_steps(2);
+    assert!(!h.state().splash_visible());
+
+    let off = Settings {
+        show_splash: false,
+        ..Settings::default()
+    };
+    let h = harness(fx.app_with(None, off));
+    assert!(!h.state().splash_visible());
+}
+
+#[test]
+fn the_status_bar_shows_memory_telemetry() {
+    let fx = Fixture::new();
+    let mut h = harness(fx.app(None));
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| app.cache.is_some()));
+    h.get_by_label("VRAM: no GPU telemetry");
+    h.get_by_label_contains("Cache: RAM");
+    if Path::new("/proc/meminfo").exists() {
+        h.get_by_label_contains("RAM: editor");
+    }
+}
