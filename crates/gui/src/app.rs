@@ -178,7 +178,9 @@ impl VeetanceApp {
                 app.general_problems.push(e);
             }
         }
-        app.recovery = app.autosave.recoverable(app.doc.path.as_deref(), app.doc.current());
+        app.recovery = app
+            .autosave
+            .recoverable(app.doc.path.as_deref(), app.doc.current());
         let _ = app.bridge.send(Command::Telemetry);
         app
     }
@@ -201,10 +203,7 @@ impl VeetanceApp {
 
     fn register_repaint(&mut self, ctx: &egui::Context) {
         if !self.repaint_registered {
-            self.repaint_registered = self
-                .bridge
-                .send(Command::SetRepaint(ctx.clone()))
-                .is_ok();
+            self.repaint_registered = self.bridge.send(Command::SetRepaint(ctx.clone())).is_ok();
         }
     }
 
@@ -223,6 +222,18 @@ impl VeetanceApp {
             hold_at: Some(t),
             ..Splash::default()
         });
+    }
+
+    /// Where pin `node.port` was drawn last frame, in screen coordinates.
+    pub fn pin_screen_pos(&self, node: &str, port: &str, output: bool) -> Option<Pos2> {
+        self.pins
+            .get(node, port, output)
+            .map(|p| self.transform * p)
+    }
+
+    /// The canvas transform (graph coordinates to screen).
+    pub fn canvas_transform(&self) -> TSTransform {
+        self.transform
     }
 
     pub fn splash_visible(&self) -> bool {
@@ -498,7 +509,9 @@ impl VeetanceApp {
                     .insert(node, NodeRun::Running { step: 0, total: 0 });
             }
             Event::Progress { node, step, total } => {
-                self.run.nodes.insert(node, NodeRun::Running { step, total });
+                self.run
+                    .nodes
+                    .insert(node, NodeRun::Running { step, total });
             }
             Event::Preview { node, image, .. } => {
                 let texture = upload(ctx, &format!("preview-{node}"), &image);
@@ -629,7 +642,7 @@ impl VeetanceApp {
     }
 
     fn shortcuts(&mut self, ctx: &egui::Context) {
-        let typing = ctx.memory(|m| m.focused().is_some());
+        let typing = ctx.egui_wants_keyboard_input();
         let events = ctx.input(|i| i.events.clone());
         for event in events {
             match event {
@@ -722,7 +735,7 @@ impl VeetanceApp {
             }
         }
 
-        let settled = ctx.input(|i| !i.pointer.any_down()) && ctx.memory(|m| m.focused().is_none());
+        let settled = ctx.input(|i| !i.pointer.any_down()) && !ctx.egui_wants_keyboard_input();
         self.doc.checkpoint(&self.registry, settled);
         self.autosave.tick(
             self.doc.current(),

@@ -248,7 +248,9 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
             || self.problems.contains_key(id);
         match self.node_runs.get(id) {
             _ if failed => default.stroke(Stroke::new(2.5, NodeRun::Failed(String::new()).color())),
-            Some(state @ NodeRun::Running { .. }) => default.stroke(Stroke::new(2.5, state.color())),
+            Some(state @ NodeRun::Running { .. }) => {
+                default.stroke(Stroke::new(2.5, state.color()))
+            }
             _ => default,
         }
     }
@@ -317,9 +319,7 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
         snarl: &mut Snarl<NodeView>,
     ) -> impl SnarlPin + 'static {
         let view = &snarl[pin.id.node];
-        let port = self
-            .schema(view)
-            .and_then(|s| s.outputs.get(pin.id.output));
+        let port = self.schema(view).and_then(|s| s.outputs.get(pin.id.output));
         let Some(port) = port else {
             return TrackedPin {
                 info: PinInfo::circle(),
@@ -416,9 +416,11 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
             .schema(from_view)
             .and_then(|s| s.outputs.get(from.id.output))
             .map(|p| (p.name.clone(), p.ty));
-        let to_slot = self
-            .schema(to_view)
-            .and_then(|s| input_slots(s).get(to.id.input).map(|s| (s.name().to_string(), s.ty())));
+        let to_slot = self.schema(to_view).and_then(|s| {
+            input_slots(s)
+                .get(to.id.input)
+                .map(|s| (s.name().to_string(), s.ty()))
+        });
         let (Some((from_name, from_ty)), Some((to_name, to_ty))) = (from_port, to_slot) else {
             return;
         };

@@ -37,11 +37,7 @@ pub fn demo_image(size: u32, t: f32, seed: u64) -> Image {
             let noise = (state & 0xffff) as f32 / 65535.0;
             let u = x as f32 / size as f32;
             let v = y as f32 / size as f32;
-            let g = [
-                0.29 + (1.0 - 0.29) * u,
-                0.41 * v,
-                0.51 + (0.71 - 0.51) * u,
-            ];
+            let g = [0.29 + (1.0 - 0.29) * u, 0.41 * v, 0.51 + (0.71 - 0.51) * u];
             for c in g {
                 data.push(noise * (1.0 - t) + c * t);
             }

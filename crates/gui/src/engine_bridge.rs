@@ -29,7 +29,10 @@ pub enum Command {
         cancel: CancelToken,
     },
     /// Validate a workflow without running it (after opening a file).
-    Validate { file: WorkflowFile, env: RunEnv },
+    Validate {
+        file: WorkflowFile,
+        env: RunEnv,
+    },
     /// Send a cache report.
     Telemetry,
     /// Where to send repaint requests (the UI's context, known after its first frame).
@@ -141,7 +144,9 @@ fn engine_loop(mut engine: Engine, commands: Receiver<Command>, replies: Sender<
             Command::Validate { file, env } => {
                 let reply = match file.to_graph("workflow") {
                     Ok(graph) => Reply::Validated {
-                        problems: validate(&graph, engine.registry(), &env).err().unwrap_or_default(),
+                        problems: validate(&graph, engine.registry(), &env)
+                            .err()
+                            .unwrap_or_default(),
                         graph_error: None,
                     },
                     Err(e) => Reply::Validated {

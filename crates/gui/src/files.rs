@@ -55,7 +55,9 @@ impl Autosave {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension(format!("{}.tmp", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("{}.tmp", std::process::id()));
         let text = format!("{HEADER}{origin}\n{}", doc.to_ron());
         let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path));
         if result.is_err() {
@@ -72,8 +74,14 @@ impl Autosave {
 
     /// The autosaved document, if there is one worth offering: newer than the file that was
     /// opened (or nothing was opened) and different from what is open now.
-    pub fn recoverable(&self, opened: Option<&Path>, current: &WorkflowFile) -> Option<WorkflowFile> {
-        let saved_at = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok()?;
+    pub fn recoverable(
+        &self,
+        opened: Option<&Path>,
+        current: &WorkflowFile,
+    ) -> Option<WorkflowFile> {
+        let saved_at = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()?;
         let opened_at = opened
             .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);

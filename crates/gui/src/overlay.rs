@@ -22,14 +22,25 @@ impl VeetanceApp {
         let elapsed = run.started.elapsed().as_secs_f64();
         let quote = quote_at(elapsed, QUOTE_SECONDS, run.quote_offset);
         let progress = self.run.progress();
-        let painter = ctx.layer_painter(LayerId::new(Order::Foreground, Id::new("veetance-overlay")));
+        let painter =
+            ctx.layer_painter(LayerId::new(Order::Foreground, Id::new("veetance-overlay")));
         let painter = painter.with_clip_rect(rect);
         // Veils: a dark base and two tinted layers inset a little, for a soft, frosted edge.
         painter.rect_filled(rect, 0.0, Color32::from_black_alpha(120));
-        painter.rect_filled(rect.shrink(6.0), 12.0, Color32::from_rgba_unmultiplied(20, 12, 34, 70));
-        painter.rect_filled(rect.shrink(14.0), 18.0, Color32::from_rgba_unmultiplied(30, 18, 44, 50));
+        painter.rect_filled(
+            rect.shrink(6.0),
+            12.0,
+            Color32::from_rgba_unmultiplied(20, 12, 34, 70),
+        );
+        painter.rect_filled(
+            rect.shrink(14.0),
+            18.0,
+            Color32::from_rgba_unmultiplied(30, 18, 44, 50),
+        );
 
-        let side = (rect.height() * 0.5).min(rect.width() * 0.5).clamp(160.0, 420.0);
+        let side = (rect.height() * 0.5)
+            .min(rect.width() * 0.5)
+            .clamp(160.0, 420.0);
         let image_rect = Rect::from_center_size(
             rect.center() - Vec2::new(0.0, side * 0.2),
             Vec2::splat(side),
@@ -120,7 +131,11 @@ impl VeetanceApp {
                     state = crate::canvas::splitmix(state);
                     let v = (state & 0xff) as u8;
                     let tint = ((state >> 8) & 0x3f) as u8;
-                    pixels.push(Color32::from_rgb(v, v.saturating_sub(tint), v.saturating_add(tint / 2)));
+                    pixels.push(Color32::from_rgb(
+                        v,
+                        v.saturating_sub(tint),
+                        v.saturating_add(tint / 2),
+                    ));
                 }
                 let image = egui::ColorImage::new([n, n], pixels);
                 let options = egui::TextureOptions {

@@ -188,7 +188,10 @@ impl VeetanceApp {
                 let mut groups: BTreeMap<String, Vec<&NodeSchema>> = BTreeMap::new();
                 for schema in self.registry.schemas() {
                     if needle.is_empty() || matches_search(schema, &needle) {
-                        groups.entry(schema.category.clone()).or_default().push(schema);
+                        groups
+                            .entry(schema.category.clone())
+                            .or_default()
+                            .push(schema);
                     }
                 }
                 let mut chosen = None;
@@ -199,12 +202,10 @@ impl VeetanceApp {
                             .open(if needle.is_empty() { None } else { Some(true) })
                             .show(ui, |ui| {
                                 for schema in schemas {
-                                    let r = ui
-                                        .button(&schema.display_name)
-                                        .on_hover_text(format!(
-                                            "{} ({})\n{}",
-                                            schema.display_name, schema.type_name, schema.doc
-                                        ));
+                                    let r = ui.button(&schema.display_name).on_hover_text(format!(
+                                        "{} ({})\n{}",
+                                        schema.display_name, schema.type_name, schema.doc
+                                    ));
                                     if r.clicked() {
                                         chosen = Some(schema.type_name.clone());
                                     }
@@ -235,7 +236,9 @@ impl VeetanceApp {
                         .preview
                         .as_ref()
                         .filter(|_| self.is_running())
-                        .and_then(|(node, _)| self.run.images.get(node).map(|t| (node.clone(), t.clone())));
+                        .and_then(|(node, _)| {
+                            self.run.images.get(node).map(|t| (node.clone(), t.clone()))
+                        });
                     if let Some((node, texture)) = shown {
                         ui.label(format!("preview of '{node}'"));
                         fit_image(ui, &texture, width);
@@ -369,7 +372,10 @@ impl VeetanceApp {
                 .collapsible(false)
                 .show(ctx, |ui| {
                     ui.checkbox(&mut self.settings.show_splash, "Splash at start");
-                    ui.checkbox(&mut self.settings.show_overlay, "Generation overlay during runs");
+                    ui.checkbox(
+                        &mut self.settings.show_overlay,
+                        "Generation overlay during runs",
+                    );
                     ui.horizontal(|ui| {
                         ui.label("Autosave every");
                         ui.add(

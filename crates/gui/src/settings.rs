@@ -44,9 +44,7 @@ impl Default for Settings {
 impl Settings {
     /// Puts `path` first in the recent files.
     pub fn push_recent(&mut self, path: &Path) {
-        let path = path
-            .canonicalize()
-            .unwrap_or_else(|_| path.to_path_buf());
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         self.recent_files.retain(|p| p != &path);
         self.recent_files.insert(0, path);
         self.recent_files.truncate(RECENT_LIMIT);

@@ -79,7 +79,8 @@ impl Splash {
             return true;
         }
         let screen = ctx.content_rect();
-        let painter = ctx.layer_painter(LayerId::new(Order::Foreground, Id::new("veetance-splash")));
+        let painter =
+            ctx.layer_painter(LayerId::new(Order::Foreground, Id::new("veetance-splash")));
         // The backdrop fades out as the pink diamond lands, so the editor appears under it.
         let fade = 1.0 - phase(t, 1.75, DURATION);
         painter.rect_filled(
