@@ -96,6 +96,25 @@ fn main() -> veetance_models::Result<()> {
         rel_err(&latent, &reference["latent_4step"])?,
         5e-2,
     ));
+    rows.push((
+        "4-step latent vs diffusers with f32 weights".into(),
+        rel_err(&latent, &reference["latent_4step_f32"])?,
+        5e-2,
+    ));
+    // Each step's velocity from diffusers' own intermediate latent: separates a per-step
+    // difference from the growth of small differences along the trajectory.
+    for (i, &sigma) in sigmas.iter().take(4).enumerate() {
+        let x = reference[&format!("x_step{i}")]
+            .to_dtype(DType::BF16)?
+            .to_device(&device)?;
+        let v = model.forward(&x, &img_ids, txt, &txt_ids, &t_of(sigma)?)?;
+        let err = rel_err(&v, &reference[&format!("v_step{i}")])?;
+        rows.push((
+            format!("step {i} velocity from diffusers' latent"),
+            err,
+            2e-2,
+        ));
+    }
 
     println!(
         "our klein-4B bf16 forward at {}x{} ({} image + 512 text tokens): {forward_ms:.1} ms",

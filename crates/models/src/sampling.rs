@@ -118,14 +118,17 @@ fn mix64(mut z: u64) -> u64 {
 /// Standard-normal f32 values for `seed`, computed on the host so that every device gets the same
 /// numbers.
 ///
-/// Counter-based: pair `j` (elements `2j`, `2j+1`) uses `h = mix64(mix64(seed) + j)`; the top 24 bits
-/// give `u1 = (bits + 1) / 2^24` in (0, 1], the low 24 bits `u2 = bits / 2^24`; Box-Muller in f64 gives
-/// `sqrt(-2 ln u1) * (cos, sin)(2 pi u2)`, rounded to f32. Element `i` depends only on `(seed, i)`.
+/// Counter-based: with `key = mix64(seed ^ 0xD1B54A32D192ED03)` and SplitMix64's increment
+/// `G = 0x9E3779B97F4A7C15`, pair `j` (elements `2j`, `2j+1`) uses `h = mix64(key + (j + 1) * G)`
+/// (wrapping); the top 24 bits give `u1 = (bits + 1) / 2^24` in (0, 1], the low 24 bits
+/// `u2 = bits / 2^24`; Box-Muller in f64 gives `sqrt(-2 ln u1) * (cos, sin)(2 pi u2)`, rounded to
+/// f32. Element `i` depends only on `(seed, i)`.
 pub fn gaussian_noise_vec(seed: u64, len: usize) -> Vec<f32> {
-    let base = mix64(seed);
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    let key = mix64(seed ^ 0xD1B5_4A32_D192_ED03);
     let mut out = Vec::with_capacity(len + 1);
     for j in 0..len.div_ceil(2) {
-        let h = mix64(base.wrapping_add(j as u64));
+        let h = mix64(key.wrapping_add((j as u64 + 1).wrapping_mul(GAMMA)));
         let u1 = ((h >> 40) + 1) as f64 / (1u64 << 24) as f64;
         let u2 = (h & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
         let r = (-2.0 * u1.ln()).sqrt();
@@ -210,7 +213,6 @@ pub struct Step {
 /// (`x0 = x - sigma * v`, packed, f32), e.g. for a preview; returning `ControlFlow::Break(())`
 /// cancels the run with [`Error::Cancelled`]. The latent is kept in its own dtype between steps and
 /// each update is done in f32, as diffusers does.
-#[allow(clippy::too_many_arguments)]
 pub fn denoise<M: VelocityModel + ?Sized>(
     model: &M,
     latent: &Tensor,

@@ -100,14 +100,30 @@ fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
 
 /// Softmax attention over `(B, H, L, D)`. Scores and softmax are computed in f32 whatever the
 /// dtype (as flash attention does internally); the probabilities go back to the dtype for `P @ V`.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> CResult<Tensor> {
+///
+/// With `chunk`, query rows are processed `chunk` at a time, so the `L × L` score matrix is never
+/// held whole (each row's softmax is independent: the result is the same).
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: Option<usize>) -> CResult<Tensor> {
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
-    let k = k.to_dtype(DType::F32)?;
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    let out = probs.matmul(&v.contiguous()?)?; // (B, H, L, D)
+    let k = k.to_dtype(DType::F32)?.t()?;
+    let v = v.contiguous()?;
+    let rows = |q: &Tensor| -> CResult<Tensor> {
+        let scores = (q.to_dtype(DType::F32)?.matmul(&k)? * scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        probs.matmul(&v) // (B, H, rows, D)
+    };
+    let l = q.dim(2)?;
+    let out = match chunk {
+        Some(n) if n > 0 && n < l => {
+            let parts = (0..l)
+                .step_by(n)
+                .map(|start| rows(&q.narrow(2, start, n.min(l - start))?))
+                .collect::<CResult<Vec<_>>>()?;
+            Tensor::cat(&parts, 2)?
+        }
+        _ => rows(q)?,
+    };
     let (b, h, l, d) = out.dims4()?;
     out.transpose(1, 2)?.reshape((b, l, h * d))
 }
@@ -234,6 +250,7 @@ impl DoubleStreamBlock {
         mod_txt: &[ModulationOut],
         cos: &Tensor,
         sin: &Tensor,
+        chunk: Option<usize>,
     ) -> CResult<(Tensor, Tensor)> {
         let n_txt = txt.dim(1)?;
         let (img_q, img_k, img_v) = self
@@ -245,7 +262,7 @@ impl DoubleStreamBlock {
         let q = apply_rope(&Tensor::cat(&[txt_q, img_q], 2)?, cos, sin)?;
         let k = apply_rope(&Tensor::cat(&[txt_k, img_k], 2)?, cos, sin)?;
         let v = Tensor::cat(&[txt_v, img_v], 2)?;
-        let attn = attention(&q, &k, &v)?;
+        let attn = attention(&q, &k, &v, chunk)?;
         let l = attn.dim(1)?;
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
@@ -308,6 +325,7 @@ impl SingleStreamBlock {
         m: &ModulationOut,
         cos: &Tensor,
         sin: &Tensor,
+        chunk: Option<usize>,
     ) -> CResult<Tensor> {
         let h = self.linear1.forward(&modulate(xs, m, self.eps)?)?;
         let qkv = h.narrow(D::Minus1, 0, 3 * self.hidden)?;
@@ -321,7 +339,7 @@ impl SingleStreamBlock {
         let (q, k) = self.norm.forward(&q, &k)?;
         let q = apply_rope(&q, cos, sin)?;
         let k = apply_rope(&k, cos, sin)?;
-        let attn = attention(&q, &k, &v)?;
+        let attn = attention(&q, &k, &v, chunk)?;
         let mlp = (gate.silu()? * up)?;
         let out = self
             .linear2
@@ -418,6 +436,20 @@ impl Flux2Transformer {
         txt_ids: &Tensor,
         t: &Tensor,
     ) -> CResult<Tensor> {
+        self.forward_chunked(img, img_ids, txt, txt_ids, t, None)
+    }
+
+    /// [`Self::forward`] with attention computed `chunk` query tokens at a time (`None`: all at
+    /// once). Same result, lower peak memory.
+    pub fn forward_chunked(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+        chunk: Option<usize>,
+    ) -> CResult<Tensor> {
         let dtype = self.dtype;
         let img = img.to_dtype(dtype)?;
         let txt = txt.to_dtype(dtype)?;
@@ -437,11 +469,11 @@ impl Flux2Transformer {
         let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
 
         for block in &self.double_blocks {
-            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, &cos, &sin)?;
+            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, &cos, &sin, chunk)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
-            xs = block.forward(&xs, &mod_single[0], &cos, &sin)?;
+            xs = block.forward(&xs, &mod_single[0], &cos, &sin, chunk)?;
         }
         let l = xs.dim(1)?;
         let img = xs.narrow(1, n_txt, l - n_txt)?;
