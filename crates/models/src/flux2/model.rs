@@ -248,8 +248,7 @@ impl DoubleStreamBlock {
         txt: &Tensor,
         mod_img: &[ModulationOut],
         mod_txt: &[ModulationOut],
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         chunk: Option<usize>,
     ) -> CResult<(Tensor, Tensor)> {
         let n_txt = txt.dim(1)?;
@@ -469,7 +468,7 @@ impl Flux2Transformer {
         let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
 
         for block in &self.double_blocks {
-            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, &cos, &sin, chunk)?;
+            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), chunk)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
