@@ -12,7 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-gui}"
 export LIBGL_ALWAYS_SOFTWARE=1
-cargo build -p veetance-gui --example editor_shot
+# GUI_CARGO_FLAGS=--no-default-features builds without the FLUX.2 nodes (no candle), for a
+# quick look; the golden-workflow shot then falls back to workflows/hello.ron.
+flags="${GUI_CARGO_FLAGS:-}"
+cargo build -p veetance-gui --example editor_shot $flags
 bin="$CARGO_TARGET_DIR/debug/examples/editor_shot"
 out=docs/screenshots
 mkdir -p "$out"
@@ -20,7 +23,10 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 # The golden workflow: a FLUX.2 [klein] workflow when one exists, else the model-free example.
-golden="$(ls workflows/flux2-klein-*.ron 2>/dev/null | grep -v tiny | head -n1 || true)"
+golden=""
+if [[ "$flags" != *no-default-features* ]]; then
+  golden="$(ls workflows/flux2-klein-*.ron 2>/dev/null | grep -v tiny | head -n1 || true)"
+fi
 golden="${golden:-workflows/hello.ron}"
 
 # A run to photograph: the sampler stand-in (PreviewDemo) resolving noise into an image.
@@ -59,9 +65,13 @@ shot() {
   ' "$bin" "$workflow" "$wait" "$work/$name.png"
   # Keep the files small: strip metadata, squeeze the PNG.
   convert "$work/$name.png" -strip -define png:compression-level=9 "$out/$name.png"
+  # Noise-heavy frames (the preview early in a run) compress badly: fall back to 256 colours.
+  if [ "$(du -k "$out/$name.png" | cut -f1)" -gt 480 ]; then
+    convert "$work/$name.png" -strip -colors 256 -define png:compression-level=9 "$out/$name.png"
+  fi
   echo "$out/$name.png: $(du -k "$out/$name.png" | cut -f1) KiB"
 }
 
 shot golden-workflow 6 canvas "$golden"
-shot run-in-progress 9 run "$work/run.ron"
+shot run-in-progress 8 run "$work/run.ron"
 VEETANCE_SPLASH_AT=0.45 shot splash 5 splash

@@ -655,16 +655,13 @@ impl VeetanceApp {
                 egui::Event::Copy if !typing => {
                     self.copy_selected(ctx);
                 }
-                egui::Event::Cut if !typing => {
-                    if self.copy_selected(ctx) {
-                        self.delete_selected(ctx);
-                    }
+                egui::Event::Cut if !typing && self.copy_selected(ctx) => {
+                    self.delete_selected(ctx);
                 }
-                egui::Event::Paste(text) if !typing => {
-                    if !self.paste_text(&text) {
-                        if let Some(own) = self.clipboard.clone() {
-                            self.paste_text(&own);
-                        }
+                egui::Event::Paste(text) if !typing && !self.paste_text(&text) => {
+                    // Not workflow text: paste what the editor copied itself, if anything.
+                    if let Some(own) = self.clipboard.clone() {
+                        self.paste_text(&own);
                     }
                 }
                 _ => {}

@@ -477,16 +477,15 @@ pub fn paste(
     let (piece, _) = snarl_from_file(part, registry);
     let mut map = HashMap::new();
     let mut added = Vec::new();
-    let mut seq = next_seq(snarl);
+    let first_seq = next_seq(snarl);
     let mut order: Vec<(NodeId, Pos2, NodeView)> = piece
         .nodes_pos_ids()
         .map(|(nid, pos, v)| (nid, pos, v.clone()))
         .collect();
     order.sort_by_key(|(_, _, v)| v.seq);
-    for (old, pos, mut view) in order {
+    for (i, (old, pos, mut view)) in order.into_iter().enumerate() {
         view.id = fresh_id(snarl, &view.id);
-        view.seq = seq;
-        seq += 1;
+        view.seq = first_seq + i as u64;
         let nid = snarl.insert_node(pos + offset, view);
         map.insert(old, nid);
         added.push(nid);

@@ -4,7 +4,7 @@
 //! only ever `try_send`s and `try_recv`s: it never waits on the engine.
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -103,10 +103,7 @@ impl EngineBridge {
 
     /// The next reply, if one is waiting.
     pub fn try_recv(&self) -> Option<Reply> {
-        match self.replies.try_recv() {
-            Ok(r) => Some(r),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.replies.try_recv().ok()
     }
 }
 

@@ -64,7 +64,7 @@ impl CacheTelemetry {
                 compute_ms: e.compute_ms,
             })
             .collect();
-        largest.sort_by(|a, b| b.bytes.total().cmp(&a.bytes.total()));
+        largest.sort_by_key(|e| std::cmp::Reverse(e.bytes.total()));
         largest.truncate(8);
         CacheTelemetry {
             usage: cache.usage(),
