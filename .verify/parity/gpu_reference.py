@@ -95,6 +95,14 @@ model.float()
 txt = txt.float()
 img = img.float()
 ref["latent_4step_f32"] = run(False).float().cpu()
+# Per-step yardstick: the f32 model's velocity at the bf16 run's own intermediate latents.
+for i, t in enumerate(sched.timesteps):
+    x = ref[f"x_step{i}"].to(dev)
+    v32 = model(hidden_states=x, timestep=((t.expand(1).to(torch.bfloat16) / 1000) * 1000).float() / 1000, guidance=None,
+                encoder_hidden_states=txt, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0].float().cpu()
+    vb = ref[f"v_step{i}"]
+    print(f"diffusers bf16 vs f32 velocity at step {i} (same input latent and timestep): rel err "
+          f"{float((vb - v32).norm() / v32.norm()):.3e}")
 bf, f32 = ref["latent_4step"], ref["latent_4step_f32"]
 print(f"diffusers bf16 vs diffusers f32 (same weights), 4-step latent: rel err "
       f"{float((bf - f32).norm() / f32.norm()):.3e}")

@@ -164,6 +164,23 @@ pub fn seeded_noise(
         .to_device(device)?)
 }
 
+/// The timestep tensor `(batch,)` as diffusers' klein pipeline feeds it for `sigma`:
+/// `(sigma * 1000).to(dtype) / 1000`, the division done in f32 and rounded once to `dtype`.
+///
+/// In bf16 this matters: a division by 1000 done *in* bf16 (candle's CUDA affine kernel rounds the
+/// factor 1/1000 to bf16) turns sigma 0.7672 into timestep 764 where PyTorch gets 768.
+pub fn pipeline_timestep(
+    sigma: f32,
+    batch: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = Tensor::full(sigma * 1000.0, batch, device)?
+        .to_dtype(dtype)?
+        .to_dtype(DType::F32)?;
+    Ok((t / 1000.0)?.to_dtype(dtype)?)
+}
+
 /// What a sampler needs from a FLUX.2-like model: the velocity for packed image tokens.
 ///
 /// `img`: `(B, N_img, 128)`; `img_ids`: `(N_img, 4)`; `txt`: `(B, N_txt, ctx)`; `txt_ids`:
@@ -229,8 +246,7 @@ pub fn denoise<M: VelocityModel + ?Sized>(
     let mut x = latent.clone();
     for (index, pair) in sigmas.windows(2).enumerate() {
         let (sigma, sigma_next) = (pair[0], pair[1]);
-        // diffusers feeds `(sigma * 1000).to(dtype) / 1000`: replicate the rounding.
-        let t = (Tensor::full(sigma * 1000.0, batch, &device)?.to_dtype(dtype)? / 1000.0)?;
+        let t = pipeline_timestep(sigma, batch, dtype, &device)?;
         let v_pos = model.velocity(&x, img_ids, positive.txt, positive.txt_ids, &t)?;
         let v = match cfg {
             None => v_pos,

@@ -132,3 +132,14 @@ fn preview_of_a_zero_latent_is_the_bias_colour_at_twice_the_token_size() {
     )
     .is_err());
 }
+
+#[test]
+fn bf16_timesteps_round_like_the_pytorch_pipeline() {
+    // torch: (767.2).to(bf16) = 768; 768 / 1000 -> 0.76953125 in bf16.
+    let t = sampling::pipeline_timestep(0.767_2, 1, DType::BF16, &Device::Cpu).unwrap();
+    let v: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    assert_eq!(v, vec![0.769_531_25]);
+    let t = sampling::pipeline_timestep(0.967_384, 2, DType::BF16, &Device::Cpu).unwrap();
+    let v: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    assert_eq!(v, vec![0.968_75, 0.968_75]);
+}

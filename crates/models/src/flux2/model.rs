@@ -454,7 +454,9 @@ impl Flux2Transformer {
         let txt = txt.to_dtype(dtype)?;
         let n_txt = txt.dim(1)?;
 
-        let t = (t.to_dtype(dtype)? * 1000.0)?;
+        // diffusers: `timestep.to(dtype) * 1000`, a bf16 product rounded once; multiply in f32 so
+        // that no backend rounds the factor first.
+        let t = (t.to_dtype(dtype)?.to_dtype(DType::F32)? * 1000.0)?.to_dtype(dtype)?;
         let temb = self.time_in.forward(
             &timestep_embedding(&t, self.cfg.timestep_guidance_channels)?.to_dtype(dtype)?,
         )?;
