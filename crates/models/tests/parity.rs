@@ -329,3 +329,44 @@ fn denoise_stops_when_the_callback_breaks() {
         "{err}"
     );
 }
+
+#[test]
+fn bf16_weights_stay_close_to_the_f32_reference() {
+    let r = fixture("transformer_ref.safetensors");
+    let model = flux2::load_transformer(
+        &assets().join("flux2_tiny_bfl.safetensors"),
+        None,
+        DType::BF16,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let v = model
+        .forward(
+            &bf(&r["img"]),
+            &r["img_ids"],
+            &bf(&r["txt"]),
+            &r["txt_ids"],
+            &r["t_0"],
+        )
+        .unwrap();
+    let err = rel_err(&v, &r["velocity_0"]);
+    println!("parity velocity bf16 weights vs f32 reference: rel err {err:.3e}");
+    assert!(err < 3e-2, "{err}");
+}
+
+#[test]
+fn a_comfyui_prefixed_bfl_file_loads_like_the_plain_one() {
+    let tensors =
+        candle_core::safetensors::load(assets().join("flux2_tiny_bfl.safetensors"), &Device::Cpu)
+            .unwrap();
+    let prefixed: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (format!("model.diffusion_model.{k}"), v))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flux-2-klein-tiny.safetensors");
+    candle_core::safetensors::save(&prefixed, &path).unwrap();
+    let model = flux2::load_transformer(&path, None, DType::F32, &Device::Cpu).unwrap();
+    check_velocity(&model, "bfl with model.diffusion_model. prefix");
+}
