@@ -12,9 +12,11 @@ use crate::Failure;
 
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// The built-in workflow that `veetance --headless` runs when given no file.
-pub const DEFAULT_WORKFLOW: &str = include_str!("../../../workflows/hello.ron");
-pub const DEFAULT_WORKFLOW_NAME: &str = "workflows/hello.ron (built in)";
+/// The built-in workflow that `veetance --headless` runs when given no file: the golden FLUX.2
+/// workflow on the tiny random-weight models in assets/tiny-models (paths relative to the
+/// repository root, where it is meant to be run from).
+pub const DEFAULT_WORKFLOW: &str = include_str!("../../../workflows/flux2-klein-tiny.ron");
+pub const DEFAULT_WORKFLOW_NAME: &str = "workflows/flux2-klein-tiny.ron (built in)";
 
 /// A workflow read from somewhere, with the name its messages use.
 pub struct Loaded {

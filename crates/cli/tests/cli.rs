@@ -65,11 +65,15 @@ fn headless_run_writes_png_and_prints_its_path() {
 #[test]
 fn headless_without_file_runs_the_builtin_example() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(veetance()
+    // The built-in example is the tiny FLUX.2 workflow, whose model paths are relative to the
+    // repository root.
+    let (code, stdout, stderr) = run(veetance()
+        .current_dir(repo())
         .args(["--headless", "-q", "--out"])
         .arg(dir.path()));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(files_in(dir.path()).len(), 1);
+    assert!(stdout.contains("flux2-tiny_00001.png"), "{stdout}");
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct RunReport {
     pub executed: Vec<String>,
     /// Node ids served from the cache.
     pub cached: Vec<String>,
+    /// Node ids not needed this run (everything downstream of them was served from the cache)
+    /// whose outputs are still in the cache. Events report them as cached too.
+    pub up_to_date: Vec<String>,
     /// The outputs of the target nodes.
     pub outputs: BTreeMap<String, Arc<[Value]>>,
     pub duration: Duration,
@@ -160,7 +163,7 @@ impl Engine {
 
         let result = self.run_inner(graph, options, &env, events, run, started);
         let (ok, executed, cached) = match &result {
-            Ok(r) => (true, r.executed.len(), r.cached.len()),
+            Ok(r) => (true, r.executed.len(), r.cached.len() + r.up_to_date.len()),
             Err(e) => {
                 let node = match e {
                     RunError::NodeFailed { node, .. } => Some(node.clone()),
@@ -348,6 +351,7 @@ impl Engine {
             run,
             executed: Vec::new(),
             cached: Vec::new(),
+            up_to_date: Vec::new(),
             outputs: BTreeMap::new(),
             duration: Duration::ZERO,
         };
@@ -359,6 +363,21 @@ impl Engine {
                 (s.required, s.values.is_some())
             };
             if !required {
+                // Not needed because everything downstream of it was served from the cache. Its
+                // own output is still up to date in the cache when its key is there: report it so
+                // (the editor shows every node's state), without touching its recency.
+                let s = slots[ix.index()].as_ref().expect("planned");
+                if let KeyState::Known(k) = s.key {
+                    if s.freshness != Freshness::Always && self.cache.contains(&k) {
+                        events.emit(&Event::NodeFinished {
+                            node: node.id.clone(),
+                            node_type: node.type_name.clone(),
+                            duration_ms: 0.0,
+                            cached: true,
+                        });
+                        report.up_to_date.push(node.id.clone());
+                    }
+                }
                 continue;
             }
             if !has_values {

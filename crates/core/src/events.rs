@@ -60,6 +60,8 @@ pub enum Event {
         ok: bool,
         duration_ms: f64,
         executed: usize,
+        /// Nodes reported `cached`: served from the cache, or not needed and still up to date
+        /// in it.
         cached: usize,
     },
 }

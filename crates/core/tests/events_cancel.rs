@@ -55,7 +55,9 @@ fn cancellation_mid_run_stops_between_nodes() {
         .run(&g, &with_token(&CancelToken::new()), &NullSink)
         .unwrap();
     assert_eq!(report.executed, ids(&["inc", "sink"]));
+    // `guard` is served; `c` is not needed, but its cached output is up to date.
     assert_eq!(report.cached, ids(&["guard"]));
+    assert_eq!(report.up_to_date, ids(&["c"]));
     assert_eq!(report.outputs["sink"][0].as_int(), Some(2));
 }
 
@@ -182,6 +184,10 @@ fn events_of_a_run_then_of_a_cached_rerun() {
         outline(&events),
         vec![
             ev("run_started", "0", false),
+            // Upstream nodes are not needed (the sink is cached), but their outputs are still in
+            // the cache: they are reported as cached, in topological order.
+            ev("node_finished", "c", true),
+            ev("node_finished", "inc", true),
             ev("node_finished", "sink", true),
             ev("run_finished", "", true),
         ]
@@ -191,7 +197,7 @@ fn events_of_a_run_then_of_a_cached_rerun() {
         Event::RunFinished {
             run: 1,
             executed: 0,
-            cached: 1,
+            cached: 3,
             ..
         }
     ));

@@ -9,7 +9,10 @@ use veetance_core::NodeRegistry;
 pub type RegisterFn = fn(&mut NodeRegistry);
 
 /// Every node family, by name, with its registration function.
-pub const FAMILIES: &[(&str, RegisterFn)] = &[("basic", veetance_nodes_basic::register)];
+pub const FAMILIES: &[(&str, RegisterFn)] = &[
+    ("basic", veetance_nodes_basic::register),
+    ("flux2", veetance_nodes_flux2::register),
+];
 
 /// Registers every node of every family.
 ///

@@ -1,0 +1,441 @@
+//! LoadDiffusionModel, LoadTextEncoder, LoadVae: weights found by name in the models folder
+//! (ComfyUI layout) or by path, loaded memory-mapped in the dtype asked for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::DType;
+use veetance_core::{
+    ExecContext, Freshness, MemBytes, NodeDef, NodeError, NodeSchema, ParamDef, ParamProblem,
+    Params, PortType, RunEnv, Value,
+};
+use veetance_models::weights::WeightFiles;
+use veetance_models::{flux2, qwen3, vae};
+
+use crate::files::{self, check_device, DEVICES};
+use crate::values::{
+    model_err, object, on_device, parse_dtype, ModelHandle, ModelPatches, TextEncoderHandle,
+    VaeHandle,
+};
+
+const DTYPES: [&str; 4] = ["default", "bf16", "f16", "f32"];
+
+fn common_params(schema: NodeSchema) -> NodeSchema {
+    schema
+        .param(
+            ParamDef::choice(
+                "weight_dtype",
+                &DTYPES,
+                "default",
+                "Precision the weights are loaded in: default is bf16 on a GPU and f32 on the CPU.",
+            )
+            .constant(),
+        )
+        .param(
+            ParamDef::choice(
+                "device",
+                &DEVICES,
+                "auto",
+                "Where the model runs: auto takes the GPU when this build has CUDA and one is present.",
+            )
+            .constant(),
+        )
+        .param(
+            ParamDef::bool(
+                "hash_content",
+                false,
+                "Key the cache by a hash of the file's bytes instead of its size and modification \
+                 time (slower to check; keeps the cache when a file is touched but unchanged).",
+            )
+            .constant(),
+        )
+}
+
+/// Checks that a file param resolves, as a validation problem on that param.
+fn check_file(params: &Params, param: &str, folder: &str, env: &RunEnv) -> Vec<ParamProblem> {
+    let name = params.str(param).unwrap_or_default();
+    let mut problems = Vec::new();
+    if let Err(message) = files::resolve(name, folder, env) {
+        problems.push(ParamProblem {
+            param: param.into(),
+            message,
+        });
+    }
+    problems
+}
+
+fn resolved(ctx: &ExecContext<'_>, param: &str, folder: &str) -> Result<PathBuf, NodeError> {
+    let name = ctx.params.str(param)?;
+    files::resolve(name, folder, ctx.env)
+        .map_err(|m| NodeError::failed(format!("param '{param}': {m}")))
+}
+
+fn device_and_dtype(ctx: &ExecContext<'_>) -> Result<(candle_core::Device, DType), NodeError> {
+    let device = files::device(ctx.params.str("device")?)
+        .map_err(|m| NodeError::failed(format!("param 'device': {m}")))?;
+    let dtype = parse_dtype(ctx.params.str("weight_dtype")?, &device);
+    Ok((device, dtype))
+}
+
+/// Bytes the loaded weights take: the file's tensors converted to `dtype`, skipping tensors the
+/// filter rejects (layers the model does not load).
+fn weight_bytes(
+    path: &Path,
+    dtype: DType,
+    device: &candle_core::Device,
+    keep: impl Fn(&str) -> bool,
+) -> MemBytes {
+    let elems: usize = WeightFiles::open_path(path)
+        .map(|files| {
+            let names: Vec<String> = files.names().map(str::to_string).collect();
+            names
+                .iter()
+                .filter(|n| keep(n))
+                .filter_map(|n| files.shape(n).map(|s| s.iter().product::<usize>()))
+                .sum()
+        })
+        .unwrap_or(0);
+    on_device(device, (elems * dtype.size_in_bytes()) as u64)
+}
+
+// ---------------------------------------------------------------- LoadDiffusionModel
+
+pub struct LoadDiffusionModel {
+    schema: NodeSchema,
+}
+
+impl LoadDiffusionModel {
+    pub fn new() -> Self {
+        let schema = NodeSchema::new("LoadDiffusionModel", "Load Diffusion Model", "loaders")
+            .doc(
+                "Loads a FLUX.2 [klein] transformer: a BFL single file (flux-2-klein-4b.safetensors, \
+                 as ComfyUI keeps it in models/diffusion_models/) or a diffusers transformer/ \
+                 folder. The configuration (4B, 9B or another size) is read from the tensors.",
+            )
+            .param(
+                ParamDef::path(
+                    "file",
+                    "flux-2-klein-4b.safetensors",
+                    Some("diffusion_models"),
+                    "File name in <models>/diffusion_models/, or a path.",
+                )
+                .constant(),
+            )
+            .output("model", PortType::Model, "The transformer with no patches.");
+        LoadDiffusionModel {
+            schema: common_params(schema),
+        }
+    }
+}
+
+impl Default for LoadDiffusionModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for LoadDiffusionModel {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
+        let mut p = check_file(params, "file", "diffusion_models", env);
+        p.extend(check_device(params.str("device").unwrap_or_default()));
+        p
+    }
+
+    fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
+        let name = params.str("file").unwrap_or_default();
+        let path = files::resolve(name, "diffusion_models", env).unwrap_or_default();
+        files::fingerprint(&[path], params.bool("hash_content").unwrap_or(false))
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let path = resolved(ctx, "file", "diffusion_models")?;
+        let (device, dtype) = device_and_dtype(ctx)?;
+        let model = flux2::load_transformer(&path, None, dtype, &device)
+            .map_err(model_err("loading the diffusion model"))?;
+        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
+        Ok(vec![object(
+            PortType::Model,
+            ModelHandle {
+                model: Arc::new(model),
+                device,
+                file: path,
+                weight_bytes,
+                patches: ModelPatches::default(),
+            },
+        )])
+    }
+}
+
+// ---------------------------------------------------------------- LoadTextEncoder
+
+pub struct LoadTextEncoder {
+    schema: NodeSchema,
+}
+
+impl LoadTextEncoder {
+    pub fn new() -> Self {
+        let schema = NodeSchema::new("LoadTextEncoder", "Load Text Encoder", "loaders")
+            .doc(
+                "Loads the Qwen3 text encoder of FLUX.2 [klein] (Qwen3-4B for klein-4B, Qwen3-8B \
+                 for klein-9B) and its tokenizer. Only the layers the encoder needs are run.",
+            )
+            .param(
+                ParamDef::path(
+                    "file",
+                    "qwen_3_4b.safetensors",
+                    Some("text_encoders"),
+                    "Weights: a file name in <models>/text_encoders/, or a path (a file or a \
+                     folder of shards).",
+                )
+                .constant(),
+            )
+            .param(
+                ParamDef::path(
+                    "tokenizer",
+                    "",
+                    Some("text_encoders"),
+                    "The model's tokenizer.json. Empty: `<weights name>.tokenizer.json` or \
+                     `tokenizer.json` beside the weights.",
+                )
+                .constant(),
+            )
+            .param(
+                ParamDef::path(
+                    "config",
+                    "",
+                    Some("text_encoders"),
+                    "The model's config.json. Empty: `<weights name>.config.json` or \
+                     `config.json` beside the weights if present, else Qwen3-4B or -8B chosen by \
+                     the weights' width.",
+                )
+                .constant(),
+            )
+            .output(
+                "text_encoder",
+                PortType::TextEncoder,
+                "The encoder, ready for TextEncode.",
+            );
+        LoadTextEncoder {
+            schema: common_params(schema),
+        }
+    }
+}
+
+impl Default for LoadTextEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The tokenizer and config files of a text encoder whose weights are at `weights`.
+struct EncoderFiles {
+    weights: PathBuf,
+    tokenizer: PathBuf,
+    config: Option<PathBuf>,
+}
+
+fn sibling(weights: &Path, suffix: &str, plain: &str) -> Option<PathBuf> {
+    let dir = if weights.is_dir() {
+        weights.to_path_buf()
+    } else {
+        weights.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let stem = weights
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [dir.join(format!("{stem}.{suffix}")), dir.join(plain)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+fn encoder_files(params: &Params, env: &RunEnv) -> Result<EncoderFiles, (String, String)> {
+    let weights = files::resolve(params.str("file").unwrap_or_default(), "text_encoders", env)
+        .map_err(|m| ("file".to_string(), m))?;
+    let tok_name = params.str("tokenizer").unwrap_or_default();
+    let tokenizer = if tok_name.is_empty() {
+        sibling(&weights, "tokenizer.json", "tokenizer.json").ok_or_else(|| {
+            (
+                "tokenizer".to_string(),
+                format!(
+                    "no tokenizer found beside {}: put the model's tokenizer.json there (as \
+                     `tokenizer.json` or `<weights name>.tokenizer.json`) or set this param",
+                    weights.display()
+                ),
+            )
+        })?
+    } else {
+        files::resolve(tok_name, "text_encoders", env).map_err(|m| ("tokenizer".to_string(), m))?
+    };
+    let cfg_name = params.str("config").unwrap_or_default();
+    let config = if cfg_name.is_empty() {
+        sibling(&weights, "config.json", "config.json")
+    } else {
+        Some(
+            files::resolve(cfg_name, "text_encoders", env)
+                .map_err(|m| ("config".to_string(), m))?,
+        )
+    };
+    Ok(EncoderFiles {
+        weights,
+        tokenizer,
+        config,
+    })
+}
+
+/// Qwen3-4B or -8B by the width of the embedding table.
+fn preset_by_width(weights: &Path) -> Option<qwen3::Config> {
+    let files = WeightFiles::open_path(weights).ok()?;
+    let shape = files
+        .shape("model.embed_tokens.weight")
+        .or_else(|| files.shape("embed_tokens.weight"))?;
+    match shape.get(1) {
+        Some(4096) => Some(qwen3::Config::qwen3_8b()),
+        _ => Some(qwen3::Config::qwen3_4b()),
+    }
+}
+
+impl NodeDef for LoadTextEncoder {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
+        let mut problems: Vec<ParamProblem> = match encoder_files(params, env) {
+            Ok(_) => Vec::new(),
+            Err((param, message)) => vec![ParamProblem { param, message }],
+        };
+        problems.extend(check_device(params.str("device").unwrap_or_default()));
+        problems
+    }
+
+    fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
+        let paths = match encoder_files(params, env) {
+            Ok(f) => {
+                let mut v = vec![f.weights, f.tokenizer];
+                v.extend(f.config);
+                v
+            }
+            Err(_) => Vec::new(),
+        };
+        files::fingerprint(&paths, params.bool("hash_content").unwrap_or(false))
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let found = encoder_files(&ctx.params, ctx.env)
+            .map_err(|(param, m)| NodeError::failed(format!("param '{param}': {m}")))?;
+        let (device, dtype) = device_and_dtype(ctx)?;
+        let preset = if found.config.is_none() {
+            preset_by_width(&found.weights)
+        } else {
+            None
+        };
+        let encoder = qwen3::TextEncoder::load(
+            &qwen3::TextEncoderFiles {
+                weights: found.weights.clone(),
+                tokenizer: found.tokenizer.clone(),
+                config: found.config.clone(),
+            },
+            preset.as_ref(),
+            dtype,
+            &device,
+        )
+        .map_err(model_err("loading the text encoder"))?;
+        let needed = encoder.config().layers_needed();
+        let weight_bytes = weight_bytes(&found.weights, dtype, &device, |name| {
+            // Layers past the last one the encoder needs, and the LM head, are never loaded.
+            let layer = name
+                .split("layers.")
+                .nth(1)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            match layer {
+                Some(i) => i < needed,
+                None => !name.contains("lm_head"),
+            }
+        });
+        Ok(vec![object(
+            PortType::TextEncoder,
+            TextEncoderHandle {
+                encoder: Arc::new(encoder),
+                device,
+                file: found.weights,
+                weight_bytes,
+            },
+        )])
+    }
+}
+
+// ---------------------------------------------------------------- LoadVae
+
+pub struct LoadVae {
+    schema: NodeSchema,
+}
+
+impl LoadVae {
+    pub fn new() -> Self {
+        let schema = NodeSchema::new("LoadVae", "Load VAE", "loaders")
+            .doc(
+                "Loads the FLUX.2 autoencoder (32 latent channels with its batch-norm statistics): \
+                 a BFL file (flux2-vae.safetensors) or a diffusers vae/ folder.",
+            )
+            .param(
+                ParamDef::path(
+                    "file",
+                    "flux2-vae.safetensors",
+                    Some("vae"),
+                    "File name in <models>/vae/, or a path.",
+                )
+                .constant(),
+            )
+            .output("vae", PortType::Vae, "The autoencoder (decoder and encoder).");
+        LoadVae {
+            schema: common_params(schema),
+        }
+    }
+}
+
+impl Default for LoadVae {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for LoadVae {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
+        let mut p = check_file(params, "file", "vae", env);
+        p.extend(check_device(params.str("device").unwrap_or_default()));
+        p
+    }
+
+    fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
+        let path =
+            files::resolve(params.str("file").unwrap_or_default(), "vae", env).unwrap_or_default();
+        files::fingerprint(&[path], params.bool("hash_content").unwrap_or(false))
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let path = resolved(ctx, "file", "vae")?;
+        let (device, dtype) = device_and_dtype(ctx)?;
+        let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
+            .map_err(model_err("loading the VAE"))?;
+        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
+        Ok(vec![object(
+            PortType::Vae,
+            VaeHandle {
+                vae: Arc::new(model),
+                device,
+                file: path,
+                weight_bytes,
+            },
+        )])
+    }
+}

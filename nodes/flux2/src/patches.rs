@@ -1,0 +1,166 @@
+//! Patch nodes: each returns a new model handle sharing the same weights, with one setting
+//! changed. Nothing is copied, and the loader's cached output stays valid.
+
+use veetance_core::{ExecContext, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value};
+
+use crate::values::{input, object, AttentionImpl, ModelHandle, Schedule};
+
+fn model_in(ctx: &ExecContext<'_>) -> Result<ModelHandle, NodeError> {
+    Ok(input::<ModelHandle>(ctx, "model", PortType::Model)?.clone())
+}
+
+pub struct PatchAttention {
+    schema: NodeSchema,
+}
+
+impl PatchAttention {
+    pub fn new() -> Self {
+        PatchAttention {
+            schema: NodeSchema::new("PatchAttention", "Patch Attention", "model_patches")
+                .doc(
+                    "Chooses how the transformer computes attention. plain: the whole score matrix \
+                     at once (the reference). chunked: query rows in chunks, so the L×L score \
+                     matrix is never in memory at once (same result, less memory).",
+                )
+                .input("model", PortType::Model, "The model to patch.")
+                .param(ParamDef::choice(
+                    "attention",
+                    &["plain", "chunked"],
+                    "plain",
+                    "The attention implementation.",
+                ))
+                .param(ParamDef::int(
+                    "chunk_size",
+                    1024,
+                    16,
+                    65536,
+                    "Query tokens per chunk (chunked only).",
+                ))
+                .output("model", PortType::Model, "The same weights, patched."),
+        }
+    }
+}
+
+impl Default for PatchAttention {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for PatchAttention {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let mut model = model_in(ctx)?;
+        model.patches.attention = match ctx.params.str("attention")? {
+            "chunked" => AttentionImpl::Chunked(ctx.params.int("chunk_size")? as usize),
+            _ => AttentionImpl::Plain,
+        };
+        Ok(vec![object(PortType::Model, model)])
+    }
+}
+
+pub struct ModelSampling {
+    schema: NodeSchema,
+}
+
+impl ModelSampling {
+    pub fn new() -> Self {
+        ModelSampling {
+            schema: NodeSchema::new("ModelSampling", "Model Sampling", "model_patches")
+                .doc(
+                    "Sets the noise schedule the sampler follows. empirical_mu: klein's default, a \
+                     shift chosen from the image size and the step count. fixed_shift: \
+                     sigma(t) = shift·t / (1 + (shift − 1)·t) for every size.",
+                )
+                .input("model", PortType::Model, "The model to patch.")
+                .param(ParamDef::choice(
+                    "schedule",
+                    &["empirical_mu", "fixed_shift"],
+                    "empirical_mu",
+                    "How sigmas are spaced.",
+                ))
+                .param(ParamDef::float(
+                    "shift",
+                    3.0,
+                    0.01,
+                    100.0,
+                    0.01,
+                    "The shift for fixed_shift (1 = no shift).",
+                ))
+                .output("model", PortType::Model, "The same weights, patched."),
+        }
+    }
+}
+
+impl Default for ModelSampling {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for ModelSampling {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let mut model = model_in(ctx)?;
+        model.patches.schedule = match ctx.params.str("schedule")? {
+            "fixed_shift" => Schedule::FixedShift(ctx.params.float("shift")?),
+            _ => Schedule::EmpiricalMu,
+        };
+        Ok(vec![object(PortType::Model, model)])
+    }
+}
+
+pub struct CompileModel {
+    schema: NodeSchema,
+}
+
+impl CompileModel {
+    pub fn new() -> Self {
+        CompileModel {
+            schema: NodeSchema::new("CompileModel", "Compile Model", "model_patches")
+                .doc(
+                    "Switches the model to the fused, prepacked execution path. Where nothing is \
+                     fused yet (on the CPU, and in this build on every device) the model runs as \
+                     is and a warning says so.",
+                )
+                .input("model", PortType::Model, "The model to compile.")
+                .output(
+                    "model",
+                    PortType::Model,
+                    "The same weights, marked for the fused path.",
+                ),
+        }
+    }
+}
+
+impl Default for CompileModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for CompileModel {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let mut model = model_in(ctx)?;
+        model.patches.compiled = true;
+        let device = if model.device.is_cpu() {
+            "the CPU"
+        } else {
+            "this device"
+        };
+        ctx.warn(format!(
+            "CompileModel: no fused kernels exist yet for {device}; the model runs unfused"
+        ));
+        Ok(vec![object(PortType::Model, model)])
+    }
+}

@@ -1,0 +1,280 @@
+//! Sampler: flow-match Euler over the model's schedule, with seeded noise, optional CFG, progress
+//! and a latent preview every step, and cancellation between steps.
+
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Tensor};
+use veetance_core::{
+    ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
+};
+use veetance_models::flux2::Flux2Transformer;
+use veetance_models::preview::preview_rgb;
+use veetance_models::sampling::{
+    self, denoise, image_ids, pack_latents, seeded_noise, text_ids, unpack_latents, Cfg,
+    TextCondition, VelocityModel, PIXELS_PER_TOKEN,
+};
+
+use crate::values::{
+    candle_err, input, model_err, object, optional_input, AttentionImpl, Conditioning, Latent,
+    ModelHandle, Schedule,
+};
+
+/// The largest seed: 2^53 − 1, the largest integer every JSON tool keeps exactly.
+pub const SEED_MAX: i64 = (1 << 53) - 1;
+
+pub struct Sampler {
+    schema: NodeSchema,
+}
+
+impl Sampler {
+    pub fn new() -> Self {
+        Sampler {
+            schema: NodeSchema::new("Sampler", "Sampler", "sampling")
+                .doc(
+                    "Denoises a latent with the model: seeded noise, the model's schedule (klein's \
+                     empirical mu unless ModelSampling changed it), flow-match Euler steps. With \
+                     guidance above 1 and a negative conditioning it runs classifier-free guidance \
+                     (for the base, undistilled models; the distilled klein models use guidance 1 \
+                     and 4 steps). Shows a preview of the denoised estimate at every step.",
+                )
+                .input("model", PortType::Model, "From the loader and its patches.")
+                .input("positive", PortType::Conditioning, "The prompt.")
+                .optional_input(
+                    "negative",
+                    PortType::Conditioning,
+                    "The negative prompt, used when guidance is above 1.",
+                )
+                .input(
+                    "latent",
+                    PortType::Latent,
+                    "The starting latent (EmptyLatent for text-to-image).",
+                )
+                .param(ParamDef::int(
+                    "seed",
+                    0,
+                    0,
+                    SEED_MAX,
+                    "The noise seed; the same seed gives the same image on CPU and GPU.",
+                ))
+                .param(ParamDef::int("steps", 4, 1, 200, "Denoising steps."))
+                .param(ParamDef::choice(
+                    "sampler",
+                    &["euler"],
+                    "euler",
+                    "The step rule (flow-match Euler).",
+                ))
+                .param(ParamDef::float(
+                    "guidance",
+                    1.0,
+                    0.0,
+                    30.0,
+                    0.1,
+                    "Classifier-free guidance scale; 1 turns it off.",
+                ))
+                .param(ParamDef::bool(
+                    "add_noise",
+                    true,
+                    "Add the seeded noise to the latent. Off: the input latent is taken as the \
+                     starting noise as is.",
+                ))
+                .output("latent", PortType::Latent, "The denoised latent."),
+        }
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The model with its attention patch applied.
+struct Patched<'a> {
+    model: &'a Flux2Transformer,
+    attention: AttentionImpl,
+}
+
+impl VelocityModel for Patched<'_> {
+    fn velocity(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+    ) -> veetance_models::Result<Tensor> {
+        let chunk = match self.attention {
+            AttentionImpl::Plain => None,
+            AttentionImpl::Chunked(n) => Some(n),
+        };
+        Ok(self
+            .model
+            .forward_chunked(img, img_ids, txt, txt_ids, t, chunk)?)
+    }
+}
+
+/// The sigmas for `steps` on an image of `tokens` tokens under `schedule`.
+pub fn sigmas(schedule: Schedule, steps: usize, tokens: usize) -> Vec<f32> {
+    match schedule {
+        Schedule::EmpiricalMu => sampling::schedule(steps, tokens),
+        Schedule::FixedShift(shift) => {
+            let n = steps as f64;
+            let mut s: Vec<f32> = (0..steps)
+                .map(|i| {
+                    let t = 1.0 - i as f64 / n;
+                    (shift * t / (1.0 + (shift - 1.0) * t)) as f32
+                })
+                .collect();
+            s.push(0.0);
+            s
+        }
+    }
+}
+
+fn preview_image(x0: &Tensor, h: usize, w: usize) -> Option<Image> {
+    let rgb = preview_rgb(x0, Some((h, w))).ok()?;
+    let data: Vec<f32> = rgb.pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
+    Image::new(1, rgb.height as u32, rgb.width as u32, 3, data).ok()
+}
+
+impl NodeDef for Sampler {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let handle = input::<ModelHandle>(ctx, "model", PortType::Model)?;
+        let positive = input::<Conditioning>(ctx, "positive", PortType::Conditioning)?;
+        let negative = optional_input::<Conditioning>(ctx, "negative", PortType::Conditioning)?;
+        let latent = input::<Latent>(ctx, "latent", PortType::Latent)?;
+        let seed = ctx.params.int("seed")? as u64;
+        let steps = ctx.params.int("steps")? as usize;
+        let guidance = ctx.params.float("guidance")?;
+        let add_noise = ctx.params.bool("add_noise")?;
+
+        let device = &handle.device;
+        let dtype = handle.model.dtype();
+        let cerr = candle_err("sampler");
+        let (batch, _, h, w) = latent.samples.dims4().map_err(&cerr)?;
+        let ctx_dim = handle.model.config().joint_attention_dim;
+        for (name, c) in [("positive", Some(positive)), ("negative", negative)] {
+            if let Some(c) = c {
+                let found = c.hidden.dim(2).map_err(&cerr)?;
+                if found != ctx_dim {
+                    return Err(NodeError::failed(format!(
+                        "input '{name}': the conditioning is {found} wide but the model takes \
+                         {ctx_dim}; the text encoder does not belong to this model (klein-4B takes \
+                         Qwen3-4B, klein-9B Qwen3-8B)"
+                    )));
+                }
+            }
+        }
+
+        let sigmas = sigmas(handle.patches.schedule, steps, h * w);
+        let start = latent
+            .samples
+            .to_device(device)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(&cerr)?;
+        let start = if add_noise {
+            let noise = seeded_noise(
+                seed,
+                batch,
+                h * PIXELS_PER_TOKEN,
+                w * PIXELS_PER_TOKEN,
+                DType::F32,
+                device,
+            )
+            .map_err(model_err("sampler"))?;
+            let s0 = f64::from(sigmas[0]);
+            ((noise * s0).map_err(&cerr)? + (start * (1.0 - s0)).map_err(&cerr)?).map_err(&cerr)?
+        } else {
+            start
+        };
+        let x =
+            pack_latents(&start.to_dtype(dtype).map_err(&cerr)?).map_err(model_err("sampler"))?;
+        let img_ids = image_ids(h, w, device).map_err(model_err("sampler"))?;
+        let batched = |c: &Conditioning| -> Result<(Tensor, Tensor), NodeError> {
+            let txt = c
+                .hidden
+                .to_device(device)
+                .and_then(|t| t.to_dtype(dtype))
+                .and_then(|t| {
+                    let (_, l, d) = t.dims3()?;
+                    t.broadcast_as((batch, l, d))?.contiguous()
+                })
+                .map_err(&cerr)?;
+            let ids = text_ids(txt.dim(1).map_err(&cerr)?, device).map_err(model_err("sampler"))?;
+            Ok((txt, ids))
+        };
+        let (pos_txt, pos_ids) = batched(positive)?;
+        let neg = match negative {
+            Some(n) if guidance != 1.0 => Some(batched(n)?),
+            _ => None,
+        };
+        if guidance != 1.0 && negative.is_none() {
+            ctx.warn(format!(
+                "guidance {guidance} needs a negative conditioning; sampling without guidance"
+            ));
+        }
+        let model = Patched {
+            model: &handle.model,
+            attention: handle.patches.attention,
+        };
+        let total = sigmas.len() - 1;
+        ctx.progress(0, total as u64);
+        let out = denoise(
+            &model,
+            &x,
+            &img_ids,
+            TextCondition {
+                txt: &pos_txt,
+                txt_ids: &pos_ids,
+            },
+            neg.as_ref().map(|(txt, ids)| Cfg {
+                negative: TextCondition { txt, txt_ids: ids },
+                scale: guidance,
+            }),
+            &sigmas,
+            |step, x0| {
+                if let Some(image) = preview_image(x0, h, w) {
+                    ctx.preview(image);
+                }
+                ctx.progress(step.index as u64 + 1, step.total as u64);
+                if ctx.cancel.is_cancelled() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .map_err(model_err("sampling"))?;
+        let samples = unpack_latents(&out, h, w)
+            .map_err(model_err("sampler"))?
+            .to_dtype(DType::F32)
+            .map_err(&cerr)?;
+
+        let mut parameters = positive.prompt.clone();
+        if let Some(n) = negative.filter(|_| neg.is_some()) {
+            parameters.push_str(&format!("\nNegative prompt: {}", n.prompt));
+        }
+        parameters.push_str(&format!(
+            "\nSteps: {steps}, Sampler: euler, Guidance: {guidance}, Seed: {seed}, Size: {}x{}, \
+             Model: {}",
+            w * PIXELS_PER_TOKEN,
+            h * PIXELS_PER_TOKEN,
+            handle
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        Ok(vec![object(
+            PortType::Latent,
+            Latent {
+                samples,
+                meta: vec![("parameters".into(), parameters)],
+            },
+        )])
+    }
+}
