@@ -125,7 +125,7 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
     }
 }
 
-fn budgets(args: &RunArgs, cache: &crate::config::CacheSection) -> anyhow::Result<Budgets> {
+pub fn budgets(args: &RunArgs, cache: &crate::config::CacheSection) -> anyhow::Result<Budgets> {
     let pick =
         |flag: &Option<String>, file: &Option<String>, what: &str| -> anyhow::Result<Option<u64>> {
             match flag.as_ref().or(file.as_ref()) {

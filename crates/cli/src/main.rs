@@ -143,14 +143,7 @@ fn main() -> ExitCode {
         Some(Command::Validate { file, models_dir }) => load::validate_command(&file, models_dir),
         Some(Command::Nodes { json }) => load::nodes_command(json),
         None if cli.headless => headless::run(cli.workflow.as_deref(), &cli.run, &cli.common),
-        None => Err(Failure::invalid(anyhow::anyhow!(
-            "the visual editor is not part of this build yet; run a workflow with \
-             `veetance --headless {}`",
-            cli.workflow
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "<workflow.ron>".into())
-        ))),
+        None => editor(cli.workflow, &cli.run, &cli.common),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +161,42 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Opens the editor, with the workflow given (if any).
+#[cfg(feature = "editor")]
+fn editor(workflow: Option<PathBuf>, run: &RunArgs, common: &CommonArgs) -> Result<(), Failure> {
+    let (config, _) =
+        config::ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
+    let budgets = headless::budgets(run, &config.cache).map_err(Failure::invalid)?;
+    if let Some(path) = &workflow {
+        if !path.exists() {
+            return Err(Failure::invalid(anyhow::anyhow!(
+                "{}: no such file",
+                path.display()
+            )));
+        }
+    }
+    veetance_gui::run(veetance_gui::EditorOptions {
+        workflow,
+        models_dir: run.models_dir.clone().or(config.paths.models_dir),
+        out_dir: run.out.clone().or(config.paths.out_dir),
+        budgets,
+        state_dir: None,
+    })
+    .map_err(|e| Failure::run_failed(anyhow::anyhow!("the editor stopped: {e}")))
+}
+
+#[cfg(not(feature = "editor"))]
+fn editor(workflow: Option<PathBuf>, _run: &RunArgs, _common: &CommonArgs) -> Result<(), Failure> {
+    Err(Failure::invalid(anyhow::anyhow!(
+        "this veetance was built without the editor (headless build); run a workflow with \
+         `veetance --headless {}`",
+        workflow
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<workflow.ron>".into())
+    )))
 }
 
 /// Writes to stdout, ignoring a closed pipe (`veetance nodes | head` must not panic).
