@@ -9,17 +9,19 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 [ -x .gpu/veetance ] || xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance
-python3 .verify/gpu/make_full_size_models.py /tmp/models 2>&1 | tail -3
+[ -f /tmp/models/vae/flux2-vae.safetensors ] || python3 .verify/gpu/make_full_size_models.py /tmp/models 2>&1 | grep -v "kept in float32"
 ls -la /tmp/models/diffusion_models /tmp/models/text_encoders
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits > "$OUT/vram_idle.txt"
 for run in 1 2; do
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$OUT/vram_$run.txt" &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$OUT/vram_$run.txt" 2>/dev/null &
   smi=$!
   start=$(date +%s.%N)
+  status=0
   .gpu/veetance --headless workflows/flux2-klein-4b.ron --models-dir /tmp/models --out "$OUT/img" \
-      --events "$OUT/events_$run.jsonl" -q --set sampler.seed=$run
+      --events "$OUT/events_$run.jsonl" -q --set sampler.seed=$run || status=$?
   end=$(date +%s.%N)
   kill $smi; wait $smi 2>/dev/null || true
+  [ $status = 0 ] || { echo "veetance exited $status"; exit $status; }
   idle=$(cat "$OUT/vram_idle.txt")
   peak=$(sort -n "$OUT/vram_$run.txt" | tail -1)
   echo "run $run: wall $(python3 -c "print(f'{$end-$start:.2f}')") s, peak device memory $((peak - idle)) MiB above idle ($peak MiB used, $idle idle)"

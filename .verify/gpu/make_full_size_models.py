@@ -6,13 +6,12 @@ ComfyUI models folder, for timing the golden workflow on the GPU machine:
     <dir>/text_encoders/qwen_3_4b.safetensors           Qwen3-4B, HF names, bf16 (all 36 layers)
     <dir>/text_encoders/tokenizer.json                  the tiny test tokenizer (no network there;
                                                         prompt ids index the real-size embedding)
-    <dir>/vae/flux2-vae/                                AutoencoderKLFlux2, diffusers folder, bf16
+    <dir>/vae/flux2-vae.safetensors                     the FLUX.2 VAE, BFL names, bf16
 
 Weights ~ N(0, gain^2 / fan_in) (gain 0.5), norm scales 1 + N(0, 0.1^2): the image is noise; only
 shapes, layouts and costs are real. Usage: make_full_size_models.py <dir>
 """
 
-import json
 import math
 import os
 import shutil
@@ -46,7 +45,7 @@ def main():
     torch.set_grad_enabled(False)
     t0 = time.time()
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-    from make_fixtures import to_bfl
+    from make_fixtures import to_bfl, vae_to_bfl
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     os.makedirs(os.path.join(out, "diffusion_models"), exist_ok=True)
@@ -77,19 +76,16 @@ def main():
                 os.path.join(te, "tokenizer.json"))
     print(f"text encoder written ({time.time() - t0:.0f} s)", flush=True)
 
-    vd = os.path.join(out, "vae", "flux2-vae")
-    os.makedirs(vd, exist_ok=True)
+    os.makedirs(os.path.join(out, "vae"), exist_ok=True)
     with torch.device(dev):
         vae = AutoencoderKLFlux2().to(dt).eval()
     randomize(vae, torch.Generator(device=dev).manual_seed(3), gain=1.0)
     g = torch.Generator(device=dev).manual_seed(4)
     vae.bn.running_mean.copy_(0.3 * torch.randn(128, generator=g, device=dev))
     vae.bn.running_var.copy_(0.5 + torch.rand(128, generator=g, device=dev))
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items() if "num_batches" not in k},
-              os.path.join(vd, "diffusion_pytorch_model.safetensors"))
-    vcfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(vae.config).items()}
-    with open(os.path.join(vd, "config.json"), "w") as f:
-        json.dump({**vcfg, "_class_name": "AutoencoderKLFlux2"}, f, indent=1)
+    state = {k: v for k, v in vae.state_dict().items() if "num_batches" not in k}
+    save_file({k: v.contiguous() for k, v in vae_to_bfl(state, 4).items()},
+              os.path.join(out, "vae", "flux2-vae.safetensors"))
     print(f"vae written ({time.time() - t0:.0f} s)", flush=True)
 
 

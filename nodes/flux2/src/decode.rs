@@ -48,6 +48,14 @@ impl Default for VaeDecode {
     }
 }
 
+/// The image being assembled from tiles: weighted sums and the weight per pixel.
+struct TileCanvas {
+    sum: Vec<f32>,
+    weight: Vec<f32>,
+    height: usize,
+    width: usize,
+}
+
 /// Decodes `(B, 128, h, w)` in overlapping tiles, blending with linear ramps across overlaps.
 fn decode_tiled(
     ctx: &ExecContext<'_>,
@@ -73,7 +81,7 @@ fn decode_tiled(
     };
     let (ys, xs) = (starts(h), starts(w));
     let total = (ys.len() * xs.len()) as u64;
-    let mut acc: Option<(Vec<f32>, Vec<f32>, usize, usize, usize)> = None; // sum, weight, H, W, scale
+    let mut acc: Option<TileCanvas> = None;
     let mut done = 0;
     for &y0 in &ys {
         for &x0 in &xs {
@@ -93,17 +101,16 @@ fn decode_tiled(
                 .map_err(&cerr)?;
             let (_, c, ph, pw) = img.dims4().map_err(&cerr)?;
             let scale = ph / th;
-            let (sum, weight, full_h, full_w, _) = acc.get_or_insert_with(|| {
+            let canvas = acc.get_or_insert_with(|| {
                 let (fh, fw) = (h * scale, w * scale);
-                (
-                    vec![0.0; b * c * fh * fw],
-                    vec![0.0; fh * fw],
-                    fh,
-                    fw,
-                    scale,
-                )
+                TileCanvas {
+                    sum: vec![0.0; b * c * fh * fw],
+                    weight: vec![0.0; fh * fw],
+                    height: fh,
+                    width: fw,
+                }
             });
-            let (full_h, full_w) = (*full_h, *full_w);
+            let (full_h, full_w) = (canvas.height, canvas.width);
             let values = img
                 .flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
@@ -128,12 +135,12 @@ fn decode_tiled(
                     let wx = edge_weight(xx, pw, x0 == 0, x0 + tw >= w);
                     let wgt = wy * wx;
                     let o = (py0 + yy) * full_w + px0 + xx;
-                    weight[o] += wgt;
+                    canvas.weight[o] += wgt;
                     for bi in 0..b {
                         for ci in 0..c {
                             let src = ((bi * c + ci) * ph + yy) * pw + xx;
                             let dst = ((bi * c + ci) * full_h + py0 + yy) * full_w + px0 + xx;
-                            sum[dst] += values[src] * wgt;
+                            canvas.sum[dst] += values[src] * wgt;
                         }
                     }
                 }
@@ -142,8 +149,12 @@ fn decode_tiled(
             ctx.progress(done, total);
         }
     }
-    let (mut sum, weight, fh, fw, _) =
-        acc.ok_or_else(|| NodeError::failed("empty latent: nothing to decode"))?;
+    let TileCanvas {
+        mut sum,
+        weight,
+        height: fh,
+        width: fw,
+    } = acc.ok_or_else(|| NodeError::failed("empty latent: nothing to decode"))?;
     let c = sum.len() / (b * fh * fw);
     for bi in 0..b {
         for ci in 0..c {
