@@ -15,8 +15,41 @@ use serde::{Deserialize, Serialize};
 use crate::value::{MemBytes, Value};
 
 /// The content-hash key of a node's outputs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CacheKey(pub [u8; 32]);
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Already a uniform hash: its first 8 bytes are as good a hash-map key as any.
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
+
+/// A hasher for [`CacheKey`]s, which are blake3 digests already: it passes their first 8 bytes
+/// through instead of hashing 32 bytes again with SipHash on every look-up.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for CacheKey (it writes one u64); kept correct for any other use.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<CacheKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,7 +110,7 @@ struct Entry {
 
 /// Node outputs by key, within per-tier byte budgets.
 pub struct OutputCache {
-    entries: HashMap<CacheKey, Entry>,
+    entries: KeyMap<Entry>,
     budgets: Budgets,
     used: MemBytes,
     clock: u64,
@@ -104,7 +137,7 @@ impl Default for OutputCache {
 impl OutputCache {
     pub fn new(budgets: Budgets) -> Self {
         OutputCache {
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             budgets,
             used: MemBytes::ZERO,
             clock: 0,

@@ -47,9 +47,9 @@ pub struct RunReport {
     pub executed: Vec<String>,
     /// Node ids served from the cache.
     pub cached: Vec<String>,
-    /// Node ids not needed this run (everything downstream of them was served from the cache)
-    /// whose outputs are still in the cache. Events report them as cached too.
-    pub up_to_date: Vec<String>,
+    /// How many nodes were not needed this run (everything downstream of them was served from
+    /// the cache) and still have their outputs in the cache. Events report each as cached.
+    pub up_to_date: usize,
     /// The outputs of the target nodes.
     pub outputs: BTreeMap<String, Arc<[Value]>>,
     pub duration: Duration,
@@ -163,7 +163,7 @@ impl Engine {
 
         let result = self.run_inner(graph, options, &env, events, run, started);
         let (ok, executed, cached) = match &result {
-            Ok(r) => (true, r.executed.len(), r.cached.len() + r.up_to_date.len()),
+            Ok(r) => (true, r.executed.len(), r.cached.len() + r.up_to_date),
             Err(e) => {
                 let node = match e {
                     RunError::NodeFailed { node, .. } => Some(node.clone()),
@@ -351,7 +351,7 @@ impl Engine {
             run,
             executed: Vec::new(),
             cached: Vec::new(),
-            up_to_date: Vec::new(),
+            up_to_date: 0,
             outputs: BTreeMap::new(),
             duration: Duration::ZERO,
         };
@@ -369,13 +369,15 @@ impl Engine {
                 let s = slots[ix.index()].as_ref().expect("planned");
                 if let KeyState::Known(k) = s.key {
                     if s.freshness != Freshness::Always && self.cache.contains(&k) {
-                        events.emit(&Event::NodeFinished {
-                            node: node.id.clone(),
-                            node_type: node.type_name.clone(),
-                            duration_ms: 0.0,
-                            cached: true,
-                        });
-                        report.up_to_date.push(node.id.clone());
+                        report.up_to_date += 1;
+                        if events.enabled() {
+                            events.emit(&Event::NodeFinished {
+                                node: node.id.clone(),
+                                node_type: node.type_name.clone(),
+                                duration_ms: 0.0,
+                                cached: true,
+                            });
+                        }
                     }
                 }
                 continue;

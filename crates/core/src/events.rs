@@ -69,6 +69,13 @@ pub enum Event {
 /// Receives events. Implementations must be cheap: they are called on the engine thread.
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
+
+    /// Whether anyone listens. The engine skips building per-node events for a sink that does
+    /// not (a fully cached re-run of a large graph would otherwise spend most of its time
+    /// cloning node names into events nobody reads).
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Discards every event.
@@ -77,6 +84,10 @@ pub struct NullSink;
 
 impl EventSink for NullSink {
     fn emit(&self, _event: &Event) {}
+
+    fn enabled(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps every event (for tests and for summaries).
@@ -115,5 +126,9 @@ impl EventSink for FanOut<'_> {
         for sink in &self.0 {
             sink.emit(event);
         }
+    }
+
+    fn enabled(&self) -> bool {
+        self.0.iter().any(|s| s.enabled())
     }
 }
