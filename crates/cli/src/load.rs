@@ -10,8 +10,6 @@ use veetance_workflow::WorkflowFile;
 
 use crate::Failure;
 
-const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
-
 /// The built-in workflow that `veetance --headless` runs when given no file: the golden FLUX.2
 /// workflow on the tiny random-weight models in assets/tiny-models (paths relative to the
 /// repository root, where it is meant to be run from).
@@ -26,27 +24,13 @@ pub struct Loaded {
 
 /// Reads a `.ron` workflow, or the workflow embedded in a PNG written by SaveImage.
 pub fn load_workflow(path: &Path) -> Result<Loaded, Failure> {
-    let origin = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure::invalid(anyhow!("{origin}: cannot read the file: {e}")))?;
-    if bytes.starts_with(PNG_MAGIC) {
-        let text = veetance_nodes_basic::read_png_workflow(&bytes)
-            .map_err(|e| Failure::invalid(anyhow!("{origin}: not a readable PNG: {e}")))?
-            .ok_or_else(|| {
-                Failure::invalid(anyhow!(
-                    "{origin}: this PNG holds no Veetance workflow (only images written by \
-                     SaveImage carry one)"
-                ))
-            })?;
-        let origin = format!("{origin} (embedded workflow)");
-        let file = WorkflowFile::parse(&text, &origin).map_err(Failure::invalid)?;
-        return Ok(Loaded { file, origin });
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        Failure::invalid(anyhow!("{origin}: not a text file (expected .ron or .png)"))
-    })?;
-    let file = WorkflowFile::parse(&text, &origin).map_err(Failure::invalid)?;
-    Ok(Loaded { file, origin })
+    let read =
+        veetance_nodes_basic::read_workflow_text(path).map_err(|e| Failure::invalid(anyhow!(e)))?;
+    let file = WorkflowFile::parse(&read.text, &read.origin).map_err(Failure::invalid)?;
+    Ok(Loaded {
+        file,
+        origin: read.origin,
+    })
 }
 
 /// The built-in example workflow.

@@ -833,26 +833,10 @@ impl eframe::App for VeetanceApp {
 /// Reads a workflow from a `.ron` file or a PNG written by SaveImage. Returns the file, a name
 /// for messages, and the path to save to (none for a PNG: saving must not overwrite an image).
 pub fn read_workflow(path: &Path) -> Result<(WorkflowFile, String, Option<PathBuf>), String> {
-    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("{origin}: cannot read the file: {e}"))?;
-    if bytes.starts_with(PNG_MAGIC) {
-        let text = veetance_nodes_basic::read_png_workflow(&bytes)
-            .map_err(|e| format!("{origin}: not a readable PNG: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "{origin}: this PNG holds no Veetance workflow (only images written by \
-                     SaveImage carry one)"
-                )
-            })?;
-        let origin = format!("{origin} (embedded workflow)");
-        let file = WorkflowFile::parse(&text, &origin).map_err(|e| e.to_string())?;
-        return Ok((file, origin, None));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("{origin}: not a text file (expected .ron or .png)"))?;
-    let file = WorkflowFile::parse(&text, &origin).map_err(|e| e.to_string())?;
-    Ok((file, origin, Some(path.to_path_buf())))
+    let read = veetance_nodes_basic::read_workflow_text(path)?;
+    let file = WorkflowFile::parse(&read.text, &read.origin).map_err(|e| e.to_string())?;
+    let save_path = (!read.from_png).then(|| path.to_path_buf());
+    Ok((file, read.origin, save_path))
 }
 
 /// Uploads the first image of a batch as a texture.

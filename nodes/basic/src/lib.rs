@@ -21,8 +21,8 @@ pub use generate::{parse_hex_color, GradientImage, NoiseImage};
 pub use image_ops::{ImageBlend, ImageResize};
 pub use load_image::LoadImage;
 pub use png_io::{
-    encode_png, read_png_image, read_png_text, read_png_workflow, write_png, MAX_SIDE,
-    WORKFLOW_PNG_KEYWORD,
+    encode_png, read_png_image, read_png_text, read_png_workflow, read_workflow_text, write_png,
+    WorkflowText, MAX_SIDE, WORKFLOW_PNG_KEYWORD,
 };
 pub use primitives::{Primitive, Seed};
 pub use rng::SEED_MAX;

@@ -361,6 +361,47 @@ pub fn read_png_workflow(bytes: &[u8]) -> Result<Option<String>, String> {
     read_png_text(bytes, WORKFLOW_PNG_KEYWORD)
 }
 
+/// The workflow text a file holds, as the front ends open files: a `.ron` file's text, or the
+/// workflow embedded in a PNG written by `SaveImage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowText {
+    pub text: String,
+    /// The name messages use: the path, with " (embedded workflow)" for a PNG.
+    pub origin: String,
+    /// Whether it came out of a PNG (saving must then go elsewhere, never over the image).
+    pub from_png: bool,
+}
+
+/// Reads the workflow text of a `.ron` file or of a PNG written by `SaveImage`, telling them apart
+/// by the PNG signature. Errors are one line starting with the path.
+pub fn read_workflow_text(path: &std::path::Path) -> Result<WorkflowText, String> {
+    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| format!("{origin}: cannot read the file: {e}"))?;
+    if bytes.starts_with(PNG_MAGIC) {
+        let text = read_png_workflow(&bytes)
+            .map_err(|e| format!("{origin}: not a readable PNG: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "{origin}: this PNG holds no Veetance workflow (only images written by \
+                     SaveImage carry one)"
+                )
+            })?;
+        return Ok(WorkflowText {
+            text,
+            origin: format!("{origin} (embedded workflow)"),
+            from_png: true,
+        });
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{origin}: not a text file (expected .ron or .png)"))?;
+    Ok(WorkflowText {
+        text,
+        origin,
+        from_png: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
