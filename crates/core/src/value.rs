@@ -153,6 +153,19 @@ pub trait Payload: Any + Send + Sync + fmt::Debug {
         None
     }
 
+    /// This value with its device memory moved to host memory: the cache's offload tier.
+    /// `None` when it cannot move (the cache drops it instead and recomputes it when needed).
+    /// The moved value must remember its home device, for [`Payload::to_device`].
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        None
+    }
+
+    /// A host-resident value moved back to its home device, bit-identical to what was offloaded.
+    /// `None` when it is already there or cannot move.
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        None
+    }
+
     fn as_any(&self) -> &dyn Any;
 }
 
