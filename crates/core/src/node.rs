@@ -145,6 +145,7 @@ pub struct ExecContext<'a> {
     pub cancel: &'a CancelToken,
     inputs: Vec<(&'a str, Value)>,
     events: &'a dyn EventSink,
+    device_room: Option<u64>,
 }
 
 impl<'a> ExecContext<'a> {
@@ -163,7 +164,21 @@ impl<'a> ExecContext<'a> {
             cancel,
             inputs,
             events,
+            device_room: None,
         }
+    }
+
+    /// Sets the device bytes this node may use (see [`ExecContext::device_room`]).
+    pub fn with_device_room(mut self, bytes: Option<u64>) -> Self {
+        self.device_room = bytes;
+        self
+    }
+
+    /// Device memory this node may allocate without leaving the run's VRAM budget, after the
+    /// scheduler made room for it; `None` when no budget applies. Nodes that can trade speed for
+    /// memory (tiled decode, streamed weights) choose their path by it.
+    pub fn device_room(&self) -> Option<u64> {
+        self.device_room
     }
 
     /// A linked input, or None when an optional input is not connected.
