@@ -5,12 +5,14 @@
 //! * [`vae`]: the FLUX.2 autoencoder (decoder and encoder).
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
 //! * [`preview`]: latent-to-RGB previews for every step.
+//! * [`kernels`]: our CUDA kernels (flash attention, fused ops) with their reference paths.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod error;
 pub mod flux2;
+pub mod kernels;
 pub mod preview;
 pub mod qwen3;
 pub mod sampling;

@@ -1,12 +1,54 @@
 //! The FLUX.2 transformer, written against BFL's tensor layout (fused qkv).
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Module, Tensor, TensorId, D};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use super::config::Config;
+use crate::kernels;
 use crate::sampling::VelocityModel;
 
 type CResult<T> = candle_core::Result<T>;
+
+/// How attention is computed (PatchAttention chooses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionBackend {
+    /// Whole score matrix in f32 through candle ops: the reference.
+    #[default]
+    Plain,
+    /// The reference path, `n` query rows at a time: never the whole `L × L` matrix.
+    Chunked(usize),
+    /// Our fused flash kernel (CUDA, bf16/f16); elsewhere the plain path.
+    Flash,
+}
+
+/// Options of one forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    pub attention: AttentionBackend,
+    /// Fused kernels for the work around the matmuls (CompileModel): modulated LayerNorm, QK
+    /// norm + RoPE + head split, gated residuals, SwiGLU. CUDA bf16/f16 only; elsewhere the
+    /// reference ops.
+    pub fused: bool,
+}
+
+impl ForwardOptions {
+    fn fused_on(&self, t: &Tensor) -> bool {
+        self.fused && kernels::supported(t)
+    }
+}
+
+/// Attention over `(B, H, L, D)` q, k, v with the chosen backend; `(B, L, H·D)`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, opts: &ForwardOptions) -> CResult<Tensor> {
+    match opts.attention {
+        AttentionBackend::Flash if kernels::supported(q) && q.dim(D::Minus1)? == 128 => {
+            kernels::flash_attention(q, k, v, false, None)
+        }
+        AttentionBackend::Chunked(n) => attention(q, k, v, Some(n)),
+        _ => attention(q, k, v, None),
+    }
+}
 
 /// Sinusoidal embedding of `t` (already scaled by 1000), `[cos | sin]`, computed in f32.
 fn timestep_embedding(t: &Tensor, dim: usize) -> CResult<Tensor> {
@@ -249,8 +291,11 @@ impl DoubleStreamBlock {
         mod_img: &[ModulationOut],
         mod_txt: &[ModulationOut],
         (cos, sin): (&Tensor, &Tensor),
-        chunk: Option<usize>,
+        opts: &ForwardOptions,
     ) -> CResult<(Tensor, Tensor)> {
+        if opts.fused_on(img) {
+            return self.forward_fused(img, txt, mod_img, mod_txt, (cos, sin), opts);
+        }
         let n_txt = txt.dim(1)?;
         let (img_q, img_k, img_v) = self
             .img_attn
@@ -261,7 +306,7 @@ impl DoubleStreamBlock {
         let q = apply_rope(&Tensor::cat(&[txt_q, img_q], 2)?, cos, sin)?;
         let k = apply_rope(&Tensor::cat(&[txt_k, img_k], 2)?, cos, sin)?;
         let v = Tensor::cat(&[txt_v, img_v], 2)?;
-        let attn = attention(&q, &k, &v, chunk)?;
+        let attn = attend(&q, &k, &v, opts)?;
         let l = attn.dim(1)?;
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
@@ -287,6 +332,64 @@ impl DoubleStreamBlock {
             .txt_mlp
             .forward(&modulate(&txt, &mod_txt[1], self.eps)?)?;
         let txt = (&txt + txt_mlp.broadcast_mul(&mod_txt[1].gate)?)?;
+        Ok((img, txt))
+    }
+
+    /// The same computation through our fused kernels (CompileModel).
+    fn forward_fused(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        mod_img: &[ModulationOut],
+        mod_txt: &[ModulationOut],
+        (cos, sin): (&Tensor, &Tensor),
+        opts: &ForwardOptions,
+    ) -> CResult<(Tensor, Tensor)> {
+        let eps = self.eps as f32;
+        let n_txt = txt.dim(1)?;
+        let img_mod = kernels::modulate(img, &mod_img[0].shift, &mod_img[0].scale, eps)?;
+        let txt_mod = kernels::modulate(txt, &mod_txt[0].shift, &mod_txt[0].scale, eps)?;
+        let img_qkv = self.img_attn.qkv.forward(&img_mod)?;
+        let txt_qkv = self.txt_attn.qkv.forward(&txt_mod)?;
+        let (q, k, v) = kernels::qkv_norm_rope(
+            &[
+                kernels::QkvPart {
+                    qkv: &txt_qkv,
+                    q_norm: &self.txt_attn.norm.query_norm,
+                    k_norm: &self.txt_attn.norm.key_norm,
+                },
+                kernels::QkvPart {
+                    qkv: &img_qkv,
+                    q_norm: &self.img_attn.norm.query_norm,
+                    k_norm: &self.img_attn.norm.key_norm,
+                },
+            ],
+            self.heads,
+            cos,
+            sin,
+            self.img_attn.norm.eps,
+        )?;
+        let attn = attend(&q, &k, &v, opts)?;
+        let l = attn.dim(1)?;
+        let txt_attn = attn.narrow(1, 0, n_txt)?;
+        let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
+
+        let stream = |x: &Tensor,
+                      attn: &Tensor,
+                      sa: &SelfAttention,
+                      mlp: &Mlp,
+                      m: &[ModulationOut]|
+         -> CResult<Tensor> {
+            let x = kernels::gated_residual(x, &sa.proj.forward(attn)?, &m[0].gate)?;
+            let h = mlp
+                .lin_in
+                .forward(&kernels::modulate(&x, &m[1].shift, &m[1].scale, eps)?)?;
+            let hidden = h.dim(D::Minus1)? / 2;
+            let act = kernels::swiglu(&h, 0, hidden, hidden)?;
+            kernels::gated_residual(&x, &mlp.lin_out.forward(&act)?, &m[1].gate)
+        };
+        let img = stream(img, &img_attn, &self.img_attn, &self.img_mlp, mod_img)?;
+        let txt = stream(txt, &txt_attn, &self.txt_attn, &self.txt_mlp, mod_txt)?;
         Ok((img, txt))
     }
 }
@@ -324,8 +427,11 @@ impl SingleStreamBlock {
         m: &ModulationOut,
         cos: &Tensor,
         sin: &Tensor,
-        chunk: Option<usize>,
+        opts: &ForwardOptions,
     ) -> CResult<Tensor> {
+        if opts.fused_on(xs) {
+            return self.forward_fused(xs, m, cos, sin, opts);
+        }
         let h = self.linear1.forward(&modulate(xs, m, self.eps)?)?;
         let qkv = h.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let gate = h.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?;
@@ -338,12 +444,52 @@ impl SingleStreamBlock {
         let (q, k) = self.norm.forward(&q, &k)?;
         let q = apply_rope(&q, cos, sin)?;
         let k = apply_rope(&k, cos, sin)?;
-        let attn = attention(&q, &k, &v, chunk)?;
+        let attn = attend(&q, &k, &v, opts)?;
         let mlp = (gate.silu()? * up)?;
         let out = self
             .linear2
             .forward(&Tensor::cat(&[attn, mlp], D::Minus1)?)?;
         xs + out.broadcast_mul(&m.gate)?
+    }
+
+    /// The same computation through our fused kernels (CompileModel). With flash attention the
+    /// attention and SwiGLU outputs are written side by side into `linear2`'s input.
+    fn forward_fused(
+        &self,
+        xs: &Tensor,
+        m: &ModulationOut,
+        cos: &Tensor,
+        sin: &Tensor,
+        opts: &ForwardOptions,
+    ) -> CResult<Tensor> {
+        let eps = self.eps as f32;
+        let h = self
+            .linear1
+            .forward(&kernels::modulate(xs, &m.shift, &m.scale, eps)?)?;
+        let (d, mh) = (self.hidden, self.mlp_hidden);
+        let qkv = h.narrow(D::Minus1, 0, 3 * d)?;
+        let (q, k, v) = kernels::qkv_norm_rope(
+            &[kernels::QkvPart {
+                qkv: &qkv,
+                q_norm: &self.norm.query_norm,
+                k_norm: &self.norm.key_norm,
+            }],
+            self.heads,
+            cos,
+            sin,
+            self.norm.eps,
+        )?;
+        let joined = match opts.attention {
+            AttentionBackend::Flash if q.dim(D::Minus1)? == 128 => {
+                kernels::attention_then_swiglu(&q, &k, &v, &h, 3 * d, 3 * d + mh, mh)?
+            }
+            _ => {
+                let attn = attend(&q, &k, &v, opts)?;
+                let mlp = kernels::swiglu(&h, 3 * d, 3 * d + mh, mh)?;
+                Tensor::cat(&[attn, mlp], D::Minus1)?
+            }
+        };
+        kernels::gated_residual(xs, &self.linear2.forward(&joined)?, &m.gate)
     }
 }
 
@@ -382,7 +528,11 @@ pub struct Flux2Transformer {
     final_linear: Linear,
     cfg: Config,
     dtype: DType,
+    /// RoPE tables of the last (txt_ids, img_ids) pair; see [`Flux2Transformer::rope_for`].
+    rope_cache: Arc<Mutex<Option<RopeEntry>>>,
 }
+
+type RopeEntry = ((TensorId, TensorId), Tensor, Tensor);
 
 impl Flux2Transformer {
     /// Builds the model from a `VarBuilder` in BFL naming.
@@ -415,6 +565,7 @@ impl Flux2Transformer {
             final_linear: linear_no_bias(d, cfg.out_channels(), vb.pp("final_layer.linear"))?,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
+            rope_cache: Arc::default(),
         })
     }
 
@@ -449,6 +600,46 @@ impl Flux2Transformer {
         t: &Tensor,
         chunk: Option<usize>,
     ) -> CResult<Tensor> {
+        let attention = match chunk {
+            Some(n) => AttentionBackend::Chunked(n),
+            None => AttentionBackend::Plain,
+        };
+        let opts = ForwardOptions {
+            attention,
+            fused: false,
+        };
+        self.forward_with(img, img_ids, txt, txt_ids, t, &opts)
+    }
+
+    /// RoPE tables for `cat(txt_ids, img_ids)`, remembered for the last pair of id tensors: a
+    /// sampler passes the same ids every step, so the tables are built once per generation.
+    fn rope_for(&self, txt_ids: &Tensor, img_ids: &Tensor) -> CResult<(Tensor, Tensor)> {
+        let key = (txt_ids.id(), img_ids.id());
+        if let Ok(guard) = self.rope_cache.lock() {
+            if let Some((k, cos, sin)) = guard.as_ref() {
+                if *k == key {
+                    return Ok((cos.clone(), sin.clone()));
+                }
+            }
+        }
+        let ids = Tensor::cat(&[txt_ids, img_ids], 0)?;
+        let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
+        if let Ok(mut guard) = self.rope_cache.lock() {
+            *guard = Some((key, cos.clone(), sin.clone()));
+        }
+        Ok((cos, sin))
+    }
+
+    /// [`Self::forward`] with explicit [`ForwardOptions`].
+    pub fn forward_with(
+        &self,
+        img: &Tensor,
+        img_ids: &Tensor,
+        txt: &Tensor,
+        txt_ids: &Tensor,
+        t: &Tensor,
+        opts: &ForwardOptions,
+    ) -> CResult<Tensor> {
         let dtype = self.dtype;
         let img = img.to_dtype(dtype)?;
         let txt = txt.to_dtype(dtype)?;
@@ -466,24 +657,27 @@ impl Flux2Transformer {
 
         let mut img = self.img_in.forward(&img)?;
         let mut txt = self.txt_in.forward(&txt)?;
-        let ids = Tensor::cat(&[txt_ids, img_ids], 0)?;
-        let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
+        let (cos, sin) = self.rope_for(txt_ids, img_ids)?;
 
         for block in &self.double_blocks {
-            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), chunk)?;
+            (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), opts)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
-            xs = block.forward(&xs, &mod_single[0], &cos, &sin, chunk)?;
+            xs = block.forward(&xs, &mod_single[0], &cos, &sin, opts)?;
         }
         let l = xs.dim(1)?;
         let img = xs.narrow(1, n_txt, l - n_txt)?;
 
         let final_mod = self.final_adaln.forward(&temb.silu()?)?.unsqueeze(1)?;
         let parts = final_mod.chunk(2, D::Minus1)?; // BFL order: shift, scale
-        let img = layer_norm(&img, self.cfg.eps)?
-            .broadcast_mul(&(&parts[1] + 1.0)?)?
-            .broadcast_add(&parts[0])?;
+        let img = if opts.fused_on(&img) {
+            kernels::modulate(&img, &parts[0], &parts[1], self.cfg.eps as f32)?
+        } else {
+            layer_norm(&img, self.cfg.eps)?
+                .broadcast_mul(&(&parts[1] + 1.0)?)?
+                .broadcast_add(&parts[0])?
+        };
         self.final_linear.forward(&img)
     }
 }

@@ -1,0 +1,101 @@
+//! Times attention and one FLUX.2 transformer forward on the GPU for each attention backend and
+//! with/without the fused kernels, on random weights (no files). A quick kernel-development check;
+//! the full comparison with diffusers is `veetance bench` + `.verify/gpu/bench.sh`.
+//!
+//! `cargo run --release --features cuda -p veetance-models --example gpu_forward -- [4b|9b] [iters]`
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use veetance_models::flux2::{AttentionBackend, Config, Flux2Transformer, ForwardOptions};
+use veetance_models::kernels;
+
+fn sync(dev: &Device) -> candle_core::Result<()> {
+    dev.synchronize()
+}
+
+fn time<F: FnMut() -> candle_core::Result<Tensor>>(
+    dev: &Device,
+    iters: usize,
+    mut f: F,
+) -> candle_core::Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    sync(dev)?;
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        let out = f()?;
+        sync(dev)?;
+        drop(out);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map(String::as_str).unwrap_or("4b");
+    let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let dev = Device::new_cuda(0)?;
+    let cfg = if which == "9b" { Config::klein_9b() } else { Config::klein_4b() };
+    let heads = cfg.num_attention_heads;
+
+    // attention alone at 1024² (4096 image + 512 text tokens)
+    let l = 4608;
+    let q = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
+    let k = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
+    let v = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
+    let flops = 4.0 * (l * l * 128 * heads) as f64;
+    let t_flash = time(&dev, iters, || kernels::flash_attention(&q, &k, &v, false, None))?;
+    let t_ref = time(&dev, iters, || {
+        let s = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? / 128f64.sqrt())?;
+        candle_nn::ops::softmax_last_dim(&s)?.to_dtype(DType::BF16)?.matmul(&v)
+    })?;
+    println!(
+        "attention {heads}x{l}x128 bf16: flash {t_flash:.3} ms ({:.0} TFLOP/s), plain {t_ref:.3} ms",
+        flops / t_flash / 1e9,
+    );
+
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
+    let model = Flux2Transformer::new(&cfg, vb)?;
+    let n_img = 64 * 64;
+    let n_txt = 512;
+    let img = Tensor::randn(0f32, 1f32, (1, n_img, 128), &dev)?.to_dtype(DType::BF16)?;
+    let txt = (Tensor::randn(0f32, 1f32, (1, n_txt, cfg.joint_attention_dim), &dev)? * 0.1)?
+        .to_dtype(DType::BF16)?;
+    let img_ids: Vec<f32> = (0..n_img)
+        .flat_map(|i| [0.0, (i / 64) as f32, (i % 64) as f32, 0.0])
+        .collect();
+    let img_ids = Tensor::from_vec(img_ids, (n_img, 4), &dev)?;
+    let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
+    let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
+    let t = Tensor::new(&[0.7f32], &dev)?;
+    let plain = model.forward(&img, &img_ids, &txt, &txt_ids, &t)?;
+    for (attention, fused) in [
+        (AttentionBackend::Plain, false),
+        (AttentionBackend::Flash, false),
+        (AttentionBackend::Flash, true),
+    ] {
+        let opts = ForwardOptions { attention, fused };
+        let ms = time(&dev, iters, || {
+            model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)
+        })?;
+        let out = model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?;
+        let diff = (&out.to_dtype(DType::F32)? - &plain.to_dtype(DType::F32)?)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?;
+        let norm = plain.to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        println!(
+            "klein-{which} forward 1024² {attention:?} fused {fused}: {ms:.2} ms, rel err vs plain {:.2e}",
+            diff / norm
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,550 @@
+//! Our own CUDA kernels (kernels/flux2.cu), with the candle-op paths they replace as reference.
+//!
+//! * [`flash_attention`]: fused softmax attention for head dim 128 in bf16/f16: online softmax,
+//!   the `L × L` score matrix never exists; optional causal and key-length masks.
+//! * [`qkv_norm_rope`]: QK RMSNorm + interleaved RoPE + the `(B, L, 3, H, D) → (B, H, L, D)`
+//!   split, for one or several token ranges (the double block's text and image streams).
+//! * [`modulate`], [`gated_residual`], [`swiglu`]: the elementwise work around the matmuls.
+//!
+//! Each function runs the kernel when [`supported`] says the tensor qualifies (a CUDA build, a
+//! CUDA tensor, bf16 or f16) and errors otherwise; callers keep the reference path for the rest.
+//! `tests/cuda_kernels.rs` compares every kernel with its reference on the GPU.
+
+use candle_core::{Result, Tensor};
+
+/// Whether our kernels can take this tensor: a CUDA build, a CUDA tensor, bf16 or f16.
+pub fn supported(t: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F16)
+}
+
+/// Softmax attention `softmax(q kᵀ / √128) v` over `(B, H, L, 128)` tensors, written as
+/// `(B, L, H·128)` followed by `extra_cols` columns left for [`swiglu_into`] (0 for a plain
+/// result). `kv_len`: keys at or past it are masked; `causal`: key `j > i` is masked for query `i`.
+pub fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    kv_len: Option<usize>,
+) -> Result<Tensor> {
+    imp::flash_attention(q, k, v, causal, kv_len, None)
+}
+
+/// [`flash_attention`] whose output rows continue with `silu(h[.., a]) * h[.., b]` (the single
+/// block's `cat([attn, mlp])`, without the copy): returns `(B, L, H·128 + mlp)`.
+/// `h` is `(B, L, W)` with the SwiGLU halves at columns `a_off..a_off+mlp` and `b_off..b_off+mlp`.
+pub fn attention_then_swiglu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    h: &Tensor,
+    a_off: usize,
+    b_off: usize,
+    mlp: usize,
+) -> Result<Tensor> {
+    imp::flash_attention(q, k, v, false, None, Some((h, a_off, b_off, mlp)))
+}
+
+/// One token range for [`qkv_norm_rope`]: its projection and its q/k RMSNorm weights.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvPart<'a> {
+    /// `(B, n, 3·H·128)`; the row stride may exceed the width (a narrow of a wider projection).
+    pub qkv: &'a Tensor,
+    pub q_norm: &'a Tensor,
+    pub k_norm: &'a Tensor,
+}
+
+/// RMSNorm and interleaved RoPE (`cos`, `sin`: `(L, 64)` f32) on q and k, for token ranges
+/// concatenated in order. Returns q, k, v as `(B, H, L, 128)` with `L = Σ n`.
+pub fn qkv_norm_rope(
+    parts: &[QkvPart<'_>],
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    imp::qkv_norm_rope(parts, heads, cos, sin, eps)
+}
+
+/// `LN(x) · (1 + scale) + shift`, LN without affine; `x: (B, L, n)`, `shift`, `scale`: `(B, 1, n)`.
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
+    imp::modulate(x, shift, scale, eps)
+}
+
+/// `x + gate · y`; `x: (B, L, n)` contiguous, `y: (B, L, n)` (row stride may exceed n), `gate: (B, 1, n)`.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    imp::gated_residual(x, y, gate)
+}
+
+/// `silu(h[.., a]) · h[.., b]` for the column ranges `a_off..a_off+n`, `b_off..b_off+n` of
+/// `h: (B, L, W)`; returns `(B, L, n)`.
+pub fn swiglu(h: &Tensor, a_off: usize, b_off: usize, n: usize) -> Result<Tensor> {
+    imp::swiglu(h, a_off, b_off, n)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use candle_core::{bail, Result, Tensor};
+
+    pub fn flash_attention(
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _causal: bool,
+        _kv_len: Option<usize>,
+        _mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Tensor> {
+        bail!("flash attention needs a build with the `cuda` feature")
+    }
+    pub fn qkv_norm_rope(
+        _parts: &[super::QkvPart<'_>],
+        _heads: usize,
+        _cos: &Tensor,
+        _sin: &Tensor,
+        _eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        bail!("fused kernels need a build with the `cuda` feature")
+    }
+    pub fn modulate(_x: &Tensor, _shift: &Tensor, _scale: &Tensor, _eps: f32) -> Result<Tensor> {
+        bail!("fused kernels need a build with the `cuda` feature")
+    }
+    pub fn gated_residual(_x: &Tensor, _y: &Tensor, _gate: &Tensor) -> Result<Tensor> {
+        bail!("fused kernels need a build with the `cuda` feature")
+    }
+    pub fn swiglu(_h: &Tensor, _a: usize, _b: usize, _n: usize) -> Result<Tensor> {
+        bail!("fused kernels need a build with the `cuda` feature")
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // kernel launches and uninitialised outputs that the kernels fill whole
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{bail, CudaDevice, DType, Layout, Result, Shape, Storage, Tensor};
+    use half::{bf16, f16};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flux2.ptx"));
+    const MODULE: &str = "veetance_flux2";
+
+    /// The CUDA storage and layout of a tensor, with a check that names the argument.
+    fn cuda_of<'a>(
+        guard: &'a candle_core::StorageRef<'a>,
+        what: &str,
+    ) -> Result<&'a CudaStorage> {
+        match &**guard {
+            Storage::Cuda(s) => Ok(s),
+            _ => bail!("{what} must be on a CUDA device"),
+        }
+    }
+
+    fn view<'a, T: CudaDType + DeviceRepr>(
+        s: &'a CudaStorage,
+        l: &Layout,
+    ) -> Result<CudaView<'a, T>> {
+        Ok(T::as_cuda_slice(s)?.slice(l.start_offset()..))
+    }
+
+    fn wrap<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+        let storage = Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone()));
+        Tensor::from_storage(storage, shape, BackpropOp::none(), false)
+    }
+
+    fn suffix(dtype: DType) -> Result<&'static str> {
+        match dtype {
+            DType::BF16 => Ok("bf16"),
+            DType::F16 => Ok("f16"),
+            d => bail!("our kernels take bf16 or f16, not {d:?}"),
+        }
+    }
+
+    /// Element strides of a rank-3 tensor whose last dim is contiguous.
+    fn rows3(t: &Tensor, what: &str) -> Result<(usize, usize, usize, i64, i64)> {
+        let (b, l, n) = t.dims3()?;
+        let st = t.stride();
+        if st[2] != 1 {
+            bail!("{what}: the last dimension must be contiguous")
+        }
+        Ok((b, l, n, st[0] as i64, st[1] as i64))
+    }
+
+    macro_rules! dispatch {
+        ($dtype:expr, $f:ident, $($arg:expr),*) => {
+            match $dtype {
+                DType::BF16 => $f::<bf16>($($arg),*),
+                DType::F16 => $f::<f16>($($arg),*),
+                d => bail!("our kernels take bf16 or f16, not {d:?}"),
+            }
+        };
+    }
+
+    pub fn flash_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        kv_len: Option<usize>,
+        mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Tensor> {
+        dispatch!(q.dtype(), flash_t, q, k, v, causal, kv_len, mlp)
+    }
+
+    fn flash_t<T: CudaDType + DeviceRepr>(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        kv_len: Option<usize>,
+        mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Tensor> {
+        let (b, h, lq, d) = q.dims4()?;
+        let (bk, hk, lk, dk) = k.dims4()?;
+        if d != 128 || dk != 128 || v.dims4()? != (bk, hk, lk, dk) || (bk, hk) != (b, h) {
+            bail!(
+                "flash attention takes q, k, v of (B, H, L, 128) with matching B and H: q {:?}, k {:?}, v {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            )
+        }
+        if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+            bail!("flash attention: q, k and v must share a dtype")
+        }
+        let kv_len = kv_len.unwrap_or(lk).min(lk);
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let extra = mlp.map(|(_, _, _, n)| n).unwrap_or(0);
+        let width = h * d + extra;
+
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (qc, kc, vc) = (cuda_of(&qs, "q")?, cuda_of(&ks, "k")?, cuda_of(&vs, "v")?);
+        let dev = qc.device().clone();
+        let (qv, kv, vv) = (view::<T>(qc, ql)?, view::<T>(kc, kl)?, view::<T>(vc, vl)?);
+        // SAFETY: every element is written: the attention kernel fills columns 0..H·128 of each
+        // row and, when `mlp` is given, the SwiGLU kernel fills the remaining `extra` columns.
+        let out = unsafe { dev.alloc::<T>(b * lq * width) }?;
+
+        // 8 warps (128 query rows) per CTA for long sequences, 4 for short ones.
+        let (warps, rows) = if lq >= 2048 { (8u32, 128usize) } else { (4, 64) };
+        let name = format!("flash_attn_{}_w{warps}", suffix(q.dtype())?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let cfg = LaunchConfig {
+            grid_dim: (lq.div_ceil(rows) as u32, (b * h) as u32, 1),
+            block_dim: (warps * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let scale_log2 = (1.0 / (d as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
+        let (heads, lq_i, lk_i, kvl_i, causal_i) =
+            (h as i32, lq as i32, lk as i32, kv_len as i32, i32::from(causal));
+        let (obs, ors) = ((lq * width) as i64, width as i64);
+        let mut builder = func.builder();
+        builder.arg(&qv);
+        builder.arg(&kv);
+        builder.arg(&vv);
+        builder.arg(&out);
+        builder.arg(&heads);
+        builder.arg(&lq_i);
+        builder.arg(&lk_i);
+        builder.arg(&kvl_i);
+        builder.arg(&causal_i);
+        builder.arg(&scale_log2);
+        builder.arg(&obs);
+        builder.arg(&ors);
+        // SAFETY: arguments match the kernel's signature; buffers hold what the grid touches.
+        unsafe { builder.launch(cfg) }.w()?;
+
+        if let Some((hsrc, a_off, b_off, n)) = mlp {
+            let (hb, hl, hw, hbs, hrs) = rows3(hsrc, "swiglu input")?;
+            if hb != b || hl != lq || a_off + n > hw || b_off + n > hw {
+                bail!("swiglu input {:?} does not fit the attention output", hsrc.dims())
+            }
+            if hbs != hrs * hl as i64 {
+                bail!("swiglu input: batches must be packed")
+            }
+            let (hs, hlay) = hsrc.storage_and_layout();
+            let hv = view::<T>(cuda_of(&hs, "swiglu input")?, hlay)?;
+            launch_swiglu::<T>(
+                &dev,
+                &hv,
+                hrs,
+                a_off,
+                b_off,
+                &out,
+                width as i64,
+                h * d,
+                n,
+                b * lq,
+                q.dtype(),
+            )?;
+        }
+        drop((qs, ks, vs));
+        Ok(wrap(out, &dev, (b, lq, width)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_swiglu<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        h: &CudaView<'_, T>,
+        h_row_stride: i64,
+        a_off: usize,
+        b_off: usize,
+        out: &CudaSlice<T>,
+        out_row_stride: i64,
+        out_col: usize,
+        n: usize,
+        rows: usize,
+        dtype: DType,
+    ) -> Result<()> {
+        let total = (rows * n) as i64;
+        let func = dev.get_or_load_custom_func(&format!("swiglu_{}", suffix(dtype)?), MODULE, PTX)?;
+        let cfg = LaunchConfig::for_num_elems(total as u32);
+        let (a, bo, oc, ni) = (a_off as i32, b_off as i32, out_col as i32, n as i32);
+        let mut builder = func.builder();
+        builder.arg(h);
+        builder.arg(&h_row_stride);
+        builder.arg(&a);
+        builder.arg(&bo);
+        builder.arg(out);
+        builder.arg(&out_row_stride);
+        builder.arg(&oc);
+        builder.arg(&ni);
+        builder.arg(&total);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    pub fn swiglu(h: &Tensor, a_off: usize, b_off: usize, n: usize) -> Result<Tensor> {
+        dispatch!(h.dtype(), swiglu_t, h, a_off, b_off, n)
+    }
+
+    fn swiglu_t<T: CudaDType + DeviceRepr>(
+        h: &Tensor,
+        a_off: usize,
+        b_off: usize,
+        n: usize,
+    ) -> Result<Tensor> {
+        let (b, l, w, bs, rs) = rows3(h, "swiglu input")?;
+        if a_off + n > w || b_off + n > w || bs != rs * l as i64 {
+            bail!("swiglu: columns out of range or batches not packed ({:?})", h.dims())
+        }
+        let (hs, hl) = h.storage_and_layout();
+        let hc = cuda_of(&hs, "swiglu input")?;
+        let dev = hc.device().clone();
+        let hv = view::<T>(hc, hl)?;
+        // SAFETY: the kernel writes all b·l·n elements.
+        let out = unsafe { dev.alloc::<T>(b * l * n) }?;
+        launch_swiglu::<T>(&dev, &hv, rs, a_off, b_off, &out, n as i64, 0, n, b * l, h.dtype())?;
+        drop(hs);
+        Ok(wrap(out, &dev, (b, l, n)))
+    }
+
+    pub fn qkv_norm_rope(
+        parts: &[super::QkvPart<'_>],
+        heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let Some(first) = parts.first() else {
+            bail!("qkv_norm_rope: no input")
+        };
+        dispatch!(first.qkv.dtype(), qkv_t, parts, heads, cos, sin, eps)
+    }
+
+    fn qkv_t<T: CudaDType + DeviceRepr>(
+        parts: &[super::QkvPart<'_>],
+        heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let d = 128usize;
+        let batch = parts[0].qkv.dim(0)?;
+        let l_tot: usize = parts.iter().map(|p| p.qkv.dim(1)).sum::<Result<usize>>()?;
+        if cos.dims() != [l_tot, d / 2] || sin.dims() != [l_tot, d / 2] {
+            bail!("qkv_norm_rope: cos/sin must be ({l_tot}, 64), got {:?}", cos.dims())
+        }
+        if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+            bail!("qkv_norm_rope: cos/sin must be f32")
+        }
+        let dtype = parts[0].qkv.dtype();
+        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+        let (cs, cl) = cos.storage_and_layout();
+        let (ss, sl) = sin.storage_and_layout();
+        let csc = cuda_of(&cs, "cos")?;
+        let dev = csc.device().clone();
+        let cv = view::<f32>(csc, cl)?;
+        let sv = view::<f32>(cuda_of(&ss, "sin")?, sl)?;
+        let plane = batch * heads * l_tot * d;
+        // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp writes
+        // all 128 elements of its q, k and v rows.
+        let out = unsafe { dev.alloc::<T>(3 * plane) }?;
+        let func =
+            dev.get_or_load_custom_func(&format!("qkv_norm_rope_{}", suffix(dtype)?), MODULE, PTX)?;
+        let mut tok_off = 0usize;
+        for (i, part) in parts.iter().enumerate() {
+            let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
+            if pb != batch || w != 3 * heads * d || part.qkv.dtype() != dtype {
+                bail!(
+                    "qkv_norm_rope: part {i} is {:?} {:?}, expected ({batch}, _, {}) {dtype:?}",
+                    part.qkv.dims(),
+                    part.qkv.dtype(),
+                    3 * heads * d
+                )
+            }
+            let wq = part.q_norm.to_dtype(dtype)?.contiguous()?;
+            let wk = part.k_norm.to_dtype(dtype)?.contiguous()?;
+            let (wqs, wql) = wq.storage_and_layout();
+            let (wks, wkl) = wk.storage_and_layout();
+            let wqv = view::<T>(cuda_of(&wqs, "query norm")?, wql)?;
+            let wkv = view::<T>(cuda_of(&wks, "key norm")?, wkl)?;
+            let (ps, pl) = part.qkv.storage_and_layout();
+            let pv = view::<T>(cuda_of(&ps, "qkv input")?, pl)?;
+            let warps = (batch * n * heads) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (warps.div_ceil(8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (n_i, b_i, h_i, lt_i, off_i) =
+                (n as i32, batch as i32, heads as i32, l_tot as i32, tok_off as i32);
+            let mut builder = func.builder();
+            builder.arg(&pv);
+            builder.arg(&rs);
+            builder.arg(&bs);
+            builder.arg(&n_i);
+            builder.arg(&b_i);
+            builder.arg(&h_i);
+            builder.arg(&wqv);
+            builder.arg(&wkv);
+            builder.arg(&cv);
+            builder.arg(&sv);
+            builder.arg(&out);
+            builder.arg(&lt_i);
+            builder.arg(&off_i);
+            builder.arg(&eps);
+            // SAFETY: arguments match the kernel's signature; the grid covers exactly
+            // batch·n·heads warps and the kernel returns for any beyond.
+            unsafe { builder.launch(cfg) }.w()?;
+            tok_off += n;
+        }
+        drop((cs, ss));
+        let all = wrap(out, &dev, (3, batch, heads, l_tot, d));
+        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+    }
+
+    pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
+        dispatch!(x.dtype(), modulate_t, x, shift, scale, eps)
+    }
+
+    /// A `(B, 1, n)` modulation vector's batch stride, checking its last dim is contiguous.
+    fn mod_stride(m: &Tensor, b: usize, n: usize, what: &str) -> Result<i64> {
+        let (mb, one, mn) = m.dims3()?;
+        if (mb, one, mn) != (b, 1, n) || m.stride()[2] != 1 {
+            bail!("{what} must be ({b}, 1, {n}) with a contiguous last dim, got {:?}", m.dims())
+        }
+        Ok(m.stride()[0] as i64)
+    }
+
+    fn modulate_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (b, l, n) = x.dims3()?;
+        let mbs = mod_stride(shift, b, n, "shift")?;
+        if mod_stride(scale, b, n, "scale")? != mbs {
+            bail!("shift and scale must share a layout")
+        }
+        let (xs, xl) = x.storage_and_layout();
+        let (shs, shl) = shift.storage_and_layout();
+        let (scs, scl) = scale.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let shv = view::<T>(cuda_of(&shs, "shift")?, shl)?;
+        let scv = view::<T>(cuda_of(&scs, "scale")?, scl)?;
+        // SAFETY: one CTA per row writes the whole row.
+        let out = unsafe { dev.alloc::<T>(b * l * n) }?;
+        let func = dev.get_or_load_custom_func(
+            &format!("modulate_ln_{}", suffix(x.dtype())?),
+            MODULE,
+            PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: ((b * l) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows, ni) = (l as i32, n as i32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&shv);
+        builder.arg(&scv);
+        builder.arg(&mbs);
+        builder.arg(&out);
+        builder.arg(&rows);
+        builder.arg(&ni);
+        builder.arg(&eps);
+        // SAFETY: arguments match the kernel's signature.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop((xs, shs, scs));
+        Ok(wrap(out, &dev, (b, l, n)))
+    }
+
+    pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        dispatch!(x.dtype(), gated_t, x, y, gate)
+    }
+
+    fn gated_t<T: CudaDType + DeviceRepr>(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (b, l, n) = x.dims3()?;
+        let (yb, yl, yn, ybs, yrs) = rows3(y, "y")?;
+        if (yb, yl, yn) != (b, l, n) || ybs != yrs * l as i64 {
+            bail!("gated residual: y {:?} does not match x {:?}", y.dims(), x.dims())
+        }
+        let gbs = mod_stride(gate, b, n, "gate")?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ys, yl2) = y.storage_and_layout();
+        let (gs, gl) = gate.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let yv = view::<T>(cuda_of(&ys, "y")?, yl2)?;
+        let gv = view::<T>(cuda_of(&gs, "gate")?, gl)?;
+        let total = (b * l * n) as i64;
+        // SAFETY: the kernel writes all `total` elements.
+        let out = unsafe { dev.alloc::<T>(b * l * n) }?;
+        let func = dev.get_or_load_custom_func(
+            &format!("gated_residual_{}", suffix(x.dtype())?),
+            MODULE,
+            PTX,
+        )?;
+        let cfg = LaunchConfig::for_num_elems(total as u32);
+        let (rows, ni) = (l as i32, n as i32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&yv);
+        builder.arg(&yrs);
+        builder.arg(&gv);
+        builder.arg(&gbs);
+        builder.arg(&out);
+        builder.arg(&rows);
+        builder.arg(&ni);
+        builder.arg(&total);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop((xs, ys, gs));
+        Ok(wrap(out, &dev, (b, l, n)))
+    }
+}

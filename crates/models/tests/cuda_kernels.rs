@@ -1,0 +1,236 @@
+//! Our CUDA kernels against their candle-op references, on the GPU (needs the `cuda` feature and
+//! a CUDA device; without a device every test returns early and says so). Run on the GPU machine:
+//! `cargo test --release --features cuda -p veetance-models --test cuda_kernels`.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use veetance_models::flux2::{AttentionBackend, Config, Flux2Transformer, ForwardOptions};
+use veetance_models::kernels;
+
+type R<T> = candle_core::Result<T>;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("no CUDA device ({e}); skipping");
+            None
+        }
+    }
+}
+
+/// ‖a − b‖ / ‖b‖ in f32.
+fn rel(a: &Tensor, b: &Tensor) -> R<f32> {
+    let a = a.to_dtype(DType::F32)?;
+    let b = b.to_dtype(DType::F32)?;
+    let num = (&a - &b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+    let den = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+    Ok(num / den.max(1e-30))
+}
+
+fn randn(shape: &[usize], dtype: DType, dev: &Device) -> R<Tensor> {
+    Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
+}
+
+/// softmax(q kᵀ/√d + mask) v in f32, as (B, L, H·D).
+fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, kv_len: usize) -> R<Tensor> {
+    let (b, h, lq, d) = q.dims4()?;
+    let lk = k.dim(2)?;
+    let qf = q.to_dtype(DType::F32)?;
+    let kf = k.to_dtype(DType::F32)?;
+    let vf = v.to_dtype(DType::F32)?;
+    let mut s = (qf.matmul(&kf.t()?)? / (d as f64).sqrt())?;
+    let mask: Vec<f32> = (0..lq)
+        .flat_map(|i| {
+            (0..lk).map(move |j| {
+                if j >= kv_len || (causal && j > i) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (lq, lk), q.device())?;
+    s = s.broadcast_add(&mask)?;
+    let p = candle_nn::ops::softmax_last_dim(&s)?;
+    p.matmul(&vf)?.transpose(1, 2)?.reshape((b, lq, h * d))
+}
+
+#[test]
+fn flash_attention_matches_reference() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for dtype in [DType::BF16, DType::F16] {
+        for &(b, h, lq, lk, causal, kv_len) in &[
+            (1, 2, 64, 64, false, 64),
+            (1, 3, 300, 300, false, 300),
+            (2, 2, 1000, 1000, false, 1000),
+            (1, 2, 4608, 4608, false, 4608), // the 8-warp path
+            (1, 2, 200, 200, true, 200),
+            (1, 2, 512, 512, true, 300), // causal + padding (the text encoder's mask)
+            (1, 1, 77, 130, false, 130),
+        ] {
+            let q = randn(&[b, h, lq, 128], dtype, &dev)?;
+            let k = randn(&[b, h, lk, 128], dtype, &dev)?;
+            let v = randn(&[b, h, lk, 128], dtype, &dev)?;
+            let want = attention_ref(&q, &k, &v, causal, kv_len)?;
+            let got = kernels::flash_attention(&q, &k, &v, causal, Some(kv_len))?;
+            assert_eq!(got.dims(), want.dims());
+            let e = rel(&got, &want)?;
+            println!("flash {dtype:?} b{b} h{h} lq{lq} lk{lk} causal {causal} kv_len {kv_len}: rel err {e:.2e}");
+            assert!(e < 1e-2, "flash attention rel err {e} for {:?}", (b, h, lq, lk, causal, kv_len));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_then_swiglu_fills_both_parts() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (h, l, d, mlp) = (2, 300, 256, 96);
+    let q = randn(&[1, h, l, 128], DType::BF16, &dev)?;
+    let k = randn(&[1, h, l, 128], DType::BF16, &dev)?;
+    let v = randn(&[1, h, l, 128], DType::BF16, &dev)?;
+    let hin = randn(&[1, l, 3 * d + 2 * mlp], DType::BF16, &dev)?;
+    let got = kernels::attention_then_swiglu(&q, &k, &v, &hin, 3 * d, 3 * d + mlp, mlp)?;
+    let attn = attention_ref(&q, &k, &v, false, l)?;
+    let a = hin.narrow(D::Minus1, 3 * d, mlp)?;
+    let bb = hin.narrow(D::Minus1, 3 * d + mlp, mlp)?;
+    let sw = (a.silu()? * bb)?;
+    let e1 = rel(&got.narrow(D::Minus1, 0, h * 128)?, &attn)?;
+    let e2 = rel(&got.narrow(D::Minus1, h * 128, mlp)?, &sw)?;
+    println!("attention+swiglu: attention part {e1:.2e}, swiglu part {e2:.2e}");
+    assert!(e1 < 1e-2 && e2 < 1e-2);
+    Ok(())
+}
+
+#[test]
+fn elementwise_kernels_match_reference() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for dtype in [DType::BF16, DType::F16] {
+        let (b, l, n) = (2, 37, 3072);
+        let x = randn(&[b, l, n], dtype, &dev)?;
+        let m = (randn(&[b, 1, 3 * n], dtype, &dev)? * 0.5)?;
+        let parts = m.chunk(3, D::Minus1)?; // strided views, as the model passes them
+        let (shift, scale, gate) = (&parts[0], &parts[1], &parts[2]);
+
+        let ones = Tensor::ones(n, dtype, &dev)?;
+        let zeros = Tensor::zeros(n, dtype, &dev)?;
+        let ln = candle_nn::ops::layer_norm(&x, &ones, &zeros, 1e-6)?;
+        let want = ln
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(shift)?;
+        let got = kernels::modulate(&x, shift, scale, 1e-6)?;
+        let e = rel(&got, &want)?;
+        println!("modulate {dtype:?}: {e:.2e}");
+        assert!(e < 1e-2);
+
+        let y = randn(&[b, l, n], dtype, &dev)?;
+        let want = (&x + y.broadcast_mul(gate)?)?;
+        let got = kernels::gated_residual(&x, &y, gate)?;
+        let e = rel(&got, &want)?;
+        println!("gated residual {dtype:?}: {e:.2e}");
+        assert!(e < 1e-2);
+
+        let hh = randn(&[b, l, 2 * n + 64], dtype, &dev)?;
+        let want = (hh.narrow(D::Minus1, 64, n)?.silu()? * hh.narrow(D::Minus1, 64 + n, n)?)?;
+        let got = kernels::swiglu(&hh, 64, 64 + n, n)?;
+        let e = rel(&got, &want)?;
+        println!("swiglu {dtype:?}: {e:.2e}");
+        assert!(e < 1e-2);
+    }
+    Ok(())
+}
+
+#[test]
+fn qkv_norm_rope_matches_reference() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let (heads, d) = (3usize, 128usize);
+    let (n1, n2) = (17usize, 50usize);
+    let l = n1 + n2;
+    for dtype in [DType::BF16, DType::F16] {
+        // part 1 is a narrow of a wider projection (row stride > width), as in single blocks
+        let wide = randn(&[1, n1, 3 * heads * d + 40], dtype, &dev)?;
+        let p1 = wide.narrow(D::Minus1, 0, 3 * heads * d)?;
+        let p2 = randn(&[1, n2, 3 * heads * d], dtype, &dev)?;
+        let norms: Vec<Tensor> = (0..4)
+            .map(|_| (randn(&[d], dtype, &dev)? * 0.1)? + 1.0)
+            .collect::<R<_>>()?;
+        let ids: Vec<f32> = (0..l).flat_map(|i| [0.0, (i % 7) as f32, (i / 7) as f32, i as f32]).collect();
+        let ids = Tensor::from_vec(ids, (l, 4), &dev)?;
+        let (cos, sin) = veetance_models::flux2::rope_tables(&ids, &[32, 32, 32, 32], 2000.0)?;
+        let (q, k, v) = kernels::qkv_norm_rope(
+            &[
+                kernels::QkvPart { qkv: &p1, q_norm: &norms[0], k_norm: &norms[1] },
+                kernels::QkvPart { qkv: &p2, q_norm: &norms[2], k_norm: &norms[3] },
+            ],
+            heads,
+            &cos,
+            &sin,
+            1e-6,
+        )?;
+        // reference: split, RMSNorm, RoPE in f32
+        let split = |p: &Tensor| -> R<(Tensor, Tensor, Tensor)> {
+            let (b, n, _) = p.dims3()?;
+            let x = p.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+            Ok((x.get(0)?.contiguous()?, x.get(1)?.contiguous()?, x.get(2)?.contiguous()?))
+        };
+        let (q1, k1, v1) = split(&p1.contiguous()?)?;
+        let (q2, k2, v2) = split(&p2)?;
+        let q1 = candle_nn::ops::rms_norm(&q1, &norms[0], 1e-6)?;
+        let k1 = candle_nn::ops::rms_norm(&k1, &norms[1], 1e-6)?;
+        let q2 = candle_nn::ops::rms_norm(&q2, &norms[2], 1e-6)?;
+        let k2 = candle_nn::ops::rms_norm(&k2, &norms[3], 1e-6)?;
+        let rope = |x: Tensor| -> R<Tensor> {
+            candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?.to_dtype(dtype)
+        };
+        let qr = rope(Tensor::cat(&[q1, q2], 2)?)?;
+        let kr = rope(Tensor::cat(&[k1, k2], 2)?)?;
+        let vr = Tensor::cat(&[v1, v2], 2)?;
+        let (eq, ek, ev) = (rel(&q, &qr)?, rel(&k, &kr)?, rel(&v, &vr)?);
+        println!("qkv_norm_rope {dtype:?}: q {eq:.2e} k {ek:.2e} v {ev:.2e}");
+        assert!(eq < 1e-2 && ek < 1e-2 && ev == 0.0);
+    }
+    Ok(())
+}
+
+fn small_config() -> Config {
+    Config {
+        num_layers: 2,
+        num_single_layers: 2,
+        num_attention_heads: 2,
+        joint_attention_dim: 96,
+        ..Config::klein_4b()
+    }
+}
+
+#[test]
+fn fused_forward_matches_plain_forward() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let cfg = small_config();
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
+    let model = Flux2Transformer::new(&cfg, vb)?;
+    let (n_img, n_txt) = (16 * 16, 40);
+    let img = randn(&[1, n_img, 128], DType::BF16, &dev)?;
+    let txt = randn(&[1, n_txt, 96], DType::BF16, &dev)?;
+    let img_ids: Vec<f32> = (0..n_img).flat_map(|i| [0.0, (i / 16) as f32, (i % 16) as f32, 0.0]).collect();
+    let img_ids = Tensor::from_vec(img_ids, (n_img, 4), &dev)?;
+    let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
+    let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
+    let t = Tensor::new(&[0.7f32], &dev)?;
+    let plain = model.forward(&img, &img_ids, &txt, &txt_ids, &t)?;
+    for (attention, fused) in [
+        (AttentionBackend::Flash, false),
+        (AttentionBackend::Plain, true),
+        (AttentionBackend::Flash, true),
+    ] {
+        let opts = ForwardOptions { attention, fused };
+        let got = model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?;
+        let e = rel(&got, &plain)?;
+        println!("forward {attention:?} fused {fused}: rel err vs plain {e:.2e}");
+        assert!(e < 2e-2, "{attention:?} fused {fused}: {e}");
+    }
+    Ok(())
+}
