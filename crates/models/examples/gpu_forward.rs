@@ -41,7 +41,14 @@ fn main() -> candle_core::Result<()> {
     let which = args.get(1).map(String::as_str).unwrap_or("4b");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let dev = Device::new_cuda(0)?;
-    let cfg = if which == "9b" { Config::klein_9b() } else { Config::klein_4b() };
+    if which == "vae" {
+        return vae(&dev, iters);
+    }
+    let cfg = if which == "9b" {
+        Config::klein_9b()
+    } else {
+        Config::klein_4b()
+    };
     let heads = cfg.num_attention_heads;
 
     // attention alone at 1024² (4096 image + 512 text tokens)
@@ -50,10 +57,17 @@ fn main() -> candle_core::Result<()> {
     let k = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
     let v = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
     let flops = 4.0 * (l * l * 128 * heads) as f64;
-    let t_flash = time(&dev, iters, || kernels::flash_attention(&q, &k, &v, false, None))?;
+    let t_flash = time(&dev, iters, || {
+        kernels::flash_attention(&q, &k, &v, false, None)
+    })?;
     let t_ref = time(&dev, iters, || {
-        let s = (q.to_dtype(DType::F32)?.matmul(&k.to_dtype(DType::F32)?.t()?)? / 128f64.sqrt())?;
-        candle_nn::ops::softmax_last_dim(&s)?.to_dtype(DType::BF16)?.matmul(&v)
+        let s = (q
+            .to_dtype(DType::F32)?
+            .matmul(&k.to_dtype(DType::F32)?.t()?)?
+            / 128f64.sqrt())?;
+        candle_nn::ops::softmax_last_dim(&s)?
+            .to_dtype(DType::BF16)?
+            .matmul(&v)
     })?;
     println!(
         "attention {heads}x{l}x128 bf16: flash {t_flash:.3} ms ({:.0} TFLOP/s), plain {t_ref:.3} ms",
@@ -91,11 +105,53 @@ fn main() -> candle_core::Result<()> {
             .sum_all()?
             .sqrt()?
             .to_scalar::<f32>()?;
-        let norm = plain.to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let norm = plain
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?;
         println!(
             "klein-{which} forward 1024² {attention:?} fused {fused}: {ms:.2} ms, rel err vs plain {:.2e}",
             diff / norm
         );
+    }
+    Ok(())
+}
+
+/// The VAE decode at 1024² and the candle ops it is made of, to see where its time goes.
+fn vae(dev: &Device, iters: usize) -> candle_core::Result<()> {
+    use candle_core::Module;
+    use veetance_models::vae::{Config as VaeConfig, Flux2Vae, Parts};
+    for dtype in [DType::BF16, DType::F32] {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
+        let vae = Flux2Vae::new(&VaeConfig::flux2(), Parts::Decoder, vb)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let latent = Tensor::randn(0f32, 1f32, (1, 128, 64, 64), dev)?;
+        let ms = time(dev, iters, || {
+            vae.decode(&latent, None)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })?;
+        println!("vae decode 1024² {dtype:?}: {ms:.2} ms");
+
+        let x = Tensor::randn(0f32, 1f32, (1, 128, 1024, 1024), dev)?.to_dtype(dtype)?;
+        let w = (Tensor::randn(0f32, 1f32, (128, 128, 3, 3), dev)? * 0.03)?.to_dtype(dtype)?;
+        let ms = time(dev, iters, || x.conv2d(&w, 1, 1, 1, 1))?;
+        println!("  conv2d 3x3 128->128 at 1024² {dtype:?}: {ms:.2} ms");
+        let gn = candle_nn::group_norm(
+            32,
+            128,
+            1e-6,
+            candle_nn::VarBuilder::from_varmap(&candle_nn::VarMap::new(), dtype, dev),
+        )?;
+        let ms = time(dev, iters, || gn.forward(&x))?;
+        println!("  group_norm(32) 128ch at 1024² {dtype:?}: {ms:.2} ms");
+        let ms = time(dev, iters, || candle_nn::ops::silu(&x))?;
+        println!("  silu 128ch at 1024² {dtype:?}: {ms:.2} ms");
+        let half = x.narrow(2, 0, 512)?.narrow(3, 0, 512)?.contiguous()?;
+        let ms = time(dev, iters, || half.upsample_nearest2d(1024, 1024))?;
+        println!("  upsample x2 128ch to 1024² {dtype:?}: {ms:.2} ms");
     }
     Ok(())
 }

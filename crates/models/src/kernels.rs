@@ -16,7 +16,10 @@ use candle_core::{Result, Tensor};
 pub fn supported(t: &Tensor) -> bool {
     cfg!(feature = "cuda")
         && t.device().is_cuda()
-        && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F16)
+        && matches!(
+            t.dtype(),
+            candle_core::DType::BF16 | candle_core::DType::F16
+        )
 }
 
 /// Softmax attention `softmax(q kᵀ / √128) v` over `(B, H, L, 128)` tensors, written as
@@ -134,10 +137,7 @@ mod imp {
     const MODULE: &str = "veetance_flux2";
 
     /// The CUDA storage and layout of a tensor, with a check that names the argument.
-    fn cuda_of<'a>(
-        guard: &'a candle_core::StorageRef<'a>,
-        what: &str,
-    ) -> Result<&'a CudaStorage> {
+    fn cuda_of<'a>(guard: &'a candle_core::StorageRef<'a>, what: &str) -> Result<&'a CudaStorage> {
         match &**guard {
             Storage::Cuda(s) => Ok(s),
             _ => bail!("{what} must be on a CUDA device"),
@@ -151,7 +151,11 @@ mod imp {
         Ok(T::as_cuda_slice(s)?.slice(l.start_offset()..))
     }
 
-    fn wrap<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    fn wrap<T: CudaDType>(
+        slice: CudaSlice<T>,
+        dev: &CudaDevice,
+        shape: impl Into<Shape>,
+    ) -> Tensor {
         let storage = Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone()));
         Tensor::from_storage(storage, shape, BackpropOp::none(), false)
     }
@@ -232,7 +236,11 @@ mod imp {
         let out = unsafe { dev.alloc::<T>(b * lq * width) }?;
 
         // 8 warps (128 query rows) per CTA for long sequences, 4 for short ones.
-        let (warps, rows) = if lq >= 2048 { (8u32, 128usize) } else { (4, 64) };
+        let (warps, rows) = if lq >= 2048 {
+            (8u32, 128usize)
+        } else {
+            (4, 64)
+        };
         let name = format!("flash_attn_{}_w{warps}", suffix(q.dtype())?);
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let cfg = LaunchConfig {
@@ -241,8 +249,13 @@ mod imp {
             shared_mem_bytes: 0,
         };
         let scale_log2 = (1.0 / (d as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
-        let (heads, lq_i, lk_i, kvl_i, causal_i) =
-            (h as i32, lq as i32, lk as i32, kv_len as i32, i32::from(causal));
+        let (heads, lq_i, lk_i, kvl_i, causal_i) = (
+            h as i32,
+            lq as i32,
+            lk as i32,
+            kv_len as i32,
+            i32::from(causal),
+        );
         let (obs, ors) = ((lq * width) as i64, width as i64);
         let mut builder = func.builder();
         builder.arg(&qv);
@@ -263,7 +276,10 @@ mod imp {
         if let Some((hsrc, a_off, b_off, n)) = mlp {
             let (hb, hl, hw, hbs, hrs) = rows3(hsrc, "swiglu input")?;
             if hb != b || hl != lq || a_off + n > hw || b_off + n > hw {
-                bail!("swiglu input {:?} does not fit the attention output", hsrc.dims())
+                bail!(
+                    "swiglu input {:?} does not fit the attention output",
+                    hsrc.dims()
+                )
             }
             if hbs != hrs * hl as i64 {
                 bail!("swiglu input: batches must be packed")
@@ -303,7 +319,8 @@ mod imp {
         dtype: DType,
     ) -> Result<()> {
         let total = (rows * n) as i64;
-        let func = dev.get_or_load_custom_func(&format!("swiglu_{}", suffix(dtype)?), MODULE, PTX)?;
+        let func =
+            dev.get_or_load_custom_func(&format!("swiglu_{}", suffix(dtype)?), MODULE, PTX)?;
         let cfg = LaunchConfig::for_num_elems(total as u32);
         let (a, bo, oc, ni) = (a_off as i32, b_off as i32, out_col as i32, n as i32);
         let mut builder = func.builder();
@@ -333,7 +350,10 @@ mod imp {
     ) -> Result<Tensor> {
         let (b, l, w, bs, rs) = rows3(h, "swiglu input")?;
         if a_off + n > w || b_off + n > w || bs != rs * l as i64 {
-            bail!("swiglu: columns out of range or batches not packed ({:?})", h.dims())
+            bail!(
+                "swiglu: columns out of range or batches not packed ({:?})",
+                h.dims()
+            )
         }
         let (hs, hl) = h.storage_and_layout();
         let hc = cuda_of(&hs, "swiglu input")?;
@@ -341,7 +361,19 @@ mod imp {
         let hv = view::<T>(hc, hl)?;
         // SAFETY: the kernel writes all b·l·n elements.
         let out = unsafe { dev.alloc::<T>(b * l * n) }?;
-        launch_swiglu::<T>(&dev, &hv, rs, a_off, b_off, &out, n as i64, 0, n, b * l, h.dtype())?;
+        launch_swiglu::<T>(
+            &dev,
+            &hv,
+            rs,
+            a_off,
+            b_off,
+            &out,
+            n as i64,
+            0,
+            n,
+            b * l,
+            h.dtype(),
+        )?;
         drop(hs);
         Ok(wrap(out, &dev, (b, l, n)))
     }
@@ -370,7 +402,10 @@ mod imp {
         let batch = parts[0].qkv.dim(0)?;
         let l_tot: usize = parts.iter().map(|p| p.qkv.dim(1)).sum::<Result<usize>>()?;
         if cos.dims() != [l_tot, d / 2] || sin.dims() != [l_tot, d / 2] {
-            bail!("qkv_norm_rope: cos/sin must be ({l_tot}, 64), got {:?}", cos.dims())
+            bail!(
+                "qkv_norm_rope: cos/sin must be ({l_tot}, 64), got {:?}",
+                cos.dims()
+            )
         }
         if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
             bail!("qkv_norm_rope: cos/sin must be f32")
@@ -414,8 +449,13 @@ mod imp {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let (n_i, b_i, h_i, lt_i, off_i) =
-                (n as i32, batch as i32, heads as i32, l_tot as i32, tok_off as i32);
+            let (n_i, b_i, h_i, lt_i, off_i) = (
+                n as i32,
+                batch as i32,
+                heads as i32,
+                l_tot as i32,
+                tok_off as i32,
+            );
             let mut builder = func.builder();
             builder.arg(&pv);
             builder.arg(&rs);
@@ -449,7 +489,10 @@ mod imp {
     fn mod_stride(m: &Tensor, b: usize, n: usize, what: &str) -> Result<i64> {
         let (mb, one, mn) = m.dims3()?;
         if (mb, one, mn) != (b, 1, n) || m.stride()[2] != 1 {
-            bail!("{what} must be ({b}, 1, {n}) with a contiguous last dim, got {:?}", m.dims())
+            bail!(
+                "{what} must be ({b}, 1, {n}) with a contiguous last dim, got {:?}",
+                m.dims()
+            )
         }
         Ok(m.stride()[0] as i64)
     }
@@ -511,7 +554,11 @@ mod imp {
         let (b, l, n) = x.dims3()?;
         let (yb, yl, yn, ybs, yrs) = rows3(y, "y")?;
         if (yb, yl, yn) != (b, l, n) || ybs != yrs * l as i64 {
-            bail!("gated residual: y {:?} does not match x {:?}", y.dims(), x.dims())
+            bail!(
+                "gated residual: y {:?} does not match x {:?}",
+                y.dims(),
+                x.dims()
+            )
         }
         let gbs = mod_stride(gate, b, n, "gate")?;
         let (xs, xl) = x.storage_and_layout();

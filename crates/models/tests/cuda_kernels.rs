@@ -79,7 +79,11 @@ fn flash_attention_matches_reference() -> R<()> {
             assert_eq!(got.dims(), want.dims());
             let e = rel(&got, &want)?;
             println!("flash {dtype:?} b{b} h{h} lq{lq} lk{lk} causal {causal} kv_len {kv_len}: rel err {e:.2e}");
-            assert!(e < 1e-2, "flash attention rel err {e} for {:?}", (b, h, lq, lk, causal, kv_len));
+            assert!(
+                e < 1e-2,
+                "flash attention rel err {e} for {:?}",
+                (b, h, lq, lk, causal, kv_len)
+            );
         }
     }
     Ok(())
@@ -118,9 +122,7 @@ fn elementwise_kernels_match_reference() -> R<()> {
         let ones = Tensor::ones(n, dtype, &dev)?;
         let zeros = Tensor::zeros(n, dtype, &dev)?;
         let ln = candle_nn::ops::layer_norm(&x, &ones, &zeros, 1e-6)?;
-        let want = ln
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(shift)?;
+        let want = ln.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?;
         let got = kernels::modulate(&x, shift, scale, 1e-6)?;
         let e = rel(&got, &want)?;
         println!("modulate {dtype:?}: {e:.2e}");
@@ -157,13 +159,23 @@ fn qkv_norm_rope_matches_reference() -> R<()> {
         let norms: Vec<Tensor> = (0..4)
             .map(|_| (randn(&[d], dtype, &dev)? * 0.1)? + 1.0)
             .collect::<R<_>>()?;
-        let ids: Vec<f32> = (0..l).flat_map(|i| [0.0, (i % 7) as f32, (i / 7) as f32, i as f32]).collect();
+        let ids: Vec<f32> = (0..l)
+            .flat_map(|i| [0.0, (i % 7) as f32, (i / 7) as f32, i as f32])
+            .collect();
         let ids = Tensor::from_vec(ids, (l, 4), &dev)?;
         let (cos, sin) = veetance_models::flux2::rope_tables(&ids, &[32, 32, 32, 32], 2000.0)?;
         let (q, k, v) = kernels::qkv_norm_rope(
             &[
-                kernels::QkvPart { qkv: &p1, q_norm: &norms[0], k_norm: &norms[1] },
-                kernels::QkvPart { qkv: &p2, q_norm: &norms[2], k_norm: &norms[3] },
+                kernels::QkvPart {
+                    qkv: &p1,
+                    q_norm: &norms[0],
+                    k_norm: &norms[1],
+                },
+                kernels::QkvPart {
+                    qkv: &p2,
+                    q_norm: &norms[2],
+                    k_norm: &norms[3],
+                },
             ],
             heads,
             &cos,
@@ -174,7 +186,11 @@ fn qkv_norm_rope_matches_reference() -> R<()> {
         let split = |p: &Tensor| -> R<(Tensor, Tensor, Tensor)> {
             let (b, n, _) = p.dims3()?;
             let x = p.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
-            Ok((x.get(0)?.contiguous()?, x.get(1)?.contiguous()?, x.get(2)?.contiguous()?))
+            Ok((
+                x.get(0)?.contiguous()?,
+                x.get(1)?.contiguous()?,
+                x.get(2)?.contiguous()?,
+            ))
         };
         let (q1, k1, v1) = split(&p1.contiguous()?)?;
         let (q2, k2, v2) = split(&p2)?;
@@ -183,7 +199,8 @@ fn qkv_norm_rope_matches_reference() -> R<()> {
         let q2 = candle_nn::ops::rms_norm(&q2, &norms[2], 1e-6)?;
         let k2 = candle_nn::ops::rms_norm(&k2, &norms[3], 1e-6)?;
         let rope = |x: Tensor| -> R<Tensor> {
-            candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?.to_dtype(dtype)
+            candle_nn::rotary_emb::rope_i(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?
+                .to_dtype(dtype)
         };
         let qr = rope(Tensor::cat(&[q1, q2], 2)?)?;
         let kr = rope(Tensor::cat(&[k1, k2], 2)?)?;
@@ -215,7 +232,9 @@ fn fused_forward_matches_plain_forward() -> R<()> {
     let (n_img, n_txt) = (16 * 16, 40);
     let img = randn(&[1, n_img, 128], DType::BF16, &dev)?;
     let txt = randn(&[1, n_txt, 96], DType::BF16, &dev)?;
-    let img_ids: Vec<f32> = (0..n_img).flat_map(|i| [0.0, (i / 16) as f32, (i % 16) as f32, 0.0]).collect();
+    let img_ids: Vec<f32> = (0..n_img)
+        .flat_map(|i| [0.0, (i / 16) as f32, (i % 16) as f32, 0.0])
+        .collect();
     let img_ids = Tensor::from_vec(img_ids, (n_img, 4), &dev)?;
     let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
     let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use veetance_core::{
     ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
 };
-use veetance_models::flux2::Flux2Transformer;
+use veetance_models::flux2::{AttentionBackend, Flux2Transformer, ForwardOptions};
 use veetance_models::preview::preview_rgb;
 use veetance_models::sampling::{
     self, denoise, image_ids, pack_latents, seeded_noise, text_ids, unpack_latents, Cfg,
@@ -88,10 +88,11 @@ impl Default for Sampler {
     }
 }
 
-/// The model with its attention patch applied.
+/// The model with its attention and compile patches applied.
 struct Patched<'a> {
     model: &'a Flux2Transformer,
     attention: AttentionImpl,
+    compiled: bool,
 }
 
 impl VelocityModel for Patched<'_> {
@@ -103,13 +104,18 @@ impl VelocityModel for Patched<'_> {
         txt_ids: &Tensor,
         t: &Tensor,
     ) -> veetance_models::Result<Tensor> {
-        let chunk = match self.attention {
-            AttentionImpl::Plain => None,
-            AttentionImpl::Chunked(n) => Some(n),
+        let attention = match self.attention {
+            AttentionImpl::Plain => AttentionBackend::Plain,
+            AttentionImpl::Chunked(n) => AttentionBackend::Chunked(n),
+            AttentionImpl::Flash => AttentionBackend::Flash,
+        };
+        let opts = ForwardOptions {
+            attention,
+            fused: self.compiled,
         };
         Ok(self
             .model
-            .forward_chunked(img, img_ids, txt, txt_ids, t, chunk)?)
+            .forward_with(img, img_ids, txt, txt_ids, t, &opts)?)
     }
 }
 
@@ -220,6 +226,7 @@ impl NodeDef for Sampler {
         let model = Patched {
             model: &handle.model,
             attention: handle.patches.attention,
+            compiled: handle.patches.compiled,
         };
         let total = sigmas.len() - 1;
         ctx.progress(0, total as u64);

@@ -31,6 +31,8 @@ pub enum AttentionImpl {
     Plain,
     /// Query rows in chunks of this many tokens: never the whole L×L matrix in memory.
     Chunked(usize),
+    /// Our fused flash kernel (CUDA, bf16/f16; elsewhere the plain path).
+    Flash,
 }
 
 /// The noise schedule a sampler uses (set by ModelSampling).

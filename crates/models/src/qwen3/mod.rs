@@ -175,7 +175,16 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    /// `mask`: the additive causal + key-padding mask; `num_real`: the same mask as a key count,
+    /// for the flash kernel (CUDA, bf16/f16), which applies it without materialising scores.
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: &Tensor,
+        num_real: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> CResult<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let d = self.head_dim;
         let q = self.q_proj.forward(xs)?.reshape((b, l, self.heads, d))?;
@@ -193,6 +202,10 @@ impl Attention {
         let rep = self.heads / self.kv_heads;
         let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
         let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        if d == 128 && crate::kernels::supported(&q) {
+            let out = crate::kernels::flash_attention(&q, &k, &v, true, Some(num_real))?;
+            return self.o_proj.forward(&out);
+        }
         let scale = 1.0 / (d as f64).sqrt();
         // Scores and softmax in f32 whatever the weights' dtype.
         let scores = (q
@@ -252,10 +265,18 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: &Tensor,
+        num_real: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> CResult<Tensor> {
         let h = self.self_attn.forward(
             &rms_norm(xs, &self.input_layernorm, self.eps)?,
             mask,
+            num_real,
             cos,
             sin,
         )?;
@@ -341,7 +362,7 @@ impl Qwen3Encoder {
         let mut xs = self.embed_tokens.forward(&ids)?;
         let mut outputs = Vec::with_capacity(self.cfg.output_layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &mask, &cos, &sin)?;
+            xs = layer.forward(&xs, &mask, num_real, &cos, &sin)?;
             if self.cfg.output_layers.contains(&(i + 1)) {
                 outputs.push((i + 1, xs.clone()));
             }
