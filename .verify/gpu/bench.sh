@@ -8,7 +8,7 @@
 # 4b / 9b: on the GPU machine; needs .gpu/veetance(.xz) (the CUDA build) and .whl (diffusers wheels)
 # carried; makes the full-size random weights in $MODELS_DIR (/tmp/models) with
 # make_full_size_models.py when absent (shared with golden-4b.sh; 9b adds its two files).
-# tiny: on a CPU, small shapes, to test this script and its helpers (binary: $VEETANCE or
+# tiny: on a CPU, small shapes, in f32, to test this script and its helpers (binary: $VEETANCE or
 # target/{release,debug}/veetance; python: $PYTHON).
 #
 # Environment: BENCH_VARIANTS  our variants, "attention[+compiled]" each (default "plain chunked:1024";
@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 VARIANTS=${BENCH_VARIANTS:-plain chunked:1024}
 case "$VARIANT" in
   4b|9b)
-    DEVICE=cuda; SIZE=${SIZE:-1024}; ITERS=${ITERS:-10}; WARMUP=${WARMUP:-2}; GEN_ITERS=${GEN_ITERS:-3}
+    DEVICE=cuda; DTYPE=bf16; SIZE=${SIZE:-1024}; ITERS=${ITERS:-10}; WARMUP=${WARMUP:-2}; GEN_ITERS=${GEN_ITERS:-3}
     DIFFUSERS_COMPILE=${DIFFUSERS_COMPILE:-1}; MODELS=${MODELS_DIR:-/tmp/models}; PY=${PYTHON:-python3}
     $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -32,7 +32,8 @@ case "$VARIANT" in
     BIN=${VEETANCE:-.gpu/veetance}
     ;;
   tiny)
-    DEVICE=cpu; SIZE=${SIZE:-64}; ITERS=${ITERS:-2}; WARMUP=${WARMUP:-1}; GEN_ITERS=${GEN_ITERS:-1}
+    # f32: candle's CPU backend has no bf16 convolutions (the VAE); both sides run f32 here.
+    DEVICE=cpu; DTYPE=f32; SIZE=${SIZE:-64}; ITERS=${ITERS:-2}; WARMUP=${WARMUP:-1}; GEN_ITERS=${GEN_ITERS:-1}
     DIFFUSERS_COMPILE=${DIFFUSERS_COMPILE:-0}; MODELS=${MODELS_DIR:-/tmp/bench-tiny-models}; PY=${PYTHON:-python3}
     BIN=${VEETANCE:-$( [ -x target/release/veetance ] && echo target/release/veetance || echo target/debug/veetance)}
     ;;
@@ -65,7 +66,7 @@ echo "== diffusers"
 COMPILE_ARG=; [ "$DIFFUSERS_COMPILE" = 1 ] || COMPILE_ARG=--no-compile
 smi_start diffusers
 $PY $HERE/bench_diffusers.py --variant "$VARIANT" --models "$MODELS" --inputs "$OUT/inputs.safetensors" \
-    --out "$OUT" --device "$DEVICE" --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" \
+    --out "$OUT" --device "$DEVICE" --dtype "$DTYPE" --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" \
     --width "$SIZE" --height "$SIZE" $COMPILE_ARG 2>&1 | grep -v "kept in float32" | tee "$OUT/diffusers.log"
 status=${PIPESTATUS[0]}
 smi_stop
@@ -79,7 +80,7 @@ for v in $VARIANTS; do
   smi_start "$name"
   "$BIN" bench --transformer "$MODELS/diffusion_models/$TRANSFORMER.safetensors" \
       --text-encoder "$MODELS/text_encoders/$TE.safetensors" --vae "$MODELS/$VAE" \
-      --device "$DEVICE" --dtype bf16 --width "$SIZE" --height "$SIZE" --steps 4 \
+      --device "$DEVICE" --dtype "$DTYPE" --width "$SIZE" --height "$SIZE" --steps 4 \
       --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" --attention "$attention" $extra \
       --inputs "$OUT/inputs.safetensors" --dump-velocity "$OUT/velocity_$name.safetensors" \
       --json "$OUT/veetance_$name.json" 2>&1 | tee "$OUT/$name.log"
