@@ -53,7 +53,7 @@ case "$VARIANT" in
 esac
 if [ ! -f "$MODELS/diffusion_models/$TRANSFORMER.safetensors" ] || [ ! -f "$MODELS/text_encoders/$TE.safetensors" ]; then
   $PY $HERE/make_full_size_models.py "$MODELS" --variant "$VARIANT" --device "$DEVICE" 2>&1 \
-    | grep -v "kept in float32" | tee "$OUT/make_models.log"
+    | grep --line-buffered -v "kept in float32" | tee "$OUT/make_models.log"
   [ -f "$MODELS/diffusion_models/$TRANSFORMER.safetensors" ] || { echo "making the models failed" >&2; exit 1; }
 fi
 [ "$VARIANT" = tiny ] && { $PY $HERE/bench_common.py || exit 1; }
@@ -67,7 +67,7 @@ COMPILE_ARG=; [ "$DIFFUSERS_COMPILE" = 1 ] || COMPILE_ARG=--no-compile
 smi_start diffusers
 $PY $HERE/bench_diffusers.py --variant "$VARIANT" --models "$MODELS" --inputs "$OUT/inputs.safetensors" \
     --out "$OUT" --device "$DEVICE" --dtype "$DTYPE" --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" \
-    --width "$SIZE" --height "$SIZE" $COMPILE_ARG 2>&1 | grep -v "kept in float32" | tee "$OUT/diffusers.log"
+    --width "$SIZE" --height "$SIZE" $COMPILE_ARG 2>&1 | grep --line-buffered -v "kept in float32" | tee "$OUT/diffusers.log"
 status=${PIPESTATUS[0]}
 smi_stop
 [ "$status" = 0 ] || { echo "diffusers failed ($status); see $OUT/diffusers.log" >&2; exit 1; }
