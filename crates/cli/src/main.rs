@@ -5,9 +5,12 @@
 //!   outputs; without a file it runs the built-in example.
 //! - `veetance validate FILE` checks a workflow without running it.
 //! - `veetance nodes [--json]` lists every node type.
+//! - `veetance bench --model klein-4b|klein-9b|tiny` (or model files) times the FLUX.2 transformer
+//!   forward and a whole generation on one device; see [`bench`].
 //!
 //! Exit codes: 0 ok, 1 the run failed, 2 invalid input.
 
+mod bench;
 mod config;
 mod headless;
 mod load;
@@ -134,6 +137,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time the FLUX.2 transformer forward and a whole generation (encode, steps, decode).
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Validate { file, models_dir }) => load::validate_command(&file, models_dir),
         Some(Command::Nodes { json }) => load::nodes_command(json),
+        Some(Command::Bench(args)) => bench::run(&args),
         None if cli.headless => headless::run(cli.workflow.as_deref(), &cli.run, &cli.common),
         None => editor(cli.workflow, &cli.run, &cli.common),
     };
