@@ -107,6 +107,8 @@ pub enum Attention {
     Plain,
     /// Query rows in chunks of this many tokens.
     Chunked(usize),
+    /// Our fused flash kernel (CUDA, bf16/f16; elsewhere the plain path).
+    Flash,
 }
 
 impl FromStr for Attention {
@@ -116,6 +118,7 @@ impl FromStr for Attention {
         match s.split_once(':') {
             None if s == "plain" => Ok(Attention::Plain),
             None if s == "chunked" => Ok(Attention::Chunked(1024)),
+            None if s == "flash" => Ok(Attention::Flash),
             Some(("chunked", n)) => match n.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(Attention::Chunked(n)),
                 _ => Err(format!(
@@ -123,7 +126,7 @@ impl FromStr for Attention {
                 )),
             },
             _ => Err(format!(
-                "unknown attention `{s}`; this build has: plain, chunked, chunked:N"
+                "unknown attention `{s}`; this build has: plain, chunked, chunked:N, flash"
             )),
         }
     }
@@ -134,6 +137,7 @@ impl fmt::Display for Attention {
         match self {
             Attention::Plain => write!(f, "plain"),
             Attention::Chunked(n) => write!(f, "chunked:{n}"),
+            Attention::Flash => write!(f, "flash"),
         }
     }
 }
@@ -147,10 +151,17 @@ pub struct ForwardOptions {
 }
 
 impl ForwardOptions {
-    /// Whether `compiled` changes anything in this build. The transformer has no fused path yet,
-    /// so a `--compiled` run is the plain model, and the report says so.
-    pub fn compiled_applied(&self) -> bool {
-        false
+    /// Whether `compiled` can change anything for this model: the fused kernels need a CUDA
+    /// build, a CUDA device and bf16/f16 weights; elsewhere a `--compiled` run is the plain model,
+    /// and the report says so.
+    pub fn compiled_applied(
+        &self,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> bool {
+        cfg!(feature = "cuda")
+            && device.is_cuda()
+            && matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16)
     }
 
     /// One transformer forward with these options: the one place that maps the options to the
@@ -165,11 +176,16 @@ impl ForwardOptions {
         txt_ids: &Tensor,
         t: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let chunk = match self.attention {
-            Attention::Plain => None,
-            Attention::Chunked(n) => Some(n),
+        let attention = match self.attention {
+            Attention::Plain => flux2::AttentionBackend::Plain,
+            Attention::Chunked(n) => flux2::AttentionBackend::Chunked(n),
+            Attention::Flash => flux2::AttentionBackend::Flash,
         };
-        model.forward_chunked(img, img_ids, txt, txt_ids, t, chunk)
+        let opts = flux2::ForwardOptions {
+            attention,
+            fused: self.compiled,
+        };
+        model.forward_with(img, img_ids, txt, txt_ids, t, &opts)
     }
 
     /// [`Self::velocity`] on prepared inputs.
@@ -609,7 +625,10 @@ impl Setup {
             "veetance bench: {source}, {dtype:?} on {}, attention {}, compiled: {}",
             self.device_name,
             self.options.attention,
-            match (self.options.compiled, self.options.compiled_applied()) {
+            match (
+                self.options.compiled,
+                self.options.compiled_applied(&self.device, self.dtype)
+            ) {
                 (false, _) => "no",
                 (true, true) => "yes",
                 (true, false) => "requested, but this build has no fused path (runs as plain)",
@@ -766,7 +785,7 @@ impl Setup {
             },
             "attention": self.options.attention.to_string(),
             "compiled_requested": self.options.compiled,
-            "compiled_applied": self.options.compiled && self.options.compiled_applied(),
+            "compiled_applied": self.options.compiled && self.options.compiled_applied(&self.device, self.dtype),
             "seed": args.seed,
             "warmup": args.warmup,
             "iters": args.iters,
