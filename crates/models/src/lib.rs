@@ -6,12 +6,16 @@
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
 //! * [`preview`]: latent-to-RGB previews for every step.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
+//! * [`gguf`]: memory-mapped, validated GGUF files (ComfyUI-GGUF / llama.cpp).
+//! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod error;
 pub mod flux2;
+pub mod gguf;
 pub mod preview;
+pub mod qlinear;
 pub mod qwen3;
 pub mod sampling;
 pub mod vae;
