@@ -127,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("unknown model kind {other} (flux or qwen3)").into()),
     }
-    jobs.sort();
+    jobs.sort_by(|a, b| a.0.cmp(&b.0));
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
     let chunk = jobs.len().div_ceil(threads).max(1);
     let start = std::time::Instant::now();
