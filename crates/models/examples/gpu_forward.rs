@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use veetance_models::flux2::{AttentionBackend, Config, Flux2Transformer, ForwardOptions};
 use veetance_models::kernels;
+use veetance_models::qlinear::{LinearFormat, WeightBuilder};
 
 fn sync(dev: &Device) -> candle_core::Result<()> {
     dev.synchronize()
@@ -76,7 +77,10 @@ fn main() -> candle_core::Result<()> {
 
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
-    let model = Flux2Transformer::new(&cfg, vb)?;
+    let model = Flux2Transformer::new(
+        &cfg,
+        WeightBuilder::from_var_builder(vb, LinearFormat::AsStored),
+    )?;
     let n_img = 64 * 64;
     let n_txt = 512;
     let img = Tensor::randn(0f32, 1f32, (1, n_img, 128), &dev)?.to_dtype(DType::BF16)?;

@@ -21,6 +21,10 @@ pub enum Error {
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
 
+    /// The file is not a valid GGUF file (truncated, corrupt header, ranges outside the file).
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+
     /// A tensor the model needs is in none of the files.
     #[error("tensor `{name}` is missing from {files}")]
     MissingTensor { name: String, files: String },

@@ -7,13 +7,17 @@
 //! * [`preview`]: latent-to-RGB previews for every step.
 //! * [`kernels`]: our CUDA kernels (flash attention, fused ops) with their reference paths.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
+//! * [`gguf`]: memory-mapped, validated GGUF files (ComfyUI-GGUF / llama.cpp).
+//! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod error;
 pub mod flux2;
+pub mod gguf;
 pub mod kernels;
 pub mod preview;
+pub mod qlinear;
 pub mod qwen3;
 pub mod sampling;
 pub mod vae;

@@ -24,6 +24,8 @@ use candle_nn::VarBuilder;
 use safetensors::tensor::TensorInfo;
 
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::qlinear::{LinearFormat, QLinear, WeightBuilder};
 
 /// One memory-mapped, header-validated safetensors file.
 struct SafetensorsFile {
@@ -170,6 +172,24 @@ impl WeightFiles {
         file.tensors.get(name).map(|i| i.shape.as_slice())
     }
 
+    /// The stored dtype of a tensor.
+    pub fn stored_dtype(&self, name: &str) -> Option<safetensors::Dtype> {
+        let file = &self.files[*self.index.get(name)?];
+        file.tensors.get(name).map(|i| i.dtype)
+    }
+
+    /// The scale stored beside an fp8 weight (`<layer>.scale_weight` in ComfyUI's scaled-fp8
+    /// files, `<layer>.weight_scale` in its newer quantized format), if any.
+    pub fn fp8_scale_name(&self, weight: &str) -> Option<String> {
+        let layer = weight.strip_suffix(".weight")?;
+        [
+            format!("{layer}.scale_weight"),
+            format!("{layer}.weight_scale"),
+        ]
+        .into_iter()
+        .find(|n| self.contains(n))
+    }
+
     /// All tensor names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
@@ -223,7 +243,161 @@ impl WeightFiles {
                 });
             }
         }
-        Ok(file.load(name, info, device)?.to_dtype(dtype)?)
+        let tensor = file.load(name, info, device)?;
+        if info.dtype == safetensors::Dtype::F8_E4M3 {
+            if let Some(scale) = self.fp8_scale_name(name) {
+                let scale = self.load(&scale, None, DType::F32, device)?;
+                let w = tensor.to_dtype(DType::F32)?;
+                let w = crate::qlinear::apply_row_scale(&w, &scale).map_err(|reason| {
+                    Error::InvalidInput(format!(
+                        "tensor `{name}` in {}: {reason}",
+                        file.path.display()
+                    ))
+                })?;
+                return Ok(w.to_dtype(dtype)?);
+            }
+        }
+        Ok(tensor.to_dtype(dtype)?)
+    }
+}
+
+/// Where tensors come from: safetensors files or a GGUF file.
+pub trait TensorStore: Send + Sync {
+    /// One tensor in `dtype` on `device`, checking its shape when one is expected.
+    fn load(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor>;
+
+    fn contains(&self, name: &str) -> bool;
+
+    /// The file (the first one) for error messages.
+    fn path(&self) -> &Path;
+
+    /// A linear weight `(out, in)` kept in its stored low-precision form (GGUF blocks, fp8), or
+    /// `None` when it should be loaded dense in the compute dtype.
+    fn stored_linear(
+        &self,
+        _name: &str,
+        _shape: (usize, usize),
+        _dtype: DType,
+        _device: &Device,
+    ) -> Result<Option<QLinear>> {
+        Ok(None)
+    }
+}
+
+impl TensorStore for WeightFiles {
+    fn load(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        WeightFiles::load(self, name, expected, dtype, device)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        WeightFiles::contains(self, name)
+    }
+
+    fn path(&self) -> &Path {
+        WeightFiles::path(self)
+    }
+
+    fn stored_linear(
+        &self,
+        name: &str,
+        (out, inp): (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<QLinear>> {
+        if self.stored_dtype(name) != Some(safetensors::Dtype::F8_E4M3) {
+            return Ok(None);
+        }
+        let file = &self.files[self.index[name]];
+        let weight = file.load(name, &file.tensors[name], device)?;
+        if weight.dims() != [out, inp] {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                path: file.path.clone(),
+                expected: vec![out, inp],
+                found: weight.dims().to_vec(),
+            });
+        }
+        let scale = match self.fp8_scale_name(name) {
+            Some(s) => Some(self.load(&s, None, DType::F32, device)?),
+            None => None,
+        };
+        QLinear::fp8(weight, scale, dtype)
+            .map(Some)
+            .map_err(|reason| {
+                Error::InvalidInput(format!(
+                    "tensor `{name}` in {}: {reason}",
+                    file.path.display()
+                ))
+            })
+    }
+}
+
+impl TensorStore for GgufFile {
+    fn load(
+        &self,
+        name: &str,
+        expected: Option<&[usize]>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if let (Some(expected), Some(found)) = (expected, self.logical_shape(name)) {
+            if expected != found.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    name: name.to_string(),
+                    path: self.path().to_path_buf(),
+                    expected: expected.to_vec(),
+                    found,
+                });
+            }
+        }
+        self.tensor(name, dtype, device)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        GgufFile::contains(self, name)
+    }
+
+    fn path(&self) -> &Path {
+        GgufFile::path(self)
+    }
+
+    fn stored_linear(
+        &self,
+        name: &str,
+        (out, inp): (usize, usize),
+        _dtype: DType,
+        device: &Device,
+    ) -> Result<Option<QLinear>> {
+        let Some(ty) = self.ggml_type(name) else {
+            return Ok(None);
+        };
+        // Float tensors and ComfyUI-GGUF's flattened ones are loaded dense.
+        if ty.is_float() || self.is_reshaped(name) {
+            return Ok(None);
+        }
+        if let Some(found) = self.logical_shape(name) {
+            if found != [out, inp] {
+                return Err(Error::ShapeMismatch {
+                    name: name.to_string(),
+                    path: self.path().to_path_buf(),
+                    expected: vec![out, inp],
+                    found,
+                });
+            }
+        }
+        Ok(Some(QLinear::ggml(self.qtensor(name, device)?)))
     }
 }
 
@@ -246,9 +420,10 @@ type NameMap = dyn Fn(&str) -> Source + Send + Sync;
 ///
 /// candle's `VarBuilder` only carries `candle_core::Error`, which cannot hold our structured error;
 /// so the backend keeps the first structured error it meets, and [`build_model`] returns that one.
+#[derive(Clone)]
 pub struct MappedBackend {
-    files: Arc<WeightFiles>,
-    map: Box<NameMap>,
+    files: Arc<dyn TensorStore>,
+    map: Arc<NameMap>,
     first_error: Arc<Mutex<Option<Error>>>,
 }
 
@@ -298,6 +473,24 @@ impl MappedBackend {
         }
     }
 
+    /// A linear weight in its stored low-precision form, if the store keeps it so (only for
+    /// tensors stored under one name; concatenated or rearranged ones load dense).
+    pub fn stored_linear(
+        &self,
+        name: &str,
+        shape: (usize, usize),
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Option<QLinear>> {
+        match (self.map)(name) {
+            Source::Name(stored) if self.files.contains(&stored) => self
+                .files
+                .stored_linear(&stored, shape, dtype, dev)
+                .map_err(|e| self.record(e)),
+            _ => Ok(None),
+        }
+    }
+
     fn record(&self, err: Error) -> candle_core::Error {
         let msg = err.to_string();
         if let Ok(mut slot) = self.first_error.lock() {
@@ -343,14 +536,45 @@ pub fn build_model<T>(
     device: &Device,
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_with_store(files, map, dtype, device, |backend| {
+        build(VarBuilder::from_backend(
+            Box::new(backend),
+            dtype,
+            device.clone(),
+        ))
+    })
+}
+
+/// [`build_model`] for models whose linear layers are [`QLinear`]s: `build` receives a
+/// [`WeightBuilder`] over any [`TensorStore`] (safetensors or GGUF); with `linears` =
+/// [`LinearFormat::Fp8E4M3`], dense linear weights are converted to fp8 at load.
+pub fn build_quantizable<T>(
+    files: Arc<dyn TensorStore>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    dtype: DType,
+    device: &Device,
+    linears: LinearFormat,
+    build: impl FnOnce(WeightBuilder) -> candle_core::Result<T>,
+) -> Result<T> {
+    build_with_store(files, map, dtype, device, |backend| {
+        build(WeightBuilder::new(backend, dtype, device, linears))
+    })
+}
+
+fn build_with_store<T>(
+    files: Arc<dyn TensorStore>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    _dtype: DType,
+    _device: &Device,
+    build: impl FnOnce(MappedBackend) -> candle_core::Result<T>,
+) -> Result<T> {
     let first_error = Arc::new(Mutex::new(None));
     let backend = MappedBackend {
         files,
-        map: Box::new(map),
+        map: Arc::new(map),
         first_error: first_error.clone(),
     };
-    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    build(vb).map_err(|e| {
+    build(backend).map_err(|e| {
         first_error
             .lock()
             .ok()
@@ -359,10 +583,58 @@ pub fn build_model<T>(
     })
 }
 
+/// Names and shapes of a checkpoint's tensors, whatever its format.
+pub trait TensorIndex {
+    fn tensor_names(&self) -> Vec<&str>;
+    /// The logical shape (PyTorch order).
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The file or files, for messages.
+    fn describe_files(&self) -> String;
+    /// The (first) file's path, for errors.
+    fn first_path(&self) -> &Path;
+}
+
+impl TensorIndex for WeightFiles {
+    fn tensor_names(&self) -> Vec<&str> {
+        self.names().collect()
+    }
+
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shape(name).map(<[usize]>::to_vec)
+    }
+
+    fn describe_files(&self) -> String {
+        self.describe()
+    }
+
+    fn first_path(&self) -> &Path {
+        self.path()
+    }
+}
+
+impl TensorIndex for GgufFile {
+    fn tensor_names(&self) -> Vec<&str> {
+        self.names().collect()
+    }
+
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.logical_shape(name)
+    }
+
+    fn describe_files(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn first_path(&self) -> &Path {
+        self.path()
+    }
+}
+
 /// A guess at what a checkpoint is, from its tensor names, for "wrong model" errors.
-pub fn guess_model_kind(files: &WeightFiles) -> String {
-    let has = |n: &str| files.contains(n);
-    let any_prefix = |p: &str| files.names().any(|n| n.starts_with(p));
+pub fn guess_model_kind(files: &dyn TensorIndex) -> String {
+    let names = files.tensor_names();
+    let has = |n: &str| names.contains(&n);
+    let any_prefix = |p: &str| names.iter().any(|n| n.starts_with(p));
     if has("double_blocks.0.img_mod.lin.weight") {
         "a FLUX.1 transformer".into()
     } else if has("double_blocks.0.img_attn.qkv.weight") {
@@ -375,14 +647,14 @@ pub fn guess_model_kind(files: &WeightFiles) -> String {
         "a FLUX.1 transformer (diffusers layout)".into()
     } else if has("decoder.conv_in.weight") || has("encoder.conv_in.weight") {
         "a VAE".into()
-    } else if any_prefix("model.layers.") || any_prefix("layers.0.") {
+    } else if any_prefix("model.layers.") || any_prefix("layers.0.") || any_prefix("blk.0.") {
         "a language model (text encoder)".into()
     } else if any_prefix("model.diffusion_model.") {
         "a ComfyUI/stable-diffusion checkpoint".into()
     } else if any_prefix("text_model.") {
         "a CLIP text encoder".into()
     } else {
-        let mut names: Vec<&str> = files.names().take(3).collect();
+        let mut names: Vec<&str> = names.into_iter().take(3).collect();
         names.sort_unstable();
         format!("an unknown model (tensors such as {names:?})")
     }

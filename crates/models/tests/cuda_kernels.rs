@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use veetance_models::flux2::{AttentionBackend, Config, Flux2Transformer, ForwardOptions};
 use veetance_models::kernels;
+use veetance_models::qlinear::{LinearFormat, WeightBuilder};
 
 type R<T> = candle_core::Result<T>;
 
@@ -228,7 +229,10 @@ fn fused_forward_matches_plain_forward() -> R<()> {
     let cfg = small_config();
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
-    let model = Flux2Transformer::new(&cfg, vb)?;
+    let model = Flux2Transformer::new(
+        &cfg,
+        WeightBuilder::from_var_builder(vb, LinearFormat::AsStored),
+    )?;
     let (n_img, n_txt) = (16 * 16, 40);
     let img = randn(&[1, n_img, 128], DType::BF16, &dev)?;
     let txt = randn(&[1, n_txt, 96], DType::BF16, &dev)?;

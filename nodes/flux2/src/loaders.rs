@@ -9,6 +9,8 @@ use veetance_core::{
     ExecContext, Freshness, MemBytes, NodeDef, NodeError, NodeSchema, ParamDef, ParamProblem,
     Params, PortType, RunEnv, Value,
 };
+use veetance_models::flux2::LinearFormat;
+use veetance_models::gguf::{is_gguf, GgufFile};
 use veetance_models::weights::WeightFiles;
 use veetance_models::{flux2, qwen3, vae};
 
@@ -19,18 +21,22 @@ use crate::values::{
 };
 
 const DTYPES: [&str; 4] = ["default", "bf16", "f16", "f32"];
+/// The diffusion model also takes fp8: linear weights stored in fp8 e4m3 (one scale per row),
+/// computed in the default dtype.
+const MODEL_DTYPES: [&str; 5] = ["default", "bf16", "f16", "f32", "fp8_e4m3"];
 
-fn common_params(schema: NodeSchema) -> NodeSchema {
+const DTYPE_DOC: &str = "Precision the weights are loaded in: default is bf16 on a GPU and f32 on \
+     the CPU. A .gguf file's quantized weights (Q8_0, Q4_K, ...) and an fp8 file's weights stay as \
+     stored; this sets the dtype of the rest and of the computation.";
+
+const MODEL_DTYPE_DOC: &str = "Precision the weights are loaded in: default is bf16 on a GPU and \
+     f32 on the CPU. fp8_e4m3 keeps the linear layers' weights in 8 bits (one scale per row, about \
+     half the memory of bf16) and computes in the default dtype. A .gguf file's quantized weights \
+     and an fp8 file's weights stay as stored whatever is chosen.";
+
+fn common_params(schema: NodeSchema, dtypes: &[&str], dtype_doc: &str) -> NodeSchema {
     schema
-        .param(
-            ParamDef::choice(
-                "weight_dtype",
-                &DTYPES,
-                "default",
-                "Precision the weights are loaded in: default is bf16 on a GPU and f32 on the CPU.",
-            )
-            .constant(),
-        )
+        .param(ParamDef::choice("weight_dtype", dtypes, "default", dtype_doc).constant())
         .param(
             ParamDef::choice(
                 "device",
@@ -77,25 +83,62 @@ fn device_and_dtype(ctx: &ExecContext<'_>) -> Result<(candle_core::Device, DType
     Ok((device, dtype))
 }
 
+/// `fp8_e4m3` asks for fp8 linear weights (computed in the default dtype).
+fn linear_format(ctx: &ExecContext<'_>) -> Result<LinearFormat, NodeError> {
+    Ok(match ctx.params.str("weight_dtype")? {
+        "fp8_e4m3" => LinearFormat::Fp8E4M3,
+        _ => LinearFormat::AsStored,
+    })
+}
+
 /// Bytes the loaded weights take: the file's tensors converted to `dtype`, skipping tensors the
 /// filter rejects (layers the model does not load).
+///
+/// A GGUF file's quantized tensors count at their stored size; with fp8 linears, 2-D weights count
+/// one byte per element. (fp8-stored safetensors count in `dtype`: an over-estimate.)
 fn weight_bytes(
     path: &Path,
     dtype: DType,
     device: &candle_core::Device,
+    linears: LinearFormat,
     keep: impl Fn(&str) -> bool,
 ) -> MemBytes {
-    let elems: usize = WeightFiles::open_path(path)
+    if path.is_file() && is_gguf(path) {
+        let bytes: usize = GgufFile::open(path)
+            .map(|file| {
+                file.tensors
+                    .iter()
+                    .filter(|(n, _)| keep(n))
+                    .map(|(n, info)| {
+                        if info.ggml_type.is_float() {
+                            info.shape.iter().product::<usize>() * dtype.size_in_bytes()
+                        } else {
+                            file.stored_bytes(n).unwrap_or(0)
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        return on_device(device, bytes as u64);
+    }
+    let bytes: usize = WeightFiles::open_path(path)
         .map(|files| {
             let names: Vec<String> = files.names().map(str::to_string).collect();
             names
                 .iter()
                 .filter(|n| keep(n))
-                .filter_map(|n| files.shape(n).map(|s| s.iter().product::<usize>()))
+                .filter_map(|n| files.shape(n))
+                .map(|s| {
+                    let elems = s.iter().product::<usize>();
+                    match linears {
+                        LinearFormat::Fp8E4M3 if s.len() == 2 => elems,
+                        _ => elems * dtype.size_in_bytes(),
+                    }
+                })
                 .sum()
         })
         .unwrap_or(0);
-    on_device(device, (elems * dtype.size_in_bytes()) as u64)
+    on_device(device, bytes as u64)
 }
 
 // ---------------------------------------------------------------- LoadDiffusionModel
@@ -109,7 +152,8 @@ impl LoadDiffusionModel {
         let schema = NodeSchema::new("LoadDiffusionModel", "Load Diffusion Model", "loaders")
             .doc(
                 "Loads a FLUX.2 [klein] transformer: a BFL single file (flux-2-klein-4b.safetensors, \
-                 as ComfyUI keeps it in models/diffusion_models/) or a diffusers transformer/ \
+                 as ComfyUI keeps it in models/diffusion_models/), a ComfyUI-GGUF .gguf file \
+                 (Q8_0, Q4_K, ... kept quantized), an fp8 file, or a diffusers transformer/ \
                  folder. The configuration (4B, 9B or another size) is read from the tensors.",
             )
             .param(
@@ -123,7 +167,7 @@ impl LoadDiffusionModel {
             )
             .output("model", PortType::Model, "The transformer with no patches.");
         LoadDiffusionModel {
-            schema: common_params(schema),
+            schema: common_params(schema, &MODEL_DTYPES, MODEL_DTYPE_DOC),
         }
     }
 }
@@ -154,9 +198,10 @@ impl NodeDef for LoadDiffusionModel {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let path = resolved(ctx, "file", "diffusion_models")?;
         let (device, dtype) = device_and_dtype(ctx)?;
-        let model = flux2::load_transformer(&path, None, dtype, &device)
+        let linears = linear_format(ctx)?;
+        let model = flux2::load_transformer_with(&path, None, dtype, &device, linears)
             .map_err(model_err("loading the diffusion model"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
+        let weight_bytes = weight_bytes(&path, dtype, &device, linears, |_| true);
         Ok(vec![object(
             PortType::Model,
             ModelHandle {
@@ -188,8 +233,9 @@ impl LoadTextEncoder {
                     "file",
                     "qwen_3_4b.safetensors",
                     Some("text_encoders"),
-                    "Weights: a file name in <models>/text_encoders/, or a path (a file or a \
-                     folder of shards).",
+                    "Weights: a file name in <models>/text_encoders/, or a path (a .safetensors \
+                     file, a folder of shards, or a llama.cpp .gguf file, whose quantized weights \
+                     stay quantized).",
                 )
                 .constant(),
             )
@@ -220,7 +266,7 @@ impl LoadTextEncoder {
                 "The encoder, ready for TextEncode.",
             );
         LoadTextEncoder {
-            schema: common_params(schema),
+            schema: common_params(schema, &DTYPES, DTYPE_DOC),
         }
     }
 }
@@ -346,18 +392,25 @@ impl NodeDef for LoadTextEncoder {
         )
         .map_err(model_err("loading the text encoder"))?;
         let needed = encoder.config().layers_needed();
-        let weight_bytes = weight_bytes(&found.weights, dtype, &device, |name| {
-            // Layers past the last one the encoder needs, and the LM head, are never loaded.
-            let layer = name
-                .split("layers.")
-                .nth(1)
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok());
-            match layer {
-                Some(i) => i < needed,
-                None => !name.contains("lm_head"),
-            }
-        });
+        let weight_bytes = weight_bytes(
+            &found.weights,
+            dtype,
+            &device,
+            LinearFormat::AsStored,
+            |name| {
+                // Layers past the last one the encoder needs, and the LM head, are never loaded.
+                let layer = name
+                    .split("layers.")
+                    .nth(1)
+                    .or_else(|| name.strip_prefix("blk."))
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok());
+                match layer {
+                    Some(i) => i < needed,
+                    None => !name.contains("lm_head") && name != "output.weight",
+                }
+            },
+        );
         Ok(vec![object(
             PortType::TextEncoder,
             TextEncoderHandle {
@@ -394,7 +447,7 @@ impl LoadVae {
             )
             .output("vae", PortType::Vae, "The autoencoder (decoder and encoder).");
         LoadVae {
-            schema: common_params(schema),
+            schema: common_params(schema, &DTYPES, DTYPE_DOC),
         }
     }
 }
@@ -427,7 +480,7 @@ impl NodeDef for LoadVae {
         let (device, dtype) = device_and_dtype(ctx)?;
         let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
             .map_err(model_err("loading the VAE"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
+        let weight_bytes = weight_bytes(&path, dtype, &device, LinearFormat::AsStored, |_| true);
         Ok(vec![object(
             PortType::Vae,
             VaeHandle {

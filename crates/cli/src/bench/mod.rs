@@ -640,7 +640,10 @@ impl Setup {
         let model = match args.model {
             Some(p) => flux2::Flux2Transformer::new(
                 &p.transformer(),
-                seeded::var_builder(args.seed, 0.5, dtype, dev),
+                veetance_models::qlinear::WeightBuilder::from_var_builder(
+                    seeded::var_builder(args.seed, 0.5, dtype, dev),
+                    veetance_models::qlinear::LinearFormat::AsStored,
+                ),
             )?,
             None => {
                 let path = args.transformer.as_deref().unwrap_or(Path::new(""));

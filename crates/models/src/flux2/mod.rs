@@ -13,6 +13,13 @@
 //! swapped (diffusers stores (scale, shift), BFL (shift, scale)). The layout is told apart by tensor
 //! names; a ComfyUI-style `model.diffusion_model.` prefix is accepted.
 //!
+//! GGUF files (ComfyUI-GGUF's conversions of the BFL file: same tensor names, linear weights in
+//! Q8_0/Q4_K/..., norms in F32, `img_in`/`txt_in`/`time_in`/`final_layer` in F16/BF16) are told
+//! apart by their magic and load through the same name map; quantized linear weights stay
+//! quantized ([`crate::qlinear::QLinear`]). fp8 e4m3 safetensors (ComfyUI's fp8 files, with or
+//! without `scale_weight`/`weight_scale`) keep their linear weights in fp8;
+//! [`LinearFormat::Fp8E4M3`] converts a bf16/f32 checkpoint's linear weights to fp8 at load.
+//!
 //! ```no_run
 //! # fn main() -> veetance_models::Result<()> {
 //! use candle_core::{DType, Device};
@@ -34,7 +41,11 @@ pub use config::Config;
 pub use model::{rope_tables, AttentionBackend, Flux2Transformer, ForwardOptions};
 
 use crate::error::{Error, Result};
-use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};
+use crate::gguf::{is_gguf, GgufFile};
+pub use crate::qlinear::LinearFormat;
+use crate::weights::{
+    build_quantizable, guess_model_kind, Source, TensorIndex, TensorStore, WeightFiles,
+};
 
 /// How the transformer's tensors are named in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +60,8 @@ const BFL_MARKER: &str = "double_blocks.0.img_attn.qkv.weight";
 const DIFFUSERS_MARKER: &str = "single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight";
 
 /// Tells the layout from tensor names, or says what the checkpoint looks like instead.
-pub fn detect_layout(files: &WeightFiles) -> Result<Layout> {
-    for name in files.names() {
+pub fn detect_layout(files: &dyn TensorIndex) -> Result<Layout> {
+    for name in files.tensor_names() {
         if let Some(prefix) = name.strip_suffix(BFL_MARKER) {
             return Ok(Layout::Bfl {
                 prefix: prefix.to_string(),
@@ -63,7 +74,7 @@ pub fn detect_layout(files: &WeightFiles) -> Result<Layout> {
         }
     }
     Err(Error::WrongModel {
-        path: files.path().to_path_buf(),
+        path: files.first_path().to_path_buf(),
         expected: "a FLUX.2 transformer".into(),
         found: guess_model_kind(files),
     })
@@ -160,7 +171,7 @@ fn with_prefix(prefix: &str, source: Source) -> Source {
 
 /// The configuration implied by the shapes of a checkpoint's tensors (the klein values for what
 /// shapes do not show: mlp ratio 3, RoPE theta 2000, the head dim split evenly over 4 axes).
-pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
+pub fn infer_config(files: &dyn TensorIndex, layout: &Layout) -> Result<Config> {
     let (prefix, img_in, txt_in, qk_norm, double, single) = match layout {
         Layout::Bfl { prefix } => (
             prefix,
@@ -181,20 +192,18 @@ pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
     };
     let shape_of = |n: &str| {
         let full = format!("{prefix}{n}");
-        files
-            .shape(&full)
-            .map(<[usize]>::to_vec)
-            .ok_or(Error::MissingTensor {
-                name: full,
-                files: files.describe(),
-            })
+        files.tensor_shape(&full).ok_or(Error::MissingTensor {
+            name: full,
+            files: files.describe_files(),
+        })
     };
     let img_in = shape_of(img_in)?;
     let txt_in = shape_of(txt_in)?;
     let count = |block: &str| {
         let start = format!("{prefix}{block}");
         files
-            .names()
+            .tensor_names()
+            .into_iter()
             .filter_map(|n| n.strip_prefix(start.as_str()))
             .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
             .max()
@@ -204,7 +213,7 @@ pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
         [h, c] => (*h, *c),
         _ => {
             return Err(Error::WrongModel {
-                path: files.path().to_path_buf(),
+                path: files.first_path().to_path_buf(),
                 expected: "a FLUX.2 transformer".into(),
                 found: format!("an input projection of shape {img_in:?}"),
             })
@@ -217,7 +226,7 @@ pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
         .unwrap_or(base.attention_head_dim);
     if head_dim == 0 || hidden % head_dim != 0 || head_dim % 8 != 0 {
         return Err(Error::WrongModel {
-            path: files.path().to_path_buf(),
+            path: files.first_path().to_path_buf(),
             expected: "a FLUX.2 transformer".into(),
             found: format!("hidden size {hidden} with head dim {head_dim}"),
         });
@@ -235,8 +244,8 @@ pub fn infer_config(files: &WeightFiles, layout: &Layout) -> Result<Config> {
     })
 }
 
-/// Loads a FLUX.2 transformer from a BFL single file or a diffusers `transformer/` folder (or one
-/// of its shards' folder), in `dtype` on `device`.
+/// Loads a FLUX.2 transformer from a BFL single file, a ComfyUI-GGUF `.gguf` file or a diffusers
+/// `transformer/` folder (or one of its shards' folder), in `dtype` on `device`.
 ///
 /// `config`: `None` reads `config.json` beside a diffusers folder, or infers the configuration
 /// from the tensor shapes; `Some` (e.g. `Config::klein_4b()`) is checked against every tensor.
@@ -246,9 +255,28 @@ pub fn load_transformer(
     dtype: DType,
     device: &Device,
 ) -> Result<Flux2Transformer> {
+    load_transformer_with(path, config, dtype, device, LinearFormat::AsStored)
+}
+
+/// [`load_transformer`] with a choice of how dense linear weights are kept (`Fp8E4M3`: converted
+/// to fp8 at load, computed in `dtype`). GGUF-quantized and fp8-stored weights stay as stored.
+pub fn load_transformer_with(
+    path: &Path,
+    config: Option<&Config>,
+    dtype: DType,
+    device: &Device,
+    linears: LinearFormat,
+) -> Result<Flux2Transformer> {
     check_dtype(dtype, device)?;
-    let files = WeightFiles::open_path(path)?;
-    let layout = detect_layout(&files)?;
+    let (files, index): (Arc<dyn TensorStore>, Arc<dyn TensorIndex + Send + Sync>) =
+        if path.is_file() && is_gguf(path) {
+            let file = Arc::new(GgufFile::open(path)?);
+            (file.clone(), file)
+        } else {
+            let files = Arc::new(WeightFiles::open_path(path)?);
+            (files.clone(), files)
+        };
+    let layout = detect_layout(index.as_ref())?;
     let config = match config {
         Some(c) => c.clone(),
         None => {
@@ -256,7 +284,7 @@ pub fn load_transformer(
             if path.is_dir() && json.is_file() {
                 Config::from_file(&json)?
             } else {
-                infer_config(&files, &layout)?
+                infer_config(index.as_ref(), &layout)?
             }
         }
     };
@@ -264,31 +292,34 @@ pub fn load_transformer(
         path: path.to_path_buf(),
         reason,
     })?;
-    load_from_files(Arc::new(files), layout, &config, dtype, device)
+    load_from_files(files, layout, &config, dtype, device, linears)
 }
 
-/// Builds the transformer from already opened files.
+/// Builds the transformer from already opened files (safetensors or GGUF).
 pub fn load_from_files(
-    files: Arc<WeightFiles>,
+    files: Arc<dyn TensorStore>,
     layout: Layout,
     config: &Config,
     dtype: DType,
     device: &Device,
+    linears: LinearFormat,
 ) -> Result<Flux2Transformer> {
     let build = |vb| Flux2Transformer::new(config, vb);
     match layout {
-        Layout::Bfl { prefix } => build_model(
+        Layout::Bfl { prefix } => build_quantizable(
             files,
             move |n| with_prefix(&prefix, Source::Name(n.to_string())),
             dtype,
             device,
+            linears,
             build,
         ),
-        Layout::Diffusers { prefix } => build_model(
+        Layout::Diffusers { prefix } => build_quantizable(
             files,
             move |n| with_prefix(&prefix, diffusers_source(n)),
             dtype,
             device,
+            linears,
             build,
         ),
     }

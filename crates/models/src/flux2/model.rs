@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Tensor, TensorId, D};
-use candle_nn::{linear_no_bias, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, TensorId, D};
+
+use crate::qlinear::{linear_no_bias, QLinear, WeightBuilder};
 
 use super::config::Config;
 use crate::kernels;
@@ -116,7 +117,7 @@ struct QkNorm {
 }
 
 impl QkNorm {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let d = cfg.attention_head_dim;
         Ok(Self {
             query_norm: vb.get(d, "query_norm.scale")?,
@@ -188,12 +189,12 @@ struct ModulationOut {
 /// A modulation linear `D -> n * 3D` applied to `silu(temb)`; yields `n` (shift, scale, gate) sets.
 #[derive(Debug, Clone)]
 struct Modulation {
-    lin: Linear,
+    lin: QLinear,
     sets: usize,
 }
 
 impl Modulation {
-    fn new(dim: usize, sets: usize, vb: VarBuilder) -> CResult<Self> {
+    fn new(dim: usize, sets: usize, vb: WeightBuilder) -> CResult<Self> {
         Ok(Self {
             lin: linear_no_bias(dim, 3 * sets * dim, vb.pp("lin"))?,
             sets,
@@ -217,12 +218,12 @@ impl Modulation {
 /// SwiGLU: `linear_out(silu(a) * b)` with `[a | b] = linear_in(x)`; BFL names `0` and `2`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    lin_in: Linear,
-    lin_out: Linear,
+    lin_in: QLinear,
+    lin_out: QLinear,
 }
 
 impl Mlp {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let (d, h) = (cfg.hidden_size(), cfg.mlp_hidden());
         Ok(Self {
             lin_in: linear_no_bias(d, 2 * h, vb.pp("0"))?,
@@ -239,13 +240,13 @@ impl Mlp {
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    qkv: Linear,
+    qkv: QLinear,
     norm: QkNorm,
-    proj: Linear,
+    proj: QLinear,
 }
 
 impl SelfAttention {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let d = cfg.hidden_size();
         Ok(Self {
             qkv: linear_no_bias(d, 3 * d, vb.pp("qkv"))?,
@@ -273,7 +274,7 @@ struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         Ok(Self {
             img_attn: SelfAttention::new(cfg, vb.pp("img_attn"))?,
             img_mlp: Mlp::new(cfg, vb.pp("img_mlp"))?,
@@ -398,8 +399,8 @@ impl DoubleStreamBlock {
 /// MLP outputs back.
 #[derive(Debug, Clone)]
 struct SingleStreamBlock {
-    linear1: Linear,
-    linear2: Linear,
+    linear1: QLinear,
+    linear2: QLinear,
     norm: QkNorm,
     heads: usize,
     hidden: usize,
@@ -408,7 +409,7 @@ struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let (d, h) = (cfg.hidden_size(), cfg.mlp_hidden());
         Ok(Self {
             linear1: linear_no_bias(d, 3 * d + 2 * h, vb.pp("linear1"))?,
@@ -496,12 +497,12 @@ impl SingleStreamBlock {
 /// `time_in`: sinusoidal embedding -> in_layer -> SiLU -> out_layer.
 #[derive(Debug, Clone)]
 struct MlpEmbedder {
-    in_layer: Linear,
-    out_layer: Linear,
+    in_layer: QLinear,
+    out_layer: QLinear,
 }
 
 impl MlpEmbedder {
-    fn new(in_dim: usize, dim: usize, vb: VarBuilder) -> CResult<Self> {
+    fn new(in_dim: usize, dim: usize, vb: WeightBuilder) -> CResult<Self> {
         Ok(Self {
             in_layer: linear_no_bias(in_dim, dim, vb.pp("in_layer"))?,
             out_layer: linear_no_bias(dim, dim, vb.pp("out_layer"))?,
@@ -516,16 +517,16 @@ impl MlpEmbedder {
 /// The FLUX.2 transformer (velocity prediction on packed latent tokens).
 #[derive(Debug, Clone)]
 pub struct Flux2Transformer {
-    img_in: Linear,
-    txt_in: Linear,
+    img_in: QLinear,
+    txt_in: QLinear,
     time_in: MlpEmbedder,
     double_stream_modulation_img: Modulation,
     double_stream_modulation_txt: Modulation,
     single_stream_modulation: Modulation,
     double_blocks: Vec<DoubleStreamBlock>,
     single_blocks: Vec<SingleStreamBlock>,
-    final_adaln: Linear,
-    final_linear: Linear,
+    final_adaln: QLinear,
+    final_linear: QLinear,
     cfg: Config,
     dtype: DType,
     /// RoPE tables of the last (txt_ids, img_ids) pair; see [`Flux2Transformer::rope_for`].
@@ -536,7 +537,7 @@ type RopeEntry = ((TensorId, TensorId), Tensor, Tensor);
 
 impl Flux2Transformer {
     /// Builds the model from a `VarBuilder` in BFL naming.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    pub fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let d = cfg.hidden_size();
         let double_blocks = (0..cfg.num_layers)
             .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i)))

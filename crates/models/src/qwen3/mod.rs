@@ -11,16 +11,24 @@
 //! `<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n`,
 //! is tokenized with the model's `tokenizer.json`, truncated to `max_length` (512) and right-padded
 //! with the tokenizer's pad token (`<|endoftext|>`).
+//!
+//! Weights: HF safetensors (`model.layers.N...`, or without the `model.` prefix), or a llama.cpp
+//! GGUF file (`token_embd`, `blk.N.attn_q`, `attn_q_norm`, `ffn_gate`, ...; Qwen3 needs no
+//! q/k row permutation, its RoPE is the half-split one in both) whose quantized linear weights
+//! stay quantized. A GGUF file's configuration comes from its `qwen3.*` metadata unless a
+//! `config.json` is given; the tokenizer is always `tokenizer.json` found beside it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::Embedding;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};
+use crate::gguf::{is_gguf, GgufFile, MetaValue};
+use crate::qlinear::{embedding, linear_no_bias, LinearFormat, QLinear, WeightBuilder};
+use crate::weights::{build_quantizable, guess_model_kind, Source, TensorStore, WeightFiles};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -99,6 +107,48 @@ impl Config {
         })
     }
 
+    /// The configuration in a llama.cpp GGUF file's metadata (`<arch>.block_count`, ...); the
+    /// vocabulary size is the embedding table's row count.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch = file.architecture().unwrap_or("qwen3").to_string();
+        let missing = |key: &str| Error::Config {
+            path: file.path().to_path_buf(),
+            reason: format!(
+                "GGUF metadata `{key}` is missing; give the model's config.json beside the file"
+            ),
+        };
+        let get = |key: &str| file.metadata.get(&format!("{arch}.{key}"));
+        let int = |key: &str| {
+            get(key)
+                .and_then(MetaValue::as_usize)
+                .ok_or_else(|| missing(&format!("{arch}.{key}")))
+        };
+        let vocab_size = file
+            .logical_shape("token_embd.weight")
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| missing("token_embd.weight"))?;
+        let heads = int("attention.head_count")?;
+        Ok(Self {
+            vocab_size,
+            hidden_size: int("embedding_length")?,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: get("attention.head_count_kv")
+                .and_then(MetaValue::as_usize)
+                .unwrap_or(heads),
+            head_dim: get("attention.key_length").and_then(MetaValue::as_usize),
+            rms_norm_eps: get("attention.layer_norm_rms_epsilon")
+                .and_then(MetaValue::as_f64)
+                .unwrap_or_else(default_eps),
+            rope_theta: get("rope.freq_base")
+                .and_then(MetaValue::as_f64)
+                .unwrap_or_else(default_theta),
+            output_layers: default_output_layers(),
+            max_length: default_max_length(),
+        })
+    }
+
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
@@ -142,10 +192,10 @@ fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f64) -> CResult<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
     q_norm: Tensor,
     k_norm: Tensor,
     heads: usize,
@@ -155,7 +205,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let (h, kv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -224,13 +274,13 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
 }
 
 impl Mlp {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
@@ -255,7 +305,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
@@ -300,7 +350,7 @@ pub struct Qwen3Encoder {
 
 impl Qwen3Encoder {
     /// Builds from a `VarBuilder` in HF naming (`model.embed_tokens`, `model.layers.{i}`...).
-    pub fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    pub fn new(cfg: &Config, vb: WeightBuilder) -> CResult<Self> {
         let vb = vb.pp("model");
         let layers = (0..cfg.layers_needed())
             .map(|i| DecoderLayer::new(cfg, vb.pp("layers").pp(i)))
@@ -425,10 +475,52 @@ pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32)> {
     Ok((tokenizer, pad_id))
 }
 
+/// How a checkpoint names the encoder's tensors.
+#[derive(Debug, Clone, Copy)]
+enum Naming {
+    /// transformers: `model.layers.N.self_attn.q_proj.weight`.
+    Hf,
+    /// transformers without the `model.` prefix.
+    HfWithoutModelPrefix,
+    /// llama.cpp GGUF: `blk.N.attn_q.weight`.
+    LlamaCpp,
+}
+
+/// The llama.cpp GGUF name of an internal (transformers) tensor name.
+pub fn llama_cpp_name(name: &str) -> String {
+    if name == "model.embed_tokens.weight" {
+        return "token_embd.weight".into();
+    }
+    if name == "model.norm.weight" {
+        return "output_norm.weight".into();
+    }
+    let Some(rest) = name.strip_prefix("model.layers.") else {
+        return name.to_string();
+    };
+    let Some((layer, field)) = rest.split_once('.') else {
+        return name.to_string();
+    };
+    let field = match field {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        other => other,
+    };
+    format!("blk.{layer}.{field}")
+}
+
 /// Files of a text encoder.
 #[derive(Debug, Clone)]
 pub struct TextEncoderFiles {
-    /// A `.safetensors` file or a folder of shards.
+    /// A `.safetensors` file, a folder of shards, or a `.gguf` file.
     pub weights: PathBuf,
     pub tokenizer: PathBuf,
     /// `config.json`; `None` uses `preset`.
@@ -445,10 +537,16 @@ impl TextEncoder {
         device: &Device,
     ) -> Result<Self> {
         crate::flux2::check_dtype(dtype, device)?;
-        let mut cfg = match (&files.config, preset) {
-            (Some(path), _) => Config::from_file(path)?,
-            (None, Some(p)) => p.clone(),
-            (None, None) => Config::qwen3_4b(),
+        let gguf = if files.weights.is_file() && is_gguf(&files.weights) {
+            Some(Arc::new(GgufFile::open(&files.weights)?))
+        } else {
+            None
+        };
+        let mut cfg = match (&files.config, preset, &gguf) {
+            (Some(path), _, _) => Config::from_file(path)?,
+            (None, _, Some(g)) if g.contains("token_embd.weight") => Config::from_gguf(g)?,
+            (None, Some(p), _) => p.clone(),
+            (None, None, _) => Config::qwen3_4b(),
         };
         if let Some(p) = preset {
             cfg.output_layers.clone_from(&p.output_layers);
@@ -462,27 +560,48 @@ impl TextEncoder {
             reason,
         })?;
         let (tokenizer, pad_id) = load_tokenizer(&files.tokenizer)?;
-        let weights = Arc::new(WeightFiles::open_path(&files.weights)?);
-        // HF files name it `model.embed_tokens`; some exports drop the `model.` prefix.
-        let prefix = if weights.contains("model.embed_tokens.weight") {
-            ""
-        } else if weights.contains("embed_tokens.weight") {
-            "strip"
-        } else {
-            return Err(Error::WrongModel {
-                path: weights.path().to_path_buf(),
-                expected: "a Qwen3 language model".into(),
-                found: guess_model_kind(&weights),
-            });
-        };
-        let map = move |n: &str| {
-            if prefix == "strip" {
-                Source::Name(n.strip_prefix("model.").unwrap_or(n).to_string())
-            } else {
-                Source::Name(n.to_string())
+        let (store, naming): (Arc<dyn TensorStore>, Naming) = match gguf {
+            Some(g) => {
+                let naming = if g.contains("token_embd.weight") {
+                    Naming::LlamaCpp
+                } else if g.contains("model.embed_tokens.weight") {
+                    Naming::Hf
+                } else if g.contains("embed_tokens.weight") {
+                    Naming::HfWithoutModelPrefix
+                } else {
+                    return Err(Error::WrongModel {
+                        path: g.path().to_path_buf(),
+                        expected: "a Qwen3 language model".into(),
+                        found: guess_model_kind(g.as_ref()),
+                    });
+                };
+                (g, naming)
+            }
+            None => {
+                let weights = Arc::new(WeightFiles::open_path(&files.weights)?);
+                // HF files name it `model.embed_tokens`; some exports drop the `model.` prefix.
+                let naming = if weights.contains("model.embed_tokens.weight") {
+                    Naming::Hf
+                } else if weights.contains("embed_tokens.weight") {
+                    Naming::HfWithoutModelPrefix
+                } else {
+                    return Err(Error::WrongModel {
+                        path: weights.path().to_path_buf(),
+                        expected: "a Qwen3 language model".into(),
+                        found: guess_model_kind(weights.as_ref()),
+                    });
+                };
+                (weights, naming)
             }
         };
-        let model = build_model(weights, map, dtype, device, |vb| {
+        let map = move |n: &str| match naming {
+            Naming::Hf => Source::Name(n.to_string()),
+            Naming::HfWithoutModelPrefix => {
+                Source::Name(n.strip_prefix("model.").unwrap_or(n).to_string())
+            }
+            Naming::LlamaCpp => Source::Name(llama_cpp_name(n)),
+        };
+        let model = build_quantizable(store, map, dtype, device, LinearFormat::AsStored, |vb| {
             Qwen3Encoder::new(&cfg, vb)
         })?;
         Ok(Self {

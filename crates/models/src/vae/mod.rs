@@ -344,7 +344,7 @@ pub fn load_vae(
         return Err(Error::WrongModel {
             path: files.path().to_path_buf(),
             expected: "the FLUX.2 VAE (with bn.running_mean)".into(),
-            found: guess_model_kind(&files),
+            found: guess_model_kind(files.as_ref()),
         });
     }
     let diffusers = files.contains("decoder.up_blocks.0.resnets.0.conv1.weight");

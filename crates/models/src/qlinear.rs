@@ -1,0 +1,248 @@
+//! Linear layers whose weights may stay quantized: [`QLinear`] and the [`WeightBuilder`] that makes
+//! them.
+//!
+//! A model built through a [`WeightBuilder`] gets each linear weight in the form its file keeps:
+//!
+//! * dense (safetensors f32/f16/bf16, or GGUF F32/F16/BF16): loaded in the compute dtype, a plain
+//!   matmul, exactly `candle_nn::Linear`;
+//! * GGUF block-quantized (Q8_0, Q4_K, ...): kept as a candle `QTensor`, multiplied by candle's
+//!   quantized kernels (CPU: activations quantized to 8 bits per block, llama.cpp's `vec_dot`;
+//!   CUDA: llama.cpp's MMQ/MMVQ kernels), output in the input's dtype;
+//! * fp8 e4m3 (ComfyUI's fp8 files, or any checkpoint loaded with [`LinearFormat::Fp8E4M3`]):
+//!   kept in fp8 with a per-row (or per-tensor) scale, cast to the compute dtype in `forward` and
+//!   the output scaled per output channel.
+//!
+//! Small tensors (norms, embeddings) always load dense in the compute dtype, dequantized at load.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::weights::MappedBackend;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// The largest finite fp8 e4m3 value.
+const F8E4M3_MAX: f64 = 448.0;
+
+/// How linear weights are kept when the file stores them dense.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinearFormat {
+    /// In the compute dtype (GGUF-quantized and fp8-stored weights stay as stored).
+    #[default]
+    AsStored,
+    /// Converted to fp8 e4m3 at load, one scale per output row.
+    Fp8E4M3,
+}
+
+/// A linear layer without bias, `y = x W^T`, with `W` `(out, in)` dense, GGUF-quantized or fp8.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    Dense(candle_nn::Linear),
+    Ggml(QMatMul),
+    Fp8 {
+        /// `(out, in)` in `DType::F8E4M3`.
+        weight: Tensor,
+        /// `(out,)` or a single value, in the compute dtype; `None`: 1.
+        scale: Option<Tensor>,
+        dtype: DType,
+    },
+}
+
+impl QLinear {
+    /// A GGUF-quantized weight (candle's quantized matmul).
+    pub fn ggml(weight: QTensor) -> Self {
+        Self::Ggml(QMatMul::QTensor(Arc::new(weight)))
+    }
+
+    /// A stored fp8 weight with its optional scale (one value, or one per output row).
+    pub fn fp8(weight: Tensor, scale: Option<Tensor>, dtype: DType) -> Result<Self, String> {
+        if weight.dtype() != DType::F8E4M3 {
+            return Err(format!(
+                "expected an fp8 e4m3 weight, found {:?}",
+                weight.dtype()
+            ));
+        }
+        let out = weight.dim(0).map_err(|e| e.to_string())?;
+        let scale = match scale {
+            None => None,
+            Some(s) => Some(
+                row_scale(&s, out).and_then(|s| s.to_dtype(dtype).map_err(|e| e.to_string()))?,
+            ),
+        };
+        Ok(Self::Fp8 {
+            weight,
+            scale,
+            dtype,
+        })
+    }
+
+    /// Converts a dense `(out, in)` weight to fp8 e4m3 with one scale per row
+    /// (`scale = max|row| / 448`), as fp8 checkpoints are made.
+    pub fn quantize_fp8(weight: &Tensor, dtype: DType) -> CResult<Self> {
+        let w = weight.to_dtype(DType::F32)?;
+        let amax = w.abs()?.max_keepdim(1)?; // (out, 1)
+        let scale = (amax / F8E4M3_MAX)?.clamp(f32::MIN_POSITIVE, f32::MAX)?;
+        let q = w.broadcast_div(&scale)?.to_dtype(DType::F8E4M3)?;
+        Ok(Self::Fp8 {
+            weight: q,
+            scale: Some(scale.squeeze(1)?.to_dtype(dtype)?),
+            dtype,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
+        match self {
+            Self::Dense(linear) => linear.forward(xs),
+            Self::Ggml(qmm) => qmm.forward(&xs.contiguous()?),
+            Self::Fp8 {
+                weight,
+                scale,
+                dtype,
+            } => {
+                let w = weight.to_dtype(*dtype)?;
+                let y = candle_nn::Linear::new(w, None).forward(xs)?;
+                match scale {
+                    Some(s) => y.broadcast_mul(s),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+
+    /// What the weight is kept as, e.g. `dense BF16`, `Q4K`, `fp8 e4m3`.
+    pub fn storage(&self) -> String {
+        match self {
+            Self::Dense(l) => format!("dense {:?}", l.weight().dtype()),
+            Self::Ggml(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
+            Self::Ggml(_) => "dequantized".into(),
+            Self::Fp8 { .. } => "fp8 e4m3".into(),
+        }
+    }
+}
+
+/// A scale tensor as `(out,)`: one value broadcast, or one per row (`(out,)` or `(out, 1)`).
+fn row_scale(scale: &Tensor, out: usize) -> Result<Tensor, String> {
+    let n = scale.elem_count();
+    let flat = scale.flatten_all().map_err(|e| e.to_string())?;
+    if n == 1 {
+        flat.reshape(()).map_err(|e| e.to_string())
+    } else if n == out {
+        Ok(flat)
+    } else {
+        Err(format!(
+            "fp8 scale of shape {:?} fits neither one value nor one per output row ({out}); \
+             per-block scales are not supported",
+            scale.dims()
+        ))
+    }
+}
+
+/// `w * scale` for a dense `(out, in)` weight and a per-tensor or per-row scale.
+pub(crate) fn apply_row_scale(w: &Tensor, scale: &Tensor) -> Result<Tensor, String> {
+    let out = w.dim(0).map_err(|e| e.to_string())?;
+    let s = row_scale(&scale.to_dtype(w.dtype()).map_err(|e| e.to_string())?, out)?;
+    let s = if s.rank() == 1 {
+        s.unsqueeze(1).map_err(|e| e.to_string())?
+    } else {
+        s
+    };
+    w.broadcast_mul(&s).map_err(|e| e.to_string())
+}
+
+/// What model constructors take instead of candle's `VarBuilder`: the same `pp`/`get`/`dtype`/
+/// `device`, plus linear layers in their stored (possibly quantized) form through
+/// [`linear_no_bias`].
+#[derive(Clone)]
+pub struct WeightBuilder {
+    vb: VarBuilder<'static>,
+    backend: Option<MappedBackend>,
+    linears: LinearFormat,
+}
+
+impl std::fmt::Debug for WeightBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightBuilder")
+            .field("prefix", &self.vb.prefix())
+            .field("linears", &self.linears)
+            .finish()
+    }
+}
+
+impl WeightBuilder {
+    pub(crate) fn new(
+        backend: MappedBackend,
+        dtype: DType,
+        device: &Device,
+        linears: LinearFormat,
+    ) -> Self {
+        Self {
+            vb: VarBuilder::from_backend(Box::new(backend.clone()), dtype, device.clone()),
+            backend: Some(backend),
+            linears,
+        }
+    }
+
+    /// Over a plain candle `VarBuilder` (every weight dense), e.g. for tests with random weights.
+    pub fn from_var_builder(vb: VarBuilder<'static>, linears: LinearFormat) -> Self {
+        Self {
+            vb,
+            backend: None,
+            linears,
+        }
+    }
+
+    pub fn pp<S: ToString>(&self, s: S) -> Self {
+        Self {
+            vb: self.vb.pp(s),
+            backend: self.backend.clone(),
+            linears: self.linears,
+        }
+    }
+
+    pub fn get<S: Into<Shape>>(&self, s: S, name: &str) -> CResult<Tensor> {
+        self.vb.get(s, name)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        let prefix = self.vb.prefix();
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    }
+}
+
+/// A linear layer `in_dim -> out_dim` without bias from `<prefix>.weight`, kept as stored.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: WeightBuilder) -> CResult<QLinear> {
+    if let Some(backend) = &vb.backend {
+        let name = vb.full_name("weight");
+        if let Some(l) = backend.stored_linear(&name, (out_dim, in_dim), vb.dtype(), vb.device())? {
+            return Ok(l);
+        }
+    }
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    match vb.linears {
+        LinearFormat::AsStored => Ok(QLinear::Dense(candle_nn::Linear::new(weight, None))),
+        LinearFormat::Fp8E4M3 => QLinear::quantize_fp8(&weight, vb.dtype()),
+    }
+}
+
+/// An embedding table `(vocab, hidden)` from `<prefix>.weight`, dequantized at load.
+pub fn embedding(vocab: usize, hidden: usize, vb: WeightBuilder) -> CResult<candle_nn::Embedding> {
+    Ok(candle_nn::Embedding::new(
+        vb.get((vocab, hidden), "weight")?,
+        hidden,
+    ))
+}
