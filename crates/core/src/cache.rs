@@ -112,33 +112,36 @@ pub struct EntryInfo {
     pub offloaded: bool,
 }
 
-/// Seconds added to a value's idle time in [`eviction_score`], so that values used a moment ago
-/// still rank by size and cost instead of all scoring zero.
+/// Idle times shorter than this count as this long in [`eviction_score`]: within one run every
+/// value was used "just now", and they rank by size and cost (ties by least recent use).
 pub const SCORE_IDLE_FLOOR: Duration = Duration::from_secs(1);
-/// Seconds added to a value's compute time in [`eviction_score`], so that values that cost
-/// nothing to recompute (constants) do not score infinity and still rank by size and age.
+/// Compute times shorter than this count as this long in [`eviction_score`]: below it,
+/// measured durations are mostly timer and scheduler noise, and a value that costs nothing to
+/// recompute (a constant) must not score infinity.
 pub const SCORE_COST_FLOOR: Duration = Duration::from_millis(10);
 
-/// How much the cache gains by moving a value down a tier; the highest score goes first.
+/// How much the cache gains by moving a value down a tier; the highest score goes first, and
+/// equal scores go least recently used first.
 ///
-/// `score = bytes × (idle + 1 s) / (compute + 10 ms)`
+/// `score = bytes × max(idle, 1 s) / max(compute, 10 ms)`
 ///
 /// * `bytes`: what the value holds in the tier that needs room (device bytes when making room on
 ///   the device, host bytes when the host tier is over budget): freeing more is better;
 /// * `idle`: time since the value was last used (stored or read): a value nobody asked for in a
 ///   while is less likely to be asked for next;
-/// * `compute`: how long the node took to make it (measured when it ran): the time lost if the
-///   value has to be recomputed, so expensive values stay.
+/// * `compute`: how long its node took to make it (measured when it ran): the time lost if it
+///   has to be recomputed, so expensive values stay.
 ///
-/// ComfyUI's `RAMPressureCache` scores `1.3^generations × bytes` (no cost term, host memory
-/// only); its `ScoreCache` experiment scores `age × size / exec_time` without floors, so a
-/// value used this instant scores 0 whatever its size and a free-to-compute one scores
-/// infinity. The floors keep all three terms in play. A device value that can move is offloaded
-/// to host memory rather than dropped, so a high score costs a transfer first and a recompute
-/// only if the host tier later drops it too.
+/// So a 4 GiB latent made in 50 ms goes before a 200 MiB text embedding that took 3 s, and of
+/// two equal values the one idle for a minute goes first. ComfyUI's `RAMPressureCache` scores
+/// `1.3^generations × bytes` (no cost term, host memory only); its `ScoreCache` experiment scores
+/// `age × size / exec_time` without floors, so a value used this instant scores 0 whatever its
+/// size and a free-to-compute one scores infinity. Here a device value that can move is
+/// offloaded to host memory rather than dropped, so a high score costs a transfer first, and a
+/// recompute only if the host tier later drops it too.
 pub fn eviction_score(bytes: u64, idle: Duration, compute: Duration) -> f64 {
-    bytes as f64 * (idle + SCORE_IDLE_FLOOR).as_secs_f64()
-        / (compute + SCORE_COST_FLOOR).as_secs_f64()
+    bytes as f64 * idle.max(SCORE_IDLE_FLOOR).as_secs_f64()
+        / compute.max(SCORE_COST_FLOOR).as_secs_f64()
 }
 
 struct Entry {
