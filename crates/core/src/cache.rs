@@ -249,14 +249,12 @@ impl OutputCache {
         let mut bytes = sum_bytes(&outputs);
         let mut offloaded = false;
         if exceeds(bytes.device, self.budgets.device) {
-            match offload(&outputs) {
-                Ok(Some(host)) => {
-                    outputs = host;
-                    bytes = sum_bytes(&outputs);
-                    offloaded = true;
-                    self.stats.offloads += 1;
-                }
-                Ok(None) | Err(_) => {}
+            // Too big for the device tier on its own: keep it in host memory if it can move.
+            if let Ok(Some(host)) = offload(&outputs) {
+                outputs = host;
+                bytes = sum_bytes(&outputs);
+                offloaded = true;
+                self.stats.offloads += 1;
             }
         }
         if exceeds(bytes.device, self.budgets.device) || exceeds(bytes.host, self.budgets.host) {
@@ -527,6 +525,24 @@ mod tests {
         assert_eq!(evicted[0].key, key(2));
         assert!(cache.contains(&key(1)) && cache.contains(&key(3)));
         assert_eq!(cache.usage().host, 200);
+    }
+
+    #[test]
+    fn score_rises_with_bytes_and_idle_time_and_falls_with_compute_time() {
+        let s = |bytes, idle_s, compute_ms| {
+            eviction_score(
+                bytes,
+                Duration::from_secs(idle_s),
+                Duration::from_millis(compute_ms),
+            )
+        };
+        assert!(s(200, 0, 0) > s(100, 0, 0));
+        assert!(s(100, 60, 0) > s(100, 0, 0));
+        assert!(s(100, 0, 10) > s(100, 0, 3000));
+        // Below the floors, differences are noise: equal scores (ties go least recent first).
+        assert_eq!(s(100, 0, 1), s(100, 0, 9));
+        // A 4 GiB latent made in 50 ms goes before a 200 MiB embedding that took 3 s.
+        assert!(s(4 << 30, 0, 50) > s(200 << 20, 0, 3000));
     }
 
     #[test]

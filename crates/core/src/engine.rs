@@ -30,8 +30,8 @@ use petgraph::Direction;
 use crate::cache::{Budgets, CacheKey, Eviction, OutputCache};
 use crate::cancel::CancelToken;
 use crate::events::{Event, EventSink, MemoryPoint};
-use crate::memory::{format_bytes, DeviceMemory, DeviceProbe, HostMemory, PeakSampler};
 use crate::graph::Graph;
+use crate::memory::{format_bytes, DeviceMemory, DeviceProbe, HostMemory, PeakSampler};
 use crate::node::{panic_message, ExecContext, Freshness, NodeDef, NodeError, Params, RunEnv};
 use crate::registry::NodeRegistry;
 use crate::validate::{check_graph, ValidationError};
@@ -643,7 +643,14 @@ impl Engine {
                 report.outputs.insert(pg[t].id.clone(), v);
             }
         }
-        self.memory_reading(run, MemoryPoint::RunFinished, None, None, events, &mut tally);
+        self.memory_reading(
+            run,
+            MemoryPoint::RunFinished,
+            None,
+            None,
+            events,
+            &mut tally,
+        );
         report.memory = tally.report;
         report.duration = started.elapsed();
         Ok(report)
@@ -692,7 +699,10 @@ impl Engine {
     /// offloaded inputs, moves those inputs back to the device, executes it while measuring its
     /// peak, and on running out of device memory moves every other cached value off the device
     /// and tries once more.
-    #[expect(clippy::too_many_arguments, reason = "the run's state, passed down once")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's state, passed down once"
+    )]
     fn run_node(
         &mut self,
         ix: NodeIndex,
@@ -774,7 +784,9 @@ impl Engine {
                     message,
                     ..
                 }) => {
-                    let needed = match (needed, estimate) {
+                    // The type-wide fallback is a guess; only this shape's own peak is evidence.
+                    let measured = self.peaks.by_shape.get(&shape).copied();
+                    let needed = match (needed, measured) {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
@@ -939,7 +951,10 @@ impl Engine {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the run's state, passed down once")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's state, passed down once"
+    )]
     fn execute(
         &self,
         ix: NodeIndex,

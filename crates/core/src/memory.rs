@@ -328,7 +328,10 @@ mod tests {
             mem.available.unwrap(),
             mem.total.unwrap(),
         );
-        assert!(rss > 0 && avail > 0 && avail <= total && rss < total, "{mem:?}");
+        assert!(
+            rss > 0 && avail > 0 && avail <= total && rss < total,
+            "{mem:?}"
+        );
     }
 
     #[test]
