@@ -217,8 +217,12 @@ impl PeakBook {
 
     fn learn(&mut self, shape: [u8; 32], node_type: &str, peak: u64) {
         self.by_shape.insert(shape, peak);
-        let t = self.by_type.entry(node_type.to_string()).or_default();
-        *t = (*t).max(peak);
+        match self.by_type.get_mut(node_type) {
+            Some(t) => *t = (*t).max(peak),
+            None => {
+                self.by_type.insert(node_type.to_string(), peak);
+            }
+        }
     }
 }
 

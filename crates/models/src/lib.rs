@@ -6,9 +6,11 @@
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
 //! * [`preview`]: latent-to-RGB previews for every step.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
+//! * [`device`]: device memory as the driver reports it (free, total).
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
+pub mod device;
 pub mod error;
 pub mod flux2;
 pub mod preview;
