@@ -5,8 +5,8 @@
 //!
 //! ```toml
 //! [cache]
-//! vram_budget = "16GiB"   # bytes the output cache may hold on the GPU
-//! ram_budget = "8GiB"     # bytes it may hold in host memory
+//! vram_budget = "16GiB"   # device bytes Veetance may use: cached values plus the running node
+//! ram_budget = "50%"      # bytes cached values may hold in host memory (a size or a share)
 //!
 //! [paths]
 //! models_dir = "models"   # ComfyUI layout: diffusion_models/, text_encoders/, vae/
@@ -88,17 +88,32 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
-        other => bail!("{text:?}: unknown size unit {other:?} (use KiB, MiB, GiB or TiB)"),
+        other => bail!(
+            "{text:?}: unknown size unit {other:?} (use KiB, MiB, GiB or TiB, or a share like 80%)"
+        ),
     };
     Ok((value * mult).round() as u64)
 }
 
-/// Total physical memory, from /proc/meminfo on Linux.
-pub fn total_ram_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Parses a budget: a byte size (see [`parse_size`]) or a share of `total` such as `80%`.
+/// `total` is the device's or the machine's memory, `None` when unknown.
+pub fn parse_budget(text: &str, total: Option<u64>) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let Some(share) = t.strip_suffix('%') else {
+        return parse_size(t);
+    };
+    let percent: f64 = share
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &f64| (0.0..=100.0).contains(p))
+        .with_context(|| {
+            format!("{text:?} is not a share (use 0% to 100%, or a size like 16GiB)")
+        })?;
+    let Some(total) = total else {
+        bail!("{text:?}: a share needs the memory size, which is not known here; give a size such as 16GiB")
+    };
+    Ok((total as f64 * percent / 100.0).round() as u64)
 }
 
 /// Formats bytes for people: `1.50 GiB`.
@@ -130,6 +145,20 @@ mod tests {
         assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn budgets_are_sizes_or_shares() {
+        assert_eq!(parse_budget("8GiB", None).unwrap(), 8 << 30);
+        assert_eq!(parse_budget("50%", Some(1000)).unwrap(), 500);
+        assert_eq!(parse_budget(" 12.5 % ", Some(1000)).unwrap(), 125);
+        assert!(parse_budget("50%", None).is_err());
+        assert!(parse_budget("150%", Some(1000)).is_err());
+        let err = parse_budget("16XB", Some(1000)).unwrap_err().to_string();
+        assert!(
+            err.contains("16XB") && err.contains("unknown size unit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use veetance_core::events::FanOut;
-use veetance_core::{validate, Budgets, CancelToken, Engine, EventSink, RunEnv, RunOptions};
+use veetance_core::{
+    validate, Budgets, CancelToken, DeviceMemory, Engine, EventSink, HostMemory, MemoryReport,
+    RunEnv, RunOptions,
+};
 use veetance_workflow::WorkflowFile;
 
-use crate::config::{format_size, parse_size, total_ram_bytes, ConfigFile};
+use crate::config::{format_size, parse_budget, CacheSection, ConfigFile};
 use crate::load::{apply_sets, default_workflow, load_workflow};
 use crate::progress::{JsonLines, TerminalProgress};
 use crate::{CommonArgs, Failure, RunArgs};
@@ -44,7 +47,16 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
         .clone()
         .or(config.paths.models_dir)
         .unwrap_or_else(|| PathBuf::from("models"));
-    let budgets = budgets(args, &config.cache).map_err(Failure::invalid)?;
+    let probe = veetance_nodes::device_probe();
+    let device_at_start = probe.as_ref().and_then(|p| p.memory());
+    let budgets = budgets(
+        args,
+        &config.cache,
+        config_path.as_deref(),
+        device_at_start,
+        &HostMemory::read(),
+    )
+    .map_err(Failure::invalid)?;
     tracing::info!(
         "cache budgets: vram {}, ram {}",
         budgets
@@ -96,6 +108,9 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
     install_ctrl_c(cancel.clone());
 
     let mut engine = Engine::new(registry, budgets);
+    if let Some(probe) = probe {
+        engine = engine.with_device_probe(probe);
+    }
     let options = RunOptions {
         targets: (!args.targets.is_empty()).then(|| args.targets.clone()),
         env,
@@ -117,6 +132,7 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
                     report.executed.len(),
                     report.cached.len()
                 );
+                eprintln!("{}", memory_summary(&report.memory));
             }
             Ok(())
         }
@@ -125,20 +141,116 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
     }
 }
 
-pub fn budgets(args: &RunArgs, cache: &crate::config::CacheSection) -> anyhow::Result<Budgets> {
-    let pick =
-        |flag: &Option<String>, file: &Option<String>, what: &str| -> anyhow::Result<Option<u64>> {
-            match flag.as_ref().or(file.as_ref()) {
-                Some(text) => parse_size(text)
-                    .map(Some)
-                    .map_err(|e| anyhow!("{what}: {e}")),
-                None => Ok(None),
-            }
-        };
-    let device = pick(&args.vram_budget, &cache.vram_budget, "--vram-budget")?;
-    let host = pick(&args.ram_budget, &cache.ram_budget, "--ram-budget")?
-        .or_else(|| total_ram_bytes().map(|t| t / 2));
-    Ok(Budgets { device, host })
+/// The run's byte budgets: `--vram-budget` / `--ram-budget`, else `[cache]` in the config file,
+/// else the defaults below. A budget is a size (`16GiB`) or a share of the memory (`80%`: of the
+/// GPU's total for VRAM, of the machine's RAM for the host).
+pub fn budgets(
+    args: &RunArgs,
+    cache: &CacheSection,
+    config_path: Option<&Path>,
+    device: Option<DeviceMemory>,
+    host: &HostMemory,
+) -> anyhow::Result<Budgets> {
+    let pick = |flag: &Option<String>,
+                file: &Option<String>,
+                flag_name: &str,
+                key: &str,
+                total: Option<u64>|
+     -> anyhow::Result<Option<u64>> {
+        if let Some(text) = flag {
+            return parse_budget(text, total)
+                .map(Some)
+                .map_err(|e| anyhow!("{flag_name}: {e}"));
+        }
+        if let Some(text) = file {
+            let place = config_path.map_or_else(
+                || "the config file".to_string(),
+                |p| p.display().to_string(),
+            );
+            return parse_budget(text, total)
+                .map(Some)
+                .map_err(|e| anyhow!("{place}: [cache] {key}: {e}"));
+        }
+        Ok(None)
+    };
+    let device_budget = pick(
+        &args.vram_budget,
+        &cache.vram_budget,
+        "--vram-budget",
+        "vram_budget",
+        device.map(|d| d.total),
+    )?;
+    if let (Some(b), Some(d)) = (device_budget, device) {
+        if b > d.free {
+            tracing::warn!(
+                "the VRAM budget ({}) is more than the GPU has free ({}); the engine also keeps \
+                 to what the driver reports free",
+                format_size(b),
+                format_size(d.free)
+            );
+        }
+    }
+    let host_budget = pick(
+        &args.ram_budget,
+        &cache.ram_budget,
+        "--ram-budget",
+        "ram_budget",
+        host.total,
+    )?;
+    Ok(Budgets {
+        device: device_budget.or_else(|| device.map(default_device_budget)),
+        host: host_budget.or_else(|| default_host_budget(host)),
+    })
+}
+
+/// The default VRAM budget: 90% of the GPU's memory minus what is in use when the run starts
+/// (other programs, and this process's CUDA context). The 10% kept back covers what the engine
+/// does not see as values: cuBLAS/cuDNN workspaces, kernels, allocator fragmentation. Without a
+/// GPU there is no device budget.
+pub fn default_device_budget(device: DeviceMemory) -> u64 {
+    (device.total / 10 * 9).saturating_sub(device.used())
+}
+
+/// The default RAM budget for cached values: half of the memory the system has available when
+/// the run starts (`MemAvailable`), leaving the rest to model weights being loaded, the OS and
+/// other programs; half of the total where availability is unknown; unlimited where both are.
+pub fn default_host_budget(host: &HostMemory) -> Option<u64> {
+    host.available.or(host.total).map(|bytes| bytes / 2)
+}
+
+/// One line for people: the run's memory peaks and tier moves.
+pub fn memory_summary(m: &MemoryReport) -> String {
+    let device = match (m.device_peak_used, m.device_total) {
+        (Some(peak), Some(total)) => format!(
+            "device peak {} of {}{}",
+            format_size(peak),
+            format_size(total),
+            m.device_budget
+                .map(|b| format!(" (budget {})", format_size(b)))
+                .unwrap_or_default()
+        ),
+        _ => "no device readings".to_string(),
+    };
+    let rss = m
+        .process_rss_peak
+        .map(|r| format!(", process peak {}", format_size(r)))
+        .unwrap_or_default();
+    let mut line = format!(
+        "memory: {device}{rss}, cache peak {} device / {} host",
+        format_size(m.cache_peak.device),
+        format_size(m.cache_peak.host)
+    );
+    if m.offloaded + m.reloaded + m.dropped + m.oom_retries > 0 {
+        line.push_str(&format!(
+            "; {} offloaded, {} reloaded, {} dropped, {} out-of-memory retr{}",
+            m.offloaded,
+            m.reloaded,
+            m.dropped,
+            m.oom_retries,
+            if m.oom_retries == 1 { "y" } else { "ies" }
+        ));
+    }
+    line
 }
 
 /// Makes sure the output folder exists and can be written, before anything runs.

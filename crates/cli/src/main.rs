@@ -93,12 +93,14 @@ pub struct RunArgs {
     #[arg(long = "target", value_name = "NODE")]
     pub targets: Vec<String>,
 
-    /// Byte budget for cached values on the GPU, e.g. `16GiB`.
-    #[arg(long, value_name = "SIZE")]
+    /// GPU memory Veetance may use (cached values plus the running node), e.g. `16GiB` or `80%`
+    /// (default: 90% of the GPU minus what is in use at start).
+    #[arg(long, value_name = "SIZE|N%")]
     pub vram_budget: Option<String>,
 
-    /// Byte budget for cached values in host memory, e.g. `8GiB` (default: half the RAM).
-    #[arg(long, value_name = "SIZE")]
+    /// Host memory cached values may hold, e.g. `8GiB` or `50%` (default: half of the memory
+    /// available at start).
+    #[arg(long, value_name = "SIZE|N%")]
     pub ram_budget: Option<String>,
 
     /// Folder of model files, laid out as ComfyUI keeps them (default: `models`).
@@ -172,9 +174,16 @@ fn main() -> ExitCode {
 /// Opens the editor, with the workflow given (if any).
 #[cfg(feature = "editor")]
 fn editor(workflow: Option<PathBuf>, run: &RunArgs, common: &CommonArgs) -> Result<(), Failure> {
-    let (config, _) =
+    let (config, config_path) =
         config::ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
-    let budgets = headless::budgets(run, &config.cache).map_err(Failure::invalid)?;
+    let budgets = headless::budgets(
+        run,
+        &config.cache,
+        config_path.as_deref(),
+        veetance_nodes::device_probe().and_then(|p| p.memory()),
+        &veetance_core::HostMemory::read(),
+    )
+    .map_err(Failure::invalid)?;
     if let Some(path) = &workflow {
         if !path.exists() {
             return Err(Failure::invalid(anyhow::anyhow!(

@@ -149,7 +149,11 @@ impl EventSink for TerminalProgress {
                 // Warnings show even in quiet mode.
                 self.multi.suspend(|| eprintln!("warning: {at}{message}"));
             }
-            Event::Preview { .. } | Event::Error { .. } | Event::RunFinished { .. } => {}
+            // Memory readings are summed up in one line after the run (see `memory_summary`).
+            Event::Preview { .. }
+            | Event::Error { .. }
+            | Event::RunFinished { .. }
+            | Event::Memory { .. } => {}
         }
     }
 }

@@ -149,6 +149,73 @@ fn events_are_json_lines_with_node_timings_and_cache_flags() {
         .iter()
         .all(|l| l["cached"] == false && l["duration_ms"].is_number()));
     assert!(lines.iter().any(|l| l["event"] == "output_written"));
+    // Memory readings: at the start, after each executed node, at the end.
+    let memory: Vec<_> = lines.iter().filter(|l| l["event"] == "memory").collect();
+    assert_eq!(memory.len(), 6 + 2, "{memory:?}");
+    assert_eq!(memory[0]["at"], "run_started");
+    assert_eq!(memory[7]["at"], "run_finished");
+    for m in &memory {
+        assert!(
+            m["cache_device"].is_u64() && m["cache_host"].is_u64(),
+            "{m}"
+        );
+        if cfg!(target_os = "linux") {
+            assert!(m["process_rss"].as_u64().is_some_and(|r| r > 0), "{m}");
+            assert!(m["host_available"].is_u64(), "{m}");
+        }
+    }
+    assert!(
+        memory[7]["cache_host"].as_u64().unwrap() > 0,
+        "the image is cached"
+    );
+}
+
+#[test]
+fn headless_run_ends_with_a_memory_summary_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(veetance()
+        .args(["--headless"])
+        .arg(hello())
+        .arg("--out")
+        .arg(dir.path().join("out")));
+    assert_eq!(code, 0, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("memory:"))
+        .unwrap_or_else(|| panic!("no memory line in: {stderr}"));
+    assert!(line.contains("cache peak"), "{line}");
+    if cfg!(target_os = "linux") {
+        assert!(line.contains("process peak"), "{line}");
+    }
+}
+
+#[test]
+fn bad_budgets_are_invalid_naming_the_flag_or_the_config_key() {
+    assert_invalid(
+        None,
+        &["--vram-budget", "16XB"],
+        &["--vram-budget", "16XB", "unknown size unit"],
+    );
+    assert_invalid(None, &["--ram-budget", "120%"], &["--ram-budget", "120%"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("veetance.toml");
+    std::fs::write(&config, "[cache]\nram_budget = \"16XB\"\n").unwrap();
+    let config_arg = config.display().to_string();
+    assert_invalid(
+        None,
+        &["--config", &config_arg],
+        &[&config_arg, "[cache] ram_budget", "16XB"],
+    );
+
+    // The flag wins over the file: the bad value in the file is never read.
+    let (code, _, stderr) = run(veetance()
+        .args(["--headless", "-q", "--ram-budget", "64MiB", "--config"])
+        .arg(&config)
+        .arg(hello())
+        .arg("--out")
+        .arg(dir.path().join("out")));
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// Every invalid input: exit code 2, one `error:` line naming the place, no panic, nothing

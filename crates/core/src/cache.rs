@@ -1,5 +1,6 @@
 //! The output cache: node outputs stored under content-hash keys, with byte accounting per
-//! memory tier and least-recently-used eviction when a tier is over its budget.
+//! memory tier, and a tiered eviction (device → host → dropped) by a score that weighs bytes,
+//! idle time and the time to recompute (see [`eviction_score`]).
 //!
 //! A key is a hash of (node type, node version, canonical params, keys of the inputs), so it
 //! holds no node ids: renumbering or moving nodes keeps every entry valid, and an unchanged
@@ -8,11 +9,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::value::{MemBytes, Value};
+use crate::value::{MemBytes, Object, Value};
 
 /// The content-hash key of a node's outputs.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,17 +80,26 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub inserts: u64,
+    /// Entries dropped (to be recomputed when needed again).
     pub evictions: u64,
     /// Values not kept because they alone exceed a tier's budget.
     pub rejected: u64,
+    /// Entries moved from the device to host memory.
+    pub offloads: u64,
+    /// Entries moved back from host memory to the device.
+    pub reloads: u64,
 }
 
-/// A value dropped from the cache to keep within budget.
+/// A cache entry moved down a tier to keep within budget or to make room on the device.
 #[derive(Clone, Debug)]
 pub struct Eviction {
     pub key: CacheKey,
     pub node_type: String,
+    /// What the entry held before it moved.
     pub bytes: MemBytes,
+    /// The values as they now sit in host memory, when the entry moved from the device to the
+    /// host tier; `None` when it was dropped.
+    pub offloaded: Option<Arc<[Value]>>,
 }
 
 /// A summary of one entry, for telemetry.
@@ -98,6 +108,40 @@ pub struct EntryInfo {
     pub node_type: String,
     pub bytes: MemBytes,
     pub compute_ms: f64,
+    /// Moved from the device to host memory; moved back when a node needs it.
+    pub offloaded: bool,
+}
+
+/// Idle times shorter than this count as this long in [`eviction_score`]: within one run every
+/// value was used "just now", and they rank by size and cost (ties by least recent use).
+pub const SCORE_IDLE_FLOOR: Duration = Duration::from_secs(1);
+/// Compute times shorter than this count as this long in [`eviction_score`]: below it,
+/// measured durations are mostly timer and scheduler noise, and a value that costs nothing to
+/// recompute (a constant) must not score infinity.
+pub const SCORE_COST_FLOOR: Duration = Duration::from_millis(10);
+
+/// How much the cache gains by moving a value down a tier; the highest score goes first, and
+/// equal scores go least recently used first.
+///
+/// `score = bytes × max(idle, 1 s) / max(compute, 10 ms)`
+///
+/// * `bytes`: what the value holds in the tier that needs room (device bytes when making room on
+///   the device, host bytes when the host tier is over budget): freeing more is better;
+/// * `idle`: time since the value was last used (stored or read): a value nobody asked for in a
+///   while is less likely to be asked for next;
+/// * `compute`: how long its node took to make it (measured when it ran): the time lost if it
+///   has to be recomputed, so expensive values stay.
+///
+/// So a 4 GiB latent made in 50 ms goes before a 200 MiB text embedding that took 3 s, and of
+/// two equal values the one idle for a minute goes first. ComfyUI's `RAMPressureCache` scores
+/// `1.3^generations × bytes` (no cost term, host memory only); its `ScoreCache` experiment scores
+/// `age × size / exec_time` without floors, so a value used this instant scores 0 whatever its
+/// size and a free-to-compute one scores infinity. Here a device value that can move is
+/// offloaded to host memory rather than dropped, so a high score costs a transfer first, and a
+/// recompute only if the host tier later drops it too.
+pub fn eviction_score(bytes: u64, idle: Duration, compute: Duration) -> f64 {
+    bytes as f64 * idle.max(SCORE_IDLE_FLOOR).as_secs_f64()
+        / compute.max(SCORE_COST_FLOOR).as_secs_f64()
 }
 
 struct Entry {
@@ -105,10 +149,28 @@ struct Entry {
     node_type: String,
     bytes: MemBytes,
     compute: Duration,
-    last_used: u64,
+    /// When it was last stored or read, for the score.
+    last_used: Instant,
+    /// Logical clock of the last use: breaks ties between equal scores (older goes first).
+    last_tick: u64,
+    offloaded: bool,
+}
+
+/// Which tier [`OutputCache::demote_best`] makes room in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    Device,
+    Host,
 }
 
 /// Node outputs by key, within per-tier byte budgets.
+///
+/// Tiers: device memory → host memory → dropped. When the device tier is over budget (or the
+/// engine needs room for a node) the entry with the highest [`eviction_score`] moves down:
+/// its payloads are asked to move to host memory ([`crate::Payload::to_host`]); a value that
+/// cannot move, fails to, or does not fit the host budget is dropped and recomputed when needed.
+/// When the host tier is over budget, entries are dropped by the same score over host bytes.
+/// The engine moves an offloaded entry back ([`OutputCache::promote`]) before a node uses it.
 pub struct OutputCache {
     entries: KeyMap<Entry>,
     budgets: Budgets,
@@ -145,12 +207,14 @@ impl OutputCache {
         }
     }
 
-    /// The outputs under `key`, marking them recently used.
+    /// The outputs under `key`, marking them recently used. They may sit in host memory (see
+    /// [`OutputCache::is_offloaded`]).
     pub fn get(&mut self, key: &CacheKey) -> Option<Arc<[Value]>> {
         self.clock += 1;
         match self.entries.get_mut(key) {
             Some(e) => {
-                e.last_used = self.clock;
+                e.last_used = Instant::now();
+                e.last_tick = self.clock;
                 self.stats.hits += 1;
                 Some(e.outputs.clone())
             }
@@ -165,9 +229,15 @@ impl OutputCache {
         self.entries.contains_key(key)
     }
 
-    /// Stores outputs, then evicts least-recently-used entries until every tier is within
-    /// budget. A value larger than a budget on its own is not kept (it is recomputed when
-    /// needed again). Returns what was evicted.
+    /// Whether the entry under `key` was moved from the device to host memory.
+    pub fn is_offloaded(&self, key: &CacheKey) -> bool {
+        self.entries.get(key).is_some_and(|e| e.offloaded)
+    }
+
+    /// Stores outputs, then moves entries down a tier until every tier is within budget (never
+    /// this one). A value larger than the device budget on its own is stored offloaded when it
+    /// can move to host memory; one that fits no tier is not kept (it is recomputed when needed
+    /// again). Returns what moved or was dropped.
     pub fn insert(
         &mut self,
         key: CacheKey,
@@ -175,9 +245,18 @@ impl OutputCache {
         outputs: Arc<[Value]>,
         compute: Duration,
     ) -> Vec<Eviction> {
-        let bytes = outputs
-            .iter()
-            .fold(MemBytes::ZERO, |acc, v| acc + v.mem_bytes());
+        let mut outputs = outputs;
+        let mut bytes = sum_bytes(&outputs);
+        let mut offloaded = false;
+        if exceeds(bytes.device, self.budgets.device) {
+            // Too big for the device tier on its own: keep it in host memory if it can move.
+            if let Ok(Some(host)) = offload(&outputs) {
+                outputs = host;
+                bytes = sum_bytes(&outputs);
+                offloaded = true;
+                self.stats.offloads += 1;
+            }
+        }
         if exceeds(bytes.device, self.budgets.device) || exceeds(bytes.host, self.budgets.host) {
             self.stats.rejected += 1;
             return Vec::new();
@@ -193,42 +272,153 @@ impl OutputCache {
                 node_type: node_type.into(),
                 bytes,
                 compute,
-                last_used: self.clock,
+                last_used: Instant::now(),
+                last_tick: self.clock,
+                offloaded,
             },
         );
         self.used += bytes;
         self.stats.inserts += 1;
-        self.enforce_budgets(Some(key))
+        self.enforce_budgets(&[key])
     }
 
-    /// Evicts until within budget, never the `keep` entry. Returns what was evicted.
-    fn enforce_budgets(&mut self, keep: Option<CacheKey>) -> Vec<Eviction> {
+    /// Replaces an offloaded entry's values by the same values moved back to the device (the
+    /// engine does the move before a node uses them) and marks it used. Entries moved down to
+    /// keep within budget are never this one nor one of `pinned` (the node's other inputs).
+    pub fn promote(
+        &mut self,
+        key: &CacheKey,
+        outputs: Arc<[Value]>,
+        pinned: &[CacheKey],
+    ) -> Vec<Eviction> {
+        self.clock += 1;
+        let Some(e) = self.entries.get_mut(key) else {
+            return Vec::new();
+        };
+        let bytes = sum_bytes(&outputs);
+        self.used -= e.bytes;
+        self.used += bytes;
+        e.bytes = bytes;
+        e.outputs = outputs;
+        e.offloaded = false;
+        e.last_used = Instant::now();
+        e.last_tick = self.clock;
+        self.stats.reloads += 1;
+        let mut keep = pinned.to_vec();
+        keep.push(*key);
+        self.enforce_budgets(&keep)
+    }
+
+    /// Moves the device entry with the highest score (not one of `pinned`) down a tier: to host
+    /// memory when its payloads can move and it fits the host budget, else out of the cache.
+    /// Returns what happened (host entries dropped to make room for it come first), or an empty
+    /// list when no entry outside `pinned` holds device bytes.
+    pub fn demote_best(&mut self, pinned: &[CacheKey]) -> Vec<Eviction> {
+        match self.best_victim(Tier::Device, pinned) {
+            Some(victim) => self.demote(victim, pinned),
+            None => Vec::new(),
+        }
+    }
+
+    /// The entry with the highest score holding bytes in `tier`, outside `pinned`.
+    fn best_victim(&self, tier: Tier, pinned: &[CacheKey]) -> Option<CacheKey> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter(|(k, _)| !pinned.contains(k))
+            .filter_map(|(k, e)| {
+                let bytes = match tier {
+                    Tier::Device => e.bytes.device,
+                    Tier::Host => e.bytes.host,
+                };
+                (bytes > 0).then(|| {
+                    let idle = now.saturating_duration_since(e.last_used);
+                    (eviction_score(bytes, idle, e.compute), e.last_tick, *k)
+                })
+            })
+            // Highest score; among equal scores the least recently used.
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, _, k)| k)
+    }
+
+    /// Moves `key` from the device to host memory, or drops it.
+    fn demote(&mut self, key: CacheKey, pinned: &[CacheKey]) -> Vec<Eviction> {
+        let Some(e) = self.entries.get(&key) else {
+            return Vec::new();
+        };
+        let host = match offload(&e.outputs) {
+            Ok(Some(host)) => Some(host),
+            Ok(None) | Err(_) => None,
+        };
+        let Some(host) = host else {
+            return self.drop_entry(key).into_iter().collect();
+        };
+        let host_bytes = sum_bytes(&host);
+        if exceeds(host_bytes.host, self.budgets.host) || host_bytes.device > 0 {
+            // Does not fit the host tier on its own, or did not leave the device after all.
+            return self.drop_entry(key).into_iter().collect();
+        }
+        let e = self.entries.get_mut(&key).expect("checked above");
+        let before = e.bytes;
+        self.used -= e.bytes;
+        self.used += host_bytes;
+        e.bytes = host_bytes;
+        e.outputs = host.clone();
+        e.offloaded = true;
+        self.stats.offloads += 1;
+        let moved = Eviction {
+            key,
+            node_type: e.node_type.clone(),
+            bytes: before,
+            offloaded: Some(host),
+        };
+        // Room for it in the host tier: drop host entries by score (possibly this one).
+        let mut keep: Vec<CacheKey> = pinned.to_vec();
+        keep.retain(|k| *k != key);
+        let mut out = Vec::new();
+        let mut moved = Some(moved);
+        while exceeds(self.used.host, self.budgets.host) {
+            let Some(victim) = self.best_victim(Tier::Host, &keep) else {
+                break;
+            };
+            if victim == key {
+                moved = None;
+            }
+            out.extend(self.drop_entry(victim));
+        }
+        out.extend(moved);
+        out
+    }
+
+    fn drop_entry(&mut self, key: CacheKey) -> Option<Eviction> {
+        let e = self.entries.remove(&key)?;
+        self.used -= e.bytes;
+        self.stats.evictions += 1;
+        Some(Eviction {
+            key,
+            node_type: e.node_type,
+            bytes: e.bytes,
+            offloaded: None,
+        })
+    }
+
+    /// Moves entries down until within budget, never the `keep` entries. Returns what moved.
+    fn enforce_budgets(&mut self, keep: &[CacheKey]) -> Vec<Eviction> {
         let mut evicted = Vec::new();
         loop {
-            let device_over = exceeds(self.used.device, self.budgets.device);
-            let host_over = exceeds(self.used.host, self.budgets.host);
-            if !device_over && !host_over {
+            if exceeds(self.used.device, self.budgets.device) {
+                let moved = self.demote_best(keep);
+                if moved.is_empty() {
+                    break;
+                }
+                evicted.extend(moved);
+            } else if exceeds(self.used.host, self.budgets.host) {
+                let Some(victim) = self.best_victim(Tier::Host, keep) else {
+                    break;
+                };
+                evicted.extend(self.drop_entry(victim));
+            } else {
                 break;
-            }
-            // The least recently used entry holding bytes in an over-budget tier.
-            let victim = self
-                .entries
-                .iter()
-                .filter(|(k, e)| {
-                    Some(**k) != keep
-                        && ((device_over && e.bytes.device > 0) || (host_over && e.bytes.host > 0))
-                })
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| *k);
-            let Some(victim) = victim else { break };
-            if let Some(e) = self.entries.remove(&victim) {
-                self.used -= e.bytes;
-                self.stats.evictions += 1;
-                evicted.push(Eviction {
-                    key: victim,
-                    node_type: e.node_type,
-                    bytes: e.bytes,
-                });
             }
         }
         evicted
@@ -238,10 +428,10 @@ impl OutputCache {
         self.budgets
     }
 
-    /// Changes the budgets, evicting at once if now over.
+    /// Changes the budgets, moving entries down at once if now over.
     pub fn set_budgets(&mut self, budgets: Budgets) -> Vec<Eviction> {
         self.budgets = budgets;
-        self.enforce_budgets(None)
+        self.enforce_budgets(&[])
     }
 
     /// Bytes held, per tier.
@@ -268,16 +458,40 @@ impl OutputCache {
 
     /// What the cache holds, most recently used first.
     pub fn entries(&self) -> Vec<EntryInfo> {
-        let mut v: Vec<(&Entry, u64)> = self.entries.values().map(|e| (e, e.last_used)).collect();
-        v.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        let mut v: Vec<&Entry> = self.entries.values().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.last_tick));
         v.into_iter()
-            .map(|(e, _)| EntryInfo {
+            .map(|e| EntryInfo {
                 node_type: e.node_type.clone(),
                 bytes: e.bytes,
                 compute_ms: e.compute.as_secs_f64() * 1e3,
+                offloaded: e.offloaded,
             })
             .collect()
     }
+}
+
+fn sum_bytes(values: &[Value]) -> MemBytes {
+    values
+        .iter()
+        .fold(MemBytes::ZERO, |acc, v| acc + v.mem_bytes())
+}
+
+/// `values` with every payload that holds device bytes moved to host memory. `Ok(None)` when one
+/// of them cannot move; `Err` when a move failed.
+pub(crate) fn offload(values: &[Value]) -> Result<Option<Arc<[Value]>>, String> {
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        match v {
+            Value::Object(o) if o.payload.mem_bytes().device > 0 => match o.payload.to_host() {
+                Some(Ok(payload)) => out.push(Value::Object(Object { ty: o.ty, payload })),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
+            },
+            other => out.push(other.clone()),
+        }
+    }
+    Ok(Some(out.into()))
 }
 
 fn exceeds(used: u64, budget: Option<u64>) -> bool {
@@ -311,6 +525,24 @@ mod tests {
         assert_eq!(evicted[0].key, key(2));
         assert!(cache.contains(&key(1)) && cache.contains(&key(3)));
         assert_eq!(cache.usage().host, 200);
+    }
+
+    #[test]
+    fn score_rises_with_bytes_and_idle_time_and_falls_with_compute_time() {
+        let s = |bytes, idle_s, compute_ms| {
+            eviction_score(
+                bytes,
+                Duration::from_secs(idle_s),
+                Duration::from_millis(compute_ms),
+            )
+        };
+        assert!(s(200, 0, 0) > s(100, 0, 0));
+        assert!(s(100, 60, 0) > s(100, 0, 0));
+        assert!(s(100, 0, 10) > s(100, 0, 3000));
+        // Below the floors, differences are noise: equal scores (ties go least recent first).
+        assert_eq!(s(100, 0, 1), s(100, 0, 9));
+        // A 4 GiB latent made in 50 ms goes before a 200 MiB embedding that took 3 s.
+        assert!(s(4 << 30, 0, 50) > s(200 << 20, 0, 3000));
     }
 
     #[test]

@@ -10,8 +10,15 @@
 //!    stops the walk, so nothing upstream of it runs;
 //! 5. execute the marked nodes in order, storing outputs in the cache, checking the cancel token
 //!    between nodes, and dropping each intermediate value once its last consumer has run.
+//!
+//! Device memory (see `docs/ARCHITECTURE.md`, "Device memory"): before a node runs, the engine
+//! makes room on the device for the node's peak use (learned from earlier runs) and for its
+//! inputs that sit offloaded in host memory, by moving other cached values down a tier; it then
+//! moves those inputs back and tells the node its room ([`ExecContext::device_room`]). While the
+//! node runs, its peak is measured through the [`DeviceProbe`]. A node that runs out of device
+//! memory is retried once after everything else has left the device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,14 +27,18 @@ use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
 
-use crate::cache::{Budgets, CacheKey, OutputCache};
+use crate::cache::{Budgets, CacheKey, Eviction, OutputCache};
 use crate::cancel::CancelToken;
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, MemoryPoint};
 use crate::graph::Graph;
+use crate::memory::{format_bytes, DeviceMemory, DeviceProbe, HostMemory, PeakSampler};
 use crate::node::{panic_message, ExecContext, Freshness, NodeDef, NodeError, Params, RunEnv};
 use crate::registry::NodeRegistry;
 use crate::validate::{check_graph, ValidationError};
-use crate::value::Value;
+use crate::value::{MemBytes, Object, Value};
+
+/// How often the background sampler reads the device probe while a node runs.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(2);
 
 /// What to run and where.
 #[derive(Clone, Debug, Default)]
@@ -53,6 +64,47 @@ pub struct RunReport {
     /// The outputs of the target nodes.
     pub outputs: BTreeMap<String, Arc<[Value]>>,
     pub duration: Duration,
+    /// Memory telemetry of the run.
+    pub memory: MemoryReport,
+}
+
+/// What a run did with memory. The readings (everything `Option`) are taken when an event sink
+/// listens or a device probe is set; the counters always.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryReport {
+    /// Device size as the driver reports it.
+    pub device_total: Option<u64>,
+    /// The most device bytes in use (by every process) at any reading, samples taken while
+    /// nodes ran included.
+    pub device_peak_used: Option<u64>,
+    /// The device budget the run kept to.
+    pub device_budget: Option<u64>,
+    /// The largest resident size of this process at a reading (start, after each node, end).
+    pub process_rss_peak: Option<u64>,
+    /// The most bytes the output cache held per tier at a reading.
+    pub cache_peak: MemBytes,
+    /// Cache entries moved from the device to host memory, moved back, and dropped.
+    pub offloaded: usize,
+    pub reloaded: usize,
+    pub dropped: usize,
+    /// Nodes run a second time after running out of device memory.
+    pub oom_retries: usize,
+    /// Device bytes each executed node added at its peak, by node id, in run order.
+    pub node_peaks: Vec<(String, u64)>,
+}
+
+impl MemoryReport {
+    fn observe(&mut self, device: Option<DeviceMemory>, host: &HostMemory, cache: MemBytes) {
+        if let Some(d) = device {
+            self.device_total = Some(d.total);
+            self.device_peak_used = Some(self.device_peak_used.unwrap_or(0).max(d.used()));
+        }
+        if let Some(rss) = host.process_rss {
+            self.process_rss_peak = Some(self.process_rss_peak.unwrap_or(0).max(rss));
+        }
+        self.cache_peak.device = self.cache_peak.device.max(cache.device);
+        self.cache_peak.host = self.cache_peak.host.max(cache.host);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +123,26 @@ pub enum RunError {
     },
     #[error("run cancelled{}", .node.as_ref().map(|n| format!(" at node '{n}'")).unwrap_or_default())]
     Cancelled { node: Option<String> },
+    /// The node ran out of device memory twice: once as planned, once more after every other
+    /// cached value had left the device.
+    #[error(
+        "node '{node}' ({node_type}) ran out of device memory{}{}: {message}. Lower the \
+         resolution or batch size, use a tiled decode, close other programs using the GPU, or \
+         raise --vram-budget if it is below the card's memory",
+        .needed.map(|n| format!(": it needed {}", format_bytes(n))).unwrap_or_default(),
+        .free.map(|f| format!(", {} was free after moving every other cached value off the device", format_bytes(f))).unwrap_or_default()
+    )]
+    OutOfMemory {
+        node: String,
+        node_type: String,
+        /// Bytes the node needed, as far as known: what it asked for, or its measured peak on an
+        /// earlier run, whichever is larger.
+        needed: Option<u64>,
+        /// Device bytes free to it when it failed the second time (the smaller of the driver's
+        /// free memory and what the budget leaves).
+        free: Option<u64>,
+        message: String,
+    },
 }
 
 impl RunError {
@@ -105,6 +177,8 @@ struct Slot<'g> {
     required: bool,
     /// Served from the cache while planning, so its inputs were never asked for.
     served_in_plan: bool,
+    /// `values` were moved to host memory by the cache; moved back before a node uses them.
+    offloaded: bool,
     /// Remaining consumers among the nodes to process; the value is dropped at zero.
     consumers: usize,
     values: Option<Arc<[Value]>>,
@@ -115,6 +189,60 @@ pub struct Engine {
     registry: Arc<NodeRegistry>,
     cache: OutputCache,
     runs: u64,
+    probe: Option<Arc<dyn DeviceProbe>>,
+    peaks: PeakBook,
+}
+
+/// Device bytes nodes added at their peak, learned as they run.
+///
+/// Keyed by the node's *shape*: its type and version, its params other than seeds, and for each
+/// linked input its port, type and byte size (see `shape_key`). A seed changes what a node
+/// computes, not how much memory it takes; a different size, step count or model changes both.
+/// The latest measurement wins, so a disturbance (another program allocating while a node was
+/// sampled) heals on the next run. A shape never seen falls back to the largest peak of the node
+/// type, a conservative guess.
+#[derive(Debug, Default)]
+struct PeakBook {
+    by_shape: HashMap<[u8; 32], u64>,
+    by_type: HashMap<String, u64>,
+}
+
+impl PeakBook {
+    fn estimate(&self, shape: &[u8; 32], node_type: &str) -> Option<u64> {
+        self.by_shape
+            .get(shape)
+            .or_else(|| self.by_type.get(node_type))
+            .copied()
+    }
+
+    fn learn(&mut self, shape: [u8; 32], node_type: &str, peak: u64) {
+        self.by_shape.insert(shape, peak);
+        match self.by_type.get_mut(node_type) {
+            Some(t) => *t = (*t).max(peak),
+            None => {
+                self.by_type.insert(node_type.to_string(), peak);
+            }
+        }
+    }
+}
+
+/// What a run did so far with device memory, and the readings for its report.
+#[derive(Default)]
+struct Tally {
+    report: MemoryReport,
+    /// Take readings (an event sink listens or a probe is set).
+    readings: bool,
+}
+
+/// Room on the device while the engine moves values off it. The driver may not report freed
+/// memory at once (CUDA's stream-ordered allocator keeps freed blocks in its pool until the
+/// stream synchronizes, where this process can reuse them but `cuMemGetInfo` does not count
+/// them), so bytes the engine freed itself are credited on top of the free memory first read.
+#[derive(Clone, Copy, Debug, Default)]
+struct Credit {
+    first_free: Option<u64>,
+    freed: u64,
+    reloaded: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -133,6 +261,54 @@ impl Engine {
             registry,
             cache: OutputCache::new(budgets),
             runs: 0,
+            probe: None,
+            peaks: PeakBook::default(),
+        }
+    }
+
+    /// Reads device memory through `probe`: runs then measure each node's peak, make room for
+    /// it before it runs, and report device telemetry. Without a probe only the cache's own byte
+    /// accounting and the device budget guide the engine.
+    pub fn with_device_probe(mut self, probe: Arc<dyn DeviceProbe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    pub fn set_device_probe(&mut self, probe: Option<Arc<dyn DeviceProbe>>) {
+        self.probe = probe;
+    }
+
+    /// The device's memory now, when a probe is set and answers.
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        self.probe.as_ref().and_then(|p| p.memory())
+    }
+
+    /// The largest peak learned for a node type, in device bytes.
+    pub fn learned_peak(&self, node_type: &str) -> Option<u64> {
+        self.peaks.by_type.get(node_type).copied()
+    }
+
+    /// Device bytes a node may use now: what the budget leaves beside the cache's device bytes,
+    /// and what the driver reports free, whichever is smaller; `None` when neither is known.
+    pub fn device_room(&self) -> Option<u64> {
+        self.room(Credit::default())
+    }
+
+    fn room(&self, credit: Credit) -> Option<u64> {
+        let budget_room = self
+            .cache
+            .budgets()
+            .device
+            .map(|b| b.saturating_sub(self.cache.usage().device));
+        let driver_room = self.device_memory().map(|m| match credit.first_free {
+            Some(first) => m
+                .free
+                .max((first + credit.freed).saturating_sub(credit.reloaded)),
+            None => m.free,
+        });
+        match (budget_room, driver_room) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -168,6 +344,7 @@ impl Engine {
                 let node = match e {
                     RunError::NodeFailed { node, .. } => Some(node.clone()),
                     RunError::Cancelled { node } => node.clone(),
+                    RunError::OutOfMemory { node, .. } => Some(node.clone()),
                     _ => None,
                 };
                 events.emit(&Event::Error {
@@ -301,6 +478,7 @@ impl Engine {
                 inputs,
                 required: false,
                 served_in_plan: false,
+                offloaded: false,
                 consumers: 0,
                 values: None,
             });
@@ -325,6 +503,9 @@ impl Engine {
             if let Some(values) = hit {
                 slot.values = Some(values);
                 slot.served_in_plan = true;
+                if let KeyState::Known(k) = slot.key {
+                    slot.offloaded = self.cache.is_offloaded(&k);
+                }
                 continue;
             }
             let sources: Vec<NodeIndex> = slot.inputs.iter().map(|(s, _, _)| *s).collect();
@@ -346,6 +527,12 @@ impl Engine {
             nodes: order.len(),
             to_execute,
         });
+        let mut tally = Tally {
+            readings: events.enabled() || self.probe.is_some(),
+            ..Tally::default()
+        };
+        tally.report.device_budget = self.cache.budgets().device;
+        self.memory_reading(run, MemoryPoint::RunStarted, None, None, events, &mut tally);
 
         let mut report = RunReport {
             run,
@@ -354,6 +541,7 @@ impl Engine {
             up_to_date: 0,
             outputs: BTreeMap::new(),
             duration: Duration::ZERO,
+            memory: MemoryReport::default(),
         };
 
         for &ix in &order {
@@ -391,9 +579,14 @@ impl Engine {
                         KeyState::Known(k) => self.cache.get(&k),
                         _ => None,
                     };
+                    let offloaded = match key {
+                        KeyState::Known(k) => self.cache.is_offloaded(&k),
+                        _ => false,
+                    };
                     let slot = slots[ix.index()].as_mut().expect("planned");
                     slot.key = key;
                     slot.values = hit;
+                    slot.offloaded = offloaded;
                 }
             }
             let slot = slots[ix.index()].as_ref().expect("planned");
@@ -411,16 +604,29 @@ impl Engine {
                         node: Some(node.id.clone()),
                     });
                 }
-                let (values, elapsed) = self.execute(ix, graph, &slots, env, options, events)?;
+                let (values, elapsed) =
+                    self.run_node(ix, graph, &mut slots, env, options, events, &mut tally)?;
                 let slot = slots[ix.index()].as_mut().expect("planned");
                 if slot.freshness == Freshness::Always {
                     slot.key = content_key(slot, &values, pg, ix);
                 } else if let KeyState::Known(k) = slot.key {
-                    self.cache
+                    let moved = self
+                        .cache
                         .insert(k, &node.type_name, values.clone(), elapsed);
+                    apply_moves(&moved, &mut slots, &mut tally);
                 }
+                let slot = slots[ix.index()].as_mut().expect("planned");
                 slot.values = Some(values);
+                slot.offloaded = false;
                 report.executed.push(node.id.clone());
+                self.memory_reading(
+                    run,
+                    MemoryPoint::NodeFinished,
+                    Some(&node.id),
+                    tally.report.node_peaks.last().map(|(_, p)| *p),
+                    events,
+                    &mut tally,
+                );
             }
             // This node has consumed its inputs: release those with no consumer left.
             let slot = slots[ix.index()].as_ref().expect("planned");
@@ -441,8 +647,281 @@ impl Engine {
                 report.outputs.insert(pg[t].id.clone(), v);
             }
         }
+        self.memory_reading(
+            run,
+            MemoryPoint::RunFinished,
+            None,
+            None,
+            events,
+            &mut tally,
+        );
+        report.memory = tally.report;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Takes a memory reading: into the run's report, and as an [`Event::Memory`].
+    fn memory_reading(
+        &self,
+        run: u64,
+        at: MemoryPoint,
+        node: Option<&str>,
+        node_peak: Option<u64>,
+        events: &dyn EventSink,
+        tally: &mut Tally,
+    ) {
+        if !tally.readings {
+            return;
+        }
+        let device = self.device_memory();
+        let host = HostMemory::read();
+        let cache = self.cache.usage();
+        tally.report.observe(device, &host, cache);
+        if events.enabled() {
+            let r = &tally.report;
+            events.emit(&Event::Memory {
+                run,
+                at,
+                node: node.map(str::to_string),
+                device_free: device.map(|d| d.free),
+                device_total: device.map(|d| d.total),
+                device_budget: self.cache.budgets().device,
+                node_peak,
+                process_rss: host.process_rss,
+                host_available: host.available,
+                host_total: host.total,
+                cache_device: cache.device,
+                cache_host: cache.host,
+                offloaded: r.offloaded,
+                reloaded: r.reloaded,
+                dropped: r.dropped,
+            });
+        }
+    }
+
+    /// Runs one node with device memory in mind: makes room for its learned peak and for its
+    /// offloaded inputs, moves those inputs back to the device, executes it while measuring its
+    /// peak, and on running out of device memory moves every other cached value off the device
+    /// and tries once more.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's state, passed down once"
+    )]
+    fn run_node(
+        &mut self,
+        ix: NodeIndex,
+        graph: &Graph,
+        slots: &mut [Option<Slot<'_>>],
+        env: &RunEnv,
+        options: &RunOptions,
+        events: &dyn EventSink,
+        tally: &mut Tally,
+    ) -> Result<(Arc<[Value]>, Duration), RunError> {
+        let node = &graph.petgraph()[ix];
+        let (pinned, shape, reload_bytes) = {
+            let slot = slots[ix.index()].as_ref().expect("planned");
+            let mut pinned = Vec::new();
+            let mut reload_bytes = 0;
+            let mut seen = Vec::new();
+            for (src, _, _) in &slot.inputs {
+                let Some(s) = slots[src.index()].as_ref() else {
+                    continue;
+                };
+                if let KeyState::Known(k) = s.key {
+                    pinned.push(k);
+                }
+                if s.offloaded && !seen.contains(src) {
+                    seen.push(*src);
+                    reload_bytes += s.values.as_deref().map_or(0, object_host_bytes);
+                }
+            }
+            (pinned, shape_key(slot, slots), reload_bytes)
+        };
+        let estimate = self.peaks.estimate(&shape, &node.type_name);
+        let need = reload_bytes + estimate.unwrap_or(0);
+        let mut credit = self.make_room(need, &pinned, slots, tally);
+
+        let mut retried = false;
+        loop {
+            let attempt = self
+                .reload_inputs(ix, node, &pinned, slots, tally, &mut credit)
+                .and_then(|()| {
+                    let room = self.room(credit);
+                    let sampler = self
+                        .probe
+                        .clone()
+                        .map(|p| PeakSampler::start(p, SAMPLE_PERIOD));
+                    let result = self.execute(ix, graph, slots, env, options, events, room);
+                    let seen = sampler.map(PeakSampler::finish);
+                    if let Some(peak) = seen.and_then(|s| s.peak_used) {
+                        let r = &mut tally.report;
+                        r.device_peak_used = Some(r.device_peak_used.unwrap_or(0).max(peak));
+                    }
+                    result.map(|ok| (ok, seen.and_then(|s| s.node_peak)))
+                });
+            match attempt {
+                Ok(((values, elapsed), measured)) => {
+                    // Without a probe, the outputs' own device bytes: a lower bound.
+                    let peak = measured.unwrap_or_else(|| {
+                        values.iter().map(|v| v.mem_bytes().device).sum::<u64>()
+                    });
+                    self.peaks.learn(shape, &node.type_name, peak);
+                    tally.report.node_peaks.push((node.id.clone(), peak));
+                    return Ok((values, elapsed));
+                }
+                Err(RunError::OutOfMemory { message, .. }) if !retried => {
+                    retried = true;
+                    tally.report.oom_retries += 1;
+                    let moved = self.offload_all(&pinned, slots, tally, &mut credit);
+                    events.emit(&Event::Warning {
+                        node: Some(node.id.clone()),
+                        message: format!(
+                            "out of device memory ({message}); moved {moved} cached value(s) off \
+                             the device, retrying once"
+                        ),
+                    });
+                }
+                Err(RunError::OutOfMemory {
+                    node,
+                    node_type,
+                    needed,
+                    message,
+                    ..
+                }) => {
+                    // The type-wide fallback is a guess; only this shape's own peak is evidence.
+                    let measured = self.peaks.by_shape.get(&shape).copied();
+                    let needed = match (needed, measured) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                    return Err(RunError::OutOfMemory {
+                        node,
+                        node_type,
+                        needed,
+                        free: self.room(credit),
+                        message,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves cached values (never `pinned`) down a tier, best score first, until `need` device
+    /// bytes are free to the next node or nothing more can move.
+    fn make_room(
+        &mut self,
+        need: u64,
+        pinned: &[CacheKey],
+        slots: &mut [Option<Slot<'_>>],
+        tally: &mut Tally,
+    ) -> Credit {
+        let mut credit = Credit {
+            first_free: self.device_memory().map(|m| m.free),
+            ..Credit::default()
+        };
+        if need == 0 {
+            return credit;
+        }
+        while self.room(credit).is_some_and(|room| room < need) {
+            let moved = self.cache.demote_best(pinned);
+            if moved.is_empty() {
+                break;
+            }
+            credit.freed += apply_moves(&moved, slots, tally);
+        }
+        credit
+    }
+
+    /// Moves every cached value but `pinned` off the device. Returns how many moved.
+    fn offload_all(
+        &mut self,
+        pinned: &[CacheKey],
+        slots: &mut [Option<Slot<'_>>],
+        tally: &mut Tally,
+        credit: &mut Credit,
+    ) -> usize {
+        let mut count = 0;
+        loop {
+            let moved = self.cache.demote_best(pinned);
+            if moved.is_empty() {
+                return count;
+            }
+            count += moved.len();
+            credit.freed += apply_moves(&moved, slots, tally);
+        }
+    }
+
+    /// Moves the node's offloaded inputs back to the device ([`crate::Payload::to_device`]).
+    fn reload_inputs(
+        &mut self,
+        ix: NodeIndex,
+        node: &crate::graph::NodeInstance,
+        pinned: &[CacheKey],
+        slots: &mut [Option<Slot<'_>>],
+        tally: &mut Tally,
+        credit: &mut Credit,
+    ) -> Result<(), RunError> {
+        let inputs = slots[ix.index()].as_ref().expect("planned").inputs.clone();
+        for (src, _, port) in inputs {
+            let Some(s) = slots[src.index()].as_ref() else {
+                continue;
+            };
+            let (true, Some(values)) = (s.offloaded, s.values.clone()) else {
+                continue;
+            };
+            let key = s.key;
+            let mut back = Vec::with_capacity(values.len());
+            for v in values.iter() {
+                match v {
+                    Value::Object(o) => match o.payload.to_device() {
+                        Some(Ok(payload)) => back.push(Value::Object(Object { ty: o.ty, payload })),
+                        Some(Err(e)) => {
+                            let message = format!(
+                                "input '{port}': its cached value could not be moved back to \
+                                 the device: {e}"
+                            );
+                            return Err(if crate::memory::is_out_of_memory_message(&e) {
+                                RunError::OutOfMemory {
+                                    node: node.id.clone(),
+                                    node_type: node.type_name.clone(),
+                                    needed: Some(object_host_bytes(&values)),
+                                    free: None,
+                                    message,
+                                }
+                            } else {
+                                RunError::NodeFailed {
+                                    node: node.id.clone(),
+                                    node_type: node.type_name.clone(),
+                                    message,
+                                }
+                            });
+                        }
+                        None => back.push(v.clone()),
+                    },
+                    other => back.push(other.clone()),
+                }
+            }
+            let back: Arc<[Value]> = back.into();
+            credit.reloaded += back.iter().map(|v| v.mem_bytes().device).sum::<u64>();
+            tally.report.reloaded += 1;
+            for slot in slots.iter_mut().flatten() {
+                if slot.key == key && slot.offloaded && slot.values.is_some() {
+                    slot.values = Some(back.clone());
+                    slot.offloaded = false;
+                }
+            }
+            if let Some(s) = slots[src.index()].as_mut() {
+                // Not keyed (never cached): only this slot holds it.
+                s.values = Some(back.clone());
+                s.offloaded = false;
+            }
+            if let KeyState::Known(k) = key {
+                let moved = self.cache.promote(&k, back, pinned);
+                credit.freed += apply_moves(&moved, slots, tally);
+            }
+        }
+        Ok(())
     }
 
     /// Computes a key once the Always nodes it depends on have run.
@@ -476,6 +955,10 @@ impl Engine {
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run's state, passed down once"
+    )]
     fn execute(
         &self,
         ix: NodeIndex,
@@ -484,6 +967,7 @@ impl Engine {
         env: &RunEnv,
         options: &RunOptions,
         events: &dyn EventSink,
+        device_room: Option<u64>,
     ) -> Result<(Arc<[Value]>, Duration), RunError> {
         let pg = graph.petgraph();
         let node = &pg[ix];
@@ -523,7 +1007,8 @@ impl Engine {
             node_type: node.type_name.clone(),
         });
         let t0 = Instant::now();
-        let mut ctx = ExecContext::new(&node.id, params, inputs, env, &options.cancel, events);
+        let mut ctx = ExecContext::new(&node.id, params, inputs, env, &options.cancel, events)
+            .with_device_room(device_room);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| def.execute(&mut ctx)));
         let elapsed = t0.elapsed();
         let values = match outcome {
@@ -533,7 +1018,20 @@ impl Engine {
                     node: Some(node.id.clone()),
                 })
             }
-            Ok(Err(NodeError::Failed(m))) => return Err(fail(m)),
+            Ok(Err(e)) if e.is_out_of_memory() => {
+                let (needed, message) = match e {
+                    NodeError::OutOfMemory { needed, message } => (needed, message),
+                    other => (None, other.to_string()),
+                };
+                return Err(RunError::OutOfMemory {
+                    node: node.id.clone(),
+                    node_type: node.type_name.clone(),
+                    needed,
+                    free: None,
+                    message,
+                });
+            }
+            Ok(Err(e)) => return Err(fail(e.to_string())),
             Err(panic) => {
                 return Err(fail(format!(
                     "internal error (please report): {}",
@@ -668,4 +1166,99 @@ fn content_key(
         }
     }
     KeyState::Known(CacheKey(*h.finalize().as_bytes()))
+}
+
+/// Applies cache moves to the run's values: a slot holding a value the cache moved to host
+/// memory takes the host copy (so the device copy is really freed); a dropped value a slot still
+/// holds stays with the run until its consumers ran. Returns the device bytes freed.
+fn apply_moves(moved: &[Eviction], slots: &mut [Option<Slot<'_>>], tally: &mut Tally) -> u64 {
+    let mut freed = 0;
+    for ev in moved {
+        match ev.offloaded {
+            Some(_) => tally.report.offloaded += 1,
+            None => tally.report.dropped += 1,
+        }
+        let mut still_on_device = false;
+        for slot in slots.iter_mut().flatten() {
+            if slot.key != KeyState::Known(ev.key) || slot.values.is_none() || slot.offloaded {
+                continue;
+            }
+            match &ev.offloaded {
+                Some(host) => {
+                    slot.values = Some(host.clone());
+                    slot.offloaded = true;
+                }
+                None => still_on_device = true,
+            }
+        }
+        if !still_on_device {
+            freed += ev.bytes.device;
+        }
+    }
+    freed
+}
+
+/// Host bytes of the objects among `values`: what moving them back to the device takes.
+fn object_host_bytes(values: &[Value]) -> u64 {
+    values
+        .iter()
+        .filter(|v| matches!(v, Value::Object(_)))
+        .map(|v| v.mem_bytes().host)
+        .sum()
+}
+
+/// Whether a param is a seed: it changes what a node computes, not the memory it takes, so it
+/// stays out of the peak key. Names: `seed`, `noise_seed`, or anything ending in `_seed`.
+fn is_seed_param(name: &str) -> bool {
+    name == "seed" || name.ends_with("_seed")
+}
+
+/// The key under which a node's device peak is learned: type, version, params except seeds
+/// (linked params by their value), and each linked input's port, type and byte size.
+fn shape_key(slot: &Slot<'_>, slots: &[Option<Slot<'_>>]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"veetance-peak-v1\0");
+    let Some(def) = &slot.def else {
+        return *h.finalize().as_bytes();
+    };
+    let schema = def.schema();
+    h.update(schema.type_name.as_bytes());
+    h.update(&schema.version.to_le_bytes());
+    let source = |src: NodeIndex, out: usize| {
+        slots[src.index()]
+            .as_ref()
+            .and_then(|s| s.values.as_ref())
+            .and_then(|v| v.get(out).cloned())
+    };
+    for (name, value) in &slot.params.0 {
+        if is_seed_param(name) {
+            continue;
+        }
+        h.update(b"p");
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        let linked = slot.inputs.iter().find(|(_, _, port)| port == name);
+        let value = match linked {
+            Some((src, out, _)) => source(*src, *out),
+            None => Some(value.clone()),
+        };
+        if let Some(v) = value {
+            if !v.hash_content(&mut h) {
+                h.update(&v.mem_bytes().total().to_le_bytes());
+            }
+        }
+    }
+    for (src, out, port) in &slot.inputs {
+        if schema.param_def(port).is_some() {
+            continue;
+        }
+        h.update(b"i");
+        h.update(port.as_bytes());
+        h.update(&[0]);
+        if let Some(v) = source(*src, *out) {
+            h.update(v.port_type().name().as_bytes());
+            h.update(&v.mem_bytes().total().to_le_bytes());
+        }
+    }
+    *h.finalize().as_bytes()
 }

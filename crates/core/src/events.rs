@@ -55,6 +55,33 @@ pub enum Event {
         node: Option<String>,
         message: String,
     },
+    /// Memory telemetry: at the start of a run, after each executed node, and at the end. Fields
+    /// are `null` where unknown (no device probe; not Linux for the host fields).
+    Memory {
+        run: u64,
+        at: MemoryPoint,
+        /// The node that just finished (`at: "node_finished"`).
+        node: Option<String>,
+        /// Free and total device bytes as the driver reports them (all processes).
+        device_free: Option<u64>,
+        device_total: Option<u64>,
+        /// The run's device budget (what Veetance may hold on the device).
+        device_budget: Option<u64>,
+        /// Device bytes the node added at its peak, measured while it ran.
+        node_peak: Option<u64>,
+        /// Resident memory of this process.
+        process_rss: Option<u64>,
+        /// Host memory the system can still give out, and its total.
+        host_available: Option<u64>,
+        host_total: Option<u64>,
+        /// Bytes the output cache holds per tier.
+        cache_device: u64,
+        cache_host: u64,
+        /// Cache entries moved to host memory, moved back, and dropped so far in this run.
+        offloaded: usize,
+        reloaded: usize,
+        dropped: usize,
+    },
     RunFinished {
         run: u64,
         ok: bool,
@@ -64,6 +91,15 @@ pub enum Event {
         /// in it.
         cached: usize,
     },
+}
+
+/// When a [`Event::Memory`] reading was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryPoint {
+    RunStarted,
+    NodeFinished,
+    RunFinished,
 }
 
 /// Receives events. Implementations must be cheap: they are called on the engine thread.

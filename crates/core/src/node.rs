@@ -93,11 +93,36 @@ pub enum NodeError {
     Cancelled,
     #[error("{0}")]
     Failed(String),
+    /// The device ran out of memory. The engine also recognises `Failed` messages from candle's
+    /// CUDA errors (`CUDA_ERROR_OUT_OF_MEMORY`, "out of memory"), so nodes may pass those on
+    /// as they are.
+    #[error("out of device memory: {message}")]
+    OutOfMemory {
+        /// Bytes the node asked for, when it knows.
+        needed: Option<u64>,
+        message: String,
+    },
 }
 
 impl NodeError {
     pub fn failed(message: impl Into<String>) -> Self {
         NodeError::Failed(message.into())
+    }
+
+    pub fn out_of_memory(needed: Option<u64>, message: impl Into<String>) -> Self {
+        NodeError::OutOfMemory {
+            needed,
+            message: message.into(),
+        }
+    }
+
+    /// Whether this is a device out-of-memory error, structured or by its message.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            NodeError::OutOfMemory { .. } => true,
+            NodeError::Failed(m) => crate::memory::is_out_of_memory_message(m),
+            NodeError::Cancelled => false,
+        }
     }
 }
 

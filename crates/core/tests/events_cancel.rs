@@ -113,10 +113,12 @@ fn token_cancelled_before_the_run_executes_nothing() {
     assert!(h.log.take().is_empty());
 }
 
-/// An event reduced to what a test compares: (kind, node, cached flag).
+/// An event reduced to what a test compares: (kind, node, cached flag). Memory readings are left
+/// out (tests/memory.rs checks them).
 fn outline(events: &[Event]) -> Vec<(&'static str, String, bool)> {
     events
         .iter()
+        .filter(|e| !matches!(e, Event::Memory { .. }))
         .map(|e| match e {
             Event::RunStarted { to_execute, .. } => ("run_started", to_execute.to_string(), false),
             Event::NodeStarted { node, .. } => ("node_started", node.clone(), false),
@@ -213,7 +215,8 @@ fn a_failed_run_ends_with_an_error_event_naming_the_node() {
         .run(&guarded_chain(), &RunOptions::default(), &sink)
         .unwrap_err();
     let events = sink.take();
-    let tail = &outline(&events)[events.len() - 2..];
+    let outline = outline(&events);
+    let tail = &outline[outline.len() - 2..];
     assert_eq!(
         tail,
         [ev("error", "guard", false), ev("run_finished", "", false)]
@@ -257,22 +260,33 @@ fn events_serialize_to_json_lines() {
         tags,
         [
             "run_started",
+            "memory",
             "node_started",
             "node_finished",
+            "memory",
             "node_started",
             "node_finished",
+            "memory",
+            "memory",
             "run_finished",
             "preview"
         ]
     );
     assert_eq!(parsed[0]["to_execute"], 2);
-    assert_eq!(parsed[2]["node"], "c");
-    assert_eq!(parsed[2]["node_type"], "Const");
-    assert_eq!(parsed[2]["cached"], false);
-    assert!(parsed[2]["duration_ms"].is_number());
-    assert_eq!(parsed[5]["ok"], true);
-    assert_eq!(parsed[5]["executed"], 2);
+    assert_eq!(parsed[1]["at"], "run_started");
+    assert_eq!(parsed[3]["node"], "c");
+    assert_eq!(parsed[3]["node_type"], "Const");
+    assert_eq!(parsed[3]["cached"], false);
+    assert!(parsed[3]["duration_ms"].is_number());
+    assert_eq!(parsed[4]["at"], "node_finished");
+    assert_eq!(parsed[4]["node"], "c");
+    // No device probe: device fields are null, cache bytes are numbers.
+    assert!(parsed[4]["device_free"].is_null());
+    assert_eq!(parsed[4]["cache_device"], 0);
+    assert_eq!(parsed[8]["at"], "run_finished");
+    assert_eq!(parsed[9]["ok"], true);
+    assert_eq!(parsed[9]["executed"], 2);
     // Preview pixels stay in-process.
-    assert_eq!(parsed[6]["width"], 2);
-    assert!(parsed[6].get("image").is_none());
+    assert_eq!(parsed[10]["width"], 2);
+    assert!(parsed[10].get("image").is_none());
 }

@@ -539,7 +539,7 @@ impl VeetanceApp {
                         .insert(node, NodeRun::Done { ms: duration_ms });
                 }
             }
-            Event::OutputWritten { .. } | Event::RunFinished { .. } => {}
+            Event::OutputWritten { .. } | Event::RunFinished { .. } | Event::Memory { .. } => {}
             Event::Warning { node, message } => {
                 self.notice = Some(match node {
                     Some(n) => format!("warning from '{n}': {message}"),

@@ -218,13 +218,15 @@ fn run_one(
                     problems,
                     cancelled: false,
                 },
-                RunError::NodeFailed { node, .. } => Reply::RunDone {
-                    ok: false,
-                    message,
-                    failed_node: Some(node),
-                    problems: Vec::new(),
-                    cancelled: false,
-                },
+                RunError::NodeFailed { node, .. } | RunError::OutOfMemory { node, .. } => {
+                    Reply::RunDone {
+                        ok: false,
+                        message,
+                        failed_node: Some(node),
+                        problems: Vec::new(),
+                        cancelled: false,
+                    }
+                }
                 RunError::Cancelled { node } => Reply::RunDone {
                     ok: false,
                     message,

@@ -9,9 +9,11 @@
 //! * [`weights`]: memory-mapped, validated safetensors loading.
 //! * [`gguf`]: memory-mapped, validated GGUF files (ComfyUI-GGUF / llama.cpp).
 //! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
+//! * [`device`]: device memory as the driver reports it (free, total).
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
+pub mod device;
 pub mod error;
 pub mod flux2;
 pub mod gguf;

@@ -3,7 +3,9 @@
 //!
 //! To add a family: depend on its crate in `Cargo.toml` and add a row to [`FAMILIES`].
 
-use veetance_core::NodeRegistry;
+use std::sync::Arc;
+
+use veetance_core::{DeviceProbe, NodeRegistry};
 
 /// A node family's `register` function.
 pub type RegisterFn = fn(&mut NodeRegistry);
@@ -30,4 +32,13 @@ pub fn registry() -> NodeRegistry {
     let mut reg = NodeRegistry::new();
     register_all(&mut reg);
     reg
+}
+
+/// The device-memory probe for engines that run these nodes: the first CUDA GPU's free and
+/// total memory as the driver reports them (`veetance_models::device`). `None` in builds without
+/// the `cuda` feature or on machines without a GPU; the engine then budgets by its own byte
+/// accounting only.
+pub fn device_probe() -> Option<Arc<dyn DeviceProbe>> {
+    let probe = veetance_models::device::cuda_memory_probe()?;
+    Some(Arc::new(probe))
 }

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use veetance_core::memory::SimAllocation;
 use veetance_core::{
     Budgets, Engine, ExecContext, Freshness, Graph, Link, MemBytes, NodeDef, NodeError,
-    NodeRegistry, NodeSchema, ParamDef, Params, Payload, PortRef, PortType, RunEnv, Value,
+    NodeRegistry, NodeSchema, ParamDef, Params, Payload, PortRef, PortType, RunEnv,
+    SimulatedDevice, Value,
 };
 
 /// Node ids in the order they executed, shared by every test node of a registry.
@@ -495,4 +497,212 @@ pub fn ids(v: &[&str]) -> Vec<String> {
 /// The `Int` output 0 of `node` in a run's report.
 pub fn int_output(report: &veetance_core::RunReport, node: &str) -> i64 {
     report.outputs[node][0].as_int().unwrap()
+}
+
+/// A tensor on a [`SimulatedDevice`]: `data` is its content; on the device it holds an
+/// allocation of `data.len()` bytes there, in host memory none. It moves between the tiers like
+/// a real tensor (`to_host` / `to_device` copy the bytes), and moving back can fail when the
+/// device is full.
+#[derive(Debug)]
+pub struct SimTensor {
+    pub data: Arc<[u8]>,
+    device: Arc<SimulatedDevice>,
+    allocation: Option<SimAllocation>,
+}
+
+impl SimTensor {
+    /// A tensor of `data` on the device, or the device's out-of-memory error.
+    pub fn on_device(device: &Arc<SimulatedDevice>, data: Vec<u8>) -> Result<Self, String> {
+        let allocation = device.alloc(data.len() as u64)?;
+        Ok(SimTensor {
+            data: data.into(),
+            device: device.clone(),
+            allocation: Some(allocation),
+        })
+    }
+
+    pub fn is_on_device(&self) -> bool {
+        self.allocation.is_some()
+    }
+}
+
+impl Payload for SimTensor {
+    fn mem_bytes(&self) -> MemBytes {
+        let n = self.data.len() as u64;
+        if self.is_on_device() {
+            MemBytes::device(n)
+        } else {
+            MemBytes::host(n)
+        }
+    }
+
+    fn content_hash(&self) -> Option<[u8; 32]> {
+        Some(*blake3::hash(&self.data).as_bytes())
+    }
+
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        self.is_on_device().then(|| {
+            Ok(Arc::new(SimTensor {
+                data: self.data.to_vec().into(),
+                device: self.device.clone(),
+                allocation: None,
+            }) as Arc<dyn Payload>)
+        })
+    }
+
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        (!self.is_on_device()).then(|| {
+            SimTensor::on_device(&self.device, self.data.to_vec())
+                .map(|t| Arc::new(t) as Arc<dyn Payload>)
+        })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `SimOp`: a node on the simulated device. Optional `Latent` inputs `a` and `b` (which must be
+/// on the device when it runs); it allocates `scratch_bytes` of working memory, then an output
+/// of `out_bytes` whose content mixes `seed` with the inputs' bytes, then frees the scratch. An
+/// allocation that fails is an out-of-memory error: structured, or (with `oom_as_text`) a plain
+/// failure carrying candle's CUDA error text. Records the `device_room` it was given.
+pub struct SimOp {
+    schema: NodeSchema,
+    log: Log,
+    device: Arc<SimulatedDevice>,
+    rooms: Rooms,
+}
+
+/// A node id and the `device_room` it was given.
+pub type Room = (String, Option<u64>);
+
+/// The [`Room`] of every `SimOp` execution, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Rooms(pub Arc<Mutex<Vec<Room>>>);
+
+impl Rooms {
+    pub fn take(&self) -> Vec<Room> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl SimOp {
+    pub fn new(log: Log, device: Arc<SimulatedDevice>, rooms: Rooms) -> Self {
+        SimOp {
+            schema: NodeSchema::new("SimOp", "Simulated op", "test")
+                .optional_input("a", PortType::Latent, "first input")
+                .optional_input("b", PortType::Latent, "second input")
+                .output("out", PortType::Latent, "the result")
+                .param(ParamDef::int("out_bytes", 100, 1, 1 << 30, "output size"))
+                .param(ParamDef::int(
+                    "scratch_bytes",
+                    0,
+                    0,
+                    1 << 30,
+                    "working memory",
+                ))
+                .param(ParamDef::int("seed", 0, 0, 1 << 20, "content"))
+                .param(ParamDef::bool("oom_as_text", false, "fail like candle")),
+            log,
+            device,
+            rooms,
+        }
+    }
+}
+
+impl NodeDef for SimOp {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        self.log.record(ctx.node_id);
+        self.rooms
+            .0
+            .lock()
+            .unwrap()
+            .push((ctx.node_id.to_string(), ctx.device_room()));
+        let as_text = ctx.params.bool("oom_as_text")?;
+        let oom = |needed: u64, e: String| {
+            if as_text {
+                NodeError::failed(format!(
+                    "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\") ({e})"
+                ))
+            } else {
+                NodeError::out_of_memory(Some(needed), e)
+            }
+        };
+        let mut inputs = Vec::new();
+        for port in ["a", "b"] {
+            if let Some(v) = ctx.input(port) {
+                let t = v
+                    .as_object()
+                    .and_then(|o| o.downcast::<SimTensor>())
+                    .ok_or_else(|| {
+                        NodeError::failed(format!("input '{port}' is not a SimTensor"))
+                    })?;
+                if !t.is_on_device() {
+                    return Err(NodeError::failed(format!(
+                        "input '{port}' is in host memory: the engine must move it back first"
+                    )));
+                }
+                inputs.push(t.data.clone());
+            }
+        }
+        let scratch_bytes = ctx.params.int("scratch_bytes")? as u64;
+        let out_bytes = ctx.params.int("out_bytes")? as usize;
+        let seed = ctx.params.int("seed")? as u64;
+        let scratch = self
+            .device
+            .alloc(scratch_bytes)
+            .map_err(|e| oom(scratch_bytes, e))?;
+        let data: Vec<u8> = (0..out_bytes)
+            .map(|i| {
+                let mut x = seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64 * 31);
+                for input in &inputs {
+                    x = x
+                        .wrapping_mul(131)
+                        .wrapping_add(u64::from(input[i % input.len()]));
+                }
+                (x ^ (x >> 7)) as u8
+            })
+            .collect();
+        let out = SimTensor::on_device(&self.device, data).map_err(|e| oom(out_bytes as u64, e))?;
+        drop(scratch);
+        Ok(vec![Value::Object(veetance_core::Object::new(
+            PortType::Latent,
+            out,
+        ))])
+    }
+}
+
+/// A registry of `SimOp` over one simulated device of `total` bytes.
+pub struct SimHarness {
+    pub log: Log,
+    pub rooms: Rooms,
+    pub device: Arc<SimulatedDevice>,
+    pub registry: Arc<NodeRegistry>,
+}
+
+impl SimHarness {
+    pub fn new(total: u64) -> Self {
+        let log = Log::default();
+        let rooms = Rooms::default();
+        let device = SimulatedDevice::new(total);
+        let mut reg = NodeRegistry::new();
+        reg.add(SimOp::new(log.clone(), device.clone(), rooms.clone()));
+        SimHarness {
+            log,
+            rooms,
+            device,
+            registry: Arc::new(reg),
+        }
+    }
+
+    /// An engine that reads the simulated device through its probe, with no byte budgets.
+    pub fn engine(&self) -> Engine {
+        Engine::new(self.registry.clone(), Budgets::default())
+            .with_device_probe(self.device.clone())
+    }
 }
