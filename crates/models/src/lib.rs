@@ -6,11 +6,13 @@
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
 //! * [`preview`]: latent-to-RGB previews for every step.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
+//! * [`placement`]: moving weights between devices, streaming blocks, out-of-memory errors.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod error;
 pub mod flux2;
+pub mod placement;
 pub mod preview;
 pub mod qwen3;
 pub mod sampling;

@@ -250,9 +250,19 @@ pub struct MappedBackend {
     files: Arc<WeightFiles>,
     map: Box<NameMap>,
     first_error: Arc<Mutex<Option<Error>>>,
+    /// Every tensor handed to the model, by internal name, when the caller asked for the list.
+    recorded: Option<Arc<Mutex<Vec<(String, Tensor)>>>>,
 }
 
 impl MappedBackend {
+    fn remember(&self, name: &str, tensor: &Tensor) {
+        if let Some(list) = &self.recorded {
+            if let Ok(mut list) = list.lock() {
+                list.push((name.to_string(), tensor.clone()));
+            }
+        }
+    }
+
     fn resolve(
         &self,
         name: &str,
@@ -316,13 +326,19 @@ impl candle_nn::var_builder::SimpleBackend for MappedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.resolve(name, Some(s.dims()), dtype, dev)
-            .map_err(|e| self.record(e))
+        let t = self
+            .resolve(name, Some(s.dims()), dtype, dev)
+            .map_err(|e| self.record(e))?;
+        self.remember(name, &t);
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.resolve(name, None, dtype, dev)
-            .map_err(|e| self.record(e))
+        let t = self
+            .resolve(name, None, dtype, dev)
+            .map_err(|e| self.record(e))?;
+        self.remember(name, &t);
+        Ok(t)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -343,11 +359,46 @@ pub fn build_model<T>(
     device: &Device,
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_with(files, map, dtype, device, None, build)
+}
+
+/// The tensors a model was built from, by internal name, in the order the model asked for them
+/// (the same `Tensor`s the model holds: no copy).
+pub type TensorList = Vec<(String, Tensor)>;
+
+/// [`build_model`] that also returns every tensor the model asked for. A model whose layers are
+/// not ours to walk (candle's VAE decoder) is moved to another device by rebuilding it from this
+/// list; tests use it to count what a load produced.
+pub fn build_model_recorded<T>(
+    files: Arc<WeightFiles>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<(T, TensorList)> {
+    let list = Arc::new(Mutex::new(Vec::new()));
+    let model = build_with(files, map, dtype, device, Some(list.clone()), build)?;
+    let list = list
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    Ok((model, list))
+}
+
+fn build_with<T>(
+    files: Arc<WeightFiles>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    dtype: DType,
+    device: &Device,
+    recorded: Option<Arc<Mutex<TensorList>>>,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
     let first_error = Arc::new(Mutex::new(None));
     let backend = MappedBackend {
         files,
         map: Box::new(map),
         first_error: first_error.clone(),
+        recorded,
     };
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
     build(vb).map_err(|e| {

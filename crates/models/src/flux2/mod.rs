@@ -31,7 +31,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use config::Config;
-pub use model::{rope_tables, Flux2Transformer};
+pub use model::{rope_tables, BlockPlan, Flux2Transformer, StreamPlan};
 
 use crate::error::{Error, Result};
 use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};

@@ -4,7 +4,12 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 
 use super::config::Config;
+use crate::placement::on_device;
 use crate::sampling::VelocityModel;
+
+#[path = "stream.rs"]
+mod stream;
+pub use stream::{BlockPlan, StreamPlan};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -469,11 +474,15 @@ impl Flux2Transformer {
         let ids = Tensor::cat(&[txt_ids, img_ids], 0)?;
         let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dims_rope, self.cfg.rope_theta)?;
 
+        // Streamed blocks (in host memory) are copied to the compute device just before they run.
+        let device = img.device().clone();
         for block in &self.double_blocks {
+            let block = on_device(block, &device)?;
             (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), chunk)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
+            let block = on_device(block, &device)?;
             xs = block.forward(&xs, &mod_single[0], &cos, &sin, chunk)?;
         }
         let l = xs.dim(1)?;
