@@ -14,8 +14,8 @@ use veetance_models::{flux2, qwen3, vae};
 
 use crate::files::{self, check_device, DEVICES};
 use crate::values::{
-    model_err, object, on_device, parse_dtype, ModelHandle, ModelPatches, TextEncoderHandle,
-    VaeHandle,
+    mem_of, model_err, object, on_device, parse_dtype, ModelHandle, ModelPatches,
+    TextEncoderHandle, VaeHandle,
 };
 
 const DTYPES: [&str; 4] = ["default", "bf16", "f16", "f32"];
@@ -98,6 +98,35 @@ fn weight_bytes(
     on_device(device, (elems * dtype.size_in_bytes()) as u64)
 }
 
+/// Where a loader puts weights of `needed` bytes meant for `device`: there, unless a device room
+/// is set and they do not fit it; then in host memory (with a warning), and the node that runs the
+/// model streams it. The handle's `device` stays the home the model computes on.
+fn load_device(
+    ctx: &ExecContext<'_>,
+    device: &candle_core::Device,
+    needed: u64,
+    what: &str,
+    then: &str,
+) -> candle_core::Device {
+    match ctx.device_room() {
+        Some(room) if !device.is_cpu() && needed > room => {
+            ctx.warn(format!(
+                "the {what}'s weights ({}) do not fit the device room ({}): they stay in host \
+                 memory and {then}, which is slower; raise --vram-budget to keep them on the device",
+                gib(needed),
+                gib(room)
+            ));
+            candle_core::Device::Cpu
+        }
+        _ => device.clone(),
+    }
+}
+
+/// Bytes as GiB with two decimals, for messages.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 // ---------------------------------------------------------------- LoadDiffusionModel
 
 pub struct LoadDiffusionModel {
@@ -154,17 +183,25 @@ impl NodeDef for LoadDiffusionModel {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let path = resolved(ctx, "file", "diffusion_models")?;
         let (device, dtype) = device_and_dtype(ctx)?;
-        let model = flux2::load_transformer(&path, None, dtype, &device)
+        let needed = weight_bytes(&path, dtype, &device, |_| true).total();
+        let load_on = load_device(
+            ctx,
+            &device,
+            needed,
+            "diffusion model",
+            "the sampler streams its blocks",
+        );
+        let model = flux2::load_transformer(&path, None, dtype, &load_on)
             .map_err(model_err("loading the diffusion model"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
         Ok(vec![object(
             PortType::Model,
             ModelHandle {
+                weight_bytes: mem_of(model.weight_bytes()),
                 model: Arc::new(model),
                 device,
                 file: path,
-                weight_bytes,
                 patches: ModelPatches::default(),
+                offloaded: false,
             },
         )])
     }
@@ -334,6 +371,18 @@ impl NodeDef for LoadTextEncoder {
         } else {
             None
         };
+        // Every tensor of the file but the LM head: an upper bound (the layers past the last one
+        // the encoder needs are not loaded either).
+        let needed = weight_bytes(&found.weights, dtype, &device, |name| {
+            !name.contains("lm_head")
+        });
+        let load_on = load_device(
+            ctx,
+            &device,
+            needed.total(),
+            "text encoder",
+            "TextEncode streams its layers",
+        );
         let encoder = qwen3::TextEncoder::load(
             &qwen3::TextEncoderFiles {
                 weights: found.weights.clone(),
@@ -342,29 +391,17 @@ impl NodeDef for LoadTextEncoder {
             },
             preset.as_ref(),
             dtype,
-            &device,
+            &load_on,
         )
         .map_err(model_err("loading the text encoder"))?;
-        let needed = encoder.config().layers_needed();
-        let weight_bytes = weight_bytes(&found.weights, dtype, &device, |name| {
-            // Layers past the last one the encoder needs, and the LM head, are never loaded.
-            let layer = name
-                .split("layers.")
-                .nth(1)
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok());
-            match layer {
-                Some(i) => i < needed,
-                None => !name.contains("lm_head"),
-            }
-        });
         Ok(vec![object(
             PortType::TextEncoder,
             TextEncoderHandle {
+                weight_bytes: mem_of(encoder.weight_bytes()),
                 encoder: Arc::new(encoder),
                 device,
                 file: found.weights,
-                weight_bytes,
+                offloaded: false,
             },
         )])
     }
@@ -427,14 +464,14 @@ impl NodeDef for LoadVae {
         let (device, dtype) = device_and_dtype(ctx)?;
         let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
             .map_err(model_err("loading the VAE"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, |_| true);
         Ok(vec![object(
             PortType::Vae,
             VaeHandle {
+                weight_bytes: mem_of(model.weight_bytes()),
                 vae: Arc::new(model),
                 device,
                 file: path,
-                weight_bytes,
+                offloaded: false,
             },
         )])
     }
