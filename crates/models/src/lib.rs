@@ -10,6 +10,7 @@
 //! * [`gguf`]: memory-mapped, validated GGUF files (ComfyUI-GGUF / llama.cpp).
 //! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
 //! * [`device`]: device memory as the driver reports it (free, total).
+//! * [`placement`]: moving weights between devices, streaming blocks, out-of-memory errors.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod flux2;
 pub mod gguf;
 pub mod kernels;
+pub mod placement;
 pub mod preview;
 pub mod qlinear;
 pub mod qwen3;

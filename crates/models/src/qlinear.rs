@@ -52,6 +52,50 @@ pub enum QLinear {
 }
 
 impl QLinear {
+    /// This layer with every tensor replaced by `f(tensor)` (a move between devices, a count).
+    /// GGUF-quantized weights are not candle `Tensor`s and cannot be walked: that is an error,
+    /// and callers (the cache's offload, block streaming) fall back to dropping or keeping them.
+    pub fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> CResult<Tensor>) -> CResult<Self> {
+        Ok(match self {
+            Self::Dense(l) => {
+                let bias = match l.bias() {
+                    Some(b) => Some(f(b)?),
+                    None => None,
+                };
+                Self::Dense(candle_nn::Linear::new(f(l.weight())?, bias))
+            }
+            Self::Ggml(QMatMul::Tensor(t)) => Self::Ggml(QMatMul::Tensor(f(t)?)),
+            Self::Ggml(QMatMul::TensorF16(t)) => Self::Ggml(QMatMul::TensorF16(f(t)?)),
+            Self::Ggml(QMatMul::QTensor(_)) => candle_core::bail!(
+                "GGUF-quantized weights cannot be moved between devices yet; reload the model instead"
+            ),
+            Self::Fp8 {
+                weight,
+                scale,
+                dtype,
+            } => Self::Fp8 {
+                weight: f(weight)?,
+                scale: match scale {
+                    Some(s) => Some(f(s)?),
+                    None => None,
+                },
+                dtype: *dtype,
+            },
+        })
+    }
+
+    /// The device the weight lives on.
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Dense(l) => l.weight().device().clone(),
+            Self::Ggml(QMatMul::QTensor(t)) => t.device(),
+            Self::Ggml(QMatMul::Tensor(t)) | Self::Ggml(QMatMul::TensorF16(t)) => {
+                t.device().clone()
+            }
+            Self::Fp8 { weight, .. } => weight.device().clone(),
+        }
+    }
+
     /// A GGUF-quantized weight (candle's quantized matmul).
     pub fn ggml(weight: QTensor) -> Self {
         Self::Ggml(QMatMul::QTensor(Arc::new(weight)))

@@ -425,9 +425,19 @@ pub struct MappedBackend {
     files: Arc<dyn TensorStore>,
     map: Arc<NameMap>,
     first_error: Arc<Mutex<Option<Error>>>,
+    /// Every tensor handed to the model, by internal name, when the caller asked for the list.
+    recorded: Option<Arc<Mutex<Vec<(String, Tensor)>>>>,
 }
 
 impl MappedBackend {
+    fn remember(&self, name: &str, tensor: &Tensor) {
+        if let Some(list) = &self.recorded {
+            if let Ok(mut list) = list.lock() {
+                list.push((name.to_string(), tensor.clone()));
+            }
+        }
+    }
+
     fn resolve(
         &self,
         name: &str,
@@ -509,13 +519,19 @@ impl candle_nn::var_builder::SimpleBackend for MappedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.resolve(name, Some(s.dims()), dtype, dev)
-            .map_err(|e| self.record(e))
+        let t = self
+            .resolve(name, Some(s.dims()), dtype, dev)
+            .map_err(|e| self.record(e))?;
+        self.remember(name, &t);
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.resolve(name, None, dtype, dev)
-            .map_err(|e| self.record(e))
+        let t = self
+            .resolve(name, None, dtype, dev)
+            .map_err(|e| self.record(e))?;
+        self.remember(name, &t);
+        Ok(t)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -536,7 +552,7 @@ pub fn build_model<T>(
     device: &Device,
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
-    build_with_store(files, map, dtype, device, |backend| {
+    build_with_store(files, map, dtype, device, None, |backend| {
         build(VarBuilder::from_backend(
             Box::new(backend),
             dtype,
@@ -556,9 +572,38 @@ pub fn build_quantizable<T>(
     linears: LinearFormat,
     build: impl FnOnce(WeightBuilder) -> candle_core::Result<T>,
 ) -> Result<T> {
-    build_with_store(files, map, dtype, device, |backend| {
+    build_with_store(files, map, dtype, device, None, |backend| {
         build(WeightBuilder::new(backend, dtype, device, linears))
     })
+}
+
+/// The tensors a model was built from, by internal name, in the order the model asked for them
+/// (the same `Tensor`s the model holds: no copy).
+pub type TensorList = Vec<(String, Tensor)>;
+
+/// [`build_model`] that also returns every tensor the model asked for. A model whose layers are
+/// not ours to walk (candle's VAE decoder) is moved to another device by rebuilding it from this
+/// list; tests use it to count what a load produced.
+pub fn build_model_recorded<T>(
+    files: Arc<WeightFiles>,
+    map: impl Fn(&str) -> Source + Send + Sync + 'static,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<(T, TensorList)> {
+    let list = Arc::new(Mutex::new(Vec::new()));
+    let model = build_with_store(files, map, dtype, device, Some(list.clone()), |backend| {
+        build(VarBuilder::from_backend(
+            Box::new(backend),
+            dtype,
+            device.clone(),
+        ))
+    })?;
+    let list = list
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    Ok((model, list))
 }
 
 fn build_with_store<T>(
@@ -566,6 +611,7 @@ fn build_with_store<T>(
     map: impl Fn(&str) -> Source + Send + Sync + 'static,
     _dtype: DType,
     _device: &Device,
+    recorded: Option<Arc<Mutex<TensorList>>>,
     build: impl FnOnce(MappedBackend) -> candle_core::Result<T>,
 ) -> Result<T> {
     let first_error = Arc::new(Mutex::new(None));
@@ -573,6 +619,7 @@ fn build_with_store<T>(
         files,
         map: Arc::new(map),
         first_error: first_error.clone(),
+        recorded,
     };
     build(backend).map_err(|e| {
         first_error

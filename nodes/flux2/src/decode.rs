@@ -5,6 +5,9 @@ use veetance_core::{
     ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
 };
 
+use veetance_models::placement::is_out_of_memory;
+
+use crate::loaders::gib;
 use crate::values::{candle_err, input, model_err, Latent, VaeHandle};
 
 pub struct VaeDecode {
@@ -18,7 +21,9 @@ impl VaeDecode {
                 .doc(
                     "Decodes latents to images with the FLUX.2 VAE. Tiled decoding works on \
                      overlapping tiles, blended where they overlap: far less memory for large \
-                     images, at the cost of small differences along tile seams.",
+                     images, at the cost of small differences along tile seams. Tiles are also \
+                     used, with a warning, when a whole decode would not fit the VRAM budget or \
+                     runs out of device memory.",
                 )
                 .input("vae", PortType::Vae, "From LoadVae.")
                 .input("latent", PortType::Latent, "From the sampler.")
@@ -166,6 +171,80 @@ fn decode_tiled(
     Tensor::from_vec(sum, (b, c, fh, fw), &Device::Cpu).map_err(&cerr)
 }
 
+/// Why a decode that was not asked to tile does: the estimate and the room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoTiled {
+    pub whole: u64,
+    pub room: u64,
+    /// Whether the chosen tile's estimate fits the room.
+    pub fits: bool,
+}
+
+/// How VaeDecode decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeMode {
+    Whole,
+    /// In tiles of `tile` latent tokens; `auto` when the room chose it rather than the param.
+    Tiled {
+        tile: usize,
+        auto: Option<AutoTiled>,
+    },
+}
+
+/// Whole, unless the param asks for tiles or the device room cannot hold a whole decode
+/// (`need(h, w)`: estimated bytes for a latent of that many tokens). An automatic tile is the
+/// `tile_size` param, halved while its estimate is over the room (not below 8 tokens).
+pub fn choose_mode(
+    tiled: bool,
+    room: Option<u64>,
+    tile_size: usize,
+    need: impl Fn(usize, usize) -> u64,
+) -> DecodeMode {
+    if tiled {
+        return DecodeMode::Tiled {
+            tile: tile_size,
+            auto: None,
+        };
+    }
+    let Some(room) = room else {
+        return DecodeMode::Whole;
+    };
+    let whole = need(usize::MAX, usize::MAX);
+    if whole <= room {
+        return DecodeMode::Whole;
+    }
+    let mut tile = tile_size.max(8);
+    while tile > 8 && need(tile, tile) > room {
+        tile = (tile / 2).max(8);
+    }
+    DecodeMode::Tiled {
+        tile,
+        auto: Some(AutoTiled {
+            whole,
+            room,
+            fits: need(tile, tile) <= room,
+        }),
+    }
+}
+
+/// Runs `whole`; when it fails because the device ran out of memory, warns and runs `tiled`.
+pub fn decode_with_fallback(
+    ctx: &ExecContext<'_>,
+    whole: impl FnOnce() -> veetance_models::Result<Tensor>,
+    tiled: impl FnOnce() -> Result<Tensor, NodeError>,
+) -> Result<Tensor, NodeError> {
+    match whole() {
+        Ok(t) => Ok(t),
+        Err(e) if is_out_of_memory(&e.to_string()) => {
+            ctx.warn(format!(
+                "the whole decode ran out of device memory ({e}); decoding again in tiles"
+            ));
+            tiled()
+        }
+        Err(e) => Err(model_err("decoding")(e)),
+    }
+}
+
 impl NodeDef for VaeDecode {
     fn schema(&self) -> &NodeSchema {
         &self.schema
@@ -177,18 +256,37 @@ impl NodeDef for VaeDecode {
         let cerr = candle_err("VaeDecode");
         let device = vae.device.clone();
         let samples = latent.samples.to_device(&device).map_err(&cerr)?;
-        let decoded = if ctx.params.bool("tiled")? {
-            decode_tiled(
+        let (batch, _, h, w) = samples.dims4().map_err(&cerr)?;
+        let tile_size = ctx.params.int("tile_size")? as usize;
+        let overlap = ctx.params.int("overlap")? as usize;
+        let mode = choose_mode(
+            ctx.params.bool("tiled")?,
+            ctx.device_room(),
+            tile_size,
+            |th, tw| vae.vae.decode_bytes(batch, th.min(h), tw.min(w)),
+        );
+        let decoded = match mode {
+            DecodeMode::Whole => decode_with_fallback(
                 ctx,
-                vae,
-                &samples,
-                ctx.params.int("tile_size")? as usize,
-                ctx.params.int("overlap")? as usize,
-            )?
-        } else {
-            vae.vae
-                .decode(&samples, None)
-                .map_err(model_err("decoding"))?
+                || vae.vae.decode(&samples, None),
+                || decode_tiled(ctx, vae, &samples, tile_size, overlap),
+            )?,
+            DecodeMode::Tiled { tile, auto } => {
+                if let Some(auto) = auto {
+                    ctx.warn(format!(
+                        "decoding in tiles of {tile} latent tokens: a whole decode needs about {}, \
+                         more than the device room ({}){}",
+                        gib(auto.whole),
+                        gib(auto.room),
+                        if auto.fits {
+                            String::new()
+                        } else {
+                            "; even the smallest tile may not fit".to_string()
+                        }
+                    ));
+                }
+                decode_tiled(ctx, vae, &samples, tile, overlap)?
+            }
         };
         // (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1].
         let pixels = ((decoded.to_device(&Device::Cpu).map_err(&cerr)? + 1.0)
@@ -206,5 +304,116 @@ impl NodeDef for VaeDecode {
             .map_err(NodeError::failed)?
             .with_meta(latent.meta.clone());
         Ok(vec![Value::Image(image)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veetance_core::{CancelToken, CollectSink, Event, Params, RunEnv};
+
+    /// A decode of `h × w` tokens needs `h * w` bytes in these tests.
+    fn need(h: usize, w: usize) -> u64 {
+        (h.min(100) * w.min(100)) as u64
+    }
+
+    #[test]
+    fn whole_when_no_room_is_set_or_it_fits() {
+        assert_eq!(choose_mode(false, None, 64, need), DecodeMode::Whole);
+        assert_eq!(
+            choose_mode(false, Some(10_000), 64, need),
+            DecodeMode::Whole
+        );
+    }
+
+    #[test]
+    fn the_tiled_param_wins_and_is_not_reported_as_automatic() {
+        assert_eq!(
+            choose_mode(true, None, 32, need),
+            DecodeMode::Tiled {
+                tile: 32,
+                auto: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_small_room_halves_the_tile_until_it_fits() {
+        // 64² = 4096 > 2000, 32² = 1024 fits.
+        assert_eq!(
+            choose_mode(false, Some(2000), 64, need),
+            DecodeMode::Tiled {
+                tile: 32,
+                auto: Some(AutoTiled {
+                    whole: 10_000,
+                    room: 2000,
+                    fits: true
+                })
+            }
+        );
+        // Nothing fits: the smallest tile, flagged.
+        let DecodeMode::Tiled { tile, auto } = choose_mode(false, Some(1), 64, need) else {
+            panic!("expected tiles")
+        };
+        assert_eq!(tile, 8);
+        assert!(!auto.unwrap().fits);
+    }
+
+    fn with_ctx(f: impl FnOnce(&ExecContext<'_>)) -> Vec<String> {
+        let env = RunEnv {
+            out_dir: std::env::temp_dir(),
+            models_dir: std::env::temp_dir(),
+            run_index: 0,
+            workflow: None,
+        };
+        let cancel = CancelToken::default();
+        let sink = CollectSink::default();
+        let ctx = ExecContext::new(
+            "decode",
+            Params::default(),
+            Vec::new(),
+            &env,
+            &cancel,
+            &sink,
+        );
+        f(&ctx);
+        sink.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Warning { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn one() -> Tensor {
+        Tensor::new(&[1f32], &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn an_out_of_memory_whole_decode_is_retried_in_tiles_with_a_warning() {
+        let warnings = with_ctx(|ctx| {
+            let oom = candle_core::Error::Msg(
+                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+            );
+            let out = decode_with_fallback(ctx, || Err(oom.into()), || Ok(one())).unwrap();
+            assert_eq!(out.to_vec1::<f32>().unwrap(), vec![1.0]);
+        });
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("decoding again in tiles"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn other_decode_errors_are_not_retried() {
+        let warnings = with_ctx(|ctx| {
+            let err = veetance_models::Error::InvalidInput("bad latent".into());
+            let result = decode_with_fallback(ctx, || Err(err), || panic!("must not tile"));
+            let message = result.unwrap_err().to_string();
+            assert!(message.contains("bad latent"), "{message}");
+        });
+        assert!(warnings.is_empty());
     }
 }

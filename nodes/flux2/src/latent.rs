@@ -99,6 +99,7 @@ impl NodeDef for EmptyLatent {
             Latent {
                 samples,
                 meta: Vec::new(),
+                home: None,
             },
         )])
     }
@@ -285,6 +286,7 @@ impl NodeDef for LoadLatent {
             Latent {
                 samples,
                 meta: Vec::new(),
+                home: None,
             },
         )])
     }

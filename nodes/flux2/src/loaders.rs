@@ -16,8 +16,8 @@ use veetance_models::{flux2, qwen3, vae};
 
 use crate::files::{self, check_device, DEVICES};
 use crate::values::{
-    model_err, object, on_device, parse_dtype, ModelHandle, ModelPatches, TextEncoderHandle,
-    VaeHandle,
+    mem_of, model_err, object, on_device, parse_dtype, ModelHandle, ModelPatches,
+    TextEncoderHandle, VaeHandle,
 };
 
 const DTYPES: [&str; 4] = ["default", "bf16", "f16", "f32"];
@@ -141,6 +141,35 @@ fn weight_bytes(
     on_device(device, bytes as u64)
 }
 
+/// Where a loader puts weights of `needed` bytes meant for `device`: there, unless a device room
+/// is set and they do not fit it; then in host memory (with a warning), and the node that runs the
+/// model streams it. The handle's `device` stays the home the model computes on.
+fn load_device(
+    ctx: &ExecContext<'_>,
+    device: &candle_core::Device,
+    needed: u64,
+    what: &str,
+    then: &str,
+) -> candle_core::Device {
+    match ctx.device_room() {
+        Some(room) if !device.is_cpu() && needed > room => {
+            ctx.warn(format!(
+                "the {what}'s weights ({}) do not fit the device room ({}): they stay in host \
+                 memory and {then}, which is slower; raise --vram-budget to keep them on the device",
+                gib(needed),
+                gib(room)
+            ));
+            candle_core::Device::Cpu
+        }
+        _ => device.clone(),
+    }
+}
+
+/// Bytes as GiB with two decimals, for messages.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 // ---------------------------------------------------------------- LoadDiffusionModel
 
 pub struct LoadDiffusionModel {
@@ -199,17 +228,31 @@ impl NodeDef for LoadDiffusionModel {
         let path = resolved(ctx, "file", "diffusion_models")?;
         let (device, dtype) = device_and_dtype(ctx)?;
         let linears = linear_format(ctx)?;
-        let model = flux2::load_transformer_with(&path, None, dtype, &device, linears)
+        let file_bytes = weight_bytes(&path, dtype, &device, linears, |_| true);
+        let load_on = load_device(
+            ctx,
+            &device,
+            file_bytes.total(),
+            "diffusion model",
+            "the sampler streams its blocks",
+        );
+        let model = flux2::load_transformer_with(&path, None, dtype, &load_on, linears)
             .map_err(model_err("loading the diffusion model"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, linears, |_| true);
+        // GGUF-quantized weights are not candle tensors the model can walk: count them from the file.
+        let held = if is_gguf(&path) {
+            file_bytes
+        } else {
+            mem_of(model.weight_bytes())
+        };
         Ok(vec![object(
             PortType::Model,
             ModelHandle {
+                weight_bytes: held,
                 model: Arc::new(model),
                 device,
                 file: path,
-                weight_bytes,
                 patches: ModelPatches::default(),
+                offloaded: false,
             },
         )])
     }
@@ -380,6 +423,22 @@ impl NodeDef for LoadTextEncoder {
         } else {
             None
         };
+        // Every tensor of the file but the LM head: an upper bound (the layers past the last one
+        // the encoder needs are not loaded either).
+        let needed = weight_bytes(
+            &found.weights,
+            dtype,
+            &device,
+            LinearFormat::AsStored,
+            |name| !name.contains("lm_head"),
+        );
+        let load_on = load_device(
+            ctx,
+            &device,
+            needed.total(),
+            "text encoder",
+            "TextEncode streams its layers",
+        );
         let encoder = qwen3::TextEncoder::load(
             &qwen3::TextEncoderFiles {
                 weights: found.weights.clone(),
@@ -388,11 +447,11 @@ impl NodeDef for LoadTextEncoder {
             },
             preset.as_ref(),
             dtype,
-            &device,
+            &load_on,
         )
         .map_err(model_err("loading the text encoder"))?;
-        let needed = encoder.config().layers_needed();
-        let weight_bytes = weight_bytes(
+        let layers_needed = encoder.config().layers_needed();
+        let file_bytes = weight_bytes(
             &found.weights,
             dtype,
             &device,
@@ -406,18 +465,24 @@ impl NodeDef for LoadTextEncoder {
                     .and_then(|rest| rest.split('.').next())
                     .and_then(|i| i.parse::<usize>().ok());
                 match layer {
-                    Some(i) => i < needed,
+                    Some(i) => i < layers_needed,
                     None => !name.contains("lm_head") && name != "output.weight",
                 }
             },
         );
+        let held = if is_gguf(&found.weights) {
+            file_bytes
+        } else {
+            mem_of(encoder.weight_bytes())
+        };
         Ok(vec![object(
             PortType::TextEncoder,
             TextEncoderHandle {
+                weight_bytes: held,
                 encoder: Arc::new(encoder),
                 device,
                 file: found.weights,
-                weight_bytes,
+                offloaded: false,
             },
         )])
     }
@@ -480,14 +545,14 @@ impl NodeDef for LoadVae {
         let (device, dtype) = device_and_dtype(ctx)?;
         let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
             .map_err(model_err("loading the VAE"))?;
-        let weight_bytes = weight_bytes(&path, dtype, &device, LinearFormat::AsStored, |_| true);
         Ok(vec![object(
             PortType::Vae,
             VaeHandle {
+                weight_bytes: mem_of(model.weight_bytes()),
                 vae: Arc::new(model),
                 device,
                 file: path,
-                weight_bytes,
+                offloaded: false,
             },
         )])
     }

@@ -2,6 +2,7 @@
 //! and a latent preview every step, and cancellation between steps.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use veetance_core::{
@@ -14,6 +15,7 @@ use veetance_models::sampling::{
     TextCondition, VelocityModel, PIXELS_PER_TOKEN,
 };
 
+use crate::loaders::gib;
 use crate::values::{
     candle_err, input, model_err, object, optional_input, AttentionImpl, Conditioning, Latent,
     ModelHandle, Schedule,
@@ -117,6 +119,56 @@ impl VelocityModel for Patched<'_> {
             .model
             .forward_with(img, img_ids, txt, txt_ids, t, &opts)?)
     }
+}
+
+/// The transformer as this run uses it: the handle's model when it is on its device (or no
+/// device room is set and it is), else placed for streaming: as many blocks on the device as the
+/// room leaves after `activations`, the others copied there block by block at every step.
+///
+/// The room is what the node may allocate beyond what its inputs already hold on the device, so
+/// a model that is already on the device costs nothing more; one in host memory (left there by the
+/// loader, or offloaded by the cache) has its weights counted against the room.
+pub fn placed_model(
+    ctx: &ExecContext<'_>,
+    handle: &ModelHandle,
+    activations: u64,
+) -> Result<Arc<Flux2Transformer>, NodeError> {
+    let model = &handle.model;
+    let device = &handle.device;
+    let all_home = model.weight_bytes().host == 0 || (device.is_cpu() && model.device().is_cpu());
+    let room = match ctx.device_room() {
+        None if all_home => return Ok(model.clone()),
+        // No budget: the whole model goes to its device.
+        None => u64::MAX,
+        Some(_) if all_home && !device.is_cpu() => return Ok(model.clone()),
+        Some(room) => room,
+    };
+    let plan = model.plan_blocks(room.saturating_sub(activations));
+    if plan.streamed > 0 {
+        let blocks = model.config().num_layers + model.config().num_single_layers;
+        ctx.warn(format!(
+            "streaming {} of {blocks} transformer blocks from host memory at every step: the \
+             device room ({}) minus about {} for activations does not hold the weights ({}); \
+             slower but the same result",
+            plan.streamed,
+            gib(room),
+            gib(activations),
+            gib(model.weight_bytes().total()),
+        ));
+    }
+    if plan.over_room {
+        ctx.warn(format!(
+            "even with every block streamed the sampler needs about {} on the device, more than \
+             the room ({}); it may run out of memory: lower the resolution, use PatchAttention's \
+             chunked attention, or raise --vram-budget",
+            gib(plan.device_bytes + activations),
+            gib(room)
+        ));
+    }
+    let placed = model
+        .place(device, plan.blocks)
+        .map_err(candle_err("placing the model's weights on the device"))?;
+    Ok(Arc::new(placed))
 }
 
 /// The sigmas for `steps` on an image of `tokens` tokens under `schedule`.
@@ -223,8 +275,19 @@ impl NodeDef for Sampler {
                 "guidance {guidance} needs a negative conditioning; sampling without guidance"
             ));
         }
+        // The activation estimate's score-matrix rows: flash keeps none (one row stands for its tiles).
+        let chunk = match handle.patches.attention {
+            AttentionImpl::Plain => None,
+            AttentionImpl::Chunked(n) => Some(n),
+            AttentionImpl::Flash => Some(1),
+        };
+        let activations =
+            handle
+                .model
+                .activation_bytes(batch, h * w, pos_txt.dim(1).map_err(&cerr)?, chunk);
+        let placed = placed_model(ctx, handle, activations)?;
         let model = Patched {
-            model: &handle.model,
+            model: &placed,
             attention: handle.patches.attention,
             compiled: handle.patches.compiled,
         };
@@ -281,6 +344,7 @@ impl NodeDef for Sampler {
             Latent {
                 samples,
                 meta: vec![("parameters".into(), parameters)],
+                home: None,
             },
         )])
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use veetance_core::{ExecContext, MemBytes, NodeError, Object, Payload, PortType, Value};
 use veetance_models::flux2::Flux2Transformer;
+use veetance_models::placement::WeightBytes;
 use veetance_models::qwen3::TextEncoder;
 use veetance_models::vae::Flux2Vae;
 
@@ -64,69 +65,225 @@ impl Default for ModelPatches {
 }
 
 /// A FLUX.2 transformer: shared weights plus patches.
+///
+/// `device` is the model's home: where it computes. Its weights are there, or in host memory when
+/// the cache offloaded the value (`offloaded`, undone by [`Payload::to_device`]) or when the
+/// loader left them there because they do not fit the device room (the sampler then streams
+/// blocks; see `sampler::placed_model`).
 #[derive(Clone, Debug)]
 pub struct ModelHandle {
     pub model: Arc<Flux2Transformer>,
     pub device: Device,
     pub file: PathBuf,
+    /// Bytes of the weights on the tier they are on now.
     pub weight_bytes: MemBytes,
     pub patches: ModelPatches,
+    /// Whether the cache moved the weights to host memory (to_host); to_device brings them back.
+    pub offloaded: bool,
+}
+
+/// `bytes` counted on the tiers of a model's weights.
+pub fn mem_of(bytes: WeightBytes) -> MemBytes {
+    MemBytes {
+        device: bytes.device,
+        host: bytes.host,
+    }
+}
+
+/// Runs a move and wraps its result for the payload hooks.
+fn moved<T: Payload>(result: Result<T, String>) -> Option<Result<Arc<dyn Payload>, String>> {
+    Some(result.map(|p| Arc::new(p) as Arc<dyn Payload>))
 }
 
 impl Payload for ModelHandle {
     fn mem_bytes(&self) -> MemBytes {
         self.weight_bytes
     }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if self.model.weight_bytes().device == 0 {
+            return None;
+        }
+        moved(
+            self.model
+                .to_device(&Device::Cpu)
+                .map_err(|e| format!("moving the diffusion model to host memory: {e}"))
+                .map(|model| ModelHandle {
+                    weight_bytes: mem_of(model.weight_bytes()),
+                    model: Arc::new(model),
+                    offloaded: true,
+                    ..self.clone()
+                }),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if !self.offloaded {
+            return None;
+        }
+        moved(
+            self.model
+                .to_device(&self.device)
+                .map_err(|e| format!("moving the diffusion model to its device: {e}"))
+                .map(|model| ModelHandle {
+                    weight_bytes: mem_of(model.weight_bytes()),
+                    model: Arc::new(model),
+                    offloaded: false,
+                    ..self.clone()
+                }),
+        )
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
 }
 
+/// The Qwen3 text encoder; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
 pub struct TextEncoderHandle {
     pub encoder: Arc<TextEncoder>,
     pub device: Device,
     pub file: PathBuf,
+    /// Bytes of the weights on the tier they are on now.
     pub weight_bytes: MemBytes,
+    /// Whether the cache moved the weights to host memory; to_device brings them back.
+    pub offloaded: bool,
 }
 
 impl Payload for TextEncoderHandle {
     fn mem_bytes(&self) -> MemBytes {
         self.weight_bytes
     }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if self.encoder.weight_bytes().device == 0 {
+            return None;
+        }
+        moved(
+            self.encoder
+                .to_device(&Device::Cpu)
+                .map_err(|e| format!("moving the text encoder to host memory: {e}"))
+                .map(|encoder| TextEncoderHandle {
+                    weight_bytes: mem_of(encoder.weight_bytes()),
+                    encoder: Arc::new(encoder),
+                    offloaded: true,
+                    ..self.clone()
+                }),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if !self.offloaded {
+            return None;
+        }
+        moved(
+            self.encoder
+                .to_device(&self.device)
+                .map_err(|e| format!("moving the text encoder to its device: {e}"))
+                .map(|encoder| TextEncoderHandle {
+                    weight_bytes: mem_of(encoder.weight_bytes()),
+                    encoder: Arc::new(encoder),
+                    offloaded: false,
+                    ..self.clone()
+                }),
+        )
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
 }
 
+/// The FLUX.2 VAE; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
 pub struct VaeHandle {
     pub vae: Arc<Flux2Vae>,
     pub device: Device,
     pub file: PathBuf,
+    /// Bytes of the weights on the tier they are on now.
     pub weight_bytes: MemBytes,
+    /// Whether the cache moved the weights to host memory; to_device brings them back.
+    pub offloaded: bool,
 }
 
 impl Payload for VaeHandle {
     fn mem_bytes(&self) -> MemBytes {
         self.weight_bytes
     }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if self.vae.weight_bytes().device == 0 {
+            return None;
+        }
+        moved(
+            self.vae
+                .to_device(&Device::Cpu)
+                .map_err(|e| format!("moving the VAE to host memory: {e}"))
+                .map(|vae| VaeHandle {
+                    weight_bytes: mem_of(vae.weight_bytes()),
+                    vae: Arc::new(vae),
+                    offloaded: true,
+                    ..self.clone()
+                }),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if !self.offloaded {
+            return None;
+        }
+        moved(
+            self.vae
+                .to_device(&self.device)
+                .map_err(|e| format!("moving the VAE to its device: {e}"))
+                .map(|vae| VaeHandle {
+                    weight_bytes: mem_of(vae.weight_bytes()),
+                    vae: Arc::new(vae),
+                    offloaded: false,
+                    ..self.clone()
+                }),
+        )
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
 }
 
-/// An encoded prompt.
+/// An encoded prompt. `home` is the device it was computed on, when the cache moved it to host
+/// memory (`None`: it is where it was made).
 #[derive(Clone, Debug)]
 pub struct Conditioning {
     /// `(1, tokens, context_dim)`.
     pub hidden: Tensor,
     pub prompt: String,
+    pub home: Option<Device>,
 }
 
 impl Payload for Conditioning {
     fn mem_bytes(&self) -> MemBytes {
         tensor_bytes(&self.hidden) + MemBytes::host(self.prompt.len() as u64)
+    }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        let home = self.hidden.device();
+        if home.is_cpu() {
+            return None;
+        }
+        moved(
+            self.hidden
+                .to_device(&Device::Cpu)
+                .map_err(|e| format!("moving a conditioning to host memory: {e}"))
+                .map(|hidden| Conditioning {
+                    hidden,
+                    prompt: self.prompt.clone(),
+                    home: Some(home.clone()),
+                }),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        let home = self.home.as_ref()?;
+        moved(
+            self.hidden
+                .to_device(home)
+                .map_err(|e| format!("moving a conditioning back to its device: {e}"))
+                .map(|hidden| Conditioning {
+                    hidden,
+                    prompt: self.prompt.clone(),
+                    home: None,
+                }),
+        )
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -134,17 +291,47 @@ impl Payload for Conditioning {
 }
 
 /// A latent batch in the transformer's space: `(B, 128, H/16, W/16)`, batch-norm normalised and
-/// 2×2-patchified (ComfyUI's Flux2 latent format), f32.
+/// 2×2-patchified (ComfyUI's Flux2 latent format), f32. `home` as for [`Conditioning`].
 #[derive(Clone, Debug)]
 pub struct Latent {
     pub samples: Tensor,
     /// Text that travels with the latent to the image (generation parameters).
     pub meta: Vec<(String, String)>,
+    pub home: Option<Device>,
 }
 
 impl Payload for Latent {
     fn mem_bytes(&self) -> MemBytes {
         tensor_bytes(&self.samples)
+    }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        let home = self.samples.device();
+        if home.is_cpu() {
+            return None;
+        }
+        moved(
+            self.samples
+                .to_device(&Device::Cpu)
+                .map_err(|e| format!("moving a latent to host memory: {e}"))
+                .map(|samples| Latent {
+                    samples,
+                    meta: self.meta.clone(),
+                    home: Some(home.clone()),
+                }),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        let home = self.home.as_ref()?;
+        moved(
+            self.samples
+                .to_device(home)
+                .map_err(|e| format!("moving a latent back to its device: {e}"))
+                .map(|samples| Latent {
+                    samples,
+                    meta: self.meta.clone(),
+                    home: None,
+                }),
+        )
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -820,7 +820,10 @@ impl Setup {
             let te_cfg = p.text_encoder();
             let model = qwen3::Qwen3Encoder::new(
                 &te_cfg,
-                seeded::var_builder(args.seed ^ 1, 0.5, dtype, dev),
+                veetance_models::qlinear::WeightBuilder::from_var_builder(
+                    seeded::var_builder(args.seed ^ 1, 0.5, dtype, dev),
+                    veetance_models::qlinear::LinearFormat::AsStored,
+                ),
             )?;
             // A short prompt's worth of fixed ids, right-padded like the tokenizer does.
             let num_real = 32.min(te_cfg.max_length);

@@ -38,7 +38,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 pub use config::Config;
-pub use model::{rope_tables, AttentionBackend, Flux2Transformer, ForwardOptions};
+pub use model::{
+    rope_tables, AttentionBackend, BlockPlan, Flux2Transformer, ForwardOptions, StreamPlan,
+};
 
 use crate::error::{Error, Result};
 use crate::gguf::{is_gguf, GgufFile};

@@ -8,7 +8,12 @@ use crate::qlinear::{linear_no_bias, QLinear, WeightBuilder};
 
 use super::config::Config;
 use crate::kernels;
+use crate::placement::on_device;
 use crate::sampling::VelocityModel;
+
+#[path = "stream.rs"]
+mod stream;
+pub use stream::{BlockPlan, StreamPlan};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -660,11 +665,15 @@ impl Flux2Transformer {
         let mut txt = self.txt_in.forward(&txt)?;
         let (cos, sin) = self.rope_for(txt_ids, img_ids)?;
 
+        // Streamed blocks (in host memory) are copied to the compute device just before they run.
+        let device = img.device().clone();
         for block in &self.double_blocks {
+            let block = on_device(block, &device)?;
             (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), opts)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
+            let block = on_device(block, &device)?;
             xs = block.forward(&xs, &mod_single[0], &cos, &sin, opts)?;
         }
         let l = xs.dim(1)?;

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gguf::{is_gguf, GgufFile, MetaValue};
+use crate::placement::{on_device, tensor_bytes, Movable, TensorFn, WeightBytes};
 use crate::qlinear::{embedding, linear_no_bias, LinearFormat, QLinear, WeightBuilder};
 use crate::weights::{build_quantizable, guess_model_kind, Source, TensorStore, WeightFiles};
 
@@ -412,6 +413,8 @@ impl Qwen3Encoder {
         let mut xs = self.embed_tokens.forward(&ids)?;
         let mut outputs = Vec::with_capacity(self.cfg.output_layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
+            // A streamed layer (in host memory) is copied to the device just before it runs.
+            let layer = on_device(layer, &self.device)?;
             xs = layer.forward(&xs, &mask, num_real, &cos, &sin)?;
             if self.cfg.output_layers.contains(&(i + 1)) {
                 outputs.push((i + 1, xs.clone()));
@@ -425,6 +428,140 @@ impl Qwen3Encoder {
             .filter_map(|k| outputs.iter().find(|(i, _)| i == k).map(|(_, t)| t.clone()))
             .collect::<Vec<_>>();
         Tensor::cat(&ordered, D::Minus1)
+    }
+}
+
+// ---------------------------------------------------------------- moves and streaming
+
+fn map_linear(l: &QLinear, f: TensorFn<'_>) -> CResult<QLinear> {
+    l.map_tensors(f)
+}
+
+impl Movable for DecoderLayer {
+    fn map_tensors(&self, f: TensorFn<'_>) -> CResult<Self> {
+        let DecoderLayer {
+            self_attn,
+            mlp,
+            input_layernorm,
+            post_attention_layernorm,
+            eps,
+        } = self;
+        let Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+            heads,
+            kv_heads,
+            head_dim,
+            eps: attn_eps,
+        } = self_attn;
+        let Mlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+        } = mlp;
+        Ok(DecoderLayer {
+            self_attn: Attention {
+                q_proj: map_linear(q_proj, f)?,
+                k_proj: map_linear(k_proj, f)?,
+                v_proj: map_linear(v_proj, f)?,
+                o_proj: map_linear(o_proj, f)?,
+                q_norm: f(q_norm)?,
+                k_norm: f(k_norm)?,
+                heads: *heads,
+                kv_heads: *kv_heads,
+                head_dim: *head_dim,
+                eps: *attn_eps,
+            },
+            mlp: Mlp {
+                gate_proj: map_linear(gate_proj, f)?,
+                up_proj: map_linear(up_proj, f)?,
+                down_proj: map_linear(down_proj, f)?,
+            },
+            input_layernorm: f(input_layernorm)?,
+            post_attention_layernorm: f(post_attention_layernorm)?,
+            eps: *eps,
+        })
+    }
+
+    fn probe(&self) -> &Tensor {
+        &self.input_layernorm
+    }
+}
+
+impl Qwen3Encoder {
+    /// This encoder with every weight replaced by `f(weight)`, each weight visited once. The
+    /// compute device stays what it was (see [`Self::to_device`] and [`Self::place`]).
+    pub fn map_tensors(&self, f: TensorFn<'_>) -> CResult<Self> {
+        let Qwen3Encoder {
+            embed_tokens,
+            layers,
+            cfg,
+            dtype,
+            device,
+        } = self;
+        Ok(Qwen3Encoder {
+            embed_tokens: Embedding::new(f(embed_tokens.embeddings())?, cfg.hidden_size),
+            layers: layers
+                .iter()
+                .map(|l| l.map_tensors(f))
+                .collect::<CResult<_>>()?,
+            cfg: cfg.clone(),
+            dtype: *dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// A copy with every weight on `device`, computing there.
+    pub fn to_device(&self, device: &Device) -> CResult<Self> {
+        let mut moved = self.map_tensors(&mut |t| t.to_device(device))?;
+        moved.device = device.clone();
+        Ok(moved)
+    }
+
+    /// The embedding and the first `resident_layers` layers on `device`, the others in host
+    /// memory, copied to `device` one at a time while encoding.
+    pub fn place(&self, device: &Device, resident_layers: usize) -> CResult<Self> {
+        let mut placed = self.clone();
+        placed.embed_tokens = Embedding::new(
+            self.embed_tokens.embeddings().to_device(device)?,
+            self.cfg.hidden_size,
+        );
+        placed.layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let target = if i < resident_layers {
+                    device.clone()
+                } else {
+                    Device::Cpu
+                };
+                l.map_tensors(&mut |t| t.to_device(&target))
+            })
+            .collect::<CResult<_>>()?;
+        placed.device = device.clone();
+        Ok(placed)
+    }
+
+    /// Bytes of the embedding and of each layer.
+    pub fn part_bytes(&self) -> (u64, Vec<u64>) {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mut bytes = 0;
+                let _ = l.map_tensors(&mut |t| {
+                    bytes += tensor_bytes(t);
+                    Ok(t.clone())
+                });
+                bytes
+            })
+            .collect();
+        (tensor_bytes(self.embed_tokens.embeddings()), layers)
     }
 }
 
@@ -613,6 +750,83 @@ impl TextEncoder {
 
     pub fn config(&self) -> &Config {
         self.model.config()
+    }
+
+    /// The device the encoder computes on.
+    pub fn device(&self) -> &Device {
+        &self.model.device
+    }
+
+    /// This encoder with every weight replaced by `f(weight)`, each weight visited once.
+    pub fn map_tensors(&self, f: TensorFn<'_>) -> Result<Self> {
+        Ok(Self {
+            model: self.model.map_tensors(f)?,
+            tokenizer: self.tokenizer.clone(),
+            pad_id: self.pad_id,
+        })
+    }
+
+    /// A copy with every weight on `device` (bit-identical values), computing there.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            model: self.model.to_device(device)?,
+            tokenizer: self.tokenizer.clone(),
+            pad_id: self.pad_id,
+        })
+    }
+
+    /// Streams the encoder's layers when its weights would take more than `weight_room` device
+    /// bytes: the embedding, a buffer of two layers and as many leading layers as fit stay on
+    /// `device`, the rest in host memory. Returns the placed encoder and the number of streamed
+    /// layers (0: everything fits, the encoder is simply moved to `device`).
+    pub fn place_within(&self, device: &Device, weight_room: u64) -> Result<(Self, usize)> {
+        let (embed, layers) = self.model.part_bytes();
+        let total = embed + layers.iter().sum::<u64>();
+        let resident = if total <= weight_room {
+            layers.len()
+        } else {
+            let buffer = 2 * layers.iter().copied().max().unwrap_or(0);
+            let mut left = weight_room.saturating_sub(embed + buffer);
+            layers
+                .iter()
+                .take_while(|&&b| {
+                    let fits = b <= left;
+                    if fits {
+                        left -= b;
+                    }
+                    fits
+                })
+                .count()
+        };
+        let model = self.model.place(device, resident)?;
+        Ok((
+            Self {
+                model,
+                tokenizer: self.tokenizer.clone(),
+                pad_id: self.pad_id,
+            },
+            layers.len() - resident,
+        ))
+    }
+
+    /// How many weight tensors the encoder holds.
+    pub fn tensor_count(&self) -> usize {
+        let mut n = 0;
+        let _ = self.model.map_tensors(&mut |t| {
+            n += 1;
+            Ok(t.clone())
+        });
+        n
+    }
+
+    /// Weight bytes per tier, as the encoder is placed now.
+    pub fn weight_bytes(&self) -> WeightBytes {
+        let mut bytes = WeightBytes::default();
+        let _ = self.model.map_tensors(&mut |t| {
+            bytes.add(t);
+            Ok(t.clone())
+        });
+        bytes
     }
 
     /// Token ids of the templated prompt, truncated and right-padded to `max_length`, and the

@@ -15,6 +15,7 @@
 //! diffusers names (`decoder.up_blocks.3.resnets.0...`, top-level `quant_conv`) load; the
 //! diffusers mid-block attention linears are read as BFL's 1x1 convolutions.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,7 +25,8 @@ use candle_transformers::models::flux::autoencoder as ldm;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::weights::{build_model, guess_model_kind, Source, WeightFiles};
+use crate::placement::{TensorFn, WeightBytes};
+use crate::weights::{build_model_recorded, guess_model_kind, Source, TensorList, WeightFiles};
 
 /// The VAE hyper-parameters (diffusers `config.json` names).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -124,6 +126,11 @@ pub struct Flux2Vae {
     bn_std: Tensor,
     latent_channels: usize,
     dtype: DType,
+    cfg: Config,
+    parts: Parts,
+    /// The tensors it was built from, by name (shared with the layers, not copied): candle's
+    /// encoder and decoder keep their fields private, so a move rebuilds the VAE from this list.
+    tensors: Arc<TensorList>,
 }
 
 impl Flux2Vae {
@@ -170,7 +177,76 @@ impl Flux2Vae {
             bn_std,
             latent_channels: z,
             dtype: vb.dtype(),
+            cfg: cfg.clone(),
+            parts,
+            tensors: Arc::new(Vec::new()),
         })
+    }
+
+    /// A copy with every weight on `device` (bit-identical values), rebuilt from the tensors it was
+    /// loaded from. Only a VAE from [`load_vae`] knows them.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let (moved, _) = self.map_tensors(&mut |t| t.to_device(device))?;
+        Ok(moved)
+    }
+
+    /// This VAE rebuilt on the device of the mapped tensors, with every weight replaced by
+    /// `f(weight)`; also returns how many tensors went through `f`.
+    pub fn map_tensors(&self, f: TensorFn<'_>) -> Result<(Self, usize)> {
+        if self.tensors.is_empty() {
+            return Err(Error::InvalidInput(
+                "this VAE was built without its tensor list, so it cannot move between devices; \
+                 load it with vae::load_vae"
+                    .into(),
+            ));
+        }
+        let moved = self
+            .tensors
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), f(t)?)))
+            .collect::<candle_core::Result<TensorList>>()?;
+        let device = moved
+            .first()
+            .map(|(_, t)| t.device().clone())
+            .unwrap_or(Device::Cpu);
+        let map: HashMap<String, Tensor> = moved.iter().cloned().collect();
+        let vb = VarBuilder::from_tensors(map, self.dtype, &device);
+        let mut vae = Self::new(&self.cfg, self.parts, vb)?;
+        let count = moved.len();
+        vae.tensors = Arc::new(moved);
+        Ok((vae, count))
+    }
+
+    /// How many weight tensors the VAE was loaded from.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Weight bytes per tier, as the VAE is placed now.
+    pub fn weight_bytes(&self) -> WeightBytes {
+        let mut bytes = WeightBytes::default();
+        for (_, t) in self.tensors.iter() {
+            bytes.add(t);
+        }
+        bytes
+    }
+
+    /// The device the VAE computes on.
+    pub fn device(&self) -> &Device {
+        self.bn_mean.device()
+    }
+
+    /// An estimate of the device bytes a whole decode of a `(B, 128, h, w)` latent needs beyond
+    /// the weights: the largest activations of the decoder's last level (two feature maps of
+    /// `block_out_channels[0]` channels at full resolution, in the weights' dtype, plus the group
+    /// norm's f32 copy) and the f32 image, with a margin of 1.5x.
+    pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
+        let pixels = (batch * h * w * 256) as u64; // 16x upscale on both axes
+        let ch = self.cfg.block_out_channels.first().copied().unwrap_or(128) as u64;
+        let s = self.dtype.size_in_bytes() as u64;
+        let features = pixels * ch * (3 * s + 4);
+        let image = pixels * 3 * 4;
+        (features + image) * 3 / 2
     }
 
     /// `(B, 128, h, w)` normalised latent (or packed tokens with `token_hw`) -> image
@@ -350,15 +426,17 @@ pub fn load_vae(
     let diffusers = files.contains("decoder.up_blocks.0.resnets.0.conv1.weight");
     let levels = config.block_out_channels.len();
     let build = |vb| Flux2Vae::new(&config, parts, vb);
-    if diffusers {
-        build_model(
+    let (mut vae, tensors) = if diffusers {
+        build_model_recorded(
             files,
             move |n| diffusers_source(n, levels),
             dtype,
             device,
             build,
-        )
+        )?
     } else {
-        build_model(files, |n| Source::Name(n.to_string()), dtype, device, build)
-    }
+        build_model_recorded(files, |n| Source::Name(n.to_string()), dtype, device, build)?
+    };
+    vae.tensors = Arc::new(tensors);
+    Ok(vae)
 }

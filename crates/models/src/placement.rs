@@ -1,0 +1,76 @@
+//! Where a model's weights live, and the pieces every model uses to move them.
+//!
+//! Each model walks its own tensors (`map_tensors`: every weight passed once through a function that
+//! returns its replacement), so a move to another device is one walk with `Tensor::to_device`, and
+//! the same walk counts bytes per device. Streaming models keep some blocks in host memory and
+//! copy each one to the compute device just before it runs ([`on_device`]); the copy is dropped
+//! when the block is done, so the device holds one streamed block at a time.
+//!
+//! candle runs everything on one CUDA stream per device and allocates host memory unpinned (and
+//! pinned allocation is `unsafe` in cudarc, which this workspace denies), so the copy of block
+//! `i + 1` is queued behind the compute of block `i`: the host side of the copy (reading the
+//! pages, staging) overlaps the GPU's work because kernel launches are asynchronous, but the DMA
+//! itself does not overlap compute. See docs/models.md, "Streaming".
+
+use std::borrow::Cow;
+
+use candle_core::{Device, Tensor};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// The function a tensor walk applies to every weight.
+pub type TensorFn<'a> = &'a mut dyn FnMut(&Tensor) -> CResult<Tensor>;
+
+/// Bytes of weights per memory tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    /// Bytes in host memory (CPU tensors).
+    pub host: u64,
+    /// Bytes on an accelerator.
+    pub device: u64,
+}
+
+impl WeightBytes {
+    pub fn total(self) -> u64 {
+        self.host + self.device
+    }
+
+    /// Counts `t` in its tier.
+    pub fn add(&mut self, t: &Tensor) {
+        let bytes = tensor_bytes(t);
+        if t.device().is_cpu() {
+            self.host += bytes;
+        } else {
+            self.device += bytes;
+        }
+    }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
+/// A part of a model (a transformer block, a decoder layer) that can be copied to a device whole.
+pub trait Movable: Clone {
+    /// This part with every tensor replaced by `f(tensor)`.
+    fn map_tensors(&self, f: TensorFn<'_>) -> CResult<Self>;
+    /// One of its weights, to tell where the part lives.
+    fn probe(&self) -> &Tensor;
+}
+
+/// `part` on `device`: itself when its weights are already there, else a copy made now (a
+/// streamed block). The copy is freed when the returned value is dropped.
+pub fn on_device<'p, P: Movable>(part: &'p P, device: &Device) -> CResult<Cow<'p, P>> {
+    if part.probe().device().same_device(device) {
+        Ok(Cow::Borrowed(part))
+    } else {
+        Ok(Cow::Owned(part.map_tensors(&mut |t| t.to_device(device))?))
+    }
+}
+
+/// The text of an error that says the device ran out of memory (candle's CUDA and Metal errors).
+pub fn is_out_of_memory(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    message.contains("CUDA_ERROR_OUT_OF_MEMORY") || lower.contains("out of memory")
+}
