@@ -251,7 +251,7 @@ pub struct MappedBackend {
     map: Box<NameMap>,
     first_error: Arc<Mutex<Option<Error>>>,
     /// Every tensor handed to the model, by internal name, when the caller asked for the list.
-    recorded: Option<Arc<Mutex<Vec<(String, Tensor)>>>>,
+    recorded: Option<Arc<Mutex<TensorList>>>,
 }
 
 impl MappedBackend {
