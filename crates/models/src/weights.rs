@@ -426,7 +426,7 @@ pub struct MappedBackend {
     map: Arc<NameMap>,
     first_error: Arc<Mutex<Option<Error>>>,
     /// Every tensor handed to the model, by internal name, when the caller asked for the list.
-    recorded: Option<Arc<Mutex<Vec<(String, Tensor)>>>>,
+    recorded: Option<Arc<Mutex<TensorList>>>,
 }
 
 impl MappedBackend {
