@@ -29,7 +29,9 @@ fn main() {
                 .filter(|p| std::path::Path::new(p).exists())
         })
         .unwrap_or_else(|| "nvcc".to_string());
-    for name in ["flux2"] {
+    // One file today; each entry becomes `<name>.ptx` in OUT_DIR.
+    const KERNELS: &[&str] = &["flux2"];
+    for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         let dst = out_dir.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)
