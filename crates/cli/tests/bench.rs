@@ -233,9 +233,12 @@ fn bad_flags_are_invalid_input() {
     assert!(stderr.contains("--model"), "{stderr}");
 
     let (code, _, stderr) =
-        run(veetance().args(["bench", "--model", "tiny", "--attention", "flash"]));
+        run(veetance().args(["bench", "--model", "tiny", "--attention", "sage"]));
     assert_eq!(code, 2);
-    assert!(stderr.contains("plain, chunked"), "{stderr}");
+    assert!(
+        stderr.contains("plain, chunked, chunked:N, flash"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) =
         run(veetance().args(["bench", "--model", "tiny", "--transformer", "x.safetensors"]));

@@ -1141,7 +1141,8 @@ mod tests {
         assert_eq!("plain".parse(), Ok(Attention::Plain));
         assert_eq!("chunked".parse(), Ok(Attention::Chunked(1024)));
         assert_eq!("chunked:256".parse(), Ok(Attention::Chunked(256)));
-        for a in [Attention::Plain, Attention::Chunked(77)] {
+        assert_eq!("flash".parse(), Ok(Attention::Flash));
+        for a in [Attention::Plain, Attention::Chunked(77), Attention::Flash] {
             assert_eq!(a.to_string().parse(), Ok(a));
         }
         assert!("chunked:0"
@@ -1149,8 +1150,8 @@ mod tests {
             .unwrap_err()
             .contains("positive"));
         assert!("chunked:x".parse::<Attention>().is_err());
-        let e = "flash".parse::<Attention>().unwrap_err();
-        assert!(e.contains("plain, chunked"), "{e}");
+        let e = "sage".parse::<Attention>().unwrap_err();
+        assert!(e.contains("plain, chunked, chunked:N, flash"), "{e}");
     }
 
     #[test]
