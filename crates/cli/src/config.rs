@@ -116,21 +116,8 @@ pub fn parse_budget(text: &str, total: Option<u64>) -> anyhow::Result<u64> {
     Ok((total as f64 * percent / 100.0).round() as u64)
 }
 
-/// Formats bytes for people: `1.50 GiB`.
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
-}
+/// Formats bytes for people: `1.50 GiB` (the core's formatter, shared with the memory events).
+pub use veetance_core::memory::format_bytes as format_size;
 
 #[cfg(test)]
 mod tests {
