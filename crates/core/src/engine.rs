@@ -208,13 +208,6 @@ struct PeakBook {
 }
 
 impl PeakBook {
-    fn estimate(&self, shape: &[u8; 32], node_type: &str) -> Option<u64> {
-        self.by_shape
-            .get(shape)
-            .or_else(|| self.by_type.get(node_type))
-            .copied()
-    }
-
     fn learn(&mut self, shape: [u8; 32], node_type: &str, peak: u64) {
         self.by_shape.insert(shape, peak);
         match self.by_type.get_mut(node_type) {
@@ -278,6 +271,13 @@ impl Engine {
         self.probe = probe;
     }
 
+    /// Lets the probe hand memory no value holds back to the driver ([`DeviceProbe::release`]).
+    fn release_device(&self) {
+        if let Some(p) = &self.probe {
+            p.release();
+        }
+    }
+
     /// The device's memory now, when a probe is set and answers.
     pub fn device_memory(&self) -> Option<DeviceMemory> {
         self.probe.as_ref().and_then(|p| p.memory())
@@ -294,18 +294,28 @@ impl Engine {
         self.room(Credit::default())
     }
 
+    /// The budget caps all device memory in use as the driver reports it (the CUDA context,
+    /// library workspaces and allocator slack included; the driver's reading cannot tell other
+    /// programs apart, so theirs counts too), and never less than the cache's own device bytes.
     fn room(&self, credit: Credit) -> Option<u64> {
+        let driver = self.device_memory().map(|m| {
+            let free = match credit.first_free {
+                Some(first) => m
+                    .free
+                    .max((first + credit.freed).saturating_sub(credit.reloaded)),
+                None => m.free,
+            };
+            (free, m.total.saturating_sub(free))
+        });
+        let in_use = driver
+            .map_or(0, |(_, used)| used)
+            .max(self.cache.usage().device);
         let budget_room = self
             .cache
             .budgets()
             .device
-            .map(|b| b.saturating_sub(self.cache.usage().device));
-        let driver_room = self.device_memory().map(|m| match credit.first_free {
-            Some(first) => m
-                .free
-                .max((first + credit.freed).saturating_sub(credit.reloaded)),
-            None => m.free,
-        });
+            .map(|b| b.saturating_sub(in_use));
+        let driver_room = driver.map(|(free, _)| free);
         match (budget_room, driver_room) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -718,33 +728,13 @@ impl Engine {
         tally: &mut Tally,
     ) -> Result<(Arc<[Value]>, Duration), RunError> {
         let node = &graph.petgraph()[ix];
-        let (pinned, shape, reload_bytes) = {
-            let slot = slots[ix.index()].as_ref().expect("planned");
-            let mut pinned = Vec::new();
-            let mut reload_bytes = 0;
-            let mut seen = Vec::new();
-            for (src, _, _) in &slot.inputs {
-                let Some(s) = slots[src.index()].as_ref() else {
-                    continue;
-                };
-                if let KeyState::Known(k) = s.key {
-                    pinned.push(k);
-                }
-                if s.offloaded && !seen.contains(src) {
-                    seen.push(*src);
-                    reload_bytes += s.values.as_deref().map_or(0, object_host_bytes);
-                }
-            }
-            (pinned, shape_key(slot, slots), reload_bytes)
-        };
-        let estimate = self.peaks.estimate(&shape, &node.type_name);
-        let need = reload_bytes + estimate.unwrap_or(0);
-        let mut credit = self.make_room(need, &pinned, slots, tally);
+        let plan = self.memory_plan(ix, graph, slots);
+        let mut credit = self.make_room(plan.need, &plan.pinned, &plan.streamable, slots, tally);
 
         let mut retried = false;
         loop {
             let attempt = self
-                .reload_inputs(ix, node, &pinned, slots, tally, &mut credit)
+                .reload_inputs(ix, node, &plan, slots, tally, &mut credit)
                 .and_then(|()| {
                     let room = self.room(credit);
                     let sampler = self
@@ -753,6 +743,7 @@ impl Engine {
                         .map(|p| PeakSampler::start(p, SAMPLE_PERIOD));
                     let result = self.execute(ix, graph, slots, env, options, events, room);
                     let seen = sampler.map(PeakSampler::finish);
+                    self.release_device();
                     if let Some(peak) = seen.and_then(|s| s.peak_used) {
                         let r = &mut tally.report;
                         r.device_peak_used = Some(r.device_peak_used.unwrap_or(0).max(peak));
@@ -765,14 +756,14 @@ impl Engine {
                     let peak = measured.unwrap_or_else(|| {
                         values.iter().map(|v| v.mem_bytes().device).sum::<u64>()
                     });
-                    self.peaks.learn(shape, &node.type_name, peak);
+                    self.peaks.learn(plan.shape, &node.type_name, peak);
                     tally.report.node_peaks.push((node.id.clone(), peak));
                     return Ok((values, elapsed));
                 }
                 Err(RunError::OutOfMemory { message, .. }) if !retried => {
                     retried = true;
                     tally.report.oom_retries += 1;
-                    let moved = self.offload_all(&pinned, slots, tally, &mut credit);
+                    let moved = self.offload_all(&plan.pinned, slots, tally, &mut credit);
                     events.emit(&Event::Warning {
                         node: Some(node.id.clone()),
                         message: format!(
@@ -789,7 +780,7 @@ impl Engine {
                     ..
                 }) => {
                     // The type-wide fallback is a guess; only this shape's own peak is evidence.
-                    let measured = self.peaks.by_shape.get(&shape).copied();
+                    let measured = self.peaks.by_shape.get(&plan.shape).copied();
                     let needed = match (needed, measured) {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
@@ -807,15 +798,80 @@ impl Engine {
         }
     }
 
-    /// Moves cached values (never `pinned`) down a tier, best score first, until `need` device
-    /// bytes are free to the next node or nothing more can move.
+    /// What the node about to run needs on the device, and which of its inputs must stay there.
+    fn memory_plan(&self, ix: NodeIndex, graph: &Graph, slots: &[Option<Slot<'_>>]) -> MemoryPlan {
+        let node = &graph.petgraph()[ix];
+        let slot = slots[ix.index()].as_ref().expect("planned");
+        let mut plan = MemoryPlan {
+            shape: shape_key(slot, slots),
+            ..MemoryPlan::default()
+        };
+        let mut reload = 0;
+        let mut wanted = 0;
+        let mut seen = Vec::new();
+        for (src, _, _) in &slot.inputs {
+            let Some(s) = slots[src.index()].as_ref() else {
+                continue;
+            };
+            if seen.contains(src) {
+                continue;
+            }
+            seen.push(*src);
+            let values = s.values.as_deref().unwrap_or_default();
+            let streams = !values.is_empty() && values.iter().all(streams_from_host);
+            if let KeyState::Known(k) = s.key {
+                if streams {
+                    plan.streamable.push(k);
+                } else {
+                    plan.pinned.push(k);
+                }
+            }
+            if s.offloaded && !streams {
+                reload += object_host_bytes(values);
+            } else if s.offloaded {
+                wanted += object_host_bytes(values);
+            } else {
+                wanted += object_device_wanted(values);
+            }
+        }
+        // The node's own working memory: what it declares (it knows its shapes), else its
+        // measured peak, else the largest peak of its type (a conservative guess).
+        let declared = self.declared_need(ix, slots);
+        let measured = self.peaks.by_shape.get(&plan.shape).copied();
+        let typed = self.peaks.by_type.get(&node.type_name).copied();
+        plan.work = declared.or(measured).or(typed).unwrap_or(0);
+        // A measured peak includes the weights the node placed; before there is one, room for
+        // the host-resident weights it would like to place.
+        plan.need = reload
+            + match measured {
+                Some(peak) => peak.max(plan.work),
+                None => plan.work + wanted,
+            };
+        plan
+    }
+
+    /// The node's own estimate of its device working memory ([`NodeDef::device_need`]).
+    fn declared_need(&self, ix: NodeIndex, slots: &[Option<Slot<'_>>]) -> Option<u64> {
+        let slot = slots[ix.index()].as_ref().expect("planned");
+        let def = slot.def.as_ref()?;
+        let (params, inputs) = gather_inputs(ix, slots).ok()?;
+        def.device_need(&params, &inputs)
+    }
+
+    /// Moves cached values down a tier, best score first, until `need` device bytes are free to
+    /// the next node or nothing more can move. `pinned` never moves; `streamable` inputs (the
+    /// node can use them from host memory) move last, when nothing else is left.
     fn make_room(
         &mut self,
         need: u64,
         pinned: &[CacheKey],
+        streamable: &[CacheKey],
         slots: &mut [Option<Slot<'_>>],
         tally: &mut Tally,
     ) -> Credit {
+        // Memory freed since the last node (consumed inputs, the allocator pool's slack) back to
+        // the driver first, so that the readings are what is live.
+        self.release_device();
         let mut credit = Credit {
             first_free: self.device_memory().map(|m| m.free),
             ..Credit::default()
@@ -823,12 +879,16 @@ impl Engine {
         if need == 0 {
             return credit;
         }
-        while self.room(credit).is_some_and(|room| room < need) {
-            let moved = self.cache.demote_best(pinned);
-            if moved.is_empty() {
-                break;
+        let all: Vec<CacheKey> = pinned.iter().chain(streamable).copied().collect();
+        for keep in [&all[..], pinned] {
+            while self.room(credit).is_some_and(|room| room < need) {
+                let moved = self.cache.demote_best(keep);
+                if moved.is_empty() {
+                    break;
+                }
+                credit.freed += apply_moves(&moved, slots, tally);
+                self.release_device();
             }
-            credit.freed += apply_moves(&moved, slots, tally);
         }
         credit
     }
@@ -849,6 +909,7 @@ impl Engine {
             }
             count += moved.len();
             credit.freed += apply_moves(&moved, slots, tally);
+            self.release_device();
         }
     }
 
@@ -857,11 +918,13 @@ impl Engine {
         &mut self,
         ix: NodeIndex,
         node: &crate::graph::NodeInstance,
-        pinned: &[CacheKey],
+        plan: &MemoryPlan,
         slots: &mut [Option<Slot<'_>>],
         tally: &mut Tally,
         credit: &mut Credit,
     ) -> Result<(), RunError> {
+        let pinned: Vec<CacheKey> = plan.pinned.iter().chain(&plan.streamable).copied().collect();
+        let pinned = &pinned[..];
         let inputs = slots[ix.index()].as_ref().expect("planned").inputs.clone();
         for (src, _, port) in inputs {
             let Some(s) = slots[src.index()].as_ref() else {
@@ -871,6 +934,17 @@ impl Engine {
                 continue;
             };
             let key = s.key;
+            // A value the node can stream stays in host memory unless it fits beside the
+            // node's working memory; the node then places what its room allows.
+            if values.iter().all(streams_from_host) {
+                let bytes = object_host_bytes(&values);
+                if self
+                    .room(*credit)
+                    .is_some_and(|room| room < bytes.saturating_add(plan.work))
+                {
+                    continue;
+                }
+            }
             let mut back = Vec::with_capacity(values.len());
             for v in values.iter() {
                 match v {
@@ -980,27 +1054,7 @@ impl Engine {
             message,
         };
 
-        // Inputs, and linked params replacing their constants.
-        let mut params = slot.params.clone();
-        let mut inputs = Vec::with_capacity(slot.inputs.len());
-        for (src, out_index, port) in &slot.inputs {
-            let value = slots[src.index()]
-                .as_ref()
-                .and_then(|s| s.values.as_ref())
-                .and_then(|v| v.get(*out_index).cloned())
-                .ok_or_else(|| fail(format!("input '{port}' has no value (engine bug)")))?;
-            if let Some(pdef) = schema.param_def(port) {
-                let value = pdef
-                    .kind
-                    .check(&value)
-                    .map_err(|m| fail(format!("linked param '{port}': {m}")))?;
-                if let Some(p) = params.0.iter_mut().find(|(n, _)| n == port) {
-                    p.1 = value;
-                }
-            } else {
-                inputs.push((*port, value));
-            }
-        }
+        let (params, inputs) = gather_inputs(ix, slots).map_err(fail)?;
 
         events.emit(&Event::NodeStarted {
             node: node.id.clone(),
@@ -1199,6 +1253,67 @@ fn apply_moves(moved: &[Eviction], slots: &mut [Option<Slot<'_>>], tally: &mut T
 }
 
 /// Host bytes of the objects among `values`: what moving them back to the device takes.
+/// A node's params, with linked params replacing their constants, and its inputs.
+fn gather_inputs<'s>(
+    ix: NodeIndex,
+    slots: &[Option<Slot<'s>>],
+) -> Result<(Params, Vec<(&'s str, Value)>), String> {
+    let slot = slots[ix.index()].as_ref().expect("planned");
+    let schema = slot.def.as_ref().expect("validated").schema();
+    let mut params = slot.params.clone();
+    let mut inputs = Vec::with_capacity(slot.inputs.len());
+    for (src, out_index, port) in &slot.inputs {
+        let value = slots[src.index()]
+            .as_ref()
+            .and_then(|s| s.values.as_ref())
+            .and_then(|v| v.get(*out_index).cloned())
+            .ok_or_else(|| format!("input '{port}' has no value (engine bug)"))?;
+        if let Some(pdef) = schema.param_def(port) {
+            let value = pdef
+                .kind
+                .check(&value)
+                .map_err(|m| format!("linked param '{port}': {m}"))?;
+            if let Some(p) = params.0.iter_mut().find(|(n, _)| n == port) {
+                p.1 = value;
+            }
+        } else {
+            inputs.push((*port, value));
+        }
+    }
+    Ok((params, inputs))
+}
+
+/// What a node needs on the device before it runs (see `Engine::memory_plan`).
+#[derive(Debug, Default)]
+struct MemoryPlan {
+    /// The key its measured peak is learned under.
+    shape: [u8; 32],
+    /// Device bytes to make free: its working memory, inputs to move back, weights to place.
+    need: u64,
+    /// Its own working memory, beyond inputs and weights.
+    work: u64,
+    /// Inputs that must be on the device while it runs.
+    pinned: Vec<CacheKey>,
+    /// Inputs it can use from host memory ([`crate::Payload::streams_from_host`]).
+    streamable: Vec<CacheKey>,
+}
+
+/// Whether a value can be used from host memory by the nodes that take it.
+fn streams_from_host(v: &Value) -> bool {
+    matches!(v, Value::Object(o) if o.payload.streams_from_host())
+}
+
+/// Host bytes of `values` that would rather be on the device ([`crate::Payload::device_wanted`]).
+fn object_device_wanted(values: &[Value]) -> u64 {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Object(o) => o.payload.device_wanted(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn object_host_bytes(values: &[Value]) -> u64 {
     values
         .iter()

@@ -53,6 +53,14 @@ pub trait DeviceProbe: Send + Sync {
     fn peak_used(&self) -> Option<u64> {
         None
     }
+
+    /// Waits for queued device work and hands memory that the allocator keeps for reuse but no
+    /// value holds back to the driver, so that [`DeviceProbe::memory`] reads what is live. The
+    /// engine calls it after each node and after moving values off the device. Returns whether
+    /// anything was done; the default does nothing.
+    fn release(&self) -> bool {
+        false
+    }
 }
 
 impl<F> DeviceProbe for F
@@ -192,15 +200,24 @@ impl Drop for PeakSampler {
 /// A device pool in plain memory, for tests and benchmarks without a GPU: allocations count
 /// against `total` and fail with an "out of memory" error when it is full, like a GPU's. It
 /// tracks its high-water mark exactly, so node peaks measured against it are deterministic.
+///
+/// [`SimulatedDevice::with_pool`] makes it behave like CUDA's stream-ordered allocator: freed
+/// bytes stay in a pool, reused by later allocations and counted as used by
+/// [`DeviceProbe::memory`] until [`DeviceProbe::release`] trims the pool.
 #[derive(Debug)]
 pub struct SimulatedDevice {
     total: u64,
+    pooled: bool,
     state: Mutex<SimState>,
 }
 
 #[derive(Debug, Default)]
 struct SimState {
+    /// Bytes live allocations hold.
     used: u64,
+    /// Freed bytes the pool keeps (pool mode only).
+    held: u64,
+    /// Most of `used + held` since the last reset.
     peak: u64,
 }
 
@@ -208,8 +225,23 @@ impl SimulatedDevice {
     pub fn new(total: u64) -> Arc<SimulatedDevice> {
         Arc::new(SimulatedDevice {
             total,
+            pooled: false,
             state: Mutex::new(SimState::default()),
         })
+    }
+
+    /// A device whose freed memory stays in a pool until released (see the type's docs).
+    pub fn with_pool(total: u64) -> Arc<SimulatedDevice> {
+        Arc::new(SimulatedDevice {
+            total,
+            pooled: true,
+            state: Mutex::new(SimState::default()),
+        })
+    }
+
+    /// Freed bytes the pool holds now.
+    pub fn held(&self) -> u64 {
+        self.lock().held
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -219,15 +251,18 @@ impl SimulatedDevice {
     /// Reserves `bytes`, released when the returned allocation is dropped.
     pub fn alloc(self: &Arc<Self>, bytes: u64) -> Result<SimAllocation, String> {
         let mut st = self.lock();
-        let free = self.total - st.used;
-        if bytes > free {
+        // The pool's freed bytes are reused first; the driver could give the rest.
+        let from_pool = bytes.min(st.held);
+        let free = self.total - st.used - st.held;
+        if bytes - from_pool > free {
             return Err(format!(
                 "simulated device out of memory: cannot allocate {bytes} bytes, {free} of {} free",
                 self.total
             ));
         }
+        st.held -= from_pool;
         st.used += bytes;
-        st.peak = st.peak.max(st.used);
+        st.peak = st.peak.max(st.used + st.held);
         Ok(SimAllocation {
             device: self.clone(),
             bytes,
@@ -247,15 +282,23 @@ impl SimulatedDevice {
 impl DeviceProbe for SimulatedDevice {
     fn memory(&self) -> Option<DeviceMemory> {
         Some(DeviceMemory {
-            free: self.total - self.lock().used,
+            free: {
+                let st = self.lock();
+                self.total - st.used - st.held
+            },
             total: self.total,
         })
     }
 
     fn reset_peak(&self) -> bool {
         let mut st = self.lock();
-        st.peak = st.used;
+        st.peak = st.used + st.held;
         true
+    }
+
+    fn release(&self) -> bool {
+        self.lock().held = 0;
+        self.pooled
     }
 
     fn peak_used(&self) -> Option<u64> {
@@ -280,6 +323,9 @@ impl Drop for SimAllocation {
     fn drop(&mut self) {
         let mut st = self.device.lock();
         st.used = st.used.saturating_sub(self.bytes);
+        if self.device.pooled {
+            st.held += self.bytes;
+        }
     }
 }
 
@@ -344,6 +390,20 @@ mod tests {
         drop(a);
         assert_eq!(dev.used(), 0);
         assert_eq!(dev.peak_used(), Some(60));
+    }
+
+    #[test]
+    fn a_pooled_device_holds_freed_bytes_until_released() {
+        let dev = SimulatedDevice::with_pool(100);
+        drop(dev.alloc(60).unwrap());
+        assert_eq!((dev.used(), dev.held()), (0, 60));
+        assert_eq!(dev.memory().unwrap().free, 40, "the pool's bytes read as used");
+        let reused = dev.alloc(80).unwrap(); // 60 from the pool, 20 new
+        assert_eq!((dev.used(), dev.held()), (80, 0));
+        drop(reused);
+        assert!(dev.release());
+        assert_eq!(dev.memory().unwrap().free, 100);
+        assert!(!SimulatedDevice::new(10).release(), "nothing to release without a pool");
     }
 
     #[test]

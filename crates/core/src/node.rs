@@ -151,6 +151,14 @@ pub trait NodeDef: Send + Sync + 'static {
 
     /// Computes the outputs, one value per declared output, in order.
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError>;
+
+    /// Device bytes the node will allocate as working memory beyond its inputs and the weights
+    /// it places (activations, for a sampler), when it can tell from its params and inputs
+    /// before running. The engine makes this much room first; without it, the engine uses the
+    /// peak it measured on an earlier run. Called before `execute`; `None` by default.
+    fn device_need(&self, _params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        None
+    }
 }
 
 /// The text of a caught panic, for the error that reports it.

@@ -166,6 +166,24 @@ pub trait Payload: Any + Send + Sync + fmt::Debug {
         None
     }
 
+    /// Host bytes a node using this value would bring onto the device if it had the room: the
+    /// weights of a model whose home is a GPU but which sits in host memory because it did not
+    /// fit when it was loaded. Before such a node first runs (its peak not yet measured), the
+    /// engine makes this much room by moving other values down a tier, so the node can place
+    /// the weights rather than stream them. Values the cache itself offloaded are counted
+    /// already; 0 by default.
+    fn device_wanted(&self) -> u64 {
+        0
+    }
+
+    /// Whether the nodes that take this value can use it from host memory, bringing its parts
+    /// onto the device in turn (a model whose blocks stream). The engine may then leave it in,
+    /// or move it to, host memory when the device room is short, rather than moving it back in
+    /// whole before the node runs. False by default: values are on the device when used.
+    fn streams_from_host(&self) -> bool {
+        false
+    }
+
     fn as_any(&self) -> &dyn Any;
 }
 

@@ -508,6 +508,11 @@ pub struct SimTensor {
     pub data: Arc<[u8]>,
     device: Arc<SimulatedDevice>,
     allocation: Option<SimAllocation>,
+    /// Lives in host memory by its maker's choice, like a model loaded to host because it did
+    /// not fit: a node using it brings a copy onto the device for its run.
+    host_home: bool,
+    /// Nodes can use it from host memory (`Payload::streams_from_host`), like a model's weights.
+    pub streams: bool,
 }
 
 impl SimTensor {
@@ -518,7 +523,20 @@ impl SimTensor {
             data: data.into(),
             device: device.clone(),
             allocation: Some(allocation),
+            host_home: false,
+            streams: false,
         })
+    }
+
+    /// A tensor of `data` that stays in host memory (see `host_home`).
+    pub fn on_host(device: &Arc<SimulatedDevice>, data: Vec<u8>) -> Self {
+        SimTensor {
+            data: data.into(),
+            device: device.clone(),
+            allocation: None,
+            host_home: true,
+            streams: true,
+        }
     }
 
     pub fn is_on_device(&self) -> bool {
@@ -546,15 +564,31 @@ impl Payload for SimTensor {
                 data: self.data.to_vec().into(),
                 device: self.device.clone(),
                 allocation: None,
+                host_home: false,
+                streams: self.streams,
             }) as Arc<dyn Payload>)
         })
     }
 
     fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        (!self.is_on_device()).then(|| {
-            SimTensor::on_device(&self.device, self.data.to_vec())
-                .map(|t| Arc::new(t) as Arc<dyn Payload>)
+        (!self.is_on_device() && !self.host_home).then(|| {
+            SimTensor::on_device(&self.device, self.data.to_vec()).map(|mut t| {
+                t.streams = self.streams;
+                Arc::new(t) as Arc<dyn Payload>
+            })
         })
+    }
+
+    fn streams_from_host(&self) -> bool {
+        self.streams
+    }
+
+    fn device_wanted(&self) -> u64 {
+        if self.host_home {
+            self.data.len() as u64
+        } else {
+            0
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -566,7 +600,11 @@ impl Payload for SimTensor {
 /// on the device when it runs); it allocates `scratch_bytes` of working memory, then an output
 /// of `out_bytes` whose content mixes `seed` with the inputs' bytes, then frees the scratch. An
 /// allocation that fails is an out-of-memory error: structured, or (with `oom_as_text`) a plain
-/// failure carrying candle's CUDA error text. Records the `device_room` it was given.
+/// failure carrying candle's CUDA error text. Records the `device_room` it was given. An input
+/// that lives in host memory by choice (`SimTensor::on_host`) is copied onto the device for the
+/// run, like a model's weights; `host_out` makes the output such a tensor. With `streams` the
+/// output can be used from host memory (a consumer then allocates nothing for it); with
+/// `declare` the node tells the engine its scratch size before it runs.
 pub struct SimOp {
     schema: NodeSchema,
     log: Log,
@@ -603,7 +641,10 @@ impl SimOp {
                     "working memory",
                 ))
                 .param(ParamDef::int("seed", 0, 0, 1 << 20, "content"))
-                .param(ParamDef::bool("oom_as_text", false, "fail like candle")),
+                .param(ParamDef::bool("oom_as_text", false, "fail like candle"))
+                .param(ParamDef::bool("host_out", false, "output in host memory"))
+                .param(ParamDef::bool("streams", false, "output usable from host memory"))
+                .param(ParamDef::bool("declare", false, "declare scratch_bytes up front")),
             log,
             device,
             rooms,
@@ -614,6 +655,14 @@ impl SimOp {
 impl NodeDef for SimOp {
     fn schema(&self) -> &NodeSchema {
         &self.schema
+    }
+
+    fn device_need(&self, params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        if params.bool("declare").ok()? {
+            Some(params.int("scratch_bytes").ok()? as u64)
+        } else {
+            None
+        }
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
@@ -634,6 +683,7 @@ impl NodeDef for SimOp {
             }
         };
         let mut inputs = Vec::new();
+        let mut placed = Vec::new();
         for port in ["a", "b"] {
             if let Some(v) = ctx.input(port) {
                 let t = v
@@ -642,7 +692,10 @@ impl NodeDef for SimOp {
                     .ok_or_else(|| {
                         NodeError::failed(format!("input '{port}' is not a SimTensor"))
                     })?;
-                if !t.is_on_device() {
+                if t.host_home {
+                    let n = t.data.len() as u64;
+                    placed.push(self.device.alloc(n).map_err(|e| oom(n, e))?);
+                } else if !t.is_on_device() && !t.streams {
                     return Err(NodeError::failed(format!(
                         "input '{port}' is in host memory: the engine must move it back first"
                     )));
@@ -668,8 +721,16 @@ impl NodeDef for SimOp {
                 (x ^ (x >> 7)) as u8
             })
             .collect();
-        let out = SimTensor::on_device(&self.device, data).map_err(|e| oom(out_bytes as u64, e))?;
+        let out = if ctx.params.bool("host_out")? {
+            SimTensor::on_host(&self.device, data)
+        } else {
+            let mut t =
+                SimTensor::on_device(&self.device, data).map_err(|e| oom(out_bytes as u64, e))?;
+            t.streams = ctx.params.bool("streams")?;
+            t
+        };
         drop(scratch);
+        drop(placed);
         Ok(vec![Value::Object(veetance_core::Object::new(
             PortType::Latent,
             out,
@@ -698,6 +759,16 @@ impl SimHarness {
             device,
             registry: Arc::new(reg),
         }
+    }
+
+    /// Like [`SimHarness::new`] over a device whose freed memory stays pooled until released.
+    pub fn pooled(total: u64) -> Self {
+        let mut h = SimHarness::new(total);
+        h.device = SimulatedDevice::with_pool(total);
+        let mut reg = NodeRegistry::new();
+        reg.add(SimOp::new(h.log.clone(), h.device.clone(), h.rooms.clone()));
+        h.registry = Arc::new(reg);
+        h
     }
 
     /// An engine that reads the simulated device through its probe, with no byte budgets.
