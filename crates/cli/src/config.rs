@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [cache]
-//! vram_budget = "16GiB"   # device bytes Veetance may use: cached values plus the running node
+//! vram_budget = "16GiB"   # device memory in use (driver's count) the run keeps under
 //! ram_budget = "50%"      # bytes cached values may hold in host memory (a size or a share)
 //!
 //! [paths]

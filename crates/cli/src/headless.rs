@@ -203,12 +203,12 @@ pub fn budgets(
     })
 }
 
-/// The default VRAM budget: 90% of the GPU's memory minus what is in use when the run starts
-/// (other programs, and this process's CUDA context). The 10% kept back covers what the engine
-/// does not see as values: cuBLAS/cuDNN workspaces, kernels, allocator fragmentation. Without a
+/// The default VRAM budget: 90% of the GPU's memory. The budget caps all device memory in use as
+/// the driver reports it (this process's CUDA context and workspaces, and other programs', which
+/// the reading cannot tell apart), so the 10% is left free for the rest of the system. Without a
 /// GPU there is no device budget.
 pub fn default_device_budget(device: DeviceMemory) -> u64 {
-    (device.total / 10 * 9).saturating_sub(device.used())
+    device.total / 10 * 9
 }
 
 /// The default RAM budget for cached values: half of the memory the system has available when

@@ -93,8 +93,8 @@ pub struct RunArgs {
     #[arg(long = "target", value_name = "NODE")]
     pub targets: Vec<String>,
 
-    /// GPU memory Veetance may use (cached values plus the running node), e.g. `16GiB` or `80%`
-    /// (default: 90% of the GPU minus what is in use at start).
+    /// GPU memory in use, as the driver reports it, that the run keeps under: cached values, the
+    /// running node, the CUDA context, e.g. `16GiB` or `80%` (default: 90% of the GPU).
     #[arg(long, value_name = "SIZE|N%")]
     pub vram_budget: Option<String>,
 

@@ -923,7 +923,12 @@ impl Engine {
         tally: &mut Tally,
         credit: &mut Credit,
     ) -> Result<(), RunError> {
-        let pinned: Vec<CacheKey> = plan.pinned.iter().chain(&plan.streamable).copied().collect();
+        let pinned: Vec<CacheKey> = plan
+            .pinned
+            .iter()
+            .chain(&plan.streamable)
+            .copied()
+            .collect();
         let pinned = &pinned[..];
         let inputs = slots[ix.index()].as_ref().expect("planned").inputs.clone();
         for (src, _, port) in inputs {

@@ -397,13 +397,20 @@ mod tests {
         let dev = SimulatedDevice::with_pool(100);
         drop(dev.alloc(60).unwrap());
         assert_eq!((dev.used(), dev.held()), (0, 60));
-        assert_eq!(dev.memory().unwrap().free, 40, "the pool's bytes read as used");
+        assert_eq!(
+            dev.memory().unwrap().free,
+            40,
+            "the pool's bytes read as used"
+        );
         let reused = dev.alloc(80).unwrap(); // 60 from the pool, 20 new
         assert_eq!((dev.used(), dev.held()), (80, 0));
         drop(reused);
         assert!(dev.release());
         assert_eq!(dev.memory().unwrap().free, 100);
-        assert!(!SimulatedDevice::new(10).release(), "nothing to release without a pool");
+        assert!(
+            !SimulatedDevice::new(10).release(),
+            "nothing to release without a pool"
+        );
     }
 
     #[test]

@@ -372,7 +372,13 @@ fn room_is_made_for_host_weights_a_node_will_place_before_its_first_run() {
     let report = engine.run(&g, &targets(&["use"]), &NullSink).unwrap();
     assert_eq!(report.memory.oom_retries, 0, "{:?}", report.memory);
     assert_eq!(report.memory.offloaded, 1, "{:?}", report.memory);
-    let room = h.rooms.take().into_iter().find(|(n, _)| n == "use").unwrap().1;
+    let room = h
+        .rooms
+        .take()
+        .into_iter()
+        .find(|(n, _)| n == "use")
+        .unwrap()
+        .1;
     assert!(room.unwrap() >= 900, "{room:?}");
     assert!(report.memory.device_peak_used.unwrap() <= 1000);
 }
@@ -426,8 +432,18 @@ fn an_input_the_node_can_stream_leaves_the_device_when_its_working_memory_needs_
     assert_eq!(report.memory.oom_retries, 0, "{:?}", report.memory);
     assert_eq!(report.memory.offloaded, 1, "{:?}", report.memory);
     assert_eq!(report.memory.reloaded, 0, "{:?}", report.memory);
-    assert!(report.memory.device_peak_used.unwrap() <= 1000, "{:?}", report.memory);
-    let room = h.rooms.take().into_iter().find(|(n, _)| n == "use").unwrap().1;
+    assert!(
+        report.memory.device_peak_used.unwrap() <= 1000,
+        "{:?}",
+        report.memory
+    );
+    let room = h
+        .rooms
+        .take()
+        .into_iter()
+        .find(|(n, _)| n == "use")
+        .unwrap()
+        .1;
     assert!(room.unwrap() >= 500, "{room:?}");
     assert_eq!(bytes_of(&report, "use"), expected);
 }

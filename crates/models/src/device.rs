@@ -23,13 +23,66 @@ pub fn memory_info(device: &Device) -> Option<(u64, u64)> {
     }
 }
 
+/// Waits for `device`'s queued work, then hands the memory CUDA's stream-ordered pool holds for
+/// freed tensors back to the driver (`cuMemPoolTrimTo(pool, 0)`), so that [`memory_info`] reads
+/// what live tensors use rather than the pool's high-water mark. The pool keeps freed blocks for
+/// reuse until it is trimmed, so without this a node's transient peak stays "used" in the
+/// driver's eyes and in other processes' after the node ends. Returns whether it trimmed; a no-op
+/// (false) off CUDA.
+pub fn release_unused(device: &Device) -> bool {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => trim_pool(cuda).is_ok(),
+        _ => false,
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // two driver calls on a bound context, with their results checked
+fn trim_pool(cuda: &candle_core::CudaDevice) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let ctx = cuda.cuda_stream().context().clone();
+    ctx.synchronize().map_err(|e| e.to_string())?;
+    ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer; the device handle comes from a live context.
+    let status = unsafe { sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) };
+    if status != sys::CUresult::CUDA_SUCCESS || pool.is_null() {
+        return Err(format!("cuDeviceGetMemPool: {status:?}"));
+    }
+    // SAFETY: `pool` is the device's current pool, just returned by the driver.
+    let status = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuMemPoolTrimTo: {status:?}"));
+    }
+    Ok(())
+}
+
 /// A probe over the first CUDA GPU: a closure giving its `(free, total)` bytes, for the
 /// engine's `with_device_probe`. `None` without the `cuda` feature, without a GPU, or when the
 /// driver does not answer.
-pub fn cuda_memory_probe() -> Option<impl Fn() -> Option<(u64, u64)> + Send + Sync + 'static> {
+pub fn cuda_memory_probe() -> Option<CudaProbe> {
     let device = Device::new_cuda(0).ok()?;
     memory_info(&device)?;
-    Some(move || memory_info(&device))
+    Some(CudaProbe { device })
+}
+
+/// The first CUDA GPU, as the engine's device probe sees it: driver readings, and
+/// [`release_unused`] between nodes.
+pub struct CudaProbe {
+    device: Device,
+}
+
+impl CudaProbe {
+    /// `(free, total)` bytes now.
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        memory_info(&self.device)
+    }
+
+    /// See [`release_unused`].
+    pub fn release(&self) -> bool {
+        release_unused(&self.device)
+    }
 }
 
 #[cfg(test)]

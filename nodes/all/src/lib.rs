@@ -37,8 +37,22 @@ pub fn registry() -> NodeRegistry {
 /// The device-memory probe for engines that run these nodes: the first CUDA GPU's free and
 /// total memory as the driver reports them (`veetance_models::device`). `None` in builds without
 /// the `cuda` feature or on machines without a GPU; the engine then budgets by its own byte
-/// accounting only.
+/// accounting only. Its [`DeviceProbe::release`] trims CUDA's allocator pool between nodes.
 pub fn device_probe() -> Option<Arc<dyn DeviceProbe>> {
     let probe = veetance_models::device::cuda_memory_probe()?;
-    Some(Arc::new(probe))
+    Some(Arc::new(CudaDeviceProbe(probe)))
+}
+
+struct CudaDeviceProbe(veetance_models::device::CudaProbe);
+
+impl DeviceProbe for CudaDeviceProbe {
+    fn memory(&self) -> Option<veetance_core::memory::DeviceMemory> {
+        self.0
+            .memory()
+            .map(|(free, total)| veetance_core::memory::DeviceMemory { free, total })
+    }
+
+    fn release(&self) -> bool {
+        self.0.release()
+    }
 }

@@ -171,6 +171,20 @@ pub fn placed_model(
     Ok(Arc::new(placed))
 }
 
+/// Device bytes one forward pass of `handle`'s model allocates beside its weights, for `batch`
+/// latents of `img_tokens` tokens and a prompt of `txt_tokens`.
+fn activations(handle: &ModelHandle, batch: usize, img_tokens: usize, txt_tokens: usize) -> u64 {
+    // The estimate's score-matrix rows: flash keeps none (one row stands for its tiles).
+    let chunk = match handle.patches.attention {
+        AttentionImpl::Plain => None,
+        AttentionImpl::Chunked(n) => Some(n),
+        AttentionImpl::Flash => Some(1),
+    };
+    handle
+        .model
+        .activation_bytes(batch, img_tokens, txt_tokens, chunk)
+}
+
 /// The sigmas for `steps` on an image of `tokens` tokens under `schedule`.
 pub fn sigmas(schedule: Schedule, steps: usize, tokens: usize) -> Vec<f32> {
     match schedule {
@@ -198,6 +212,31 @@ fn preview_image(x0: &Tensor, h: usize, w: usize) -> Option<Image> {
 impl NodeDef for Sampler {
     fn schema(&self) -> &NodeSchema {
         &self.schema
+    }
+
+    /// The forward pass's activations (see `activations`), so that the engine makes room for
+    /// them before the first run; the weights the sampler places come on top, as the engine
+    /// counts them from the model input.
+    fn device_need(
+        &self,
+        _params: &veetance_core::Params,
+        inputs: &[(&str, Value)],
+    ) -> Option<u64> {
+        let find = |port: &str| {
+            inputs
+                .iter()
+                .find(|(p, _)| *p == port)
+                .and_then(|(_, v)| v.as_object())
+        };
+        let handle = find("model")?.downcast::<ModelHandle>()?;
+        if handle.device.is_cpu() {
+            return None;
+        }
+        let latent = find("latent")?.downcast::<Latent>()?;
+        let positive = find("positive")?.downcast::<Conditioning>()?;
+        let (batch, _, h, w) = latent.samples.dims4().ok()?;
+        let txt_tokens = positive.hidden.dim(1).ok()?;
+        Some(activations(handle, batch, h * w, txt_tokens))
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
@@ -275,16 +314,7 @@ impl NodeDef for Sampler {
                 "guidance {guidance} needs a negative conditioning; sampling without guidance"
             ));
         }
-        // The activation estimate's score-matrix rows: flash keeps none (one row stands for its tiles).
-        let chunk = match handle.patches.attention {
-            AttentionImpl::Plain => None,
-            AttentionImpl::Chunked(n) => Some(n),
-            AttentionImpl::Flash => Some(1),
-        };
-        let activations =
-            handle
-                .model
-                .activation_bytes(batch, h * w, pos_txt.dim(1).map_err(&cerr)?, chunk);
+        let activations = activations(handle, batch, h * w, pos_txt.dim(1).map_err(&cerr)?);
         let placed = placed_model(ctx, handle, activations)?;
         let model = Patched {
             model: &placed,

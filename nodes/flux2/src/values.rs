@@ -90,6 +90,16 @@ pub fn mem_of(bytes: WeightBytes) -> MemBytes {
     }
 }
 
+/// The weights a model handle would bring onto its home device when used: those the loader left
+/// in host memory (what the cache offloaded, it counts itself).
+fn wanted(home: &Device, offloaded: bool, bytes: MemBytes) -> u64 {
+    if offloaded || home.is_cpu() {
+        0
+    } else {
+        bytes.host
+    }
+}
+
 /// Runs a move and wraps its result for the payload hooks.
 fn moved<T: Payload>(result: Result<T, String>) -> Option<Result<Arc<dyn Payload>, String>> {
     Some(result.map(|p| Arc::new(p) as Arc<dyn Payload>))
@@ -130,6 +140,13 @@ impl Payload for ModelHandle {
                     ..self.clone()
                 }),
         )
+    }
+    fn streams_from_host(&self) -> bool {
+        // The sampler and TextEncode stream blocks and layers from host memory.
+        true
+    }
+    fn device_wanted(&self) -> u64 {
+        wanted(&self.device, self.offloaded, self.weight_bytes)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -184,6 +201,13 @@ impl Payload for TextEncoderHandle {
                 }),
         )
     }
+    fn streams_from_host(&self) -> bool {
+        // The sampler and TextEncode stream blocks and layers from host memory.
+        true
+    }
+    fn device_wanted(&self) -> u64 {
+        wanted(&self.device, self.offloaded, self.weight_bytes)
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -236,6 +260,9 @@ impl Payload for VaeHandle {
                     ..self.clone()
                 }),
         )
+    }
+    fn device_wanted(&self) -> u64 {
+        wanted(&self.device, self.offloaded, self.weight_bytes)
     }
     fn as_any(&self) -> &dyn Any {
         self

@@ -643,8 +643,16 @@ impl SimOp {
                 .param(ParamDef::int("seed", 0, 0, 1 << 20, "content"))
                 .param(ParamDef::bool("oom_as_text", false, "fail like candle"))
                 .param(ParamDef::bool("host_out", false, "output in host memory"))
-                .param(ParamDef::bool("streams", false, "output usable from host memory"))
-                .param(ParamDef::bool("declare", false, "declare scratch_bytes up front")),
+                .param(ParamDef::bool(
+                    "streams",
+                    false,
+                    "output usable from host memory",
+                ))
+                .param(ParamDef::bool(
+                    "declare",
+                    false,
+                    "declare scratch_bytes up front",
+                )),
             log,
             device,
             rooms,
