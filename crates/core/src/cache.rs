@@ -154,6 +154,8 @@ struct Entry {
     /// Logical clock of the last use: breaks ties between equal scores (older goes first).
     last_tick: u64,
     offloaded: bool,
+    /// The storage its bytes live in when shared with other entries ([`Payload::storage_id`]).
+    storage: Option<usize>,
 }
 
 /// Which tier [`OutputCache::demote_best`] makes room in.
@@ -174,7 +176,6 @@ enum Tier {
 pub struct OutputCache {
     entries: KeyMap<Entry>,
     budgets: Budgets,
-    used: MemBytes,
     clock: u64,
     stats: CacheStats,
 }
@@ -183,7 +184,7 @@ impl fmt::Debug for OutputCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutputCache")
             .field("entries", &self.entries.len())
-            .field("used", &self.used)
+            .field("used", &self.usage())
             .field("budgets", &self.budgets)
             .field("stats", &self.stats)
             .finish()
@@ -201,7 +202,6 @@ impl OutputCache {
         OutputCache {
             entries: KeyMap::default(),
             budgets,
-            used: MemBytes::ZERO,
             clock: 0,
             stats: CacheStats::default(),
         }
@@ -262,9 +262,8 @@ impl OutputCache {
             return Vec::new();
         }
         self.clock += 1;
-        if let Some(old) = self.entries.remove(&key) {
-            self.used -= old.bytes;
-        }
+        self.entries.remove(&key);
+        let storage = storage_of(&outputs);
         self.entries.insert(
             key,
             Entry {
@@ -275,9 +274,9 @@ impl OutputCache {
                 last_used: Instant::now(),
                 last_tick: self.clock,
                 offloaded,
+                storage,
             },
         );
-        self.used += bytes;
         self.stats.inserts += 1;
         self.enforce_budgets(&[key])
     }
@@ -296,9 +295,8 @@ impl OutputCache {
             return Vec::new();
         };
         let bytes = sum_bytes(&outputs);
-        self.used -= e.bytes;
-        self.used += bytes;
         e.bytes = bytes;
+        e.storage = storage_of(&outputs);
         e.outputs = outputs;
         e.offloaded = false;
         e.last_used = Instant::now();
@@ -323,9 +321,15 @@ impl OutputCache {
     /// The entry with the highest score holding bytes in `tier`, outside `pinned`.
     fn best_victim(&self, tier: Tier, pinned: &[CacheKey]) -> Option<CacheKey> {
         let now = Instant::now();
+        // Moving a value whose storage a pinned entry shares would free nothing.
+        let pinned_storage: Vec<usize> = pinned
+            .iter()
+            .filter_map(|k| self.entries.get(k).and_then(|e| e.storage))
+            .collect();
         self.entries
             .iter()
             .filter(|(k, _)| !pinned.contains(k))
+            .filter(|(_, e)| e.storage.is_none_or(|s| !pinned_storage.contains(&s)))
             .filter_map(|(k, e)| {
                 let bytes = match tier {
                     Tier::Device => e.bytes.device,
@@ -358,32 +362,53 @@ impl OutputCache {
             // Does not fit the host tier on its own, or did not leave the device after all.
             return self.drop_entry(key).into_iter().collect();
         }
-        let e = self.entries.get_mut(&key).expect("checked above");
-        let before = e.bytes;
-        self.used -= e.bytes;
-        self.used += host_bytes;
-        e.bytes = host_bytes;
-        e.outputs = host.clone();
-        e.offloaded = true;
-        self.stats.offloads += 1;
-        let moved = Eviction {
-            key,
-            node_type: e.node_type.clone(),
-            bytes: before,
-            offloaded: Some(host),
-        };
-        // Room for it in the host tier: drop host entries by score (possibly this one).
+        // The entries sharing its storage follow it onto the moved copy.
+        let storage = self.entries[&key].storage;
+        let mut group = vec![(key, host.clone())];
+        if let Some(storage) = storage {
+            let others: Vec<CacheKey> = self
+                .entries
+                .iter()
+                .filter(|(k, e)| **k != key && e.storage == Some(storage) && !e.offloaded)
+                .map(|(k, _)| *k)
+                .collect();
+            for other in others {
+                match rebase(&self.entries[&other].outputs, &host) {
+                    Some(values) => group.push((other, values)),
+                    None => match offload(&self.entries[&other].outputs) {
+                        Ok(Some(values)) => group.push((other, values)),
+                        _ => {
+                            self.drop_entry(other);
+                        }
+                    },
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        for (k, values) in group {
+            let e = self.entries.get_mut(&k).expect("listed above");
+            let before = e.bytes;
+            e.bytes = sum_bytes(&values);
+            e.storage = storage_of(&values);
+            e.outputs = values.clone();
+            e.offloaded = true;
+            self.stats.offloads += 1;
+            moved.push(Eviction {
+                key: k,
+                node_type: e.node_type.clone(),
+                bytes: before,
+                offloaded: Some(values),
+            });
+        }
+        // Room for them in the host tier: drop host entries by score (possibly these).
         let mut keep: Vec<CacheKey> = pinned.to_vec();
-        keep.retain(|k| *k != key);
+        keep.retain(|k| moved.iter().all(|m| m.key != *k));
         let mut out = Vec::new();
-        let mut moved = Some(moved);
-        while exceeds(self.used.host, self.budgets.host) {
+        while exceeds(self.usage().host, self.budgets.host) {
             let Some(victim) = self.best_victim(Tier::Host, &keep) else {
                 break;
             };
-            if victim == key {
-                moved = None;
-            }
+            moved.retain(|m| m.key != victim);
             out.extend(self.drop_entry(victim));
         }
         out.extend(moved);
@@ -392,7 +417,6 @@ impl OutputCache {
 
     fn drop_entry(&mut self, key: CacheKey) -> Option<Eviction> {
         let e = self.entries.remove(&key)?;
-        self.used -= e.bytes;
         self.stats.evictions += 1;
         Some(Eviction {
             key,
@@ -406,13 +430,14 @@ impl OutputCache {
     fn enforce_budgets(&mut self, keep: &[CacheKey]) -> Vec<Eviction> {
         let mut evicted = Vec::new();
         loop {
-            if exceeds(self.used.device, self.budgets.device) {
+            let used = self.usage();
+            if exceeds(used.device, self.budgets.device) {
                 let moved = self.demote_best(keep);
                 if moved.is_empty() {
                     break;
                 }
                 evicted.extend(moved);
-            } else if exceeds(self.used.host, self.budgets.host) {
+            } else if exceeds(used.host, self.budgets.host) {
                 let Some(victim) = self.best_victim(Tier::Host, keep) else {
                     break;
                 };
@@ -434,9 +459,20 @@ impl OutputCache {
         self.enforce_budgets(&[])
     }
 
-    /// Bytes held, per tier.
+    /// Bytes held, per tier; a storage several entries share counts once.
     pub fn usage(&self) -> MemBytes {
-        self.used
+        let mut seen: Vec<usize> = Vec::new();
+        let mut used = MemBytes::ZERO;
+        for e in self.entries.values() {
+            if let Some(s) = e.storage {
+                if seen.contains(&s) {
+                    continue;
+                }
+                seen.push(s);
+            }
+            used += e.bytes;
+        }
+        used
     }
 
     pub fn len(&self) -> usize {
@@ -453,7 +489,6 @@ impl OutputCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.used = MemBytes::ZERO;
     }
 
     /// What the cache holds, most recently used first.
@@ -494,6 +529,36 @@ pub(crate) fn offload(values: &[Value]) -> Result<Option<Arc<[Value]>>, String> 
     Ok(Some(out.into()))
 }
 
+/// The shared storage `values` live in: the first payload's that has one.
+fn storage_of(values: &[Value]) -> Option<usize> {
+    values.iter().find_map(|v| match v {
+        Value::Object(o) => o.payload.storage_id(),
+        _ => None,
+    })
+}
+
+/// `values` over the storage of `moved` (values that shared theirs and moved to another tier);
+/// `None` when a payload holding the shared storage cannot rebase.
+fn rebase(values: &[Value], moved: &[Value]) -> Option<Arc<[Value]>> {
+    let target = moved.iter().find_map(|v| match v {
+        Value::Object(o) if o.payload.storage_id().is_some() => Some(o.payload.clone()),
+        _ => None,
+    })?;
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        match v {
+            Value::Object(o) if o.payload.storage_id().is_some() => out.push(Value::Object(
+                Object {
+                    ty: o.ty,
+                    payload: o.payload.rebase(target.as_ref())?,
+                },
+            )),
+            other => out.push(other.clone()),
+        }
+    }
+    Some(out.into())
+}
+
 fn exceeds(used: u64, budget: Option<u64>) -> bool {
     budget.is_some_and(|b| used > b)
 }
@@ -509,6 +574,93 @@ mod tests {
 
     fn text(len: usize) -> Arc<[Value]> {
         vec![Value::string("x".repeat(len))].into()
+    }
+
+    /// Weights that several handles share (a model and its patched copies).
+    #[derive(Debug)]
+    struct Weights {
+        store: Arc<Vec<u8>>,
+        on_device: bool,
+        tag: u8,
+    }
+
+    impl crate::Payload for Weights {
+        fn mem_bytes(&self) -> MemBytes {
+            let n = self.store.len() as u64;
+            if self.on_device {
+                MemBytes::device(n)
+            } else {
+                MemBytes::host(n)
+            }
+        }
+        fn to_host(&self) -> Option<Result<Arc<dyn crate::Payload>, String>> {
+            self.on_device.then(|| {
+                Ok(Arc::new(Weights {
+                    store: Arc::new(self.store.to_vec()),
+                    on_device: false,
+                    tag: self.tag,
+                }) as Arc<dyn crate::Payload>)
+            })
+        }
+        fn storage_id(&self) -> Option<usize> {
+            Some(Arc::as_ptr(&self.store) as usize)
+        }
+        fn rebase(&self, moved: &dyn crate::Payload) -> Option<Arc<dyn crate::Payload>> {
+            let moved = moved.as_any().downcast_ref::<Weights>()?;
+            Some(Arc::new(Weights {
+                store: moved.store.clone(),
+                on_device: moved.on_device,
+                tag: self.tag,
+            }))
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn weights(store: &Arc<Vec<u8>>, tag: u8) -> Arc<[Value]> {
+        let w = Weights {
+            store: store.clone(),
+            on_device: true,
+            tag,
+        };
+        vec![Value::Object(Object::new(crate::PortType::Model, w))].into()
+    }
+
+    fn tag_and_store(values: &[Value]) -> (u8, usize, bool) {
+        let w = values[0]
+            .as_object()
+            .and_then(|o| o.downcast::<Weights>())
+            .unwrap();
+        (w.tag, Arc::as_ptr(&w.store) as usize, w.on_device)
+    }
+
+    #[test]
+    fn values_sharing_storage_count_once_and_move_together() {
+        let mut cache = OutputCache::new(Budgets {
+            device: Some(1000),
+            host: None,
+        });
+        let store = Arc::new(vec![7u8; 600]);
+        // A loaded model and a patched handle over the same weights: 600 bytes, not 1200, so
+        // neither has to leave the device.
+        assert!(cache.insert(key(1), "Load", weights(&store, 1), Duration::ZERO).is_empty());
+        assert!(cache.insert(key(2), "Patch", weights(&store, 2), Duration::ZERO).is_empty());
+        assert_eq!(cache.usage().device, 600);
+
+        // Pinning one pins the storage: moving the other would free nothing.
+        assert!(cache.demote_best(&[key(2)]).is_empty());
+
+        // Moving one moves both, onto one host copy.
+        let moved = cache.demote_best(&[]);
+        assert_eq!(moved.len(), 2, "{moved:?}");
+        assert_eq!(cache.usage(), MemBytes::host(600));
+        let a = tag_and_store(&cache.get(&key(1)).unwrap());
+        let b = tag_and_store(&cache.get(&key(2)).unwrap());
+        assert_eq!((a.0, b.0), (1, 2), "each keeps its own patches");
+        assert_eq!(a.1, b.1, "one shared host copy");
+        assert!(!a.2 && !b.2);
+        assert_ne!(a.1, Arc::as_ptr(&store) as usize);
     }
 
     #[test]

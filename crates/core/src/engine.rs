@@ -271,10 +271,23 @@ impl Engine {
         self.probe = probe;
     }
 
-    /// Lets the probe hand memory no value holds back to the driver ([`DeviceProbe::release`]).
-    fn release_device(&self) {
-        if let Some(p) = &self.probe {
-            p.release();
+    /// Lets the probe hand memory no value holds back to the driver ([`DeviceProbe::release`]);
+    /// whether it did.
+    fn release_device(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| p.release())
+    }
+
+    /// After values moved off the device: the driver's reading is exact once the probe released
+    /// the allocator's pool (the credit starts over from it); otherwise the moved bytes are
+    /// credited.
+    fn credit_moves(&self, credit: &mut Credit, freed: u64) {
+        if self.release_device() {
+            *credit = Credit {
+                first_free: self.device_memory().map(|m| m.free),
+                ..Credit::default()
+            };
+        } else {
+            credit.freed += freed;
         }
     }
 
@@ -886,8 +899,8 @@ impl Engine {
                 if moved.is_empty() {
                     break;
                 }
-                credit.freed += apply_moves(&moved, slots, tally);
-                self.release_device();
+                let freed = apply_moves(&moved, slots, tally);
+                self.credit_moves(&mut credit, freed);
             }
         }
         credit
@@ -908,8 +921,8 @@ impl Engine {
                 return count;
             }
             count += moved.len();
-            credit.freed += apply_moves(&moved, slots, tally);
-            self.release_device();
+            let freed = apply_moves(&moved, slots, tally);
+            self.credit_moves(credit, freed);
         }
     }
 
@@ -997,7 +1010,8 @@ impl Engine {
             }
             if let KeyState::Known(k) = key {
                 let moved = self.cache.promote(&k, back, pinned);
-                credit.freed += apply_moves(&moved, slots, tally);
+                let freed = apply_moves(&moved, slots, tally);
+                self.credit_moves(credit, freed);
             }
         }
         Ok(())

@@ -184,6 +184,22 @@ pub trait Payload: Any + Send + Sync + fmt::Debug {
         false
     }
 
+    /// An id of the memory this value's bytes live in, when other values may share it (several
+    /// model handles over one set of weights: the loader's and the patch nodes'). The cache
+    /// counts a storage's bytes once and moves the values sharing it down a tier together (one
+    /// moves, the others [`Payload::rebase`] onto it). A moved value has a new storage. `None`
+    /// by default: the value's bytes are its own.
+    fn storage_id(&self) -> Option<usize> {
+        None
+    }
+
+    /// This value over `moved`'s storage, where `moved` is a value that shared this one's
+    /// storage and was just moved to another tier; `None` when it cannot (the cache then moves
+    /// this value on its own).
+    fn rebase(&self, _moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+        None
+    }
+
     fn as_any(&self) -> &dyn Any;
 }
 

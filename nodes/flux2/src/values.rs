@@ -145,6 +145,18 @@ impl Payload for ModelHandle {
         // The sampler and TextEncode stream blocks and layers from host memory.
         true
     }
+    fn storage_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.model) as usize)
+    }
+    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+        let moved = moved.as_any().downcast_ref::<ModelHandle>()?;
+        Some(Arc::new(ModelHandle {
+            model: moved.model.clone(),
+            weight_bytes: moved.weight_bytes,
+            offloaded: moved.offloaded,
+            ..self.clone()
+        }))
+    }
     fn device_wanted(&self) -> u64 {
         wanted(&self.device, self.offloaded, self.weight_bytes)
     }
@@ -205,6 +217,18 @@ impl Payload for TextEncoderHandle {
         // The sampler and TextEncode stream blocks and layers from host memory.
         true
     }
+    fn storage_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.encoder) as usize)
+    }
+    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+        let moved = moved.as_any().downcast_ref::<TextEncoderHandle>()?;
+        Some(Arc::new(TextEncoderHandle {
+            encoder: moved.encoder.clone(),
+            weight_bytes: moved.weight_bytes,
+            offloaded: moved.offloaded,
+            ..self.clone()
+        }))
+    }
     fn device_wanted(&self) -> u64 {
         wanted(&self.device, self.offloaded, self.weight_bytes)
     }
@@ -260,6 +284,18 @@ impl Payload for VaeHandle {
                     ..self.clone()
                 }),
         )
+    }
+    fn storage_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.vae) as usize)
+    }
+    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+        let moved = moved.as_any().downcast_ref::<VaeHandle>()?;
+        Some(Arc::new(VaeHandle {
+            vae: moved.vae.clone(),
+            weight_bytes: moved.weight_bytes,
+            offloaded: moved.offloaded,
+            ..self.clone()
+        }))
     }
     fn device_wanted(&self) -> u64 {
         wanted(&self.device, self.offloaded, self.weight_bytes)
