@@ -237,16 +237,23 @@ impl Flux2Vae {
     }
 
     /// An estimate of the device bytes a whole decode of a `(B, 128, h, w)` latent needs beyond
-    /// the weights: the largest activations of the decoder's last level (two feature maps of
-    /// `block_out_channels[0]` channels at full resolution, in the weights' dtype, plus the group
-    /// norm's f32 copy) and the f32 image, with a margin of 1.5x.
+    /// the weights. candle's convolution lowers to im2col and a matmul, so the widest
+    /// full-resolution convolution dominates: the last level's upsampler and first resnet conv
+    /// read `block_out_channels[1]` channels at full resolution, whose im2col buffer holds nine
+    /// values per input channel and pixel; beside it the input, the output and its layout copy,
+    /// and the group norm's f32 copies. With a margin of 1.5x. (On the H200 a whole 1024²
+    /// decode in bf16 peaked at 10.6 GiB above its start; this gives 11.3 GiB.)
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
         let pixels = (batch * h * w * 256) as u64; // 16x upscale on both axes
-        let ch = self.cfg.block_out_channels.first().copied().unwrap_or(128) as u64;
+        let chans = &self.cfg.block_out_channels;
+        let c0 = chans.first().copied().unwrap_or(128) as u64;
+        let c1 = chans.get(1).copied().unwrap_or(2 * c0 as usize) as u64;
         let s = self.dtype.size_in_bytes() as u64;
-        let features = pixels * ch * (3 * s + 4);
+        let im2col = pixels * 9 * c1 * s;
+        let tensors = pixels * (c1 + 2 * c0) * s;
+        let norm = pixels * c1 * 4 * 2;
         let image = pixels * 3 * 4;
-        (features + image) * 3 / 2
+        (im2col + tensors + norm + image) * 3 / 2
     }
 
     /// `(B, 128, h, w)` normalised latent (or packed tokens with `token_hw`) -> image
