@@ -29,8 +29,8 @@ fn main() {
                 .filter(|p| std::path::Path::new(p).exists())
         })
         .unwrap_or_else(|| "nvcc".to_string());
-    // One file today; each entry becomes `<name>.ptx` in OUT_DIR.
-    const KERNELS: &[&str] = &["flux2"];
+    // Each entry becomes `<name>.ptx` in OUT_DIR.
+    const KERNELS: &[&str] = &["flux2", "vae"];
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         let dst = out_dir.join(format!("{name}.ptx"));

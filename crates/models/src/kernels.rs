@@ -6,6 +6,15 @@
 //!   split, for one or several token ranges (the double block's text and image streams).
 //! * [`modulate`], [`gated_residual`], [`swiglu`]: the elementwise work around the matmuls.
 //!
+//! For the VAE decoder (kernels/vae.cu):
+//!
+//! * [`conv2d`]: a convolution as a transposed im2col (`col[k][m]`) + one cuBLAS GEMM per image
+//!   and row chunk, `W (Cout, Cin·kh·kw) @ col` being NCHW already; the bias, a residual add and a
+//!   nearest 2x upsample of the input are folded in. Replaces candle's im2col (one thread per
+//!   element, 64-bit divisions, `(N, H, W, Cin, kh, kw)` layout) + GEMM + NHWC→NCHW copy.
+//! * [`group_norm`]: GroupNorm with f32 statistics (and an optional SiLU) in three launches,
+//!   instead of candle_nn's ten f32 passes with two 32-block reductions.
+//!
 //! Each function runs the kernel when [`supported`] says the tensor qualifies (a CUDA build, a
 //! CUDA tensor, bf16 or f16) and errors otherwise; callers keep the reference path for the rest.
 //! `tests/cuda_kernels.rs` compares every kernel with its reference on the GPU.
@@ -87,6 +96,58 @@ pub fn swiglu(h: &Tensor, a_off: usize, b_off: usize, n: usize) -> Result<Tensor
     imp::swiglu(h, a_off, b_off, n)
 }
 
+/// Stride, padding and input upsampling of a [`conv2d`] (dilation 1, one group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub stride: usize,
+    pub padding: usize,
+    /// 1, or 2 for a nearest 2x upsample of the input before the convolution.
+    pub upsample: usize,
+}
+
+/// The most elements one im2col chunk may hold (3·2²⁹, 3 GiB in bf16): larger convolutions run
+/// in row chunks.
+pub const CONV_COL_LIMIT: usize = 3 << 29;
+
+/// `residual + conv2d(upsample?(x), weight) + bias` over `x: (B, Cin, H, W)`, `weight:
+/// (Cout, Cin, kh, kw)`, `bias: (Cout,)`, `residual: (B, Cout, Ho, Wo)`, all one dtype; the sums
+/// in f32, rounded once (the GEMM's output is rounded to the dtype first).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    geom: ConvGeom,
+) -> Result<Tensor> {
+    imp::conv2d(x, weight, bias, residual, geom, CONV_COL_LIMIT)
+}
+
+/// [`conv2d`] with im2col chunks of at most `col_limit` elements (tests use small ones).
+#[doc(hidden)]
+pub fn conv2d_with_limit(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    geom: ConvGeom,
+    col_limit: usize,
+) -> Result<Tensor> {
+    imp::conv2d(x, weight, bias, residual, geom, col_limit)
+}
+
+/// GroupNorm of `x: (B, C, ...)` contiguous-able, `groups` dividing C, affine `gamma`, `beta`:
+/// `(C,)`, biased variance, then `x · sigmoid(x)` when `silu`.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    imp::group_norm(x, gamma, beta, groups, eps, silu)
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use candle_core::{bail, Result, Tensor};
@@ -118,6 +179,26 @@ mod imp {
     }
     pub fn swiglu(_h: &Tensor, _a: usize, _b: usize, _n: usize) -> Result<Tensor> {
         bail!("fused kernels need a build with the `cuda` feature")
+    }
+    pub fn conv2d(
+        _x: &Tensor,
+        _w: &Tensor,
+        _bias: Option<&Tensor>,
+        _res: Option<&Tensor>,
+        _geom: super::ConvGeom,
+        _col_limit: usize,
+    ) -> Result<Tensor> {
+        bail!("our conv2d needs a build with the `cuda` feature")
+    }
+    pub fn group_norm(
+        _x: &Tensor,
+        _gamma: &Tensor,
+        _beta: &Tensor,
+        _groups: usize,
+        _eps: f64,
+        _silu: bool,
+    ) -> Result<Tensor> {
+        bail!("our group norm needs a build with the `cuda` feature")
     }
 }
 
@@ -593,5 +674,362 @@ mod imp {
         unsafe { builder.launch(cfg) }.w()?;
         drop((xs, ys, gs));
         Ok(wrap(out, &dev, (b, l, n)))
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // VAE decoder kernels (kernels/vae.cu)
+
+    const VAE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vae.ptx"));
+    const VAE_MODULE: &str = "veetance_vae";
+    const THREADS: u32 = 256;
+
+    fn grid_for(items: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (items.div_ceil(THREADS as usize) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// `t` contiguous, in `dtype`, with `dims`; named in the error.
+    fn check(t: &Tensor, dtype: DType, dims: &[usize], what: &str) -> Result<Tensor> {
+        if t.dtype() != dtype || t.dims() != dims {
+            bail!(
+                "{what}: expected {dims:?} {dtype:?}, got {:?} {:?}",
+                t.dims(),
+                t.dtype()
+            )
+        }
+        t.contiguous()
+    }
+
+    pub fn conv2d(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        geom: super::ConvGeom,
+        col_limit: usize,
+    ) -> Result<Tensor> {
+        dispatch!(x.dtype(), conv2d_t, x, w, bias, res, geom, col_limit)
+    }
+
+    fn conv2d_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        geom: super::ConvGeom,
+        col_limit: usize,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let (b, c, h, wd) = x.dims4()?;
+        let (cout, cin, kh, kw) = w.dims4()?;
+        let super::ConvGeom {
+            stride,
+            padding: pad,
+            upsample: up,
+        } = geom;
+        if cin != c || stride == 0 || !(up == 1 || up == 2) {
+            bail!(
+                "conv2d: input {:?}, weight {:?}, {geom:?} (one group, stride ≥ 1, upsample 1 or 2)",
+                x.dims(),
+                w.dims()
+            )
+        }
+        let (hv, wv) = (h * up + 2 * pad, wd * up + 2 * pad);
+        if hv < kh || wv < kw {
+            bail!("conv2d: kernel {kh}x{kw} larger than the padded input {hv}x{wv}")
+        }
+        let (ho, wo) = ((hv - kh) / stride + 1, (wv - kw) / stride + 1);
+        let (m, k) = (ho * wo, cin * kh * kw);
+        if k > 65535 || h * up > i32::MAX as usize / 2 || wd * up > i32::MAX as usize / 2 {
+            bail!("conv2d: {k} im2col rows or the image size exceed the kernel's grid")
+        }
+        let x = x.contiguous()?;
+        let w2 = check(w, dtype, &[cout, cin, kh, kw], "conv2d weight")?.reshape((cout, k))?;
+        let bias = bias
+            .map(|t| check(t, dtype, &[cout], "conv2d bias"))
+            .transpose()?;
+        let res = res
+            .map(|t| check(t, dtype, &[b, cout, ho, wo], "conv2d residual"))
+            .transpose()?;
+        let direct = kh == 1 && kw == 1 && stride == 1 && pad == 0 && up == 1;
+        let rows_per = if direct {
+            ho
+        } else {
+            (col_limit / (k * wo)).clamp(1, ho)
+        };
+        let dev = match &*x.storage_and_layout().0 {
+            Storage::Cuda(s) => s.device().clone(),
+            _ => bail!("conv2d: x must be on a CUDA device"),
+        };
+        // SAFETY: the epilogue writes every (image, channel, pixel): the chunks cover all rows.
+        let out = unsafe { dev.alloc::<T>(b * cout * m) }?;
+        let sfx = suffix(dtype)?;
+        let v8 = wo.is_multiple_of(8);
+        let im2col = dev.get_or_load_custom_func(
+            &format!("im2col_t_{}_{sfx}", if v8 { "v8" } else { "v1" }),
+            VAE_MODULE,
+            VAE_PTX,
+        )?;
+        for bi in 0..b {
+            let mut r0 = 0;
+            while r0 < ho {
+                let rows = rows_per.min(ho - r0);
+                let mc = rows * wo;
+                let g = if direct {
+                    w2.matmul(&x.get(bi)?.reshape((c, m))?)?
+                } else {
+                    if mc > i32::MAX as usize {
+                        bail!("conv2d: an im2col chunk of {mc} pixels exceeds the kernel's 32-bit index")
+                    }
+                    // SAFETY: the grid covers all k·mc elements (mc is a multiple of 8 for v8).
+                    let col = unsafe { dev.alloc::<T>(k * mc) }?;
+                    {
+                        let (xs, xl) = x.storage_and_layout();
+                        let xv = view::<T>(cuda_of(&xs, "x")?, xl)?;
+                        let xb = xv.slice(bi * c * h * wd..);
+                        let per = if v8 { 8 } else { 1 };
+                        let cfg = LaunchConfig {
+                            grid_dim: (mc.div_ceil(per * THREADS as usize) as u32, k as u32, 1),
+                            block_dim: (THREADS, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        let a: [i32; 10] = [
+                            h as i32,
+                            wd as i32,
+                            up as i32,
+                            kh as i32,
+                            kw as i32,
+                            stride as i32,
+                            pad as i32,
+                            wo as i32,
+                            r0 as i32,
+                            rows as i32,
+                        ];
+                        let mut builder = im2col.builder();
+                        builder.arg(&xb);
+                        builder.arg(&col);
+                        for v in &a {
+                            builder.arg(v);
+                        }
+                        // SAFETY: arguments match the kernel's signature; reads stay inside
+                        // image `bi`, writes inside `col`.
+                        unsafe { builder.launch(cfg) }.w()?;
+                    }
+                    w2.matmul(&wrap(col, &dev, (k, mc)))?
+                };
+                conv_epilogue::<T>(
+                    &dev,
+                    &g,
+                    bias.as_ref(),
+                    res.as_ref(),
+                    &out,
+                    (bi * cout * m) as i64,
+                    cout,
+                    m,
+                    r0 * wo,
+                    mc,
+                )?;
+                r0 += rows;
+            }
+        }
+        Ok(wrap(out, &dev, (b, cout, ho, wo)))
+    }
+
+    /// `out[off + n·m + m0 + j] = g[n][j] + bias[n] + res[off + n·m + m0 + j]`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_epilogue<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        g: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        out: &CudaSlice<T>,
+        off: i64,
+        cout: usize,
+        m: usize,
+        m0: usize,
+        mc: usize,
+    ) -> Result<()> {
+        let g = g.contiguous()?;
+        let (gs, gl) = g.storage_and_layout();
+        let gv = view::<T>(cuda_of(&gs, "conv output")?, gl)?;
+        let bias_guard = bias.map(|t| t.storage_and_layout());
+        let res_guard = res.map(|t| t.storage_and_layout());
+        let bv = match &bias_guard {
+            Some((s, l)) => Some(view::<T>(cuda_of(s, "conv bias")?, l)?),
+            None => None,
+        };
+        let (rv, res_aligned) = match &res_guard {
+            Some((s, l)) => (
+                Some(view::<T>(cuda_of(s, "conv residual")?, l)?),
+                l.start_offset().is_multiple_of(8),
+            ),
+            None => (None, true),
+        };
+        let v8 = mc.is_multiple_of(8)
+            && m.is_multiple_of(8)
+            && m0.is_multiple_of(8)
+            && gl.start_offset().is_multiple_of(8)
+            && res_aligned;
+        let per = if v8 { 8 } else { 1 };
+        let func = dev.get_or_load_custom_func(
+            &format!(
+                "conv_epilogue_{}_{}",
+                if v8 { "v8" } else { "v1" },
+                suffix(g.dtype())?
+            ),
+            VAE_MODULE,
+            VAE_PTX,
+        )?;
+        let cfg = grid_for((cout * mc).div_ceil(per));
+        let (has_bias, has_res) = (i32::from(bv.is_some()), i32::from(rv.is_some()));
+        let (cout_i, m_i, m0_i, mc_i) = (cout as i32, m as i64, m0 as i64, mc as i64);
+        let mut builder = func.builder();
+        builder.arg(&gv);
+        // Absent operands point at `g`; the flags keep the kernel from reading them.
+        builder.arg(bv.as_ref().unwrap_or(&gv));
+        builder.arg(&has_bias);
+        builder.arg(rv.as_ref().unwrap_or(&gv));
+        builder.arg(&off);
+        builder.arg(&has_res);
+        builder.arg(out);
+        builder.arg(&off);
+        builder.arg(&cout_i);
+        builder.arg(&m_i);
+        builder.arg(&m0_i);
+        builder.arg(&mc_i);
+        // SAFETY: arguments match the kernel's signature; the grid covers cout·mc elements.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop((gs, bias_guard, res_guard));
+        Ok(())
+    }
+
+    pub fn group_norm(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        dispatch!(x.dtype(), group_norm_t, x, gamma, beta, groups, eps, silu)
+    }
+
+    fn group_norm_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let dims = x.dims().to_vec();
+        if dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
+            bail!("group norm: input {dims:?} with {groups} groups")
+        }
+        let (b, c) = (dims[0], dims[1]);
+        let hw: usize = dims[2..].iter().product();
+        let cpg = c / groups;
+        let n = cpg * hw;
+        let ng = b * groups;
+        if n == 0 || ng > 65535 {
+            bail!("group norm: input {dims:?} is empty or has too many groups")
+        }
+        let x = x.contiguous()?;
+        let gamma = check(gamma, dtype, &[c], "group norm weight")?;
+        let beta = check(beta, dtype, &[c], "group norm bias")?;
+        let (xs, xl) = x.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let (gs, gl) = gamma.storage_and_layout();
+        let (bs, bl) = beta.storage_and_layout();
+        let gv = view::<T>(cuda_of(&gs, "group norm weight")?, gl)?;
+        let bv = view::<T>(cuda_of(&bs, "group norm bias")?, bl)?;
+        let aligned = xl.start_offset().is_multiple_of(8);
+        let sfx = suffix(dtype)?;
+
+        // Statistics: about four blocks per SM over all groups, at least 4096 elements a block.
+        let splits = 528usize.div_ceil(ng).clamp(1, n.div_ceil(4096).max(1));
+        let chunk = n.div_ceil(splits).next_multiple_of(8);
+        let splits = n.div_ceil(chunk);
+        let v8 = aligned && n.is_multiple_of(8);
+        // SAFETY: every block writes its two partial sums; every group thread its two stats.
+        let part = unsafe { dev.alloc::<f32>(ng * splits * 2) }?;
+        let stats = unsafe { dev.alloc::<f32>(ng * 2) }?;
+        let func = dev.get_or_load_custom_func(
+            &format!("gn_stats_{}_{sfx}", if v8 { "v8" } else { "v1" }),
+            VAE_MODULE,
+            VAE_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, ng as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_i, chunk_i) = (n as i64, chunk as i64);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&part);
+        builder.arg(&n_i);
+        builder.arg(&chunk_i);
+        // SAFETY: arguments match the kernel's signature; each group's range lies in x.
+        unsafe { builder.launch(cfg) }.w()?;
+
+        let func =
+            dev.get_or_load_custom_func(&format!("gn_finalize_{sfx}"), VAE_MODULE, VAE_PTX)?;
+        let cfg = LaunchConfig {
+            grid_dim: (ng.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ng_i, splits_i, eps_f) = (ng as i32, splits as i32, eps as f32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&part);
+        builder.arg(&stats);
+        builder.arg(&ng_i);
+        builder.arg(&splits_i);
+        builder.arg(&n_i);
+        builder.arg(&eps_f);
+        // SAFETY: arguments match the kernel's signature.
+        unsafe { builder.launch(cfg) }.w()?;
+
+        let total = b * c * hw;
+        let v8 = aligned && hw.is_multiple_of(8);
+        let per = if v8 { 8 } else { 1 };
+        // SAFETY: the apply kernel writes all `total` elements.
+        let out = unsafe { dev.alloc::<T>(total) }?;
+        let func = dev.get_or_load_custom_func(
+            &format!("gn_apply_{}_{sfx}", if v8 { "v8" } else { "v1" }),
+            VAE_MODULE,
+            VAE_PTX,
+        )?;
+        let cfg = grid_for(total.div_ceil(per));
+        let (total_i, hw_i, c_i, cpg_i, silu_i) = (
+            total as i64,
+            hw as i64,
+            c as i32,
+            cpg as i32,
+            i32::from(silu),
+        );
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&stats);
+        builder.arg(&gv);
+        builder.arg(&bv);
+        builder.arg(&out);
+        builder.arg(&total_i);
+        builder.arg(&hw_i);
+        builder.arg(&c_i);
+        builder.arg(&cpg_i);
+        builder.arg(&silu_i);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop((xs, gs, bs));
+        Ok(wrap(out, &dev, dims))
     }
 }

@@ -257,3 +257,157 @@ fn fused_forward_matches_plain_forward() -> R<()> {
     }
     Ok(())
 }
+
+// ---- VAE decoder kernels
+
+/// `residual + conv2d(upsample?(x), w) + bias` in f32 with candle's ops.
+#[allow(clippy::too_many_arguments)]
+fn conv_ref(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    res: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    up: usize,
+) -> R<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let (_, _, h, wd) = x.dims4()?;
+    let x = if up == 2 {
+        x.upsample_nearest2d(2 * h, 2 * wd)?
+    } else {
+        x
+    };
+    let y = x
+        .conv2d(&w.to_dtype(DType::F32)?, pad, stride, 1, 1)?
+        .broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, (), 1, 1))?)?;
+    match res {
+        Some(r) => y + r.to_dtype(DType::F32)?,
+        None => Ok(y),
+    }
+}
+
+#[test]
+fn vae_conv2d_matches_candle() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for dtype in [DType::BF16, DType::F16] {
+        // (b, cin, cout, h, w, k, stride, pad, upsample, residual, im2col chunk limit)
+        for &(b, cin, cout, h, w, k, stride, pad, up, with_res, limit) in &[
+            (1, 64, 32, 16, 24, 3, 1, 1, 1, false, usize::MAX), // 8-wide path
+            (2, 32, 48, 13, 10, 3, 1, 1, 1, true, usize::MAX),  // scalar path, batch 2
+            (1, 32, 32, 16, 16, 3, 1, 1, 2, false, usize::MAX), // upsample folded in
+            (1, 16, 16, 7, 9, 3, 1, 1, 2, true, usize::MAX),    // upsample, odd sizes
+            (2, 64, 32, 16, 16, 1, 1, 0, 1, true, usize::MAX),  // 1x1: GEMM on x directly
+            (1, 16, 24, 17, 17, 3, 2, 0, 1, false, usize::MAX), // stride 2 (the encoder's)
+            (2, 32, 32, 32, 32, 3, 1, 1, 1, true, 32 * 9 * 32 * 5), // row chunks of 5
+            (1, 128, 3, 24, 40, 3, 1, 1, 1, false, 128 * 9 * 40 * 7), // conv_out-like, chunks
+        ] {
+            let x = randn(&[b, cin, h, w], dtype, &dev)?;
+            let wt =
+                (randn(&[cout, cin, k, k], dtype, &dev)? * (1.0 / ((cin * k * k) as f64).sqrt()))?;
+            let bias = randn(&[cout], dtype, &dev)?;
+            let want = conv_ref(&x, &wt, &bias, None, stride, pad, up)?;
+            let res = if with_res {
+                Some(randn(want.dims(), dtype, &dev)?)
+            } else {
+                None
+            };
+            let want = conv_ref(&x, &wt, &bias, res.as_ref(), stride, pad, up)?;
+            let geom = kernels::ConvGeom {
+                stride,
+                padding: pad,
+                upsample: up,
+            };
+            let got = kernels::conv2d_with_limit(&x, &wt, Some(&bias), res.as_ref(), geom, limit)?;
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(got.dtype(), dtype);
+            let e = rel(&got, &want)?;
+            eprintln!(
+                "conv {dtype:?} b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad} up{up}: {e:.2e}"
+            );
+            assert!(e < 1e-2, "{e}");
+        }
+        // no bias, no residual
+        let x = randn(&[1, 32, 16, 16], dtype, &dev)?;
+        let wt = (randn(&[16, 32, 3, 3], dtype, &dev)? * 0.05)?;
+        let want = x
+            .to_dtype(DType::F32)?
+            .conv2d(&wt.to_dtype(DType::F32)?, 1, 1, 1, 1)?;
+        let geom = kernels::ConvGeom {
+            stride: 1,
+            padding: 1,
+            upsample: 1,
+        };
+        let got = kernels::conv2d(&x, &wt, None, None, geom)?;
+        assert!(rel(&got, &want)? < 1e-2);
+    }
+    Ok(())
+}
+
+#[test]
+fn vae_group_norm_matches_candle() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for dtype in [DType::BF16, DType::F16] {
+        for &(dims, offset) in &[
+            (&[2usize, 64, 16, 16][..], 0.0),
+            (&[1, 128, 33, 31][..], 0.0), // scalar path
+            (&[1, 256, 64, 64][..], 5.0), // a mean far from 0
+            (&[2, 96, 40][..], 0.0),      // rank 3
+        ] {
+            let c = dims[1];
+            let x = (randn(dims, DType::F32, &dev)? + offset)?.to_dtype(dtype)?;
+            let gamma = ((randn(&[c], DType::F32, &dev)? * 0.2)? + 1.0)?.to_dtype(dtype)?;
+            let beta = (randn(&[c], DType::F32, &dev)? * 0.2)?.to_dtype(dtype)?;
+            let gn = candle_nn::GroupNorm::new(
+                gamma.to_dtype(DType::F32)?,
+                beta.to_dtype(DType::F32)?,
+                c,
+                32,
+                1e-6,
+            )?;
+            let normed = candle_nn::Module::forward(&gn, &x.to_dtype(DType::F32)?)?;
+            for silu in [false, true] {
+                let want = if silu {
+                    candle_nn::ops::silu(&normed)?
+                } else {
+                    normed.clone()
+                };
+                let got = kernels::group_norm(&x, &gamma, &beta, 32, 1e-6, silu)?;
+                assert_eq!(got.dims(), dims);
+                let e = rel(&got, &want)?;
+                eprintln!("group norm {dtype:?} {dims:?} +{offset} silu {silu}: {e:.2e}");
+                assert!(e < 1e-2, "{e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn vae_fast_decode_matches_reference_decode() -> R<()> {
+    use veetance_models::vae::{Config as VaeConfig, Flux2Vae, Parts};
+    let Some(dev) = gpu() else { return Ok(()) };
+    let cfg = VaeConfig {
+        block_out_channels: vec![32, 64],
+        layers_per_block: 1,
+        latent_channels: 4,
+        ..VaeConfig::flux2()
+    };
+    for dtype in [DType::BF16, DType::F16] {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
+        let vae = Flux2Vae::new(&cfg, Parts::Decoder, vb)?;
+        let latent = Tensor::randn(0f32, 1f32, (1, 16, 8, 12), &dev)?;
+        let want = vae
+            .decode_with(&latent, None, false, None)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let got = vae
+            .decode_with(&latent, None, true, None)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        assert_eq!(got.dims(), &[1, 3, 32, 48]);
+        let e = rel(&got, &want)?;
+        eprintln!("decode {dtype:?}: fast vs reference {e:.2e}");
+        assert!(e < 5e-2, "{e}");
+    }
+    Ok(())
+}

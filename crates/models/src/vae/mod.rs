@@ -11,6 +11,10 @@
 //! `decode` = de-normalise (`z * sqrt(var + eps) + mean`) -> un-patchify -> `post_quant_conv` ->
 //! decoder. `encode` = encoder -> `quant_conv` -> mean of the Gaussian -> patchify -> normalise.
 //!
+//! The decoder is our own copy of candle's (`decoder.rs`, same weights and names) so that on CUDA
+//! in bf16/f16 it runs our kernels (`crate::kernels::conv2d`, `crate::kernels::group_norm`); the
+//! candle ops stay its reference and CPU path ([`Flux2Vae::decode_with`] chooses).
+//!
 //! Both BFL names (`decoder.up.0.block.0...`, `encoder.quant_conv`, `decoder.post_quant_conv`) and
 //! diffusers names (`decoder.up_blocks.3.resnets.0...`, top-level `quant_conv`) load; the
 //! diffusers mid-block attention linears are read as BFL's 1x1 convolutions.
@@ -23,6 +27,11 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{conv2d, Conv2d, VarBuilder};
 use candle_transformers::models::flux::autoencoder as ldm;
 use serde::Deserialize;
+
+mod decoder;
+
+pub use decoder::StageTimer;
+use decoder::{Conv, Decoder};
 
 use crate::error::{Error, Result};
 use crate::placement::{TensorFn, WeightBytes};
@@ -120,14 +129,16 @@ pub enum Parts {
 #[derive(Debug, Clone)]
 pub struct Flux2Vae {
     encoder: Option<(ldm::Encoder, Conv2d)>,
-    decoder: ldm::Decoder,
-    post_quant_conv: Conv2d,
+    decoder: Decoder,
+    post_quant_conv: Conv,
     bn_mean: Tensor,
     bn_std: Tensor,
     latent_channels: usize,
     dtype: DType,
     cfg: Config,
     parts: Parts,
+    /// Whether `decode` takes our CUDA kernels where they apply (on by default).
+    fast_kernels: bool,
     /// The tensors it was built from, by name (shared with the layers, not copied): candle's
     /// encoder and decoder keep their fields private, so a move rebuilds the VAE from this list.
     tensors: Arc<TensorList>,
@@ -152,14 +163,8 @@ impl Flux2Vae {
                 )?,
             )),
         };
-        let decoder = ldm::Decoder::new(&ldm_cfg, vb.pp("decoder"))?;
-        let post_quant_conv = conv2d(
-            z,
-            z,
-            1,
-            Default::default(),
-            vb.pp("decoder.post_quant_conv"),
-        )?;
+        let decoder = Decoder::new(&ldm_cfg, vb.pp("decoder"))?;
+        let post_quant_conv = Conv::new(z, z, 1, 1, 0, vb.pp("decoder.post_quant_conv"))?;
         // Statistics stay in f32 whatever the weights' dtype.
         let bn = vb.pp("bn").set_dtype(DType::F32);
         let bn_mean = bn
@@ -179,6 +184,7 @@ impl Flux2Vae {
             dtype: vb.dtype(),
             cfg: cfg.clone(),
             parts,
+            fast_kernels: true,
             tensors: Arc::new(Vec::new()),
         })
     }
@@ -212,9 +218,17 @@ impl Flux2Vae {
         let map: HashMap<String, Tensor> = moved.iter().cloned().collect();
         let vb = VarBuilder::from_tensors(map, self.dtype, &device);
         let mut vae = Self::new(&self.cfg, self.parts, vb)?;
+        vae.fast_kernels = self.fast_kernels;
         let count = moved.len();
         vae.tensors = Arc::new(moved);
         Ok((vae, count))
+    }
+
+    /// This VAE with our CUDA kernels for `decode` on (the default) or off (candle's ops only, the
+    /// reference). They only ever run on a CUDA device in bf16/f16.
+    pub fn with_fast_kernels(mut self, on: bool) -> Self {
+        self.fast_kernels = on;
+        self
     }
 
     /// How many weight tensors the VAE was loaded from.
@@ -259,6 +273,19 @@ impl Flux2Vae {
     /// `(B, 128, h, w)` normalised latent (or packed tokens with `token_hw`) -> image
     /// `(B, 3, 8*2h, 8*2w)` in about [-1, 1] (not clamped), f32.
     pub fn decode(&self, latent: &Tensor, token_hw: Option<(usize, usize)>) -> Result<Tensor> {
+        self.decode_with(latent, token_hw, self.fast_kernels, None)
+    }
+
+    /// [`Flux2Vae::decode`] with the kernel choice given (`fast`: our CUDA kernels where they
+    /// apply; `false`: candle's ops only) and, with `timer`, the time of every decoder stage
+    /// (the device synchronised between stages).
+    pub fn decode_with(
+        &self,
+        latent: &Tensor,
+        token_hw: Option<(usize, usize)>,
+        fast: bool,
+        mut timer: Option<&mut StageTimer>,
+    ) -> Result<Tensor> {
         let latent = match (latent.rank(), token_hw) {
             (3, Some((h, w))) => crate::sampling::unpack_latents(latent, h, w)?,
             (4, _) => latent.clone(),
@@ -281,8 +308,16 @@ impl Flux2Vae {
             .broadcast_mul(&self.bn_std)?
             .broadcast_add(&self.bn_mean)?;
         let z = unpatchify(&z)?.to_dtype(self.dtype)?;
-        let z = self.post_quant_conv.forward(&z)?;
-        Ok(self.decoder.forward(&z)?.to_dtype(DType::F32)?)
+        let z = self.post_quant_conv.forward(&z, fast, false, None)?;
+        if let Some(t) = timer.as_deref_mut() {
+            t.mark("de-normalise + unpatchify + post_quant_conv")?;
+        }
+        let image = self.decoder.forward(&z, fast, timer.as_deref_mut())?;
+        let image = image.to_dtype(DType::F32)?;
+        if let Some(t) = timer {
+            t.mark("to f32")?;
+        }
+        Ok(image)
     }
 
     /// Image `(B, 3, H, W)` in [-1, 1] (H, W multiples of 16) -> normalised latent

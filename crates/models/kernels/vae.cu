@@ -1,0 +1,297 @@
+// Veetance's own CUDA kernels for the FLUX.2 VAE decoder (convolutions and group norms).
+//
+// Compiled to PTX by crates/models/build.rs when the `cuda` feature is on, loaded at run time by
+// src/kernels.rs. Each has a reference made of candle ops (candle's conv2d, candle_nn's GroupNorm);
+// tests/cuda_kernels.rs compares the two.
+//
+// * im2col_t: the transposed im2col `col[k][m]` (k = (c·kh + ky)·kw + kx, m = output pixel) of one
+//   image, for a row range of the output, with an optional nearest 2x upsample of the input folded
+//   in. `W (Cout, K) @ col (K, M)` is then the NCHW output directly, with no layout copy.
+// * conv_epilogue: `out[n][m0 + j] = g[n][j] + bias[n] + res[n][m0 + j]` (the GEMM chunk placed in
+//   the output with the bias and an optional residual), one rounding.
+// * gn_stats / gn_finalize / gn_apply: GroupNorm over contiguous NCHW (a group is one contiguous
+//   range), statistics in f32/f64 around a shift, normalise + affine + optional SiLU in f32.
+//
+// Conventions: `T` is __nv_bfloat16 or __half; arithmetic in f32; all tensors contiguous.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
+// 8 consecutive T (16 bytes, 16-byte aligned) <-> 8 floats.
+template <typename T> __device__ __forceinline__ void load8(const T* p, float* v) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    const T* h = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = to_f<T>(h[i]);
+}
+template <typename T> __device__ __forceinline__ void store8(T* p, const float* v) {
+    uint4 u;
+    T* h = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) h[i] = from_f<T>(v[i]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+
+// ---------------------------------------------------------------------------------------------
+// im2col, transposed. grid: (ceil(rows·wo / PER / blockDim), K); one image.
+// x: (C, h, w) of the input before the upsample; the convolution sees (C, h·up, w·up).
+// col: (K, rows·wo), pixel m of the chunk is output row row0 + m / wo, column m % wo.
+// PER = 8 needs wo % 8 == 0 (so 8 pixels share a row and the chunk width is a multiple of 8).
+
+template <typename T, int PER>
+__device__ __forceinline__ void im2col_t(const T* __restrict__ x, T* __restrict__ col, int h, int w,
+                                         int up, int kh, int kw, int stride, int pad, int wo,
+                                         int row0, int rows) {
+    // The caller keeps rows·wo below 2^31 (a chunk holds at most CONV_COL_LIMIT / K pixels).
+    const unsigned mc = (unsigned)rows * (unsigned)wo;
+    const unsigned m = (blockIdx.x * blockDim.x + threadIdx.x) * PER;
+    if (m >= mc) return;
+    const int k = blockIdx.y;
+    const int kx = k % kw;
+    const int ky = (k / kw) % kh;
+    const int c = k / (kw * kh);
+    const int oy = row0 + (int)(m / (unsigned)wo);
+    const int ox0 = (int)(m % (unsigned)wo);
+    const int hv = h * up, wv = w * up;
+    const int iy = oy * stride + ky - pad;
+    const bool row_ok = iy >= 0 && iy < hv;
+    const T* src = x + ((long long)c * h + (row_ok ? iy / up : 0)) * w;
+    float v[PER];
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int ix = (ox0 + j) * stride + kx - pad;
+        v[j] = (row_ok && ix >= 0 && ix < wv) ? to_f<T>(src[ix / up]) : 0.f;
+    }
+    T* dst = col + (long long)k * mc + (long long)m;
+    if (PER == 8) {
+        store8<T>(dst, v);
+    } else {
+#pragma unroll
+        for (int j = 0; j < PER; ++j) dst[j] = from_f<T>(v[j]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM chunk -> output with bias and residual. g: (cout, mc); out, res: (cout, m_total) at the
+// given element offsets (one image). grid over cout·mc / PER elements; PER = 8 needs mc, m_total
+// and m0 multiples of 8.
+
+template <typename T, int PER>
+__device__ __forceinline__ void conv_epilogue(const T* __restrict__ g, const T* __restrict__ bias,
+                                              int has_bias, const T* __restrict__ res,
+                                              long long res_off, int has_res, T* __restrict__ out,
+                                              long long out_off, int cout, long long m_total,
+                                              long long m0, long long mc) {
+    const long long e = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PER;
+    if (e >= (long long)cout * mc) return;
+    const int n = (int)(e / mc);
+    const long long j = e - (long long)n * mc;
+    const long long o = (long long)n * m_total + m0 + j;
+    const float bv = has_bias ? to_f<T>(bias[n]) : 0.f;
+    float v[PER];
+    if (PER == 8) {
+        load8<T>(g + e, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) v[i] = to_f<T>(g[e + i]);
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) v[i] += bv;
+    if (has_res) {
+        float r[PER];
+        if (PER == 8) {
+            load8<T>(res + res_off + o, r);
+        } else {
+#pragma unroll
+            for (int i = 0; i < PER; ++i) r[i] = to_f<T>(res[res_off + o + i]);
+        }
+#pragma unroll
+        for (int i = 0; i < PER; ++i) v[i] += r[i];
+    }
+    if (PER == 8) {
+        store8<T>(out + out_off + o, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) out[out_off + o + i] = from_f<T>(v[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GroupNorm. A group (batch b, group g) is the contiguous range [(b·G + g)·n, +n) of NCHW.
+// gn_stats: grid (splits, B·G), 256 threads; block s sums (x − shift) and (x − shift)² over
+// [s·chunk, min((s+1)·chunk, n)) of its group, shift = the group's first element; writes two
+// floats to part[(group·splits + s)·2]. PER = 8 needs n and chunk multiples of 8.
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <typename T, int PER>
+__device__ __forceinline__ void gn_stats(const T* __restrict__ x, float* __restrict__ part,
+                                         long long n, long long chunk) {
+    const int group = blockIdx.y;
+    const int splits = gridDim.x;
+    const T* base = x + (long long)group * n;
+    const float shift = to_f<T>(base[0]);
+    const long long start = (long long)blockIdx.x * chunk;
+    const long long end = min(start + chunk, n);
+    float s1 = 0.f, s2 = 0.f;
+    for (long long i = start + (long long)threadIdx.x * PER; i < end; i += (long long)blockDim.x * PER) {
+        float v[PER];
+        if (PER == 8) {
+            load8<T>(base + i, v);
+        } else {
+#pragma unroll
+            for (int j = 0; j < PER; ++j) v[j] = to_f<T>(base[i + j]);
+        }
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const float d = v[j] - shift;
+            s1 += d;
+            s2 += d * d;
+        }
+    }
+    __shared__ float sh1[32], sh2[32];
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) {
+        sh1[wid] = s1;
+        sh2[wid] = s2;
+    }
+    __syncthreads();
+    if (wid == 0) {
+        const int nw = blockDim.x >> 5;
+        s1 = lane < nw ? sh1[lane] : 0.f;
+        s2 = lane < nw ? sh2[lane] : 0.f;
+        s1 = warp_sum(s1);
+        s2 = warp_sum(s2);
+        if (lane == 0) {
+            part[((long long)group * splits + blockIdx.x) * 2] = s1;
+            part[((long long)group * splits + blockIdx.x) * 2 + 1] = s2;
+        }
+    }
+}
+
+// One thread per group: combines the partial sums in f64; stats[group] = (mean, 1/sqrt(var+eps)).
+template <typename T>
+__device__ __forceinline__ void gn_finalize(const T* __restrict__ x, const float* __restrict__ part,
+                                            float* __restrict__ stats, int groups, int splits,
+                                            long long n, float eps) {
+    const int group = blockIdx.x * blockDim.x + threadIdx.x;
+    if (group >= groups) return;
+    double s1 = 0.0, s2 = 0.0;
+    for (int s = 0; s < splits; ++s) {
+        s1 += (double)part[((long long)group * splits + s) * 2];
+        s2 += (double)part[((long long)group * splits + s) * 2 + 1];
+    }
+    const double shift = (double)to_f<T>(x[(long long)group * n]);
+    const double md = s1 / (double)n;
+    double var = s2 / (double)n - md * md;
+    if (var < 0.0) var = 0.0;
+    stats[group * 2] = (float)(shift + md);
+    stats[group * 2 + 1] = (float)(1.0 / sqrt(var + (double)eps));
+}
+
+// y = (x − mean)·rstd·gamma[c] + beta[c], then SiLU when `silu`. PER = 8 needs hw % 8 == 0.
+template <typename T, int PER>
+__device__ __forceinline__ void gn_apply(const T* __restrict__ x, const float* __restrict__ stats,
+                                         const T* __restrict__ gamma, const T* __restrict__ beta,
+                                         T* __restrict__ y, long long total, long long hw, int c_total,
+                                         int cpg, int silu) {
+    const long long e = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PER;
+    if (e >= total) return;
+    const long long plane = e / hw;  // b·C + c
+    const int c = (int)(plane % c_total);
+    const long long b = plane / c_total;
+    const long long group = b * (c_total / cpg) + c / cpg;
+    const float mean = stats[group * 2], rstd = stats[group * 2 + 1];
+    const float ga = to_f<T>(gamma[c]) * rstd;
+    const float be = to_f<T>(beta[c]) - mean * ga;
+    float v[PER];
+    if (PER == 8) {
+        load8<T>(x + e, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) v[i] = to_f<T>(x[e + i]);
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        float t = v[i] * ga + be;
+        if (silu) t = t / (1.f + __expf(-t));
+        v[i] = t;
+    }
+    if (PER == 8) {
+        store8<T>(y + e, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) y[e + i] = from_f<T>(v[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// entry points
+
+#define VAE_KERNELS(T, SFX)                                                                            \
+    extern "C" __global__ void im2col_t_v8_##SFX(const T* x, T* col, int h, int w, int up, int kh,    \
+                                                 int kw, int stride, int pad, int wo, int row0,      \
+                                                 int rows) {                                         \
+        im2col_t<T, 8>(x, col, h, w, up, kh, kw, stride, pad, wo, row0, rows);                       \
+    }                                                                                                \
+    extern "C" __global__ void im2col_t_v1_##SFX(const T* x, T* col, int h, int w, int up, int kh,    \
+                                                 int kw, int stride, int pad, int wo, int row0,      \
+                                                 int rows) {                                         \
+        im2col_t<T, 1>(x, col, h, w, up, kh, kw, stride, pad, wo, row0, rows);                       \
+    }                                                                                                \
+    extern "C" __global__ void conv_epilogue_v8_##SFX(const T* g, const T* bias, int has_bias,        \
+                                                      const T* res, long long res_off, int has_res,  \
+                                                      T* out, long long out_off, int cout,           \
+                                                      long long m_total, long long m0,               \
+                                                      long long mc) {                                \
+        conv_epilogue<T, 8>(g, bias, has_bias, res, res_off, has_res, out, out_off, cout, m_total,   \
+                            m0, mc);                                                                 \
+    }                                                                                                \
+    extern "C" __global__ void conv_epilogue_v1_##SFX(const T* g, const T* bias, int has_bias,        \
+                                                      const T* res, long long res_off, int has_res,  \
+                                                      T* out, long long out_off, int cout,           \
+                                                      long long m_total, long long m0,               \
+                                                      long long mc) {                                \
+        conv_epilogue<T, 1>(g, bias, has_bias, res, res_off, has_res, out, out_off, cout, m_total,   \
+                            m0, mc);                                                                 \
+    }                                                                                                \
+    extern "C" __global__ void gn_stats_v8_##SFX(const T* x, float* part, long long n,                \
+                                                 long long chunk) {                                  \
+        gn_stats<T, 8>(x, part, n, chunk);                                                           \
+    }                                                                                                \
+    extern "C" __global__ void gn_stats_v1_##SFX(const T* x, float* part, long long n,                \
+                                                 long long chunk) {                                  \
+        gn_stats<T, 1>(x, part, n, chunk);                                                           \
+    }                                                                                                \
+    extern "C" __global__ void gn_finalize_##SFX(const T* x, const float* part, float* stats,         \
+                                                 int groups, int splits, long long n, float eps) {   \
+        gn_finalize<T>(x, part, stats, groups, splits, n, eps);                                      \
+    }                                                                                                \
+    extern "C" __global__ void gn_apply_v8_##SFX(const T* x, const float* stats, const T* gamma,      \
+                                                 const T* beta, T* y, long long total, long long hw, \
+                                                 int c_total, int cpg, int silu) {                   \
+        gn_apply<T, 8>(x, stats, gamma, beta, y, total, hw, c_total, cpg, silu);                     \
+    }                                                                                                \
+    extern "C" __global__ void gn_apply_v1_##SFX(const T* x, const float* stats, const T* gamma,      \
+                                                 const T* beta, T* y, long long total, long long hw, \
+                                                 int c_total, int cpg, int silu) {                   \
+        gn_apply<T, 1>(x, stats, gamma, beta, y, total, hw, c_total, cpg, silu);                     \
+    }
+
+VAE_KERNELS(__nv_bfloat16, bf16)
+VAE_KERNELS(__half, f16)
