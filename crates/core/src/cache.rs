@@ -547,12 +547,12 @@ fn rebase(values: &[Value], moved: &[Value]) -> Option<Arc<[Value]>> {
     let mut out = Vec::with_capacity(values.len());
     for v in values {
         match v {
-            Value::Object(o) if o.payload.storage_id().is_some() => out.push(Value::Object(
-                Object {
+            Value::Object(o) if o.payload.storage_id().is_some() => {
+                out.push(Value::Object(Object {
                     ty: o.ty,
                     payload: o.payload.rebase(target.as_ref())?,
-                },
-            )),
+                }))
+            }
             other => out.push(other.clone()),
         }
     }
@@ -644,8 +644,12 @@ mod tests {
         let store = Arc::new(vec![7u8; 600]);
         // A loaded model and a patched handle over the same weights: 600 bytes, not 1200, so
         // neither has to leave the device.
-        assert!(cache.insert(key(1), "Load", weights(&store, 1), Duration::ZERO).is_empty());
-        assert!(cache.insert(key(2), "Patch", weights(&store, 2), Duration::ZERO).is_empty());
+        assert!(cache
+            .insert(key(1), "Load", weights(&store, 1), Duration::ZERO)
+            .is_empty());
+        assert!(cache
+            .insert(key(2), "Patch", weights(&store, 2), Duration::ZERO)
+            .is_empty());
         assert_eq!(cache.usage().device, 600);
 
         // Pinning one pins the storage: moving the other would free nothing.
