@@ -1272,11 +1272,11 @@ fn apply_moves(moved: &[Eviction], slots: &mut [Option<Slot<'_>>], tally: &mut T
 }
 
 /// Host bytes of the objects among `values`: what moving them back to the device takes.
+/// A node's params and its inputs by port.
+type Gathered<'s> = (Params, Vec<(&'s str, Value)>);
+
 /// A node's params, with linked params replacing their constants, and its inputs.
-fn gather_inputs<'s>(
-    ix: NodeIndex,
-    slots: &[Option<Slot<'s>>],
-) -> Result<(Params, Vec<(&'s str, Value)>), String> {
+fn gather_inputs<'s>(ix: NodeIndex, slots: &[Option<Slot<'s>>]) -> Result<Gathered<'s>, String> {
     let slot = slots[ix.index()].as_ref().expect("planned");
     let schema = slot.def.as_ref().expect("validated").schema();
     let mut params = slot.params.clone();
