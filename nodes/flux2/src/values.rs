@@ -90,80 +90,97 @@ pub fn mem_of(bytes: WeightBytes) -> MemBytes {
     }
 }
 
-/// The weights a model handle would bring onto its home device when used: those the loader left
-/// in host memory (what the cache offloaded, it counts itself).
-fn wanted(home: &Device, offloaded: bool, bytes: MemBytes) -> u64 {
-    if offloaded || home.is_cpu() {
-        0
-    } else {
-        bytes.host
-    }
-}
-
 /// Runs a move and wraps its result for the payload hooks.
 fn moved<T: Payload>(result: Result<T, String>) -> Option<Result<Arc<dyn Payload>, String>> {
     Some(result.map(|p| Arc::new(p) as Arc<dyn Payload>))
 }
 
-impl Payload for ModelHandle {
-    fn mem_bytes(&self) -> MemBytes {
-        self.weight_bytes
-    }
-    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if self.model.weight_bytes().device == 0 {
-            return None;
-        }
-        moved(
-            self.model
-                .to_device(&Device::Cpu)
-                .map_err(|e| format!("moving the diffusion model to host memory: {e}"))
-                .map(|model| ModelHandle {
-                    weight_bytes: mem_of(model.weight_bytes()),
-                    model: Arc::new(model),
-                    offloaded: true,
+/// The [`Payload`] of a model handle (`$ty` holding `Arc<$model>` in `$field`, with `device`,
+/// `weight_bytes` and `offloaded`): moves between tiers by walking the model's tensors, shares its
+/// weights with the handles patch nodes derive from it (`storage_id` / `rebase`), and wants the
+/// device for weights its loader left in host memory. `$streams`: the nodes taking it can use it
+/// from host memory (the Sampler streams blocks, TextEncode layers).
+macro_rules! model_handle_payload {
+    ($ty:ident, $field:ident, $what:literal, streams: $streams:expr) => {
+        impl Payload for $ty {
+            fn mem_bytes(&self) -> MemBytes {
+                self.weight_bytes
+            }
+            fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+                if self.$field.weight_bytes().device == 0 {
+                    return None;
+                }
+                self.moved_to(
+                    &Device::Cpu,
+                    true,
+                    concat!("moving ", $what, " to host memory"),
+                )
+            }
+            fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+                if !self.offloaded {
+                    return None;
+                }
+                self.moved_to(
+                    &self.device,
+                    false,
+                    concat!("moving ", $what, " to its device"),
+                )
+            }
+            fn streams_from_host(&self) -> bool {
+                $streams
+            }
+            fn storage_id(&self) -> Option<usize> {
+                Some(Arc::as_ptr(&self.$field) as usize)
+            }
+            fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+                let moved = moved.as_any().downcast_ref::<$ty>()?;
+                Some(Arc::new($ty {
+                    $field: moved.$field.clone(),
+                    weight_bytes: moved.weight_bytes,
+                    offloaded: moved.offloaded,
                     ..self.clone()
-                }),
-        )
-    }
-    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if !self.offloaded {
-            return None;
+                }))
+            }
+            fn device_wanted(&self) -> u64 {
+                if self.offloaded || self.device.is_cpu() {
+                    0
+                } else {
+                    self.weight_bytes.host
+                }
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
         }
-        moved(
-            self.model
-                .to_device(&self.device)
-                .map_err(|e| format!("moving the diffusion model to its device: {e}"))
-                .map(|model| ModelHandle {
-                    weight_bytes: mem_of(model.weight_bytes()),
-                    model: Arc::new(model),
-                    offloaded: false,
-                    ..self.clone()
-                }),
-        )
-    }
-    fn streams_from_host(&self) -> bool {
-        // The sampler and TextEncode stream blocks and layers from host memory.
-        true
-    }
-    fn storage_id(&self) -> Option<usize> {
-        Some(Arc::as_ptr(&self.model) as usize)
-    }
-    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
-        let moved = moved.as_any().downcast_ref::<ModelHandle>()?;
-        Some(Arc::new(ModelHandle {
-            model: moved.model.clone(),
-            weight_bytes: moved.weight_bytes,
-            offloaded: moved.offloaded,
-            ..self.clone()
-        }))
-    }
-    fn device_wanted(&self) -> u64 {
-        wanted(&self.device, self.offloaded, self.weight_bytes)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
+
+        impl $ty {
+            /// This handle with its weights moved to `device` (`offloaded` marks a move by the
+            /// cache), as a payload move's result.
+            fn moved_to(
+                &self,
+                device: &Device,
+                offloaded: bool,
+                context: &str,
+            ) -> Option<Result<Arc<dyn Payload>, String>> {
+                Some(
+                    self.$field
+                        .to_device(device)
+                        .map_err(|e| format!("{context}: {e}"))
+                        .map(|m| {
+                            Arc::new($ty {
+                                weight_bytes: mem_of(m.weight_bytes()),
+                                $field: Arc::new(m),
+                                offloaded,
+                                ..self.clone()
+                            }) as Arc<dyn Payload>
+                        }),
+                )
+            }
+        }
+    };
 }
+
+model_handle_payload!(ModelHandle, model, "the diffusion model", streams: true);
 
 /// The Qwen3 text encoder; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
@@ -177,65 +194,7 @@ pub struct TextEncoderHandle {
     pub offloaded: bool,
 }
 
-impl Payload for TextEncoderHandle {
-    fn mem_bytes(&self) -> MemBytes {
-        self.weight_bytes
-    }
-    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if self.encoder.weight_bytes().device == 0 {
-            return None;
-        }
-        moved(
-            self.encoder
-                .to_device(&Device::Cpu)
-                .map_err(|e| format!("moving the text encoder to host memory: {e}"))
-                .map(|encoder| TextEncoderHandle {
-                    weight_bytes: mem_of(encoder.weight_bytes()),
-                    encoder: Arc::new(encoder),
-                    offloaded: true,
-                    ..self.clone()
-                }),
-        )
-    }
-    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if !self.offloaded {
-            return None;
-        }
-        moved(
-            self.encoder
-                .to_device(&self.device)
-                .map_err(|e| format!("moving the text encoder to its device: {e}"))
-                .map(|encoder| TextEncoderHandle {
-                    weight_bytes: mem_of(encoder.weight_bytes()),
-                    encoder: Arc::new(encoder),
-                    offloaded: false,
-                    ..self.clone()
-                }),
-        )
-    }
-    fn streams_from_host(&self) -> bool {
-        // The sampler and TextEncode stream blocks and layers from host memory.
-        true
-    }
-    fn storage_id(&self) -> Option<usize> {
-        Some(Arc::as_ptr(&self.encoder) as usize)
-    }
-    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
-        let moved = moved.as_any().downcast_ref::<TextEncoderHandle>()?;
-        Some(Arc::new(TextEncoderHandle {
-            encoder: moved.encoder.clone(),
-            weight_bytes: moved.weight_bytes,
-            offloaded: moved.offloaded,
-            ..self.clone()
-        }))
-    }
-    fn device_wanted(&self) -> u64 {
-        wanted(&self.device, self.offloaded, self.weight_bytes)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+model_handle_payload!(TextEncoderHandle, encoder, "the text encoder", streams: true);
 
 /// The FLUX.2 VAE; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
@@ -249,61 +208,7 @@ pub struct VaeHandle {
     pub offloaded: bool,
 }
 
-impl Payload for VaeHandle {
-    fn mem_bytes(&self) -> MemBytes {
-        self.weight_bytes
-    }
-    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if self.vae.weight_bytes().device == 0 {
-            return None;
-        }
-        moved(
-            self.vae
-                .to_device(&Device::Cpu)
-                .map_err(|e| format!("moving the VAE to host memory: {e}"))
-                .map(|vae| VaeHandle {
-                    weight_bytes: mem_of(vae.weight_bytes()),
-                    vae: Arc::new(vae),
-                    offloaded: true,
-                    ..self.clone()
-                }),
-        )
-    }
-    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
-        if !self.offloaded {
-            return None;
-        }
-        moved(
-            self.vae
-                .to_device(&self.device)
-                .map_err(|e| format!("moving the VAE to its device: {e}"))
-                .map(|vae| VaeHandle {
-                    weight_bytes: mem_of(vae.weight_bytes()),
-                    vae: Arc::new(vae),
-                    offloaded: false,
-                    ..self.clone()
-                }),
-        )
-    }
-    fn storage_id(&self) -> Option<usize> {
-        Some(Arc::as_ptr(&self.vae) as usize)
-    }
-    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
-        let moved = moved.as_any().downcast_ref::<VaeHandle>()?;
-        Some(Arc::new(VaeHandle {
-            vae: moved.vae.clone(),
-            weight_bytes: moved.weight_bytes,
-            offloaded: moved.offloaded,
-            ..self.clone()
-        }))
-    }
-    fn device_wanted(&self) -> u64 {
-        wanted(&self.device, self.offloaded, self.weight_bytes)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+model_handle_payload!(VaeHandle, vae, "the VAE", streams: false);
 
 /// An encoded prompt. `home` is the device it was computed on, when the cache moved it to host
 /// memory (`None`: it is where it was made).
