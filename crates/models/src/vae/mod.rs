@@ -34,6 +34,7 @@ pub use decoder::StageTimer;
 use decoder::{Conv, Decoder};
 
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::placement::{TensorFn, WeightBytes};
 use crate::weights::{build_model_recorded, guess_model_kind, Source, TensorList, WeightFiles};
 
@@ -251,21 +252,32 @@ impl Flux2Vae {
     }
 
     /// An estimate of the device bytes a whole decode of a `(B, 128, h, w)` latent needs beyond
-    /// the weights. candle's convolution lowers to im2col and a matmul, so the widest
-    /// full-resolution convolution dominates: the last level's upsampler and first resnet conv
-    /// read `block_out_channels[1]` channels at full resolution, whose im2col buffer holds nine
-    /// values per input channel and pixel; beside it the input, the output and its layout copy,
-    /// and the group norm's f32 copies. With a margin of 1.5x. (On the H200 a whole 1024²
-    /// decode in bf16 peaked at 10.6 GiB above its start; this gives 11.3 GiB.)
+    /// the weights. Convolutions lower to im2col and a matmul, so the widest full-resolution
+    /// convolution dominates: the last level's upsampler and first resnet conv read
+    /// `block_out_channels[1]` channels at full resolution, whose im2col buffer holds nine values
+    /// per input channel and pixel; beside it the input, the output and its layout copy, and the
+    /// group norm's f32 copies. With a margin of 1.5x. On candle's path a whole 1024² decode in
+    /// bf16 peaked at 10.6 GiB on the H200; this gives 11.3 GiB. Our CUDA kernels
+    /// (`kernels::conv2d`, `kernels::group_norm`) write im2col in chunks of at most
+    /// [`kernels::CONV_COL_LIMIT`] elements and normalise without an f32 copy, so where they run
+    /// the buffer is capped and the norm term goes (not yet measured on the GPU).
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
         let pixels = (batch * h * w * 256) as u64; // 16x upscale on both axes
         let chans = &self.cfg.block_out_channels;
         let c0 = chans.first().copied().unwrap_or(128) as u64;
         let c1 = chans.get(1).copied().unwrap_or(2 * c0 as usize) as u64;
         let s = self.dtype.size_in_bytes() as u64;
-        let im2col = pixels * 9 * c1 * s;
+        let ours = self.fast_kernels
+            && cfg!(feature = "cuda")
+            && self.device().is_cuda()
+            && matches!(self.dtype, DType::BF16 | DType::F16);
+        let mut im2col = pixels * 9 * c1 * s;
+        let mut norm = pixels * c1 * 4 * 2;
+        if ours {
+            im2col = im2col.min(kernels::CONV_COL_LIMIT as u64 * s);
+            norm = 0;
+        }
         let tensors = pixels * (c1 + 2 * c0) * s;
-        let norm = pixels * c1 * 4 * 2;
         let image = pixels * 3 * 4;
         (im2col + tensors + norm + image) * 3 / 2
     }
