@@ -87,3 +87,15 @@ while IFS=$'\t' read -r name budget status wall sampler decode above flag warnin
   [ "$warnings" = "-" ] || echo "    warnings: $warnings"
   [ -z "$err" ] || echo "    error: $err"
 done < "$OUT/table.tsv"
+
+# The budget must not change the picture: streamed blocks compute on the same values, so the
+# budgeted image should match the unconstrained one (a tiled decode, if any, differs slightly).
+echo
+for pair in "9b-free 9b-16GiB" "4b-free 4b-8GiB"; do
+  set -- $pair
+  ref=$(ls "$OUT/img_$1"/*.png 2>/dev/null | head -1); other=$(ls "$OUT/img_$2"/*.png 2>/dev/null | head -1)
+  if [ -n "$ref" ] && [ -n "$other" ]; then
+    echo "$2 vs $1: $(python3 .verify/gpu/compare_images.py "$ref" "$other" | tail -1)"
+    cmp -s "$ref" "$other" && echo "    (identical files)"
+  fi
+done

@@ -30,7 +30,7 @@ fn main() {
         })
         .unwrap_or_else(|| "nvcc".to_string());
     // Each entry becomes `<name>.ptx` in OUT_DIR.
-    const KERNELS: &[&str] = &["flux2", "vae"];
+    const KERNELS: &[&str] = &["flux2", "vae", "quant"];
     for name in KERNELS {
         let src = format!("kernels/{name}.cu");
         let dst = out_dir.join(format!("{name}.ptx"));

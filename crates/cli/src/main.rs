@@ -176,11 +176,12 @@ fn main() -> ExitCode {
 fn editor(workflow: Option<PathBuf>, run: &RunArgs, common: &CommonArgs) -> Result<(), Failure> {
     let (config, config_path) =
         config::ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
+    let probe = veetance_nodes::device_probe();
     let budgets = headless::budgets(
         run,
         &config.cache,
         config_path.as_deref(),
-        veetance_nodes::device_probe().and_then(|p| p.memory()),
+        probe.as_ref().and_then(|p| p.memory()),
         &veetance_core::HostMemory::read(),
     )
     .map_err(Failure::invalid)?;
@@ -198,6 +199,7 @@ fn editor(workflow: Option<PathBuf>, run: &RunArgs, common: &CommonArgs) -> Resu
         out_dir: run.out.clone().or(config.paths.out_dir),
         budgets,
         state_dir: None,
+        device_probe: probe,
     })
     .map_err(|e| Failure::run_failed(anyhow::anyhow!("the editor stopped: {e}")))
 }

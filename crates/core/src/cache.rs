@@ -178,7 +178,25 @@ pub struct OutputCache {
     budgets: Budgets,
     clock: u64,
     stats: CacheStats,
+    /// Bytes per second moves to host memory achieved (the last one of at least
+    /// [`RATE_SAMPLE_MIN`] bytes); `None` before one, when [`DEFAULT_HOST_RATE`] stands in.
+    host_rate: Option<f64>,
 }
+
+/// A move to host memory this large or larger times the host tier's rate.
+const RATE_SAMPLE_MIN: u64 = 64 << 20;
+
+/// The rate assumed for moves to host memory before one was timed: 2 GB/s, about what copies
+/// into freshly allocated, unpinned host memory reach (1.3 GB/s was measured on the H200 machine).
+pub const DEFAULT_HOST_RATE: f64 = 2e9;
+
+/// A value nothing in the running graph still needs is dropped instead of moved to host memory
+/// when the move would take at least this long and more than [`DROP_COST_RATIO`] times what
+/// computing it took (a loaded model reloads from the OS's file cache faster than it copies out).
+pub const DROP_MIN_MOVE: Duration = Duration::from_millis(500);
+
+/// See [`DROP_MIN_MOVE`].
+pub const DROP_COST_RATIO: f64 = 2.0;
 
 impl fmt::Debug for OutputCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,7 +222,25 @@ impl OutputCache {
             budgets,
             clock: 0,
             stats: CacheStats::default(),
+            host_rate: None,
         }
+    }
+
+    /// Sets the rate moves to host memory are expected to reach (bytes per second), as if one
+    /// had been timed at it; tests use it to make moves look slow.
+    pub fn set_host_rate(&mut self, bytes_per_second: f64) {
+        self.host_rate = Some(bytes_per_second);
+    }
+
+    /// Whether `key`'s device bytes would take longer to move to host memory than to compute
+    /// again (see [`DROP_MIN_MOVE`]).
+    fn cheaper_to_recompute(&self, key: &CacheKey) -> bool {
+        let Some(e) = self.entries.get(key) else {
+            return false;
+        };
+        let rate = self.host_rate.unwrap_or(DEFAULT_HOST_RATE).max(1.0);
+        let secs = e.bytes.device as f64 / rate;
+        secs >= DROP_MIN_MOVE.as_secs_f64() && secs > DROP_COST_RATIO * e.compute.as_secs_f64()
     }
 
     /// The outputs under `key`, marking them recently used. They may sit in host memory (see
@@ -313,7 +349,22 @@ impl OutputCache {
     /// list when no entry outside `pinned` holds device bytes.
     pub fn demote_best(&mut self, pinned: &[CacheKey]) -> Vec<Eviction> {
         match self.best_victim(Tier::Device, pinned) {
-            Some(victim) => self.demote(victim, pinned),
+            Some(victim) => self.demote(victim, pinned, None),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`OutputCache::demote_best`] for a scheduler that knows which values its run still
+    /// `held`: an entry outside them (and sharing storage with none of them) is dropped rather
+    /// than moved when moving costs more than computing it again ([`DROP_MIN_MOVE`]). Dropping
+    /// a value the run still holds would free nothing.
+    pub fn demote_best_unless_held(
+        &mut self,
+        pinned: &[CacheKey],
+        held: &[CacheKey],
+    ) -> Vec<Eviction> {
+        match self.best_victim(Tier::Device, pinned) {
+            Some(victim) => self.demote(victim, pinned, Some(held)),
             None => Vec::new(),
         }
     }
@@ -345,15 +396,38 @@ impl OutputCache {
             .map(|(_, _, k)| k)
     }
 
-    /// Moves `key` from the device to host memory, or drops it.
-    fn demote(&mut self, key: CacheKey, pinned: &[CacheKey]) -> Vec<Eviction> {
+    /// Moves `key` from the device to host memory, or drops it (see
+    /// [`OutputCache::demote_best_unless_held`] for `held`).
+    fn demote(
+        &mut self,
+        key: CacheKey,
+        pinned: &[CacheKey],
+        held: Option<&[CacheKey]>,
+    ) -> Vec<Eviction> {
         let Some(e) = self.entries.get(&key) else {
             return Vec::new();
         };
+        if let Some(held) = held {
+            let storage = e.storage;
+            let group_held = held.iter().any(|h| {
+                *h == key
+                    || storage.is_some()
+                        && self.entries.get(h).is_some_and(|o| o.storage == storage)
+            });
+            if !group_held && self.cheaper_to_recompute(&key) {
+                return self.drop_entry(key).into_iter().collect();
+            }
+        }
+        let e = &self.entries[&key];
+        let started = Instant::now();
         let host = match offload(&e.outputs) {
             Ok(Some(host)) => Some(host),
             Ok(None) | Err(_) => None,
         };
+        let took = started.elapsed().as_secs_f64();
+        if e.bytes.device >= RATE_SAMPLE_MIN && host.is_some() && took > 0.0 {
+            self.host_rate = Some(e.bytes.device as f64 / took);
+        }
         let Some(host) = host else {
             return self.drop_entry(key).into_iter().collect();
         };
@@ -665,6 +739,46 @@ mod tests {
         assert_eq!(a.1, b.1, "one shared host copy");
         assert!(!a.2 && !b.2);
         assert_ne!(a.1, Arc::as_ptr(&store) as usize);
+    }
+
+    #[test]
+    fn a_value_no_one_holds_is_dropped_when_moving_it_costs_more_than_computing_it() {
+        let setup = |compute: Duration| {
+            let mut cache = OutputCache::new(Budgets {
+                device: Some(1000),
+                host: None,
+            });
+            // 600 bytes at 1000 bytes/s: a 0.6 s move.
+            cache.set_host_rate(1000.0);
+            let store = Arc::new(vec![7u8; 600]);
+            cache.insert(key(1), "Load", weights(&store, 1), compute);
+            cache
+        };
+        // Cheap to recompute, held by no one: dropped, not copied out.
+        let mut cache = setup(Duration::from_millis(100));
+        let moved = cache.demote_best_unless_held(&[], &[]);
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].offloaded.is_none(), "{moved:?}");
+        assert!(!cache.contains(&key(1)));
+        // The run still holds it: dropping would free nothing, so it moves.
+        let mut cache = setup(Duration::from_millis(100));
+        let moved = cache.demote_best_unless_held(&[], &[key(1)]);
+        assert!(moved[0].offloaded.is_some());
+        assert_eq!(cache.usage(), MemBytes::host(600));
+        // Expensive to recompute: it moves.
+        let mut cache = setup(Duration::from_secs(1));
+        assert!(cache.demote_best_unless_held(&[], &[])[0]
+            .offloaded
+            .is_some());
+        // A fast move (under DROP_MIN_MOVE) is always worth it.
+        let mut cache = setup(Duration::ZERO);
+        cache.set_host_rate(1e6);
+        assert!(cache.demote_best_unless_held(&[], &[])[0]
+            .offloaded
+            .is_some());
+        // The scheduler-less path never drops a value it could move.
+        let mut cache = setup(Duration::ZERO);
+        assert!(cache.demote_best(&[])[0].offloaded.is_some());
     }
 
     #[test]

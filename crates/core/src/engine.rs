@@ -893,9 +893,10 @@ impl Engine {
             return credit;
         }
         let all: Vec<CacheKey> = pinned.iter().chain(streamable).copied().collect();
+        let held = held_keys(slots);
         for keep in [&all[..], pinned] {
             while self.room(credit).is_some_and(|room| room < need) {
-                let moved = self.cache.demote_best(keep);
+                let moved = self.cache.demote_best_unless_held(keep, &held);
                 if moved.is_empty() {
                     break;
                 }
@@ -915,8 +916,9 @@ impl Engine {
         credit: &mut Credit,
     ) -> usize {
         let mut count = 0;
+        let held = held_keys(slots);
         loop {
-            let moved = self.cache.demote_best(pinned);
+            let moved = self.cache.demote_best_unless_held(pinned, &held);
             if moved.is_empty() {
                 return count;
             }
@@ -1239,6 +1241,20 @@ fn content_key(
         }
     }
     KeyState::Known(CacheKey(*h.finalize().as_bytes()))
+}
+
+/// Keys of the values the run still holds for nodes yet to run: dropping one of these from the
+/// cache would free nothing.
+fn held_keys(slots: &[Option<Slot<'_>>]) -> Vec<CacheKey> {
+    slots
+        .iter()
+        .flatten()
+        .filter(|s| s.values.is_some())
+        .filter_map(|s| match s.key {
+            KeyState::Known(k) => Some(k),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Applies cache moves to the run's values: a slot holding a value the cache moved to host

@@ -136,7 +136,11 @@ impl VeetanceApp {
             .state_dir
             .clone()
             .unwrap_or_else(crate::files::default_state_dir);
-        let bridge = EngineBridge::spawn(registry.clone(), options.budgets);
+        let bridge = EngineBridge::spawn(
+            registry.clone(),
+            options.budgets,
+            options.device_probe.clone(),
+        );
         let splash = settings.show_splash.then(Splash::default);
         let mut app = VeetanceApp {
             doc: Document::new(&registry),

@@ -76,13 +76,21 @@ pub struct EngineBridge {
 }
 
 impl EngineBridge {
-    /// Starts the engine thread.
-    pub fn spawn(registry: Arc<NodeRegistry>, budgets: Budgets) -> Self {
+    /// Starts the engine thread, with the GPU's memory probe when there is one.
+    pub fn spawn(
+        registry: Arc<NodeRegistry>,
+        budgets: Budgets,
+        probe: Option<Arc<dyn veetance_core::DeviceProbe>>,
+    ) -> Self {
         let (commands, command_rx) = mpsc::sync_channel(COMMAND_QUEUE);
         let (reply_tx, replies) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("veetance-engine".into())
-            .spawn(move || engine_loop(Engine::new(registry, budgets), command_rx, reply_tx))
+            .spawn(move || {
+                let mut engine = Engine::new(registry, budgets);
+                engine.set_device_probe(probe);
+                engine_loop(engine, command_rx, reply_tx)
+            })
             .expect("the engine thread starts");
         EngineBridge {
             commands,

@@ -23,10 +23,10 @@ use std::path::PathBuf;
 
 pub use app::VeetanceApp;
 pub use settings::Settings;
-use veetance_core::Budgets;
+use veetance_core::{Budgets, DeviceProbe};
 
 /// How the editor starts.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct EditorOptions {
     /// A `.ron` workflow, or a PNG written by SaveImage, to open at start.
     pub workflow: Option<PathBuf>,
@@ -38,6 +38,23 @@ pub struct EditorOptions {
     pub budgets: Budgets,
     /// Where the autosave file goes; `None` means `$XDG_STATE_HOME/veetance`.
     pub state_dir: Option<PathBuf>,
+    /// The GPU's memory as the driver reports it, for the engine's VRAM budget (making room
+    /// before a node runs, streaming) and its memory events; `None`: no GPU, the budget only
+    /// limits the output cache.
+    pub device_probe: Option<std::sync::Arc<dyn DeviceProbe>>,
+}
+
+impl std::fmt::Debug for EditorOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditorOptions")
+            .field("workflow", &self.workflow)
+            .field("models_dir", &self.models_dir)
+            .field("out_dir", &self.out_dir)
+            .field("budgets", &self.budgets)
+            .field("state_dir", &self.state_dir)
+            .field("device_probe", &self.device_probe.is_some())
+            .finish()
+    }
 }
 
 /// Every node type the editor offers: all families with the `all-nodes` feature (the default),

@@ -148,6 +148,24 @@ pub fn group_norm(
     imp::group_norm(x, gamma, beta, groups, eps, silu)
 }
 
+/// The weight of an fp8 e4m3 linear layer in `dtype` (bf16, f16 or f32): `w: (out, in)` fp8,
+/// times `scale` per output row (`(out,)` in `dtype`) when given. candle's own fp8 casts fail on
+/// CUDA (kernels/quant.cu says why).
+pub fn fp8_dequant(
+    w: &Tensor,
+    scale: Option<&Tensor>,
+    dtype: candle_core::DType,
+) -> Result<Tensor> {
+    imp::fp8_dequant(w, scale, dtype)
+}
+
+/// A 2-D f32 weight `(rows, cols)` in fp8 e4m3 with one f32 scale per row, `scale = max|row| /
+/// 448` (at least `f32::MIN_POSITIVE`), rounded to nearest even and saturated: what
+/// [`crate::qlinear::QLinear::quantize_fp8`] computes on the CPU. Returns `(q, scale)`.
+pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    imp::fp8_quantize_rows(w)
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use candle_core::{bail, Result, Tensor};
@@ -189,6 +207,16 @@ mod imp {
         _col_limit: usize,
     ) -> Result<Tensor> {
         bail!("our conv2d needs a build with the `cuda` feature")
+    }
+    pub fn fp8_dequant(
+        _w: &Tensor,
+        _scale: Option<&Tensor>,
+        _dtype: candle_core::DType,
+    ) -> Result<Tensor> {
+        bail!("our fp8 kernels need a build with the `cuda` feature")
+    }
+    pub fn fp8_quantize_rows(_w: &Tensor) -> Result<(Tensor, Tensor)> {
+        bail!("our fp8 kernels need a build with the `cuda` feature")
     }
     pub fn group_norm(
         _x: &Tensor,
@@ -1031,5 +1059,105 @@ mod imp {
         unsafe { builder.launch(cfg) }.w()?;
         drop((xs, gs, bs));
         Ok(wrap(out, &dev, dims))
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // fp8 weights (kernels/quant.cu)
+
+    const QUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/quant.ptx"));
+    const QUANT_MODULE: &str = "veetance_quant";
+
+    pub fn fp8_dequant(w: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::BF16 => fp8_dequant_t::<bf16>(w, scale, dtype, "bf16"),
+            DType::F16 => fp8_dequant_t::<f16>(w, scale, dtype, "f16"),
+            DType::F32 => fp8_dequant_t::<f32>(w, scale, dtype, "f32"),
+            d => bail!("fp8 weights dequantize to bf16, f16 or f32, not {d:?}"),
+        }
+    }
+
+    fn fp8_dequant_t<T: CudaDType + DeviceRepr>(
+        w: &Tensor,
+        scale: Option<&Tensor>,
+        dtype: DType,
+        sfx: &str,
+    ) -> Result<Tensor> {
+        if w.dtype() != DType::F8E4M3 {
+            bail!("fp8 dequant: the weight is {:?}, not fp8 e4m3", w.dtype())
+        }
+        let w = w.contiguous()?;
+        let (rows, cols) = w.dims2()?;
+        let scale = scale
+            .map(|s| check(s, dtype, &[rows], "fp8 scale"))
+            .transpose()?;
+        let (ws, wl) = w.storage_and_layout();
+        let wc = cuda_of(&ws, "fp8 weight")?;
+        let dev = wc.device().clone();
+        let wv = match &wc.slice {
+            candle_core::cuda_backend::CudaStorageSlice::F8E4M3(s) => s.slice(wl.start_offset()..),
+            _ => bail!("fp8 dequant: the weight's storage is not fp8"),
+        };
+        let scale_guard = scale.as_ref().map(|s| s.storage_and_layout());
+        let sv = match &scale_guard {
+            Some((s, l)) => Some(view::<T>(cuda_of(s, "fp8 scale")?, l)?),
+            None => None,
+        };
+        let n = rows * cols;
+        let vec4 = cols.is_multiple_of(4) && wl.start_offset().is_multiple_of(4);
+        // SAFETY: the kernel writes all `rows · cols` elements.
+        let out = unsafe { dev.alloc::<T>(n) }?;
+        let func =
+            dev.get_or_load_custom_func(&format!("fp8_dequant_{sfx}"), QUANT_MODULE, QUANT_PTX)?;
+        let cfg = grid_for(if vec4 { n / 4 } else { n });
+        let (has_scale, rows_i, cols_i, vec4_i) = (
+            i32::from(sv.is_some()),
+            rows as i64,
+            cols as i64,
+            i32::from(vec4),
+        );
+        let mut builder = func.builder();
+        builder.arg(&wv);
+        // An absent scale points at the output; `has_scale` keeps the kernel from reading it.
+        match &sv {
+            Some(v) => builder.arg(v),
+            None => builder.arg(&out),
+        };
+        builder.arg(&has_scale);
+        builder.arg(&out);
+        builder.arg(&rows_i);
+        builder.arg(&cols_i);
+        builder.arg(&vec4_i);
+        // SAFETY: arguments match the kernel's signature; `rows · cols` bounds every index.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop((ws, scale_guard));
+        Ok(wrap(out, &dev, (rows, cols)))
+    }
+
+    pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (rows, cols) = w.dims2()?;
+        let w = check(w, DType::F32, &[rows, cols], "fp8 quantize")?;
+        let (ws, wl) = w.storage_and_layout();
+        let wc = cuda_of(&ws, "fp8 quantize input")?;
+        let dev = wc.device().clone();
+        let wv = view::<f32>(wc, wl)?;
+        // SAFETY: one block per row writes the row's scale and all its `cols` elements.
+        let q = unsafe { dev.alloc::<float8::F8E4M3>(rows * cols) }?;
+        let scale = unsafe { dev.alloc::<f32>(rows) }?;
+        let func = dev.get_or_load_custom_func("fp8_quant_rows", QUANT_MODULE, QUANT_PTX)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let cols_i = cols as i64;
+        let mut builder = func.builder();
+        builder.arg(&wv);
+        builder.arg(&q);
+        builder.arg(&scale);
+        builder.arg(&cols_i);
+        // SAFETY: arguments match the kernel's signature; `cols` bounds every row's index.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop(ws);
+        Ok((wrap(q, &dev, (rows, cols)), wrap(scale, &dev, rows)))
     }
 }

@@ -11,6 +11,7 @@
 //! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
 //! * [`device`]: device memory as the driver reports it (free, total).
 //! * [`placement`]: moving weights between devices, streaming blocks, out-of-memory errors.
+//! * [`staging`]: streamed blocks copied to the GPU one ahead of use, from page-locked memory.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
@@ -24,6 +25,7 @@ pub mod preview;
 pub mod qlinear;
 pub mod qwen3;
 pub mod sampling;
+pub mod staging;
 pub mod vae;
 pub mod weights;
 

@@ -3,18 +3,12 @@
 //! Each model walks its own tensors (`map_tensors`: every weight passed once through a function that
 //! returns its replacement), so a move to another device is one walk with `Tensor::to_device`, and
 //! the same walk counts bytes per device. Streaming models keep some blocks in host memory and
-//! copy each one to the compute device just before it runs ([`on_device`]); the copy is dropped
-//! when the block is done, so the device holds one streamed block at a time.
-//!
-//! candle runs everything on one CUDA stream per device and allocates host memory unpinned (and
-//! pinned allocation is `unsafe` in cudarc, which this workspace denies), so the copy of block
-//! `i + 1` is queued behind the compute of block `i`: the host side of the copy (reading the
-//! pages, staging) overlaps the GPU's work because kernel launches are asynchronous, but the DMA
-//! itself does not overlap compute. See docs/models.md, "Streaming".
+//! copy each one to the compute device as it comes up ([`crate::staging::stream_parts`], which on
+//! CUDA copies the next block on a stream of its own while the current one computes); the copy is
+//! dropped when the block is done, so the device holds at most two streamed blocks at a time.
+//! See docs/models.md, "Streaming".
 
-use std::borrow::Cow;
-
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -57,16 +51,6 @@ pub trait Movable: Clone {
     fn map_tensors(&self, f: TensorFn<'_>) -> CResult<Self>;
     /// One of its weights, to tell where the part lives.
     fn probe(&self) -> &Tensor;
-}
-
-/// `part` on `device`: itself when its weights are already there, else a copy made now (a
-/// streamed block). The copy is freed when the returned value is dropped.
-pub fn on_device<'p, P: Movable>(part: &'p P, device: &Device) -> CResult<Cow<'p, P>> {
-    if part.probe().device().same_device(device) {
-        Ok(Cow::Borrowed(part))
-    } else {
-        Ok(Cow::Owned(part.map_tensors(&mut |t| t.to_device(device))?))
-    }
 }
 
 /// The text of an error that says the device ran out of memory (candle's CUDA and Metal errors).

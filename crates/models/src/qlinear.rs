@@ -10,7 +10,8 @@
 //!   CUDA: llama.cpp's MMQ/MMVQ kernels), output in the input's dtype;
 //! * fp8 e4m3 (ComfyUI's fp8 files, or any checkpoint loaded with [`LinearFormat::Fp8E4M3`]):
 //!   kept in fp8 with a per-row (or per-tensor) scale, cast to the compute dtype in `forward` and
-//!   the output scaled per output channel.
+//!   the output scaled per output channel (on CUDA, our kernel casts and scales the weight in one
+//!   pass: candle's own fp8 casts fail there, see kernels/quant.cu).
 //!
 //! Small tensors (norms, embeddings) always load dense in the compute dtype, dequantized at load.
 
@@ -127,6 +128,15 @@ impl QLinear {
     /// (`scale = max|row| / 448`), as fp8 checkpoints are made.
     pub fn quantize_fp8(weight: &Tensor, dtype: DType) -> CResult<Self> {
         let w = weight.to_dtype(DType::F32)?;
+        if w.device().is_cuda() {
+            // candle's fp8 casts fail on CUDA; our kernel computes the same per-row scale.
+            let (q, scale) = crate::kernels::fp8_quantize_rows(&w)?;
+            return Ok(Self::Fp8 {
+                weight: q,
+                scale: Some(scale.to_dtype(dtype)?),
+                dtype,
+            });
+        }
         let amax = w.abs()?.max_keepdim(1)?; // (out, 1)
         let scale = (amax / F8E4M3_MAX)?.clamp(f32::MIN_POSITIVE, f32::MAX)?;
         let q = w.broadcast_div(&scale)?.to_dtype(DType::F8E4M3)?;
@@ -141,6 +151,15 @@ impl QLinear {
         match self {
             Self::Dense(linear) => linear.forward(xs),
             Self::Ggml(qmm) => qmm.forward(&xs.contiguous()?),
+            Self::Fp8 {
+                weight,
+                scale,
+                dtype,
+            } if weight.device().is_cuda() => {
+                // The weight times its row scales in one pass (candle's fp8 casts fail on CUDA).
+                let w = crate::kernels::fp8_dequant(weight, scale.as_ref(), *dtype)?;
+                candle_nn::Linear::new(w, None).forward(xs)
+            }
             Self::Fp8 {
                 weight,
                 scale,

@@ -8,8 +8,8 @@ use crate::qlinear::{linear_no_bias, QLinear, WeightBuilder};
 
 use super::config::Config;
 use crate::kernels;
-use crate::placement::on_device;
 use crate::sampling::VelocityModel;
+use crate::staging::{stream_parts, HostStage};
 
 #[path = "stream.rs"]
 mod stream;
@@ -536,6 +536,8 @@ pub struct Flux2Transformer {
     dtype: DType,
     /// RoPE tables of the last (txt_ids, img_ids) pair; see [`Flux2Transformer::rope_for`].
     rope_cache: Arc<Mutex<Option<RopeEntry>>>,
+    /// Page-locked host memory of streamed blocks (shared by clones; see [`crate::staging`]).
+    stage: HostStage,
 }
 
 type RopeEntry = ((TensorId, TensorId), Tensor, Tensor);
@@ -572,6 +574,7 @@ impl Flux2Transformer {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             rope_cache: Arc::default(),
+            stage: HostStage::default(),
         })
     }
 
@@ -665,15 +668,16 @@ impl Flux2Transformer {
         let mut txt = self.txt_in.forward(&txt)?;
         let (cos, sin) = self.rope_for(txt_ids, img_ids)?;
 
-        // Streamed blocks (in host memory) are copied to the compute device just before they run.
+        // Streamed blocks (in host memory) are copied to the compute device one block ahead of
+        // use, the copy overlapping the compute of the block before (see `staging`).
         let device = img.device().clone();
-        for block in &self.double_blocks {
-            let block = on_device(block, &device)?;
+        for block in stream_parts(&self.double_blocks, &device, &self.stage) {
+            let block = block?;
             (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), opts)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
-        for block in &self.single_blocks {
-            let block = on_device(block, &device)?;
+        for block in stream_parts(&self.single_blocks, &device, &self.stage) {
+            let block = block?;
             xs = block.forward(&xs, &mod_single[0], &cos, &sin, opts)?;
         }
         let l = xs.dim(1)?;

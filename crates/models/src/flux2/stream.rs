@@ -202,6 +202,7 @@ impl Flux2Transformer {
             cfg,
             dtype,
             rope_cache: _,
+            stage: _,
         } = self;
         Ok(Flux2Transformer {
             img_in: linear(img_in, f)?,
@@ -224,6 +225,8 @@ impl Flux2Transformer {
             dtype: *dtype,
             // RoPE tables are per device: the moved model builds its own.
             rope_cache: Default::default(),
+            // Other tensors: nothing of theirs is page-locked yet.
+            stage: Default::default(),
         })
     }
 
@@ -257,6 +260,11 @@ impl Flux2Transformer {
     /// memory when it streams).
     pub fn device(&self) -> Device {
         self.img_in.device()
+    }
+
+    /// Host memory this model's streamed blocks hold page-locked (see [`crate::staging`]).
+    pub fn stage_stats(&self) -> crate::staging::StageStats {
+        self.stage.stats()
     }
 
     /// Blocks that are not on the compute device, so are copied to it at every forward.

@@ -27,8 +27,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gguf::{is_gguf, GgufFile, MetaValue};
-use crate::placement::{on_device, tensor_bytes, Movable, TensorFn, WeightBytes};
+use crate::placement::{tensor_bytes, Movable, TensorFn, WeightBytes};
 use crate::qlinear::{embedding, linear_no_bias, LinearFormat, QLinear, WeightBuilder};
+use crate::staging::{stream_parts, HostStage};
 use crate::weights::{build_quantizable, guess_model_kind, Source, TensorStore, WeightFiles};
 
 type CResult<T> = candle_core::Result<T>;
@@ -347,6 +348,8 @@ pub struct Qwen3Encoder {
     cfg: Config,
     dtype: DType,
     device: Device,
+    /// Page-locked host memory of streamed layers (shared by clones; see [`crate::staging`]).
+    stage: HostStage,
 }
 
 impl Qwen3Encoder {
@@ -362,6 +365,7 @@ impl Qwen3Encoder {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            stage: HostStage::default(),
         })
     }
 
@@ -412,9 +416,9 @@ impl Qwen3Encoder {
         let (cos, sin) = self.rope_tables(len)?;
         let mut xs = self.embed_tokens.forward(&ids)?;
         let mut outputs = Vec::with_capacity(self.cfg.output_layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
-            // A streamed layer (in host memory) is copied to the device just before it runs.
-            let layer = on_device(layer, &self.device)?;
+        // A streamed layer (in host memory) is copied to the device one layer ahead of use.
+        for (i, layer) in stream_parts(&self.layers, &self.device, &self.stage).enumerate() {
+            let layer = layer?;
             xs = layer.forward(&xs, &mask, num_real, &cos, &sin)?;
             if self.cfg.output_layers.contains(&(i + 1)) {
                 outputs.push((i + 1, xs.clone()));
@@ -502,6 +506,7 @@ impl Qwen3Encoder {
             cfg,
             dtype,
             device,
+            stage: _,
         } = self;
         Ok(Qwen3Encoder {
             embed_tokens: Embedding::new(f(embed_tokens.embeddings())?, cfg.hidden_size),
@@ -512,6 +517,8 @@ impl Qwen3Encoder {
             cfg: cfg.clone(),
             dtype: *dtype,
             device: device.clone(),
+            // Other tensors: nothing of theirs is page-locked yet.
+            stage: HostStage::default(),
         })
     }
 

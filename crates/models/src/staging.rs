@@ -1,0 +1,514 @@
+//! Streaming parts of a model (transformer blocks, decoder layers) from host memory to the GPU with
+//! the copy of part `i + 1` overlapping the compute of part `i`.
+//!
+//! [`stream_parts`] walks a model's parts in order and yields each on the compute device: a part
+//! already there is borrowed; a part in host memory is copied. On CUDA the copies run on a copy
+//! stream of our own, from page-locked host memory, one part ahead of use:
+//!
+//! 1. when part `i` is handed out, part `i + 1`'s buffers are allocated on candle's stream (so they
+//!    are freed there too, in order after the kernels that read them), the copy stream waits for
+//!    that point of candle's stream, and the copies are queued on the copy stream;
+//! 2. before part `i + 1` is handed out, candle's stream waits for the copy stream's event.
+//!
+//! So the GPU copies part `i + 1` while it computes part `i`, and the device holds at most two
+//! streamed parts at a time (the plans reserve room for two). The values are the host values, so
+//! results are bit-identical to a resident model's.
+//!
+//! Page-locked memory: a host tensor of at least [`REGISTER_MIN`] bytes is page-locked where it
+//! lies (`cuMemHostRegister`); a smaller one (a norm weight, a bias) is copied once into a
+//! page-locked buffer of its own. A [`HostStage`], shared by the clones of one model, remembers
+//! what it locked (holding a reference to each tensor, so the memory cannot be freed while locked
+//! or reused under the same address) and unlocks it when the model goes. Without locked memory the
+//! driver stages each copy synchronously and the copy would not overlap compute.
+//!
+//! Off CUDA (the CPU, Metal, builds without the feature) parts are copied with
+//! `Tensor::to_device` when handed out, as before.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+
+use crate::placement::Movable;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Host tensors at least this large are page-locked in place; smaller ones are copied into a
+/// page-locked buffer (page-locking a few bytes would lock the page they share with other data).
+pub const REGISTER_MIN: usize = 1 << 20;
+
+/// What a model's streamed parts keep page-locked, and the CUDA copy stream that moves them.
+/// Cloning shares it; a model rebuilt from other tensors starts a new one.
+#[derive(Clone, Default)]
+pub struct HostStage {
+    inner: Arc<Mutex<Option<imp::Stage>>>,
+}
+
+impl std::fmt::Debug for HostStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("HostStage")
+            .field("locked_bytes", &stats.locked_bytes)
+            .field("staged_bytes", &stats.staged_bytes)
+            .finish()
+    }
+}
+
+/// How much host memory a [`HostStage`] holds page-locked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageStats {
+    /// Bytes of host tensors page-locked where they lie.
+    pub locked_bytes: u64,
+    /// Bytes copied into page-locked buffers of their own (small tensors).
+    pub staged_bytes: u64,
+    /// Bytes copied from unlocked memory (locking failed); these copies do not overlap compute.
+    pub unlocked_bytes: u64,
+}
+
+impl HostStage {
+    /// Page-locked bytes so far (nothing until a part has streamed on CUDA).
+    pub fn stats(&self) -> StageStats {
+        self.inner
+            .lock()
+            .map(|g| g.as_ref().map(imp::Stage::stats).unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+/// `parts` in order, each on `device` (see the module docs). A part's device copy lives as long
+/// as the yielded value; drop it before asking for the next one, or the device holds three.
+pub fn stream_parts<'p, P: Movable>(
+    parts: &'p [P],
+    device: &Device,
+    stage: &'p HostStage,
+) -> PartStream<'p, P> {
+    PartStream {
+        parts,
+        device: device.clone(),
+        stage,
+        next: 0,
+        ahead: None,
+    }
+}
+
+/// The iterator of [`stream_parts`].
+pub struct PartStream<'p, P: Movable> {
+    parts: &'p [P],
+    device: Device,
+    stage: &'p HostStage,
+    next: usize,
+    /// The part after the one last handed out, with its copies queued.
+    ahead: Option<Fetched<'p, P>>,
+}
+
+struct Fetched<'p, P: Clone> {
+    part: Cow<'p, P>,
+    /// Set when the copies run on the copy stream: candle's stream must wait for it.
+    ready: Option<imp::Ready>,
+}
+
+impl<'p, P: Movable> PartStream<'p, P> {
+    fn fetch(&self, i: usize) -> CResult<Fetched<'p, P>> {
+        let part = &self.parts[i];
+        if part.probe().device().same_device(&self.device) {
+            return Ok(Fetched {
+                part: Cow::Borrowed(part),
+                ready: None,
+            });
+        }
+        if let Some((copy, ready)) = imp::upload(self.stage, part, &self.device)? {
+            return Ok(Fetched {
+                part: Cow::Owned(copy),
+                ready: Some(ready),
+            });
+        }
+        Ok(Fetched {
+            part: Cow::Owned(part.map_tensors(&mut |t| t.to_device(&self.device))?),
+            ready: None,
+        })
+    }
+}
+
+impl<'p, P: Movable> Iterator for PartStream<'p, P> {
+    type Item = CResult<Cow<'p, P>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.parts.len() {
+            return None;
+        }
+        let current = match self.ahead.take() {
+            Some(f) => f,
+            None => match self.fetch(self.next) {
+                Ok(f) => f,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        self.next += 1;
+        // Queue the next part's copies before this part's compute is queued: the copy stream
+        // starts on it as soon as candle's stream has passed the allocation.
+        if self.next < self.parts.len() {
+            match self.fetch(self.next) {
+                Ok(f) => self.ahead = Some(f),
+                Err(e) => {
+                    return Some(current.wait().and(Err(e)));
+                }
+            }
+        }
+        Some(current.wait())
+    }
+}
+
+impl<'p, P: Clone> Fetched<'p, P> {
+    /// The part, once candle's stream is ordered after its copies.
+    fn wait(self) -> CResult<Cow<'p, P>> {
+        if let Some(ready) = self.ready {
+            ready.wait()?;
+        }
+        Ok(self.part)
+    }
+}
+
+impl<P: Movable> Drop for PartStream<'_, P> {
+    fn drop(&mut self) {
+        // A part whose copies are queued must not be freed (on candle's stream) before the copy
+        // stream has written it.
+        if let Some(ahead) = self.ahead.take() {
+            let _ = ahead.wait();
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+
+    pub struct Stage;
+    impl Stage {
+        pub fn stats(&self) -> StageStats {
+            StageStats::default()
+        }
+    }
+
+    pub struct Ready;
+    impl Ready {
+        pub fn wait(self) -> CResult<()> {
+            Ok(())
+        }
+    }
+
+    pub fn upload<P: Movable>(
+        _stage: &HostStage,
+        _part: &P,
+        _device: &Device,
+    ) -> CResult<Option<(P, Ready)>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // driver calls (streams, events, page-locking, async copies); see each SAFETY
+mod imp {
+    use std::collections::HashMap;
+    use std::ffi::c_void;
+
+    use candle_core::cuda_backend::cudarc::driver::{
+        sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
+        PinnedHostSlice,
+    };
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{CpuStorage, CudaDevice, Storage, Tensor};
+
+    use super::*;
+
+    fn check(status: sys::CUresult, what: &str) -> CResult<()> {
+        if status == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            candle_core::bail!("{what}: {status:?}")
+        }
+    }
+
+    /// A host tensor's page-locked source.
+    enum Pin {
+        /// The tensor's own memory, registered with the driver.
+        Locked { ptr: usize },
+        /// A page-locked copy.
+        Staged(PinnedHostSlice<u8>),
+        /// Locking failed: copies read the tensor's memory unlocked.
+        Unlocked { ptr: usize },
+    }
+
+    struct Entry {
+        pin: Pin,
+        bytes: usize,
+        /// Keeps the memory alive (and its address unreused) while it is registered or copied.
+        _tensor: Tensor,
+    }
+
+    pub struct Stage {
+        ctx: Arc<CudaContext>,
+        /// Our copy stream, a raw non-blocking stream: cudarc's own streams would switch every
+        /// allocation in the process to cross-stream event tracking.
+        copy: sys::CUstream,
+        pins: HashMap<usize, Entry>,
+    }
+
+    // SAFETY: the raw stream handle is only used under the stage's mutex, and CUDA streams may be
+    // used from any thread; the pinned slices and tensors are Send + Sync.
+    unsafe impl Send for Stage {}
+
+    impl Stage {
+        fn new(ctx: Arc<CudaContext>) -> CResult<Self> {
+            ctx.bind_to_thread().w()?;
+            let mut copy: sys::CUstream = std::ptr::null_mut();
+            // SAFETY: a valid out-pointer, on the bound context.
+            check(
+                unsafe {
+                    sys::cuStreamCreate(
+                        &mut copy,
+                        sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+                    )
+                },
+                "creating the copy stream",
+            )?;
+            Ok(Self {
+                ctx,
+                copy,
+                pins: HashMap::new(),
+            })
+        }
+
+        pub fn stats(&self) -> StageStats {
+            let mut s = StageStats::default();
+            for e in self.pins.values() {
+                let b = e.bytes as u64;
+                match e.pin {
+                    Pin::Locked { .. } => s.locked_bytes += b,
+                    Pin::Staged(_) => s.staged_bytes += b,
+                    Pin::Unlocked { .. } => s.unlocked_bytes += b,
+                }
+            }
+            s
+        }
+
+        /// The page-locked source of `t`'s elements (contiguous, at `ptr`, `bytes` long).
+        fn source(&mut self, t: &Tensor, ptr: usize, bytes: usize) -> CResult<*const c_void> {
+            if let Some(e) = self.pins.get(&ptr) {
+                if e.bytes >= bytes {
+                    return Ok(e.source());
+                }
+            }
+            // A longer view of the same memory: unlock the shorter one first.
+            if let Some(old) = self.pins.remove(&ptr) {
+                old.release(self.copy);
+            }
+            let pin = if bytes >= REGISTER_MIN {
+                // SAFETY: `ptr..ptr + bytes` is the tensor's live, immutable element buffer, kept
+                // alive by the entry until it is unregistered in `Drop`.
+                let status = unsafe { sys::cuMemHostRegister_v2(ptr as *mut c_void, bytes, 0) };
+                if status == sys::CUresult::CUDA_SUCCESS {
+                    Pin::Locked { ptr }
+                } else {
+                    Pin::Unlocked { ptr }
+                }
+            } else {
+                // SAFETY: filled whole below before any copy reads it.
+                let mut buf = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }.w()?;
+                // SAFETY: `ptr..ptr + bytes` is the tensor's element buffer (see `host_bytes`).
+                let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, bytes) };
+                buf.as_mut_slice().w()?.copy_from_slice(src);
+                Pin::Staged(buf)
+            };
+            let entry = Entry {
+                pin,
+                bytes,
+                _tensor: t.clone(),
+            };
+            let source = entry.source();
+            self.pins.insert(ptr, entry);
+            Ok(source)
+        }
+    }
+
+    impl Entry {
+        fn source(&self) -> *const c_void {
+            match &self.pin {
+                Pin::Locked { ptr } | Pin::Unlocked { ptr } => *ptr as *const c_void,
+                // The buffer is only written when it is made, so no pending work to wait for.
+                Pin::Staged(buf) => buf.as_ptr().unwrap_or(std::ptr::null()) as *const c_void,
+            }
+        }
+
+        fn release(self, copy: sys::CUstream) {
+            // SAFETY: copies that read this memory are on `copy`; wait for them before unlocking.
+            unsafe { sys::cuStreamSynchronize(copy) };
+            if let Pin::Locked { ptr } = self.pin {
+                // SAFETY: registered by `source` with this address.
+                unsafe { sys::cuMemHostUnregister(ptr as *mut c_void) };
+            }
+        }
+    }
+
+    impl Drop for Stage {
+        fn drop(&mut self) {
+            if self.ctx.bind_to_thread().is_err() {
+                return;
+            }
+            // SAFETY: our stream; every copy reading locked memory finishes before it is unlocked.
+            unsafe { sys::cuStreamSynchronize(self.copy) };
+            for (_, e) in self.pins.drain() {
+                if let Pin::Locked { ptr } = e.pin {
+                    // SAFETY: registered by `source` with this address, no copy in flight.
+                    unsafe { sys::cuMemHostUnregister(ptr as *mut c_void) };
+                }
+            }
+            // SAFETY: created in `new`, idle.
+            unsafe { sys::cuStreamDestroy_v2(self.copy) };
+        }
+    }
+
+    /// candle's stream must wait for this event (recorded on the copy stream) before the part's
+    /// tensors are read.
+    pub struct Ready {
+        event: CudaEvent,
+        candle: Arc<CudaStream>,
+    }
+
+    impl Ready {
+        pub fn wait(self) -> CResult<()> {
+            self.candle.wait(&self.event).w()
+        }
+    }
+
+    /// The element buffer of a contiguous CPU tensor: `(address, bytes)`.
+    fn host_bytes(storage: &CpuStorage, start: usize, count: usize) -> Option<(usize, usize)> {
+        fn at<T>(v: &[T], start: usize, count: usize) -> Option<(usize, usize)> {
+            (start + count <= v.len()).then(|| {
+                (
+                    v[start..].as_ptr() as usize,
+                    count * std::mem::size_of::<T>(),
+                )
+            })
+        }
+        match storage {
+            CpuStorage::BF16(v) => at(v, start, count),
+            CpuStorage::F16(v) => at(v, start, count),
+            CpuStorage::F32(v) => at(v, start, count),
+            CpuStorage::F64(v) => at(v, start, count),
+            CpuStorage::U8(v) => at(v, start, count),
+            CpuStorage::U32(v) => at(v, start, count),
+            CpuStorage::I64(v) => at(v, start, count),
+            CpuStorage::F8E4M3(v) => at(v, start, count),
+            _ => None,
+        }
+    }
+
+    /// An uninitialised device buffer for `n` elements of `dtype` on candle's stream, with its
+    /// address, wrapped as candle storage.
+    fn alloc_like(
+        dev: &CudaDevice,
+        dtype: candle_core::DType,
+        n: usize,
+    ) -> CResult<(Storage, u64)> {
+        fn make<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> CResult<(Storage, u64)> {
+            let stream = dev.cuda_stream();
+            // SAFETY: filled whole by the copy queued right after, before candle reads it.
+            let mut slice: CudaSlice<T> = unsafe { stream.alloc::<T>(n) }.w()?;
+            let ptr = {
+                let (p, _record) = slice.device_ptr_mut(&stream);
+                p
+            };
+            Ok((Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone())), ptr))
+        }
+        use candle_core::DType as D;
+        match dtype {
+            D::BF16 => make::<half::bf16>(dev, n),
+            D::F16 => make::<half::f16>(dev, n),
+            D::F32 => make::<f32>(dev, n),
+            D::F64 => make::<f64>(dev, n),
+            D::U8 => make::<u8>(dev, n),
+            D::U32 => make::<u32>(dev, n),
+            D::I64 => make::<i64>(dev, n),
+            D::F8E4M3 => make::<float8::F8E4M3>(dev, n),
+            d => candle_core::bail!("streaming a {d:?} tensor is not supported"),
+        }
+    }
+
+    /// `part`'s copy on `device` with its copies queued on the stage's copy stream, or `None`
+    /// when `device` is not a CUDA GPU (the caller copies the plain way).
+    pub fn upload<P: Movable>(
+        stage: &HostStage,
+        part: &P,
+        device: &Device,
+    ) -> CResult<Option<(P, Ready)>> {
+        let Device::Cuda(dev) = device else {
+            return Ok(None);
+        };
+        let mut guard = stage
+            .inner
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the host stage's lock is poisoned".into()))?;
+        let candle = dev.cuda_stream();
+        if guard.is_none() {
+            *guard = Some(Stage::new(candle.context().clone())?);
+        }
+        let st = guard.as_mut().expect("made above");
+        st.ctx.bind_to_thread().w()?;
+        // Allocate every buffer on candle's stream, then order the copy stream after that point.
+        let mut jobs: Vec<(u64, *const c_void, usize)> = Vec::new();
+        let copy = part.map_tensors(&mut |t| {
+            if !t.device().is_cpu() || !t.is_contiguous() {
+                return t.to_device(device);
+            }
+            let (ptr, bytes) = {
+                let (storage, layout) = t.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else {
+                    return t.to_device(device);
+                };
+                match host_bytes(cpu, layout.start_offset(), t.elem_count()) {
+                    Some(pb) => pb,
+                    None => return t.to_device(device),
+                }
+            };
+            let src = st.source(t, ptr, bytes)?;
+            let (storage, dst) = alloc_like(dev, t.dtype(), t.elem_count())?;
+            jobs.push((dst, src, bytes));
+            Ok(Tensor::from_storage(
+                storage,
+                t.shape().clone(),
+                BackpropOp::none(),
+                false,
+            ))
+        })?;
+        let allocated = st.ctx.new_event(None).w()?;
+        allocated.record(&candle).w()?;
+        // SAFETY: both handles are live; the copy stream waits for the allocations.
+        check(
+            unsafe { sys::cuStreamWaitEvent(st.copy, allocated.cu_event(), 0) },
+            "ordering the copy stream after the allocations",
+        )?;
+        for (dst, src, bytes) in jobs {
+            // SAFETY: `dst` is a fresh device buffer of `bytes` bytes that candle frees on its own
+            // stream only after `Ready::wait` ordered it behind this copy; `src` is `bytes` of
+            // page-locked (or registered, kept-alive) host memory held by the stage.
+            check(
+                unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src, bytes, st.copy) },
+                "copying a streamed weight to the GPU",
+            )?;
+        }
+        let done = st.ctx.new_event(None).w()?;
+        // SAFETY: both handles are live.
+        check(
+            unsafe { sys::cuEventRecord(done.cu_event(), st.copy) },
+            "recording the copy stream",
+        )?;
+        Ok(Some((
+            copy,
+            Ready {
+                event: done,
+                candle,
+            },
+        )))
+    }
+}
