@@ -22,12 +22,16 @@ export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.join(list(
 [ -x .gpu/veetance ] || { xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance; }
 [ -f $M/vae/flux2-vae.safetensors ] || python3 .verify/gpu/make_full_size_models.py $M 2>&1 | grep -v "kept in float32"
 
+# ONLY=<regex>: run only the variants whose names match (bf16, the reference, always runs).
+ONLY=${ONLY:-.}
+if echo gguf | grep -Eq "$ONLY"; then
 for q in Q8_0 Q4_K; do
   [ -f $M/diffusion_models/flux-2-klein-4b-$q.gguf ] || \
     .gpu/quantize_gguf flux $M/diffusion_models/flux-2-klein-4b.safetensors $M/diffusion_models/flux-2-klein-4b-$q.gguf $q
   [ -f $M/text_encoders/qwen_3_4b-$q.gguf ] || \
     .gpu/quantize_gguf qwen3 $M/text_encoders/qwen_3_4b.safetensors $M/text_encoders/qwen_3_4b-$q.gguf $q
 done
+fi
 [ -f $M/diffusion_models/flux-2-klein-4b-fp8_scaled.safetensors ] || \
   python3 .verify/gpu/make_fp8.py $M/diffusion_models/flux-2-klein-4b.safetensors $M/diffusion_models/flux-2-klein-4b-fp8_scaled.safetensors
 ls -la $M/diffusion_models $M/text_encoders
@@ -46,6 +50,7 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits > "$OUT/vram_id
 idle=$(cat "$OUT/vram_idle.txt")
 for v in "${variants[@]}"; do
   name=${v%%|*}; args=${v#*|}
+  [ "$name" = bf16 ] || echo "$name" | grep -Eq "$ONLY" || continue
   for run in 1 2; do  # run 2: warm page cache
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$OUT/vram_${name}_$run.txt" 2>/dev/null &
     smi=$!

@@ -795,7 +795,7 @@ mod imp {
         // SAFETY: the epilogue writes every (image, channel, pixel): the chunks cover all rows.
         let out = unsafe { dev.alloc::<T>(b * cout * m) }?;
         let sfx = suffix(dtype)?;
-        let v8 = wo.is_multiple_of(8);
+        let v8 = wo % 8 == 0;
         let im2col = dev.get_or_load_custom_func(
             &format!("im2col_t_{}_{sfx}", if v8 { "v8" } else { "v1" }),
             VAE_MODULE,
@@ -892,14 +892,14 @@ mod imp {
         let (rv, res_aligned) = match &res_guard {
             Some((s, l)) => (
                 Some(view::<T>(cuda_of(s, "conv residual")?, l)?),
-                l.start_offset().is_multiple_of(8),
+                (l.start_offset() % 8 == 0),
             ),
             None => (None, true),
         };
-        let v8 = mc.is_multiple_of(8)
-            && m.is_multiple_of(8)
-            && m0.is_multiple_of(8)
-            && gl.start_offset().is_multiple_of(8)
+        let v8 = mc % 8 == 0
+            && (m % 8 == 0)
+            && (m0 % 8 == 0)
+            && (gl.start_offset() % 8 == 0)
             && res_aligned;
         let per = if v8 { 8 } else { 1 };
         let func = dev.get_or_load_custom_func(
@@ -955,7 +955,7 @@ mod imp {
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         let dims = x.dims().to_vec();
-        if dims.len() < 3 || groups == 0 || !dims[1].is_multiple_of(groups) {
+        if dims.len() < 3 || groups == 0 || dims[1] % groups != 0 {
             bail!("group norm: input {dims:?} with {groups} groups")
         }
         let (b, c) = (dims[0], dims[1]);
@@ -977,14 +977,14 @@ mod imp {
         let (bs, bl) = beta.storage_and_layout();
         let gv = view::<T>(cuda_of(&gs, "group norm weight")?, gl)?;
         let bv = view::<T>(cuda_of(&bs, "group norm bias")?, bl)?;
-        let aligned = xl.start_offset().is_multiple_of(8);
+        let aligned = xl.start_offset() % 8 == 0;
         let sfx = suffix(dtype)?;
 
         // Statistics: about four blocks per SM over all groups, at least 4096 elements a block.
         let splits = 528usize.div_ceil(ng).clamp(1, n.div_ceil(4096).max(1));
         let chunk = n.div_ceil(splits).next_multiple_of(8);
         let splits = n.div_ceil(chunk);
-        let v8 = aligned && n.is_multiple_of(8);
+        let v8 = aligned && (n % 8 == 0);
         // SAFETY: every block writes its two partial sums; every group thread its two stats.
         let part = unsafe { dev.alloc::<f32>(ng * splits * 2) }?;
         let stats = unsafe { dev.alloc::<f32>(ng * 2) }?;
@@ -1027,7 +1027,7 @@ mod imp {
         unsafe { builder.launch(cfg) }.w()?;
 
         let total = b * c * hw;
-        let v8 = aligned && hw.is_multiple_of(8);
+        let v8 = aligned && (hw % 8 == 0);
         let per = if v8 { 8 } else { 1 };
         // SAFETY: the apply kernel writes all `total` elements.
         let out = unsafe { dev.alloc::<T>(total) }?;
@@ -1103,7 +1103,7 @@ mod imp {
             None => None,
         };
         let n = rows * cols;
-        let vec4 = cols.is_multiple_of(4) && wl.start_offset().is_multiple_of(4);
+        let vec4 = (cols % 4 == 0) && (wl.start_offset() % 4 == 0);
         // SAFETY: the kernel writes all `rows · cols` elements.
         let out = unsafe { dev.alloc::<T>(n) }?;
         let func =
