@@ -1087,8 +1087,16 @@ mod imp {
         }
         let w = w.contiguous()?;
         let (rows, cols) = w.dims2()?;
+        // One value for the whole tensor (ComfyUI's scaled-fp8 files) stands for every row.
         let scale = scale
-            .map(|s| check(s, dtype, &[rows], "fp8 scale"))
+            .map(|s| {
+                let s = if s.elem_count() == 1 {
+                    s.reshape(1)?.broadcast_as(rows)?
+                } else {
+                    s.clone()
+                };
+                check(&s, dtype, &[rows], "fp8 scale")
+            })
             .transpose()?;
         let (ws, wl) = w.storage_and_layout();
         let wc = cuda_of(&ws, "fp8 weight")?;

@@ -53,6 +53,16 @@ pub trait Movable: Clone {
     fn probe(&self) -> &Tensor;
 }
 
+/// `t` on `device`: `Tensor::to_device`, except that a GPU tensor bound for host memory takes
+/// [`crate::staging::to_host`] (page-locked bounce buffers, several times faster).
+pub fn move_tensor(t: &Tensor, device: &candle_core::Device) -> CResult<Tensor> {
+    if device.is_cpu() && t.device().is_cuda() {
+        crate::staging::to_host(t)
+    } else {
+        t.to_device(device)
+    }
+}
+
 /// The text of an error that says the device ran out of memory (candle's CUDA and Metal errors).
 pub fn is_out_of_memory(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();

@@ -27,7 +27,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::placement::Movable;
 
@@ -73,6 +73,18 @@ impl HostStage {
             .map(|g| g.as_ref().map(imp::Stage::stats).unwrap_or_default())
             .unwrap_or_default()
     }
+}
+
+/// `t` in host memory. From a CUDA GPU, a tensor of at least [`REGISTER_MIN`] bytes is copied
+/// through two page-locked bounce buffers on the copy stream, the copy out of one (by several
+/// threads, which also pay for first touching the fresh destination pages) overlapping the DMA
+/// into the other: several times faster than candle's copy into unlocked memory (about 1.1 GB/s
+/// measured for a whole model on the H200 machine). Other tensors: `Tensor::to_device`.
+pub fn to_host(t: &Tensor) -> CResult<Tensor> {
+    if let Some(moved) = imp::to_host(t)? {
+        return Ok(moved);
+    }
+    t.to_device(&Device::Cpu)
 }
 
 /// `parts` in order, each on `device` (see the module docs). A part's device copy lives as long
@@ -203,6 +215,10 @@ mod imp {
     ) -> CResult<Option<(P, Ready)>> {
         Ok(None)
     }
+
+    pub fn to_host(_t: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -217,7 +233,7 @@ mod imp {
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::op::BackpropOp;
-    use candle_core::{CpuStorage, CudaDevice, Storage, Tensor};
+    use candle_core::{CpuStorage, CudaDevice, Storage};
 
     use super::*;
 
@@ -510,5 +526,227 @@ mod imp {
                 candle,
             },
         )))
+    }
+
+    /// Bytes of one bounce buffer.
+    const BOUNCE: usize = 32 << 20;
+
+    /// Two page-locked bounce buffers and a copy stream for [`to_host`], made on first use.
+    struct Bounce {
+        ctx: Arc<CudaContext>,
+        stream: sys::CUstream,
+        bufs: [PinnedHostSlice<u8>; 2],
+    }
+
+    // SAFETY: used only under the mutex below; CUDA streams may be used from any thread.
+    unsafe impl Send for Bounce {}
+
+    static BOUNCE_BUFFERS: Mutex<Option<Bounce>> = Mutex::new(None);
+
+    impl Bounce {
+        fn new(ctx: Arc<CudaContext>) -> CResult<Self> {
+            ctx.bind_to_thread().w()?;
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            // SAFETY: a valid out-pointer, on the bound context.
+            check(
+                unsafe {
+                    sys::cuStreamCreate(
+                        &mut stream,
+                        sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+                    )
+                },
+                "creating the copy stream",
+            )?;
+            // SAFETY: the buffers are only read after a DMA into them completed.
+            let a = unsafe { ctx.alloc_pinned_with_flags::<u8>(BOUNCE, 0) }.w()?;
+            let b = unsafe { ctx.alloc_pinned_with_flags::<u8>(BOUNCE, 0) }.w()?;
+            Ok(Self {
+                ctx,
+                stream,
+                bufs: [a, b],
+            })
+        }
+    }
+
+    /// `(device address, bytes)` of a contiguous CUDA tensor's elements.
+    fn device_bytes(t: &Tensor) -> Option<(u64, usize)> {
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        use candle_core::cuda_backend::CudaStorageSlice as S;
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else {
+            return None;
+        };
+        let start = layout.start_offset();
+        let n = t.elem_count();
+        macro_rules! at {
+            ($v:expr) => {{
+                let v = $v;
+                if start + n > v.len() {
+                    return None;
+                }
+                let (ptr, _guard) = v.device_ptr(v.stream());
+                let size = t.dtype().size_in_bytes();
+                Some((ptr + (start * size) as u64, n * size))
+            }};
+        }
+        match &cs.slice {
+            S::BF16(v) => at!(v),
+            S::F16(v) => at!(v),
+            S::F32(v) => at!(v),
+            S::F64(v) => at!(v),
+            S::U8(v) => at!(v),
+            S::U32(v) => at!(v),
+            S::I64(v) => at!(v),
+            S::F8E4M3(v) => at!(v),
+            _ => None,
+        }
+    }
+
+    /// A host tensor of `dtype` and `shape` whose element bytes `fill` writes whole.
+    fn host_tensor(
+        dtype: candle_core::DType,
+        shape: &candle_core::Shape,
+        fill: impl FnOnce(&mut [u8]) -> CResult<()>,
+    ) -> CResult<Tensor> {
+        fn make<T: candle_core::WithDType>(
+            n: usize,
+            shape: &candle_core::Shape,
+            fill: impl FnOnce(&mut [u8]) -> CResult<()>,
+        ) -> CResult<Tensor> {
+            let mut v: Vec<T> = Vec::with_capacity(n);
+            // SAFETY: plain-old-data elements; `fill` writes all `n · size` bytes before the
+            // vector is read (on error it is dropped unread).
+            #[allow(clippy::uninit_vec)]
+            unsafe {
+                v.set_len(n)
+            };
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(
+                    v.as_mut_ptr() as *mut u8,
+                    n * std::mem::size_of::<T>(),
+                )
+            };
+            fill(bytes)?;
+            Tensor::from_vec(v, shape.clone(), &Device::Cpu)
+        }
+        let n = shape.elem_count();
+        use candle_core::DType as D;
+        match dtype {
+            D::BF16 => make::<half::bf16>(n, shape, fill),
+            D::F16 => make::<half::f16>(n, shape, fill),
+            D::F32 => make::<f32>(n, shape, fill),
+            D::F64 => make::<f64>(n, shape, fill),
+            D::U8 => make::<u8>(n, shape, fill),
+            D::U32 => make::<u32>(n, shape, fill),
+            D::I64 => make::<i64>(n, shape, fill),
+            D::F8E4M3 => make::<float8::F8E4M3>(n, shape, fill),
+            d => candle_core::bail!("moving a {d:?} tensor to host memory is not supported"),
+        }
+    }
+
+    /// Copies `src` into `dst` with up to 8 threads.
+    fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let part = dst.len().div_ceil(threads).max(1 << 20);
+        if dst.len() <= part {
+            dst.copy_from_slice(src);
+            return;
+        }
+        std::thread::scope(|scope| {
+            for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
+                scope.spawn(move || d.copy_from_slice(s));
+            }
+        });
+    }
+
+    pub fn to_host(t: &Tensor) -> CResult<Option<Tensor>> {
+        let Device::Cuda(dev) = t.device() else {
+            return Ok(None);
+        };
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        if bytes < REGISTER_MIN || !t.is_contiguous() {
+            return Ok(None);
+        }
+        let Some((src, len)) = device_bytes(t) else {
+            return Ok(None);
+        };
+        let candle = dev.cuda_stream();
+        let mut guard = BOUNCE_BUFFERS
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the bounce buffers' lock is poisoned".into()))?;
+        let same_ctx = guard
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(&b.ctx, candle.context()));
+        if !same_ctx {
+            *guard = Some(Bounce::new(candle.context().clone())?);
+        }
+        let bounce = guard.as_mut().expect("made above");
+        bounce.ctx.bind_to_thread().w()?;
+        // The copy stream starts after the kernels queued so far (which may still write `t`).
+        let written = bounce.ctx.new_event(None).w()?;
+        written.record(&candle).w()?;
+        // SAFETY: live handles.
+        check(
+            unsafe { sys::cuStreamWaitEvent(bounce.stream, written.cu_event(), 0) },
+            "ordering the copy stream after candle's",
+        )?;
+        let chunks: Vec<(usize, usize)> = (0..len)
+            .step_by(BOUNCE)
+            .map(|off| (off, BOUNCE.min(len - off)))
+            .collect();
+        let done = [
+            bounce.ctx.new_event(None).w()?,
+            bounce.ctx.new_event(None).w()?,
+        ];
+        let stream = bounce.stream;
+        let bufs: [*mut u8; 2] = [
+            bounce.bufs[0].as_mut_ptr().w()?,
+            bounce.bufs[1].as_mut_ptr().w()?,
+        ];
+        let queue = |k: usize| -> CResult<()> {
+            let (off, n) = chunks[k];
+            // SAFETY: `src + off .. + n` lies in `t`'s buffer (kept alive by `t`); the bounce
+            // buffer holds BOUNCE ≥ n bytes and is not read until `done[k % 2]` completes.
+            check(
+                unsafe {
+                    sys::cuMemcpyDtoHAsync_v2(
+                        bufs[k % 2] as *mut c_void,
+                        src + off as u64,
+                        n,
+                        stream,
+                    )
+                },
+                "copying a tensor out of the GPU",
+            )?;
+            // SAFETY: live handles.
+            check(
+                unsafe { sys::cuEventRecord(done[k % 2].cu_event(), stream) },
+                "recording the copy stream",
+            )
+        };
+        let moved = host_tensor(t.dtype(), t.shape(), |dst| {
+            queue(0)?;
+            for k in 0..chunks.len() {
+                if k + 1 < chunks.len() {
+                    // Buffer (k + 1) % 2 was emptied in step k − 1.
+                    queue(k + 1)?;
+                }
+                done[k % 2].synchronize().w()?;
+                let (off, n) = chunks[k];
+                // SAFETY: the DMA into this buffer completed (event above); it holds n bytes.
+                let from = unsafe { std::slice::from_raw_parts(bufs[k % 2], n) };
+                parallel_copy(&mut dst[off..off + n], from);
+            }
+            Ok(())
+        });
+        if moved.is_err() {
+            // Nothing may still be writing into the bounce buffers when they are reused.
+            // SAFETY: our stream.
+            unsafe { sys::cuStreamSynchronize(stream) };
+        }
+        moved.map(Some)
     }
 }

@@ -455,6 +455,10 @@ fn fp8_weights_match_cpu() -> R<()> {
         let want = qc.to_dtype(DType::F32)?.broadcast_mul(&sc.unsqueeze(1)?)?;
         let got = kernels::fp8_dequant(qg, Some(sg), DType::F32)?.to_device(&Device::Cpu)?;
         assert_eq!(rel(&got, &want)?, 0.0);
+        // One scale for the whole tensor, as ComfyUI's scaled-fp8 files store it.
+        let half = Tensor::new(0.5f32, &dev)?;
+        let got = kernels::fp8_dequant(qg, Some(&half), DType::F32)?.to_device(&Device::Cpu)?;
+        assert_eq!(rel(&got, &(qc.to_dtype(DType::F32)? * 0.5)?)?, 0.0);
         let unscaled = kernels::fp8_dequant(qg, None, DType::F32)?.to_device(&Device::Cpu)?;
         assert_eq!(rel(&unscaled, &qc.to_dtype(DType::F32)?)?, 0.0);
         // A layer in bf16 on the GPU against the f32 layer on the CPU.
@@ -531,6 +535,48 @@ fn streamed_blocks_match_resident_bits() -> R<()> {
         eprintln!("{plan:?}: {stats:?}");
         assert!(stats.locked_bytes > 0, "{stats:?}");
         assert_eq!(stats.unlocked_bytes, 0, "{stats:?}");
+    }
+    Ok(())
+}
+
+/// `staging::to_host` (page-locked bounce buffers, parallel copy-out) gives candle's bits, for a
+/// tensor over several bounce buffers with a ragged tail and for a view at an offset; prints
+/// both paths' rates for 2 GiB.
+#[test]
+fn to_host_through_bounce_buffers_matches_candle() -> R<()> {
+    use veetance_models::staging;
+    let Some(dev) = gpu() else { return Ok(()) };
+    let bits = |t: &Tensor| -> R<Vec<u16>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<half::bf16>()?
+            .into_iter()
+            .map(|v| v.to_bits())
+            .collect())
+    };
+    let t = randn(&[40_000_037], DType::BF16, &dev)?;
+    for view in [t.clone(), t.narrow(0, 3, 40_000_000)?] {
+        let fast = staging::to_host(&view)?;
+        assert!(fast.device().is_cpu());
+        assert_eq!(fast.dims(), view.dims());
+        assert!(bits(&fast)? == bits(&view.to_device(&Device::Cpu)?)?);
+    }
+    let big = Tensor::zeros((1 << 30,), DType::BF16, &dev)?;
+    for (name, slow) in [
+        ("candle", true),
+        ("bounce", false),
+        ("candle", true),
+        ("bounce", false),
+    ] {
+        dev.synchronize()?;
+        let start = std::time::Instant::now();
+        let host = if slow {
+            big.to_device(&Device::Cpu)?
+        } else {
+            staging::to_host(&big)?
+        };
+        let s = start.elapsed().as_secs_f64();
+        eprintln!("to host, 2 GiB, {name}: {:.2} GB/s", 2.0 * 1.073741824 / s);
+        drop(host);
     }
     Ok(())
 }

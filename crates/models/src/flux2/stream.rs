@@ -18,7 +18,7 @@ use super::{
     DoubleStreamBlock, Flux2Transformer, Mlp, MlpEmbedder, Modulation, QkNorm, SelfAttention,
     SingleStreamBlock,
 };
-use crate::placement::{tensor_bytes, Movable, TensorFn, WeightBytes};
+use crate::placement::{move_tensor, tensor_bytes, Movable, TensorFn, WeightBytes};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -233,7 +233,7 @@ impl Flux2Transformer {
     /// A copy with every weight on `device` (bit-identical values). Weights already there are
     /// shared, not copied.
     pub fn to_device(&self, device: &Device) -> CResult<Self> {
-        self.map_tensors(&mut |t| t.to_device(device))
+        self.map_tensors(&mut |t| move_tensor(t, device))
     }
 
     /// How many weight tensors the model holds.
@@ -280,12 +280,12 @@ impl Flux2Transformer {
     pub fn place(&self, device: &Device, plan: BlockPlan) -> CResult<Self> {
         let host = Device::Cpu;
         let mut placed = self.clone();
-        let base = |l: &QLinear| linear(l, &mut |t| t.to_device(device));
+        let base = |l: &QLinear| linear(l, &mut |t| move_tensor(t, device));
         placed.img_in = base(&self.img_in)?;
         placed.txt_in = base(&self.txt_in)?;
         placed.final_adaln = base(&self.final_adaln)?;
         placed.final_linear = base(&self.final_linear)?;
-        let mut to_dev = |t: &Tensor| t.to_device(device);
+        let mut to_dev = |t: &Tensor| move_tensor(t, device);
         placed.time_in = self.time_in.map_tensors(&mut to_dev)?;
         placed.double_stream_modulation_img =
             self.double_stream_modulation_img.map_tensors(&mut to_dev)?;
@@ -302,7 +302,7 @@ impl Flux2Transformer {
                 } else {
                     &host
                 };
-                b.map_tensors(&mut |t| t.to_device(target))
+                b.map_tensors(&mut |t| move_tensor(t, target))
             })
             .collect::<CResult<_>>()?;
         placed.single_blocks = self
@@ -315,7 +315,7 @@ impl Flux2Transformer {
                 } else {
                     &host
                 };
-                b.map_tensors(&mut |t| t.to_device(target))
+                b.map_tensors(&mut |t| move_tensor(t, target))
             })
             .collect::<CResult<_>>()?;
         Ok(placed)

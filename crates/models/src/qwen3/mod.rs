@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gguf::{is_gguf, GgufFile, MetaValue};
-use crate::placement::{tensor_bytes, Movable, TensorFn, WeightBytes};
+use crate::placement::{move_tensor, tensor_bytes, Movable, TensorFn, WeightBytes};
 use crate::qlinear::{embedding, linear_no_bias, LinearFormat, QLinear, WeightBuilder};
 use crate::staging::{stream_parts, HostStage};
 use crate::weights::{build_quantizable, guess_model_kind, Source, TensorStore, WeightFiles};
@@ -524,7 +524,7 @@ impl Qwen3Encoder {
 
     /// A copy with every weight on `device`, computing there.
     pub fn to_device(&self, device: &Device) -> CResult<Self> {
-        let mut moved = self.map_tensors(&mut |t| t.to_device(device))?;
+        let mut moved = self.map_tensors(&mut |t| move_tensor(t, device))?;
         moved.device = device.clone();
         Ok(moved)
     }
@@ -534,7 +534,7 @@ impl Qwen3Encoder {
     pub fn place(&self, device: &Device, resident_layers: usize) -> CResult<Self> {
         let mut placed = self.clone();
         placed.embed_tokens = Embedding::new(
-            self.embed_tokens.embeddings().to_device(device)?,
+            move_tensor(self.embed_tokens.embeddings(), device)?,
             self.cfg.hidden_size,
         );
         placed.layers = self
@@ -547,7 +547,7 @@ impl Qwen3Encoder {
                 } else {
                     Device::Cpu
                 };
-                l.map_tensors(&mut |t| t.to_device(&target))
+                l.map_tensors(&mut |t| move_tensor(t, &target))
             })
             .collect::<CResult<_>>()?;
         placed.device = device.clone();

@@ -193,7 +193,7 @@ impl Flux2Vae {
     /// A copy with every weight on `device` (bit-identical values), rebuilt from the tensors it was
     /// loaded from. Only a VAE from [`load_vae`] knows them.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let (moved, _) = self.map_tensors(&mut |t| t.to_device(device))?;
+        let (moved, _) = self.map_tensors(&mut |t| crate::placement::move_tensor(t, device))?;
         Ok(moved)
     }
 
