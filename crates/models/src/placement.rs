@@ -8,7 +8,7 @@
 //! dropped when the block is done, so the device holds at most two streamed blocks at a time.
 //! See docs/models.md, "Streaming".
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -55,12 +55,79 @@ pub trait Movable: Clone {
 
 /// `t` on `device`: `Tensor::to_device`, except that a GPU tensor bound for host memory takes
 /// [`crate::staging::to_host`] (page-locked bounce buffers, several times faster).
-pub fn move_tensor(t: &Tensor, device: &candle_core::Device) -> CResult<Tensor> {
+pub fn move_tensor(t: &Tensor, device: &Device) -> CResult<Tensor> {
     if device.is_cpu() && t.device().is_cuda() {
         crate::staging::to_host(t)
     } else {
         t.to_device(device)
     }
+}
+
+/// A host tensor of `dtype` and `shape` whose element bytes `fill` writes. The buffer starts as
+/// zero pages the OS maps on first touch (`alloc_zeroed`), so `fill` pays for touching it once.
+#[allow(unsafe_code)] // a zeroed allocation viewed as bytes; see SAFETY
+pub(crate) fn host_tensor(
+    dtype: candle_core::DType,
+    shape: &candle_core::Shape,
+    fill: impl FnOnce(&mut [u8]) -> CResult<()>,
+) -> CResult<Tensor> {
+    fn make<T: candle_core::WithDType>(
+        n: usize,
+        shape: &candle_core::Shape,
+        fill: impl FnOnce(&mut [u8]) -> CResult<()>,
+    ) -> CResult<Tensor> {
+        let mut v: Vec<T> = if n == 0 || std::mem::size_of::<T>() == 0 {
+            Vec::new()
+        } else {
+            let layout = std::alloc::Layout::array::<T>(n)
+                .map_err(|e| candle_core::Error::Msg(format!("a {n}-element tensor: {e}")))?;
+            // SAFETY: a non-zero-sized layout.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            // SAFETY: allocated by the global allocator with `T`'s array layout for `n`; all-zero
+            // bits are a valid value of every element type used here (numbers).
+            unsafe { Vec::from_raw_parts(ptr, n, n) }
+        };
+        let len = v.len() * std::mem::size_of::<T>();
+        // SAFETY: the elements are initialised plain numbers; bytes have no alignment needs.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, len) };
+        fill(bytes)?;
+        Tensor::from_vec(v, shape.clone(), &Device::Cpu)
+    }
+    let n = shape.elem_count();
+    use candle_core::DType as D;
+    match dtype {
+        D::BF16 => make::<half::bf16>(n, shape, fill),
+        D::F16 => make::<half::f16>(n, shape, fill),
+        D::F32 => make::<f32>(n, shape, fill),
+        D::F64 => make::<f64>(n, shape, fill),
+        D::U8 => make::<u8>(n, shape, fill),
+        D::U32 => make::<u32>(n, shape, fill),
+        D::I64 => make::<i64>(n, shape, fill),
+        D::F8E4M3 => make::<float8::F8E4M3>(n, shape, fill),
+        d => candle_core::bail!("a {d:?} tensor in host memory is not supported here"),
+    }
+}
+
+/// Copies `src` into `dst` with up to 8 threads (which also share the page faults of a fresh
+/// destination and of a memory-mapped source).
+pub(crate) fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let part = dst.len().div_ceil(threads).max(1 << 20);
+    if dst.len() <= part {
+        dst.copy_from_slice(src);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+    });
 }
 
 /// The text of an error that says the device ran out of memory (candle's CUDA and Metal errors).

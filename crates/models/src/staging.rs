@@ -602,66 +602,6 @@ mod imp {
         }
     }
 
-    /// A host tensor of `dtype` and `shape` whose element bytes `fill` writes whole.
-    fn host_tensor(
-        dtype: candle_core::DType,
-        shape: &candle_core::Shape,
-        fill: impl FnOnce(&mut [u8]) -> CResult<()>,
-    ) -> CResult<Tensor> {
-        fn make<T: candle_core::WithDType>(
-            n: usize,
-            shape: &candle_core::Shape,
-            fill: impl FnOnce(&mut [u8]) -> CResult<()>,
-        ) -> CResult<Tensor> {
-            let mut v: Vec<T> = Vec::with_capacity(n);
-            // SAFETY: plain-old-data elements; `fill` writes all `n · size` bytes before the
-            // vector is read (on error it is dropped unread).
-            #[allow(clippy::uninit_vec)]
-            unsafe {
-                v.set_len(n)
-            };
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(
-                    v.as_mut_ptr() as *mut u8,
-                    n * std::mem::size_of::<T>(),
-                )
-            };
-            fill(bytes)?;
-            Tensor::from_vec(v, shape.clone(), &Device::Cpu)
-        }
-        let n = shape.elem_count();
-        use candle_core::DType as D;
-        match dtype {
-            D::BF16 => make::<half::bf16>(n, shape, fill),
-            D::F16 => make::<half::f16>(n, shape, fill),
-            D::F32 => make::<f32>(n, shape, fill),
-            D::F64 => make::<f64>(n, shape, fill),
-            D::U8 => make::<u8>(n, shape, fill),
-            D::U32 => make::<u32>(n, shape, fill),
-            D::I64 => make::<i64>(n, shape, fill),
-            D::F8E4M3 => make::<float8::F8E4M3>(n, shape, fill),
-            d => candle_core::bail!("moving a {d:?} tensor to host memory is not supported"),
-        }
-    }
-
-    /// Copies `src` into `dst` with up to 8 threads.
-    fn parallel_copy(dst: &mut [u8], src: &[u8]) {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let part = dst.len().div_ceil(threads).max(1 << 20);
-        if dst.len() <= part {
-            dst.copy_from_slice(src);
-            return;
-        }
-        std::thread::scope(|scope| {
-            for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
-                scope.spawn(move || d.copy_from_slice(s));
-            }
-        });
-    }
-
     pub fn to_host(t: &Tensor) -> CResult<Option<Tensor>> {
         let Device::Cuda(dev) = t.device() else {
             return Ok(None);
@@ -727,7 +667,7 @@ mod imp {
                 "recording the copy stream",
             )
         };
-        let moved = host_tensor(t.dtype(), t.shape(), |dst| {
+        let moved = crate::placement::host_tensor(t.dtype(), t.shape(), |dst| {
             queue(0)?;
             for k in 0..chunks.len() {
                 if k + 1 < chunks.len() {
@@ -738,7 +678,7 @@ mod imp {
                 let (off, n) = chunks[k];
                 // SAFETY: the DMA into this buffer completed (event above); it holds n bytes.
                 let from = unsafe { std::slice::from_raw_parts(bufs[k % 2], n) };
-                parallel_copy(&mut dst[off..off + n], from);
+                crate::placement::parallel_copy(&mut dst[off..off + n], from);
             }
             Ok(())
         });
