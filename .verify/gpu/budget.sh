@@ -75,6 +75,12 @@ PY
   tail -1 "$OUT/table.tsv" | cut -f1-8
 }
 
+# The first CUDA process on a machine JIT-compiles candle's and our PTX kernels (~15 s, cached by
+# the driver in ~/.nv/ComputeCache afterwards): one unmeasured run first, so that every measured
+# run finds the cache warm.
+.gpu/veetance --headless workflows/flux2-klein-4b.ron --models-dir "$MODELS" --out "$OUT/warmup" -q \
+    --set sampler.seed=1 > "$OUT/log_warmup.txt" 2>&1 || echo "warm-up run failed (see $OUT/log_warmup.txt)"
+
 run 9b-16GiB workflows/flux2-klein-9b.ron 16GiB
 run 9b-free workflows/flux2-klein-9b.ron none
 run 4b-8GiB workflows/flux2-klein-4b.ron 8GiB
