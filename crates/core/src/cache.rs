@@ -415,7 +415,17 @@ impl OutputCache {
                         && self.entries.get(h).is_some_and(|o| o.storage == storage)
             });
             if !group_held && self.cheaper_to_recompute(&key) {
-                return self.drop_entry(key).into_iter().collect();
+                // The whole group goes, or the storage would stay on the device.
+                let group: Vec<CacheKey> = self
+                    .entries
+                    .iter()
+                    .filter(|(k, o)| **k == key || storage.is_some() && o.storage == storage)
+                    .map(|(k, _)| *k)
+                    .collect();
+                return group
+                    .into_iter()
+                    .filter_map(|k| self.drop_entry(k))
+                    .collect();
             }
         }
         let e = &self.entries[&key];
@@ -776,6 +786,15 @@ mod tests {
         assert!(cache.demote_best_unless_held(&[], &[])[0]
             .offloaded
             .is_some());
+        // Values sharing storage are dropped together (one alone would free nothing).
+        let mut cache = setup(Duration::ZERO);
+        let store = Arc::new(vec![7u8; 600]);
+        cache.insert(key(2), "Load", weights(&store, 1), Duration::ZERO);
+        cache.insert(key(3), "Patch", weights(&store, 2), Duration::ZERO);
+        let moved = cache.demote_best_unless_held(&[key(1)], &[]);
+        assert_eq!(moved.len(), 2, "{moved:?}");
+        assert!(!cache.contains(&key(2)) && !cache.contains(&key(3)));
+        assert!(cache.contains(&key(1)));
         // The scheduler-less path never drops a value it could move.
         let mut cache = setup(Duration::ZERO);
         assert!(cache.demote_best(&[])[0].offloaded.is_some());

@@ -114,6 +114,7 @@ pub(crate) fn host_tensor(
 /// Copies `src` into `dst` with up to 8 threads (which also share the page faults of a fresh
 /// destination and of a memory-mapped source).
 pub(crate) fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "parallel_copy needs equal lengths");
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

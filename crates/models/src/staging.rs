@@ -23,6 +23,12 @@
 //!
 //! Off CUDA (the CPU, Metal, builds without the feature) parts are copied with
 //! `Tensor::to_device` when handed out, as before.
+//!
+//! candle queues work on the calling thread's default stream (`CU_STREAM_PER_THREAD`), so the
+//! events are recorded and waited for on the thread that runs the forward pass; a forward must
+//! not hand its parts to another thread. Placements of one loaded model share its stage, so
+//! later runs find their blocks locked already; blocks a later plan keeps on the device stay
+//! locked (in host memory the model holds anyway) until the model goes.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -81,10 +87,11 @@ impl HostStage {
 /// into the other: several times faster than candle's copy into unlocked memory (about 1.1 GB/s
 /// measured for a whole model on the H200 machine). Other tensors: `Tensor::to_device`.
 pub fn to_host(t: &Tensor) -> CResult<Tensor> {
-    if let Some(moved) = imp::to_host(t)? {
-        return Ok(moved);
+    match imp::to_host(t) {
+        Ok(Some(moved)) => Ok(moved),
+        // No bounce buffers (page-locked memory refused, ...): candle's copy still works.
+        Ok(None) | Err(_) => t.to_device(&Device::Cpu),
     }
-    t.to_device(&Device::Cpu)
 }
 
 /// `parts` in order, each on `device` (see the module docs). A part's device copy lives as long
@@ -267,7 +274,9 @@ mod imp {
         /// Our copy stream, a raw non-blocking stream: cudarc's own streams would switch every
         /// allocation in the process to cross-stream event tracking.
         copy: sys::CUstream,
-        pins: HashMap<usize, Entry>,
+        /// By `(address, bytes)`: a longer view of the same memory gets an entry of its own, so
+        /// no entry is released while copies queued from it may still read it.
+        pins: HashMap<(usize, usize), Entry>,
     }
 
     // SAFETY: the raw stream handle is only used under the stage's mutex, and CUDA streams may be
@@ -310,14 +319,8 @@ mod imp {
 
         /// The page-locked source of `t`'s elements (contiguous, at `ptr`, `bytes` long).
         fn source(&mut self, t: &Tensor, ptr: usize, bytes: usize) -> CResult<*const c_void> {
-            if let Some(e) = self.pins.get(&ptr) {
-                if e.bytes >= bytes {
-                    return Ok(e.source());
-                }
-            }
-            // A longer view of the same memory: unlock the shorter one first.
-            if let Some(old) = self.pins.remove(&ptr) {
-                old.release(self.copy);
+            if let Some(e) = self.pins.get(&(ptr, bytes)) {
+                return Ok(e.source());
             }
             let pin = if bytes >= REGISTER_MIN {
                 // SAFETY: `ptr..ptr + bytes` is the tensor's live, immutable element buffer, kept
@@ -342,7 +345,7 @@ mod imp {
                 _tensor: t.clone(),
             };
             let source = entry.source();
-            self.pins.insert(ptr, entry);
+            self.pins.insert((ptr, bytes), entry);
             Ok(source)
         }
     }
@@ -355,24 +358,21 @@ mod imp {
                 Pin::Staged(buf) => buf.as_ptr().unwrap_or(std::ptr::null()) as *const c_void,
             }
         }
-
-        fn release(self, copy: sys::CUstream) {
-            // SAFETY: copies that read this memory are on `copy`; wait for them before unlocking.
-            unsafe { sys::cuStreamSynchronize(copy) };
-            if let Pin::Locked { ptr } = self.pin {
-                // SAFETY: registered by `source` with this address.
-                unsafe { sys::cuMemHostUnregister(ptr as *mut c_void) };
-            }
-        }
     }
 
     impl Drop for Stage {
         fn drop(&mut self) {
             if self.ctx.bind_to_thread().is_err() {
+                // Cannot wait for copies or unlock: keep the memory (and its registration)
+                // rather than free pages a copy may still read.
+                for (_, e) in self.pins.drain() {
+                    std::mem::forget(e);
+                }
                 return;
             }
-            // SAFETY: our stream; every copy reading locked memory finishes before it is unlocked.
-            unsafe { sys::cuStreamSynchronize(self.copy) };
+            // Every copy that may read locked memory finishes before it is unlocked: ours, and
+            // another model's stage copying from the same (shared) host tensors.
+            let _ = self.ctx.synchronize();
             for (_, e) in self.pins.drain() {
                 if let Pin::Locked { ptr } = e.pin {
                     // SAFETY: registered by `source` with this address, no copy in flight.
@@ -392,8 +392,14 @@ mod imp {
     }
 
     impl Ready {
+        /// Orders candle's stream after the copies; if that fails, waits for them on the host,
+        /// so the part's buffers can be freed either way.
         pub fn wait(self) -> CResult<()> {
-            self.candle.wait(&self.event).w()
+            let ordered = self.candle.wait(&self.event).w();
+            if ordered.is_err() {
+                let _ = self.event.synchronize();
+            }
+            ordered
         }
     }
 
@@ -470,6 +476,10 @@ mod imp {
             *guard = Some(Stage::new(candle.context().clone())?);
         }
         let st = guard.as_mut().expect("made above");
+        if !Arc::ptr_eq(&st.ctx, candle.context()) {
+            // This model's stage serves another GPU: copy the plain way.
+            return Ok(None);
+        }
         st.ctx.bind_to_thread().w()?;
         // Allocate every buffer on candle's stream, then order the copy stream after that point.
         let mut jobs: Vec<(u64, *const c_void, usize)> = Vec::new();
@@ -504,28 +514,40 @@ mod imp {
             unsafe { sys::cuStreamWaitEvent(st.copy, allocated.cu_event(), 0) },
             "ordering the copy stream after the allocations",
         )?;
-        for (dst, src, bytes) in jobs {
-            // SAFETY: `dst` is a fresh device buffer of `bytes` bytes that candle frees on its own
-            // stream only after `Ready::wait` ordered it behind this copy; `src` is `bytes` of
-            // page-locked (or registered, kept-alive) host memory held by the stage.
+        let queued = (|| -> CResult<CudaEvent> {
+            for &(dst, src, bytes) in &jobs {
+                // SAFETY: `dst` is a fresh device buffer of `bytes` bytes that candle frees on
+                // its own stream only after `Ready::wait` ordered it behind this copy; `src` is
+                // `bytes` of page-locked (or registered, kept-alive) host memory held by the stage.
+                check(
+                    unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src, bytes, st.copy) },
+                    "copying a streamed weight to the GPU",
+                )?;
+            }
+            let done = st.ctx.new_event(None).w()?;
+            // SAFETY: both handles are live.
             check(
-                unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src, bytes, st.copy) },
-                "copying a streamed weight to the GPU",
+                unsafe { sys::cuEventRecord(done.cu_event(), st.copy) },
+                "recording the copy stream",
             )?;
+            Ok(done)
+        })();
+        match queued {
+            Ok(done) => Ok(Some((
+                copy,
+                Ready {
+                    event: done,
+                    candle,
+                },
+            ))),
+            Err(e) => {
+                // Copies already queued write into `copy`'s buffers, which candle frees on its
+                // own stream when `copy` drops: let them finish first.
+                // SAFETY: our stream.
+                unsafe { sys::cuStreamSynchronize(st.copy) };
+                Err(e)
+            }
         }
-        let done = st.ctx.new_event(None).w()?;
-        // SAFETY: both handles are live.
-        check(
-            unsafe { sys::cuEventRecord(done.cu_event(), st.copy) },
-            "recording the copy stream",
-        )?;
-        Ok(Some((
-            copy,
-            Ready {
-                event: done,
-                candle,
-            },
-        )))
     }
 
     /// Bytes of one bounce buffer.
@@ -540,6 +562,18 @@ mod imp {
 
     // SAFETY: used only under the mutex below; CUDA streams may be used from any thread.
     unsafe impl Send for Bounce {}
+
+    impl Drop for Bounce {
+        fn drop(&mut self) {
+            if self.ctx.bind_to_thread().is_ok() {
+                // SAFETY: our stream; nothing may still copy into the buffers when they go.
+                unsafe {
+                    sys::cuStreamSynchronize(self.stream);
+                    sys::cuStreamDestroy_v2(self.stream);
+                }
+            }
+        }
+    }
 
     static BOUNCE_BUFFERS: Mutex<Option<Bounce>> = Mutex::new(None);
 
