@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use veetance_models::gguf;
 
 fn parse_type(s: &str) -> Option<GgmlDType> {
     Some(match s {
@@ -28,31 +29,6 @@ fn parse_type(s: &str) -> Option<GgmlDType> {
         "F16" => GgmlDType::F16,
         _ => return None,
     })
-}
-
-fn flux_type(name: &str, shape: &[usize], q: GgmlDType) -> GgmlDType {
-    let n: usize = shape.iter().product();
-    if shape.len() == 1 || n <= 1024 {
-        GgmlDType::F32
-    } else if ["img_in.", "txt_in.", "time_in.", "final_layer."]
-        .iter()
-        .any(|p| name.contains(p))
-        || shape.last().is_some_and(|k| k % q.block_size() != 0)
-    {
-        GgmlDType::F16
-    } else {
-        q
-    }
-}
-
-fn llama_type(shape: &[usize], q: GgmlDType) -> GgmlDType {
-    if shape.len() == 1 {
-        GgmlDType::F32
-    } else if shape.last().is_some_and(|k| k % q.block_size() != 0) {
-        GgmlDType::F16
-    } else {
-        q
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,7 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .strip_prefix("model.diffusion_model.")
                     .unwrap_or(name)
                     .to_string();
-                jobs.push((name.clone(), out.clone(), flux_type(&out, t.dims(), q)));
+                jobs.push((
+                    name.clone(),
+                    out.clone(),
+                    gguf::comfy_flux_type(&out, t.dims(), q),
+                ));
             }
         }
         "qwen3" => {
@@ -121,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 jobs.push((
                     name.clone(),
                     veetance_models::qwen3::llama_cpp_name(name),
-                    llama_type(t.dims(), q),
+                    gguf::llama_cpp_type(t.dims(), q),
                 ));
             }
         }

@@ -554,3 +554,33 @@ fn byte_size(shape: &[usize], ty: GgmlDType) -> Option<usize> {
     }
     (elems / ty.block_size()).checked_mul(ty.type_size())
 }
+
+/// The type ComfyUI-GGUF's converter gives a tensor of a diffusion model quantized to `q`: 1-D and
+/// tiny tensors F32; the input/output projections and rows that are not whole blocks F16; the
+/// rest `q`. The quantize example and the tests write files with it.
+pub fn comfy_flux_type(name: &str, shape: &[usize], q: GgmlDType) -> GgmlDType {
+    let n: usize = shape.iter().product();
+    if shape.len() == 1 || n <= 1024 {
+        GgmlDType::F32
+    } else if ["img_in.", "txt_in.", "time_in.", "final_layer."]
+        .iter()
+        .any(|p| name.contains(p))
+        || shape.last().is_some_and(|k| k % q.block_size() != 0)
+    {
+        GgmlDType::F16
+    } else {
+        q
+    }
+}
+
+/// llama.cpp's choice for a language model's tensor quantized to `q`: norms F32, matrices `q`,
+/// rows that are not whole blocks F16.
+pub fn llama_cpp_type(shape: &[usize], q: GgmlDType) -> GgmlDType {
+    if shape.len() == 1 {
+        GgmlDType::F32
+    } else if shape.last().is_some_and(|k| k % q.block_size() != 0) {
+        GgmlDType::F16
+    } else {
+        q
+    }
+}

@@ -63,6 +63,21 @@ pub fn move_tensor(t: &Tensor, device: &Device) -> CResult<Tensor> {
     }
 }
 
+/// How many of `sizes`, from the first, fit in `left` bytes one after another (stopping at the
+/// first that does not); takes what they use from `left`.
+pub fn leading_that_fit(sizes: &[u64], left: &mut u64) -> usize {
+    sizes
+        .iter()
+        .take_while(|&&b| {
+            let fits = b <= *left;
+            if fits {
+                *left -= b;
+            }
+            fits
+        })
+        .count()
+}
+
 /// A host tensor of `dtype` and `shape` whose element bytes `fill` writes. The buffer starts as
 /// zero pages the OS maps on first touch (`alloc_zeroed`), so `fill` pays for touching it once.
 #[allow(unsafe_code)] // a zeroed allocation viewed as bytes; see SAFETY

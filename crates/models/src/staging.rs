@@ -234,13 +234,13 @@ mod imp {
     use std::collections::HashMap;
     use std::ffi::c_void;
 
+    use candle_core::backend::{BackendDevice, BackendStorage};
     use candle_core::cuda_backend::cudarc::driver::{
-        sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
-        PinnedHostSlice,
+        sys, CudaContext, CudaEvent, CudaStream, PinnedHostSlice,
     };
-    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::cuda_backend::{CudaStorage, WrapErr};
     use candle_core::op::BackpropOp;
-    use candle_core::{CpuStorage, CudaDevice, Storage};
+    use candle_core::{CpuStorage, Storage};
 
     use super::*;
 
@@ -250,6 +250,23 @@ mod imp {
         } else {
             candle_core::bail!("{what}: {status:?}")
         }
+    }
+
+    /// A non-blocking stream of our own on `ctx` (bound to this thread), for copies.
+    fn copy_stream(ctx: &CudaContext) -> CResult<sys::CUstream> {
+        ctx.bind_to_thread().w()?;
+        let mut stream: sys::CUstream = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer, on the bound context.
+        check(
+            unsafe {
+                sys::cuStreamCreate(
+                    &mut stream,
+                    sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+                )
+            },
+            "creating the copy stream",
+        )?;
+        Ok(stream)
     }
 
     /// A host tensor's page-locked source.
@@ -285,21 +302,9 @@ mod imp {
 
     impl Stage {
         fn new(ctx: Arc<CudaContext>) -> CResult<Self> {
-            ctx.bind_to_thread().w()?;
-            let mut copy: sys::CUstream = std::ptr::null_mut();
-            // SAFETY: a valid out-pointer, on the bound context.
-            check(
-                unsafe {
-                    sys::cuStreamCreate(
-                        &mut copy,
-                        sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-                    )
-                },
-                "creating the copy stream",
-            )?;
             Ok(Self {
+                copy: copy_stream(&ctx)?,
                 ctx,
-                copy,
                 pins: HashMap::new(),
             })
         }
@@ -426,37 +431,6 @@ mod imp {
         }
     }
 
-    /// An uninitialised device buffer for `n` elements of `dtype` on candle's stream, with its
-    /// address, wrapped as candle storage.
-    fn alloc_like(
-        dev: &CudaDevice,
-        dtype: candle_core::DType,
-        n: usize,
-    ) -> CResult<(Storage, u64)> {
-        fn make<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> CResult<(Storage, u64)> {
-            let stream = dev.cuda_stream();
-            // SAFETY: filled whole by the copy queued right after, before candle reads it.
-            let mut slice: CudaSlice<T> = unsafe { stream.alloc::<T>(n) }.w()?;
-            let ptr = {
-                let (p, _record) = slice.device_ptr_mut(&stream);
-                p
-            };
-            Ok((Storage::Cuda(T::wrap_cuda_slice(slice, dev.clone())), ptr))
-        }
-        use candle_core::DType as D;
-        match dtype {
-            D::BF16 => make::<half::bf16>(dev, n),
-            D::F16 => make::<half::f16>(dev, n),
-            D::F32 => make::<f32>(dev, n),
-            D::F64 => make::<f64>(dev, n),
-            D::U8 => make::<u8>(dev, n),
-            D::U32 => make::<u32>(dev, n),
-            D::I64 => make::<i64>(dev, n),
-            D::F8E4M3 => make::<float8::F8E4M3>(dev, n),
-            d => candle_core::bail!("streaming a {d:?} tensor is not supported"),
-        }
-    }
-
     /// `part`'s copy on `device` with its copies queued on the stage's copy stream, or `None`
     /// when `device` is not a CUDA GPU (the caller copies the plain way).
     pub fn upload<P: Movable>(
@@ -498,10 +472,14 @@ mod imp {
                 }
             };
             let src = st.source(t, ptr, bytes)?;
-            let (storage, dst) = alloc_like(dev, t.dtype(), t.elem_count())?;
+            // SAFETY: filled whole by the copy queued below, before candle reads it (`Ready`).
+            let storage = unsafe { dev.alloc_uninit(t.shape(), t.dtype()) }?;
+            let Some((dst, _)) = cuda_span(&storage, 0, t.elem_count()) else {
+                candle_core::bail!("streaming a {:?} tensor is not supported", t.dtype())
+            };
             jobs.push((dst, src, bytes));
             Ok(Tensor::from_storage(
-                storage,
+                Storage::Cuda(storage),
                 t.shape().clone(),
                 BackpropOp::none(),
                 false,
@@ -579,18 +557,7 @@ mod imp {
 
     impl Bounce {
         fn new(ctx: Arc<CudaContext>) -> CResult<Self> {
-            ctx.bind_to_thread().w()?;
-            let mut stream: sys::CUstream = std::ptr::null_mut();
-            // SAFETY: a valid out-pointer, on the bound context.
-            check(
-                unsafe {
-                    sys::cuStreamCreate(
-                        &mut stream,
-                        sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-                    )
-                },
-                "creating the copy stream",
-            )?;
+            let stream = copy_stream(&ctx)?;
             // SAFETY: the buffers are only read after a DMA into them completed.
             let a = unsafe { ctx.alloc_pinned_with_flags::<u8>(BOUNCE, 0) }.w()?;
             let b = unsafe { ctx.alloc_pinned_with_flags::<u8>(BOUNCE, 0) }.w()?;
@@ -602,16 +569,12 @@ mod imp {
         }
     }
 
-    /// `(device address, bytes)` of a contiguous CUDA tensor's elements.
-    fn device_bytes(t: &Tensor) -> Option<(u64, usize)> {
+    /// `(device address, bytes)` of `n` elements from element `start` of a CUDA storage; `None`
+    /// for dtypes without a typed slice here or a range past its end.
+    fn cuda_span(cs: &CudaStorage, start: usize, n: usize) -> Option<(u64, usize)> {
         use candle_core::cuda_backend::cudarc::driver::DevicePtr;
         use candle_core::cuda_backend::CudaStorageSlice as S;
-        let (storage, layout) = t.storage_and_layout();
-        let Storage::Cuda(cs) = &*storage else {
-            return None;
-        };
-        let start = layout.start_offset();
-        let n = t.elem_count();
+        let size = cs.dtype().size_in_bytes();
         macro_rules! at {
             ($v:expr) => {{
                 let v = $v;
@@ -619,7 +582,6 @@ mod imp {
                     return None;
                 }
                 let (ptr, _guard) = v.device_ptr(v.stream());
-                let size = t.dtype().size_in_bytes();
                 Some((ptr + (start * size) as u64, n * size))
             }};
         }
@@ -634,6 +596,15 @@ mod imp {
             S::F8E4M3(v) => at!(v),
             _ => None,
         }
+    }
+
+    /// `(device address, bytes)` of a contiguous CUDA tensor's elements.
+    fn device_bytes(t: &Tensor) -> Option<(u64, usize)> {
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else {
+            return None;
+        };
+        cuda_span(cs, layout.start_offset(), t.elem_count())
     }
 
     pub fn to_host(t: &Tensor) -> CResult<Option<Tensor>> {

@@ -30,6 +30,15 @@ fn rel(a: &Tensor, b: &Tensor) -> R<f32> {
     Ok(num / den.max(1e-30))
 }
 
+/// The bit patterns of a bf16 tensor, for exact comparisons.
+fn bf16_bits(t: &Tensor) -> R<Vec<u16>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<half::bf16>()?
+        .into_iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
 fn randn(shape: &[usize], dtype: DType, dev: &Device) -> R<Tensor> {
     Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
 }
@@ -509,15 +518,8 @@ fn streamed_blocks_match_resident_bits() -> R<()> {
         attention: AttentionBackend::Flash,
         fused: true,
     };
-    let bits = |x: &Tensor| -> R<Vec<u16>> {
-        Ok(x.flatten_all()?
-            .to_vec1::<half::bf16>()?
-            .into_iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
     let resident = host.to_device(&dev)?;
-    let want = bits(&resident.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?)?;
+    let want = bf16_bits(&resident.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?)?;
     for plan in [
         BlockPlan::none(),
         BlockPlan {
@@ -529,7 +531,7 @@ fn streamed_blocks_match_resident_bits() -> R<()> {
         assert!(streamed.streamed_blocks() > 0);
         for round in 0..3 {
             let got = streamed.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?;
-            assert!(bits(&got)? == want, "{plan:?}, round {round}: differs");
+            assert!(bf16_bits(&got)? == want, "{plan:?}, round {round}: differs");
         }
         let stats = streamed.stage_stats();
         eprintln!("{plan:?}: {stats:?}");
@@ -546,19 +548,12 @@ fn streamed_blocks_match_resident_bits() -> R<()> {
 fn to_host_through_bounce_buffers_matches_candle() -> R<()> {
     use veetance_models::staging;
     let Some(dev) = gpu() else { return Ok(()) };
-    let bits = |t: &Tensor| -> R<Vec<u16>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<half::bf16>()?
-            .into_iter()
-            .map(|v| v.to_bits())
-            .collect())
-    };
     let t = randn(&[40_000_037], DType::BF16, &dev)?;
     for view in [t.clone(), t.narrow(0, 3, 40_000_000)?] {
         let fast = staging::to_host(&view)?;
         assert!(fast.device().is_cpu());
         assert_eq!(fast.dims(), view.dims());
-        assert!(bits(&fast)? == bits(&view.to_device(&Device::Cpu)?)?);
+        assert!(bf16_bits(&fast)? == bf16_bits(&view.to_device(&Device::Cpu)?)?);
     }
     let big = Tensor::zeros((1 << 30,), DType::BF16, &dev)?;
     for (name, slow) in [

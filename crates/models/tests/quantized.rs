@@ -16,7 +16,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use veetance_models::flux2::{self, LinearFormat};
-use veetance_models::gguf::GgufFile;
+use veetance_models::gguf::{self, GgufFile};
 use veetance_models::qlinear::WeightBuilder;
 use veetance_models::qwen3::{self, TextEncoder, TextEncoderFiles};
 use veetance_models::sampling;
@@ -46,32 +46,9 @@ fn report(what: &str, err: f64, bound: f64) {
     assert!(err < bound, "{what}: relative error {err:.3e} >= {bound:e}");
 }
 
-/// ComfyUI-GGUF's choice of type for one tensor of a diffusion model.
-fn comfy_gguf_type(name: &str, shape: &[usize], qtype: GgmlDType) -> GgmlDType {
-    let n: usize = shape.iter().product();
-    if shape.len() == 1 || n <= 1024 {
-        GgmlDType::F32
-    } else if ["img_in.", "txt_in.", "time_in.", "final_layer."]
-        .iter()
-        .any(|p| name.contains(p))
-        || shape.last().is_some_and(|k| k % qtype.block_size() != 0)
-    {
-        GgmlDType::F16
-    } else {
-        qtype
-    }
-}
-
-/// llama.cpp's choice for a language model: norms F32, matrices in the asked type, rows that are
-/// not whole blocks F16.
+/// llama.cpp's choice for a language model, as a [`Policy`].
 fn llama_cpp_type(_name: &str, shape: &[usize], qtype: GgmlDType) -> GgmlDType {
-    if shape.len() == 1 {
-        GgmlDType::F32
-    } else if shape.last().is_some_and(|k| k % qtype.block_size() != 0) {
-        GgmlDType::F16
-    } else {
-        qtype
-    }
+    gguf::llama_cpp_type(shape, qtype)
 }
 
 type Policy = fn(&str, &[usize], GgmlDType) -> GgmlDType;
@@ -196,7 +173,7 @@ fn gguf_q8_0_transformer_in_comfyui_naming_stays_within_1e_2_of_f32() {
         &tensors,
         str::to_string,
         GgmlDType::Q8_0,
-        comfy_gguf_type,
+        gguf::comfy_flux_type,
         &[("general.architecture", arch.clone())],
     );
     assert!(n >= 10, "only {n} tensors were quantized");
@@ -217,7 +194,7 @@ fn gguf_q8_0_transformer_in_comfyui_naming_stays_within_1e_2_of_f32() {
         &tensors,
         |n| format!("model.diffusion_model.{n}"),
         GgmlDType::Q8_0,
-        comfy_gguf_type,
+        gguf::comfy_flux_type,
         &[("general.architecture", arch)],
     );
     let err_prefixed = rel_err(
@@ -266,7 +243,14 @@ fn gguf_q4_k_and_q8_0_transformer_of_width_256_stay_within_measured_bounds() {
 
     for (qtype, bound) in [(GgmlDType::Q8_0, 1e-2), (GgmlDType::Q4K, 8e-2)] {
         let gguf = dir.path().join(format!("wide-{qtype:?}.gguf"));
-        let n = write_gguf(&gguf, &tensors, str::to_string, qtype, comfy_gguf_type, &[]);
+        let n = write_gguf(
+            &gguf,
+            &tensors,
+            str::to_string,
+            qtype,
+            gguf::comfy_flux_type,
+            &[],
+        );
         // 2 x (2 x 4) double-block linears + 2 x 2 single-block + 3 modulations.
         assert_eq!(n, 23, "{qtype:?}: quantized tensors");
         let file = GgufFile::open(&gguf).unwrap();
@@ -587,7 +571,7 @@ fn q8_0_fixture_file(dir: &Path) -> PathBuf {
         &tensors,
         str::to_string,
         GgmlDType::Q8_0,
-        comfy_gguf_type,
+        gguf::comfy_flux_type,
         &[],
     );
     gguf

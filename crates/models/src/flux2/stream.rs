@@ -18,7 +18,9 @@ use super::{
     DoubleStreamBlock, Flux2Transformer, Mlp, MlpEmbedder, Modulation, QkNorm, SelfAttention,
     SingleStreamBlock,
 };
-use crate::placement::{move_tensor, tensor_bytes, Movable, TensorFn, WeightBytes};
+use crate::placement::{
+    leading_that_fit, move_tensor, tensor_bytes, Movable, TensorFn, WeightBytes,
+};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -348,21 +350,9 @@ impl Flux2Transformer {
         }
         let buffer = 2 * doubles.iter().chain(&singles).copied().max().unwrap_or(0);
         let mut left = weight_room.saturating_sub(base + buffer);
-        let mut take = |sizes: &[u64]| {
-            sizes
-                .iter()
-                .take_while(|&&b| {
-                    let fits = b <= left;
-                    if fits {
-                        left -= b;
-                    }
-                    fits
-                })
-                .count()
-        };
-        let resident_double = take(&doubles);
+        let resident_double = leading_that_fit(&doubles, &mut left);
         // What the double blocks leave may still hold smaller single blocks.
-        let resident_single = take(&singles);
+        let resident_single = leading_that_fit(&singles, &mut left);
         let resident: u64 = doubles[..resident_double].iter().sum::<u64>()
             + singles[..resident_single].iter().sum::<u64>();
         let device_bytes = base + buffer + resident;

@@ -794,16 +794,7 @@ impl TextEncoder {
         } else {
             let buffer = 2 * layers.iter().copied().max().unwrap_or(0);
             let mut left = weight_room.saturating_sub(embed + buffer);
-            layers
-                .iter()
-                .take_while(|&&b| {
-                    let fits = b <= left;
-                    if fits {
-                        left -= b;
-                    }
-                    fits
-                })
-                .count()
+            crate::placement::leading_that_fit(&layers, &mut left)
         };
         let model = self.model.place(device, resident)?;
         Ok((
