@@ -29,9 +29,15 @@ fn main() {
                 .filter(|p| std::path::Path::new(p).exists())
         })
         .unwrap_or_else(|| "nvcc".to_string());
-    // Each entry becomes `<name>.ptx` in OUT_DIR.
-    const KERNELS: &[&str] = &["flux2", "vae", "quant"];
+    // Each entry becomes `<name>.ptx` in OUT_DIR; flash_sm90 (wgmma) is always built for
+    // sm_90a and only loaded on such devices.
+    const KERNELS: &[&str] = &["flux2", "vae", "quant", "flash_sm90"];
     for name in KERNELS {
+        let arch = if *name == "flash_sm90" {
+            "sm_90a"
+        } else {
+            &arch
+        };
         let src = format!("kernels/{name}.cu");
         let dst = out_dir.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)

@@ -2,7 +2,10 @@
 //! with/without the fused kernels, on random weights (no files). A quick kernel-development check;
 //! the full comparison with diffusers is `veetance bench` + `.verify/gpu/bench.sh`.
 //!
-//! `cargo run --release --features cuda -p veetance-models --example gpu_forward -- [4b|9b] [iters]`
+//! `cargo run --release --features cuda -p veetance-models --example gpu_forward -- [4b|9b] [iters] [attention]`
+//! (`attention`: stop after the attention timings; `gemm`: time the forward's matmul shapes alone,
+//! `profile`: the fused forward's time per stage (CUDA events, `veetance_models::profile`)
+//! as `.verify/gpu/gemm_torch.py` does with PyTorch)
 
 use std::time::Instant;
 
@@ -45,6 +48,9 @@ fn main() -> candle_core::Result<()> {
     if which == "vae" {
         return vae(&dev, iters);
     }
+    if args.get(3).map(String::as_str) == Some("gemm") {
+        return gemms(&dev, which, iters);
+    }
     let cfg = if which == "9b" {
         Config::klein_9b()
     } else {
@@ -58,9 +64,22 @@ fn main() -> candle_core::Result<()> {
     let k = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
     let v = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
     let flops = 4.0 * (l * l * 128 * heads) as f64;
-    let t_flash = time(&dev, iters, || {
-        kernels::flash_attention(&q, &k, &v, false, None)
-    })?;
+    let mut t_flash = f64::NAN;
+    for kernel in [kernels::FlashKernel::MmaSync, kernels::FlashKernel::Wgmma] {
+        let t = time(&dev, iters, || {
+            kernels::flash_attention_with(&q, &k, &v, false, None, kernel)
+        });
+        match t {
+            Ok(t) => {
+                println!(
+                    "attention {heads}x{l}x128 bf16, {kernel:?} kernel: {t:.3} ms ({:.0} TFLOP/s)",
+                    flops / t / 1e9
+                );
+                t_flash = t;
+            }
+            Err(e) => println!("attention, {kernel:?} kernel: {e}"),
+        }
+    }
     let t_ref = time(&dev, iters, || {
         let s = (q
             .to_dtype(DType::F32)?
@@ -71,16 +90,25 @@ fn main() -> candle_core::Result<()> {
             .matmul(&v)
     })?;
     println!(
-        "attention {heads}x{l}x128 bf16: flash {t_flash:.3} ms ({:.0} TFLOP/s), plain {t_ref:.3} ms",
-        flops / t_flash / 1e9,
+        "attention {heads}x{l}x128 bf16: flash (last kernel above) {t_flash:.3} ms, plain {t_ref:.3} ms",
     );
 
+    if args.get(3).map(String::as_str) == Some("attention") {
+        return Ok(());
+    }
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
     let model = Flux2Transformer::new(
         &cfg,
         WeightBuilder::from_var_builder(vb, LinearFormat::AsStored),
     )?;
+    // Random weights (the VarMap starts them at zero, which is not how the GPU runs real ones:
+    // zeros draw less power and let the clocks run higher).
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let r = (Tensor::randn(0f32, 1f32, var.shape(), &dev)? * 0.02)?;
+        let w = if name.contains("norm") { (r + 1.0)? } else { r };
+        var.set(&w.to_dtype(var.dtype())?)?;
+    }
     let n_img = 64 * 64;
     let n_txt = 512;
     let img = Tensor::randn(0f32, 1f32, (1, n_img, 128), &dev)?.to_dtype(DType::BF16)?;
@@ -93,6 +121,33 @@ fn main() -> candle_core::Result<()> {
     let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
     let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
     let t = Tensor::new(&[0.7f32], &dev)?;
+    if args.get(3).map(String::as_str) == Some("profile") {
+        let opts = ForwardOptions {
+            attention: AttentionBackend::Flash,
+            fused: true,
+        };
+        let total = time(&dev, iters, || {
+            model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)
+        })?;
+        veetance_models::profile::set_enabled(true);
+        let mut sums: Vec<(&'static str, f64)> = Vec::new();
+        for _ in 0..iters {
+            model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?;
+            for (name, ms) in veetance_models::profile::take()? {
+                match sums.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += ms,
+                    None => sums.push((name, ms)),
+                }
+            }
+        }
+        veetance_models::profile::set_enabled(false);
+        let marked: f64 = sums.iter().map(|(_, ms)| ms).sum::<f64>() / iters as f64;
+        println!("klein-{which} fused forward: {total:.2} ms (median of {iters}); per stage, mean over {iters} profiled runs (sum {marked:.2} ms):");
+        for (name, ms) in &sums {
+            println!("  {name:<40} {:8.3} ms", ms / iters as f64);
+        }
+        return Ok(());
+    }
     let plain = model.forward(&img, &img_ids, &txt, &txt_ids, &t)?;
     for (attention, fused) in [
         (AttentionBackend::Plain, false),
@@ -157,5 +212,48 @@ fn vae(dev: &Device, iters: usize) -> candle_core::Result<()> {
         let ms = time(dev, iters, || half.upsample_nearest2d(1024, 1024))?;
         println!("  upsample x2 128ch to 1024² {dtype:?}: {ms:.2} ms");
     }
+    Ok(())
+}
+
+/// The matmul shapes of one 1024² forward `(tokens, in, out, count)`: `x (M, K) @ wᵀ`, `w (N, K)`,
+/// as the model's linear layers run them.
+pub fn forward_gemms(which: &str) -> Vec<(usize, usize, usize, usize)> {
+    let (d, double, single) = if which == "9b" {
+        (4096, 8, 24)
+    } else {
+        (3072, 5, 20)
+    };
+    let mlp = 3 * d;
+    let mut v = Vec::new();
+    for m in [4096, 512] {
+        v.push((m, d, 3 * d, double));
+        v.push((m, d, d, double));
+        v.push((m, d, 2 * mlp, double));
+        v.push((m, mlp, d, double));
+    }
+    v.push((4608, d, 3 * d + 2 * mlp, single));
+    v.push((4608, d + mlp, d, single));
+    v
+}
+
+fn gemms(dev: &Device, which: &str, iters: usize) -> candle_core::Result<()> {
+    let mut total_ms = 0.0;
+    let mut total_flop = 0.0;
+    for (m, k, n, count) in forward_gemms(which) {
+        let x = Tensor::randn(0f32, 1f32, (1, m, k), dev)?.to_dtype(DType::BF16)?;
+        let w = Tensor::randn(0f32, 1f32, (n, k), dev)?.to_dtype(DType::BF16)?;
+        let ms = time(dev, iters, || x.broadcast_matmul(&w.t()?))?;
+        let flop = 2.0 * (m * k * n) as f64;
+        println!(
+            "gemm {m}x{k}x{n} (x{count}): {ms:.3} ms, {:.0} TFLOP/s",
+            flop / ms / 1e9
+        );
+        total_ms += ms * count as f64;
+        total_flop += flop * count as f64;
+    }
+    println!(
+        "gemm total per forward ({which}): {total_ms:.2} ms, {:.0} TFLOP/s",
+        total_flop / total_ms / 1e9
+    );
     Ok(())
 }

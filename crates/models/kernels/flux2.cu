@@ -470,3 +470,138 @@ __device__ __forceinline__ void swiglu(const T* __restrict__ h, long long h_row_
     }
 SWIGLU_ENTRY(swiglu_bf16, __nv_bfloat16)
 SWIGLU_ENTRY(swiglu_f16, __half)
+
+// ---------------------------------------------------------------------------------------------
+// 16-byte versions of the three elementwise kernels above (same arithmetic, same rounding): each
+// thread takes 8 consecutive elements with one 128-bit load per operand; rows come from
+// blockIdx.y (grid-stride), so no 64-bit division per element. The caller checks that n, every
+// column offset, row stride and tensor start are multiples of 8 elements (16 bytes).
+
+template <typename T> struct Vec8 {
+    uint4 raw;
+    __device__ __forceinline__ float get(int k) const { return to_f<T>(reinterpret_cast<const T*>(&raw)[k]); }
+    __device__ __forceinline__ void set(int k, float v) { reinterpret_cast<T*>(&raw)[k] = from_f<T>(v); }
+};
+template <typename T> __device__ __forceinline__ Vec8<T> ld8(const T* p) {
+    Vec8<T> v;
+    v.raw = *reinterpret_cast<const uint4*>(p);
+    return v;
+}
+template <typename T> __device__ __forceinline__ void st8(T* p, const Vec8<T>& v) {
+    *reinterpret_cast<uint4*>(p) = v.raw;
+}
+__device__ __forceinline__ float round_to(float x, __nv_bfloat16*) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ float round_to(float x, __half*) { return __half2float(__float2half_rn(x)); }
+template <typename T> __device__ __forceinline__ float rnd(float x) { return round_to(x, (T*)nullptr); }
+
+template <typename T>
+__device__ __forceinline__ void swiglu_v8(const T* __restrict__ h, long long h_row_stride, int a_off,
+                                          int b_off, T* __restrict__ out, long long out_row_stride,
+                                          int out_col, int n, int rows) {
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= n) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const T* hr = h + (long long)r * h_row_stride;
+        Vec8<T> a = ld8(hr + a_off + c), bv = ld8(hr + b_off + c), o;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            float x = a.get(k);
+            o.set(k, rnd<T>(x / (1.f + expf(-x))) * bv.get(k));
+        }
+        st8(out + (long long)r * out_row_stride + out_col + c, o);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gated_residual_v8(const T* __restrict__ x, const T* __restrict__ y,
+                                                  long long y_row_stride, const T* __restrict__ gate,
+                                                  long long gate_batch_stride, T* __restrict__ out,
+                                                  int rows_per_batch, int n, int rows) {
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= n) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int b = r / rows_per_batch;
+        Vec8<T> xv = ld8(x + (long long)r * n + c), yv = ld8(y + (long long)r * y_row_stride + c);
+        Vec8<T> gv = ld8(gate + (long long)b * gate_batch_stride + c), o;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o.set(k, xv.get(k) + rnd<T>(gv.get(k) * yv.get(k)));
+        st8(out + (long long)r * n + c, o);
+    }
+}
+
+// One CTA of 128 threads per row, the row held in registers (n <= 128 * 8 * MOD_CHUNKS).
+#define MOD_CHUNKS 8
+template <typename T>
+__device__ __forceinline__ void modulate_v8(const T* __restrict__ x, const T* __restrict__ shift,
+                                            const T* __restrict__ scale, long long mod_batch_stride,
+                                            T* __restrict__ y, int rows, int n, float eps) {
+    const int r = blockIdx.x;
+    const int b = r / rows;
+    const T* xr = x + (long long)r * n;
+    Vec8<T> v[MOD_CHUNKS];
+    float sum = 0.f, sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < MOD_CHUNKS; ++i) {
+        const int c = (threadIdx.x + i * 128) * 8;
+        if (c < n) {
+            v[i] = ld8(xr + c);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                float f = v[i].get(k);
+                sum += f;
+                sq += f * f;
+            }
+        }
+    }
+    __shared__ float red[2][4];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        sum += __shfl_xor_sync(0xffffffff, sum, off);
+        sq += __shfl_xor_sync(0xffffffff, sq, off);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        red[0][threadIdx.x >> 5] = sum;
+        red[1][threadIdx.x >> 5] = sq;
+    }
+    __syncthreads();
+    sum = red[0][0] + red[0][1] + red[0][2] + red[0][3];
+    sq = red[1][0] + red[1][1] + red[1][2] + red[1][3];
+    const float mean = sum / n;
+    const float var = fmaxf(sq / n - mean * mean, 0.f);
+    const float inv = rsqrtf(var + eps);
+    const T* sh = shift + (long long)b * mod_batch_stride;
+    const T* sc = scale + (long long)b * mod_batch_stride;
+    T* yr = y + (long long)r * n;
+#pragma unroll
+    for (int i = 0; i < MOD_CHUNKS; ++i) {
+        const int c = (threadIdx.x + i * 128) * 8;
+        if (c < n) {
+            Vec8<T> shv = ld8(sh + c), scv = ld8(sc + c), o;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                float ln = rnd<T>((v[i].get(k) - mean) * inv);
+                o.set(k, ln * (1.f + scv.get(k)) + shv.get(k));
+            }
+            st8(yr + c, o);
+        }
+    }
+}
+
+#define V8_ENTRIES(SUF, T)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) swiglu_v8_##SUF(                             \
+        const T* h, long long hs, int a_off, int b_off, T* out, long long os, int out_col, int n,  \
+        int rows) {                                                                                \
+        swiglu_v8<T>(h, hs, a_off, b_off, out, os, out_col, n, rows);                              \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) gated_residual_v8_##SUF(                     \
+        const T* x, const T* y, long long ys, const T* gate, long long gbs, T* out,                \
+        int rows_per_batch, int n, int rows) {                                                     \
+        gated_residual_v8<T>(x, y, ys, gate, gbs, out, rows_per_batch, n, rows);                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) modulate_ln_v8_##SUF(                        \
+        const T* x, const T* shift, const T* scale, long long mbs, T* y, int rows, int n,          \
+        float eps) {                                                                               \
+        modulate_v8<T>(x, shift, scale, mbs, y, rows, n, eps);                                     \
+    }
+V8_ENTRIES(bf16, __nv_bfloat16)
+V8_ENTRIES(f16, __half)

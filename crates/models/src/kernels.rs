@@ -1,7 +1,8 @@
 //! Our own CUDA kernels (kernels/flux2.cu), with the candle-op paths they replace as reference.
 //!
 //! * [`flash_attention`]: fused softmax attention for head dim 128 in bf16/f16: online softmax,
-//!   the `L × L` score matrix never exists; optional causal and key-length masks.
+//!   the `L × L` score matrix never exists; optional causal and key-length masks. Two kernels
+//!   ([`FlashKernel`]): `wgmma` on Hopper (kernels/flash_sm90.cu), `mma.sync` elsewhere.
 //! * [`qkv_norm_rope`]: QK RMSNorm + interleaved RoPE + the `(B, L, 3, H, D) → (B, H, L, D)`
 //!   split, for one or several token ranges (the double block's text and image streams).
 //! * [`modulate`], [`gated_residual`], [`swiglu`]: the elementwise work around the matmuls.
@@ -41,7 +42,31 @@ pub fn flash_attention(
     causal: bool,
     kv_len: Option<usize>,
 ) -> Result<Tensor> {
-    imp::flash_attention(q, k, v, causal, kv_len, None)
+    imp::flash_attention(q, k, v, causal, kv_len, None, FlashKernel::Auto)
+}
+
+/// Which flash-attention kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// `Wgmma` on a device of compute capability 9.0 (Hopper), `MmaSync` elsewhere.
+    #[default]
+    Auto,
+    /// The `mma.sync` kernel of kernels/flux2.cu (any GPU the build targets).
+    MmaSync,
+    /// The Hopper kernel of kernels/flash_sm90.cu (`wgmma`, sm_90a only; an error elsewhere).
+    Wgmma,
+}
+
+/// [`flash_attention`] with the kernel chosen explicitly (to compare the two).
+pub fn flash_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    kv_len: Option<usize>,
+    kernel: FlashKernel,
+) -> Result<Tensor> {
+    imp::flash_attention(q, k, v, causal, kv_len, None, kernel)
 }
 
 /// [`flash_attention`] whose output rows continue with `silu(h[.., a]) * h[.., b]` (the single
@@ -56,7 +81,15 @@ pub fn attention_then_swiglu(
     b_off: usize,
     mlp: usize,
 ) -> Result<Tensor> {
-    imp::flash_attention(q, k, v, false, None, Some((h, a_off, b_off, mlp)))
+    imp::flash_attention(
+        q,
+        k,
+        v,
+        false,
+        None,
+        Some((h, a_off, b_off, mlp)),
+        FlashKernel::Auto,
+    )
 }
 
 /// One token range for [`qkv_norm_rope`]: its projection and its q/k RMSNorm weights.
@@ -177,6 +210,7 @@ mod imp {
         _causal: bool,
         _kv_len: Option<usize>,
         _mlp: Option<(&Tensor, usize, usize, usize)>,
+        _kernel: super::FlashKernel,
     ) -> Result<Tensor> {
         bail!("flash attention needs a build with the `cuda` feature")
     }
@@ -234,6 +268,7 @@ mod imp {
 #[allow(unsafe_code)] // kernel launches and uninitialised outputs that the kernels fill whole
 mod imp {
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
@@ -244,6 +279,9 @@ mod imp {
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flux2.ptx"));
     const MODULE: &str = "veetance_flux2";
+    /// The Hopper flash kernel, compiled for compute_90a whatever the build's compute capability.
+    const SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_sm90.ptx"));
+    const SM90_MODULE: &str = "veetance_flash_sm90";
 
     /// The CUDA storage and layout of a tensor, with a check that names the argument.
     fn cuda_of<'a>(guard: &'a candle_core::StorageRef<'a>, what: &str) -> Result<&'a CudaStorage> {
@@ -304,8 +342,15 @@ mod imp {
         causal: bool,
         kv_len: Option<usize>,
         mlp: Option<(&Tensor, usize, usize, usize)>,
+        kernel: super::FlashKernel,
     ) -> Result<Tensor> {
-        dispatch!(q.dtype(), flash_t, q, k, v, causal, kv_len, mlp)
+        dispatch!(q.dtype(), flash_t, q, k, v, causal, kv_len, mlp, kernel)
+    }
+
+    /// Whether the device runs sm_90a code (compute capability 9.0).
+    fn is_sm90(dev: &CudaDevice) -> Result<bool> {
+        let cc = dev.cuda_stream().context().compute_capability().w()?;
+        Ok(cc == (9, 0))
     }
 
     fn flash_t<T: CudaDType + DeviceRepr>(
@@ -315,6 +360,7 @@ mod imp {
         causal: bool,
         kv_len: Option<usize>,
         mlp: Option<(&Tensor, usize, usize, usize)>,
+        kernel: super::FlashKernel,
     ) -> Result<Tensor> {
         let (b, h, lq, d) = q.dims4()?;
         let (bk, hk, lk, dk) = k.dims4()?;
@@ -344,18 +390,51 @@ mod imp {
         // row and, when `mlp` is given, the SwiGLU kernel fills the remaining `extra` columns.
         let out = unsafe { dev.alloc::<T>(b * lq * width) }?;
 
-        // 8 warps (128 query rows) per CTA for long sequences, 4 for short ones.
-        let (warps, rows) = if lq >= 2048 {
-            (8u32, 128usize)
-        } else {
-            (4, 64)
+        let wgmma = match kernel {
+            super::FlashKernel::Auto => is_sm90(&dev)?,
+            super::FlashKernel::MmaSync => false,
+            super::FlashKernel::Wgmma => {
+                if !is_sm90(&dev)? {
+                    bail!("the wgmma flash kernel needs a device of compute capability 9.0")
+                }
+                true
+            }
         };
-        let name = format!("flash_attn_{}_w{warps}", suffix(q.dtype())?);
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-        let cfg = LaunchConfig {
-            grid_dim: (lq.div_ceil(rows) as u32, (b * h) as u32, 1),
-            block_dim: (warps * 32, 1, 1),
-            shared_mem_bytes: 0,
+        let (func, cfg) = if wgmma {
+            // One warpgroup (64 query rows) per CTA, keys in tiles of 64, 3 tiles in flight:
+            // 1 KiB of alignment slack + Q (16 KiB) + 3 × (K + V) (32 KiB); two CTAs share an SM.
+            // Measured against 2-stage, 2- and 3-warpgroup and 128-key variants on the H200
+            // (docs/performance.md): this one was fastest.
+            let (bc, wgs, stages) = (64u32, 1u32, 3u32);
+            let smem = 1024 + 64 * wgs * 256 + stages * bc * 512;
+            let name = format!("flash_sm90_{}_b{bc}_w{wgs}_s{stages}", suffix(q.dtype())?);
+            let func = dev.get_or_load_custom_func(&name, SM90_MODULE, SM90_PTX)?;
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .w()?;
+            let cfg = LaunchConfig {
+                grid_dim: (lq.div_ceil(64 * wgs as usize) as u32, (b * h) as u32, 1),
+                block_dim: (128 * wgs, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            (func, cfg)
+        } else {
+            // 8 warps (128 query rows) per CTA for long sequences, 4 for short ones.
+            let (warps, rows) = if lq >= 2048 {
+                (8u32, 128usize)
+            } else {
+                (4, 64)
+            };
+            let name = format!("flash_attn_{}_w{warps}", suffix(q.dtype())?);
+            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let cfg = LaunchConfig {
+                grid_dim: (lq.div_ceil(rows) as u32, (b * h) as u32, 1),
+                block_dim: (warps * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (func, cfg)
         };
         let scale_log2 = (1.0 / (d as f64).sqrt() * std::f64::consts::LOG2_E) as f32;
         let (heads, lq_i, lk_i, kvl_i, causal_i) = (
@@ -398,6 +477,7 @@ mod imp {
             launch_swiglu::<T>(
                 &dev,
                 &hv,
+                hlay.start_offset(),
                 hrs,
                 a_off,
                 b_off,
@@ -413,10 +493,27 @@ mod imp {
         Ok(wrap(out, &dev, (b, lq, width)))
     }
 
+    /// Whether every offset, stride and width is a multiple of 8 elements, so that the `_v8`
+    /// kernels' 16-byte loads and stores stay aligned (allocations are 256-byte aligned).
+    fn all_multiples_of_8(v: &[usize]) -> bool {
+        v.iter().all(|x| x % 8 == 0)
+    }
+
+    /// The `_v8` elementwise kernels' grid: 8 elements a thread along the row, rows along y
+    /// (grid-stride past 65535).
+    fn rows_by_8(rows: usize, n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((n / 8).div_ceil(256) as u32, rows.min(65535) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn launch_swiglu<T: CudaDType + DeviceRepr>(
         dev: &CudaDevice,
         h: &CudaView<'_, T>,
+        h_start: usize,
         h_row_stride: i64,
         a_off: usize,
         b_off: usize,
@@ -427,6 +524,39 @@ mod imp {
         rows: usize,
         dtype: DType,
     ) -> Result<()> {
+        if all_multiples_of_8(&[
+            h_start,
+            h_row_stride as usize,
+            a_off,
+            b_off,
+            out_row_stride as usize,
+            out_col,
+            n,
+        ]) {
+            let func =
+                dev.get_or_load_custom_func(&format!("swiglu_v8_{}", suffix(dtype)?), MODULE, PTX)?;
+            let (a, bo, oc, ni, ri) = (
+                a_off as i32,
+                b_off as i32,
+                out_col as i32,
+                n as i32,
+                rows as i32,
+            );
+            let mut builder = func.builder();
+            builder.arg(h);
+            builder.arg(&h_row_stride);
+            builder.arg(&a);
+            builder.arg(&bo);
+            builder.arg(out);
+            builder.arg(&out_row_stride);
+            builder.arg(&oc);
+            builder.arg(&ni);
+            builder.arg(&ri);
+            // SAFETY: arguments match the kernel's signature; the grid covers n/8 chunks of
+            // every row (rows by grid stride), all 16-byte aligned (checked above).
+            unsafe { builder.launch(rows_by_8(rows, n)) }.w()?;
+            return Ok(());
+        }
         let total = (rows * n) as i64;
         let func =
             dev.get_or_load_custom_func(&format!("swiglu_{}", suffix(dtype)?), MODULE, PTX)?;
@@ -473,6 +603,7 @@ mod imp {
         launch_swiglu::<T>(
             &dev,
             &hv,
+            hl.start_offset(),
             rs,
             a_off,
             b_off,
@@ -628,14 +759,25 @@ mod imp {
         let scv = view::<T>(cuda_of(&scs, "scale")?, scl)?;
         // SAFETY: one CTA per row writes the whole row.
         let out = unsafe { dev.alloc::<T>(b * l * n) }?;
-        let func = dev.get_or_load_custom_func(
-            &format!("modulate_ln_{}", suffix(x.dtype())?),
-            MODULE,
-            PTX,
-        )?;
+        // The 16-byte kernel keeps the row in registers: up to 128 threads × 8 chunks × 8.
+        let v8 = n <= 8192
+            && all_multiples_of_8(&[
+                n,
+                xl.start_offset(),
+                shl.start_offset(),
+                scl.start_offset(),
+                mbs as usize,
+            ]);
+        let (name, threads) = if v8 {
+            ("modulate_ln_v8", 128)
+        } else {
+            ("modulate_ln", 256)
+        };
+        let func =
+            dev.get_or_load_custom_func(&format!("{name}_{}", suffix(x.dtype())?), MODULE, PTX)?;
         let cfg = LaunchConfig {
             grid_dim: ((b * l) as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         let (rows, ni) = (l as i32, n as i32);
@@ -681,6 +823,35 @@ mod imp {
         let total = (b * l * n) as i64;
         // SAFETY: the kernel writes all `total` elements.
         let out = unsafe { dev.alloc::<T>(b * l * n) }?;
+        if all_multiples_of_8(&[
+            n,
+            xl.start_offset(),
+            yl2.start_offset(),
+            yrs as usize,
+            gl.start_offset(),
+            gbs as usize,
+        ]) {
+            let func = dev.get_or_load_custom_func(
+                &format!("gated_residual_v8_{}", suffix(x.dtype())?),
+                MODULE,
+                PTX,
+            )?;
+            let (rpb, ni, ri) = (l as i32, n as i32, (b * l) as i32);
+            let mut builder = func.builder();
+            builder.arg(&xv);
+            builder.arg(&yv);
+            builder.arg(&yrs);
+            builder.arg(&gv);
+            builder.arg(&gbs);
+            builder.arg(&out);
+            builder.arg(&rpb);
+            builder.arg(&ni);
+            builder.arg(&ri);
+            // SAFETY: arguments match the kernel's signature; aligned as checked above.
+            unsafe { builder.launch(rows_by_8(b * l, n)) }.w()?;
+            drop((xs, ys, gs));
+            return Ok(wrap(out, &dev, (b, l, n)));
+        }
         let func = dev.get_or_load_custom_func(
             &format!("gated_residual_{}", suffix(x.dtype())?),
             MODULE,

@@ -12,6 +12,7 @@
 //! * [`device`]: device memory as the driver reports it (free, total).
 //! * [`placement`]: moving weights between devices, streaming blocks, out-of-memory errors.
 //! * [`staging`]: streamed blocks copied to the GPU one ahead of use, from page-locked memory.
+//! * [`profile`]: opt-in stage timing with CUDA events.
 //!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
@@ -22,6 +23,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod placement;
 pub mod preview;
+pub mod profile;
 pub mod qlinear;
 pub mod qwen3;
 pub mod sampling;

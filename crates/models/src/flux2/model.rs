@@ -8,6 +8,7 @@ use crate::qlinear::{linear_no_bias, QLinear, WeightBuilder};
 
 use super::config::Config;
 use crate::kernels;
+use crate::profile;
 use crate::sampling::VelocityModel;
 use crate::staging::{stream_parts, HostStage};
 
@@ -353,10 +354,13 @@ impl DoubleStreamBlock {
     ) -> CResult<(Tensor, Tensor)> {
         let eps = self.eps as f32;
         let n_txt = txt.dim(1)?;
+        let dev = img.device();
         let img_mod = kernels::modulate(img, &mod_img[0].shift, &mod_img[0].scale, eps)?;
         let txt_mod = kernels::modulate(txt, &mod_txt[0].shift, &mod_txt[0].scale, eps)?;
+        profile::mark(dev, "double: modulate");
         let img_qkv = self.img_attn.qkv.forward(&img_mod)?;
         let txt_qkv = self.txt_attn.qkv.forward(&txt_mod)?;
+        profile::mark(dev, "double: qkv matmul");
         let (q, k, v) = kernels::qkv_norm_rope(
             &[
                 kernels::QkvPart {
@@ -375,7 +379,9 @@ impl DoubleStreamBlock {
             sin,
             self.img_attn.norm.eps,
         )?;
+        profile::mark(dev, "double: qk norm + rope");
         let attn = attend(&q, &k, &v, opts)?;
+        profile::mark(dev, "double: attention");
         let l = attn.dim(1)?;
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
@@ -386,13 +392,21 @@ impl DoubleStreamBlock {
                       mlp: &Mlp,
                       m: &[ModulationOut]|
          -> CResult<Tensor> {
-            let x = kernels::gated_residual(x, &sa.proj.forward(attn)?, &m[0].gate)?;
-            let h = mlp
-                .lin_in
-                .forward(&kernels::modulate(&x, &m[1].shift, &m[1].scale, eps)?)?;
+            let y = sa.proj.forward(attn)?;
+            profile::mark(dev, "double: proj matmul");
+            let x = kernels::gated_residual(x, &y, &m[0].gate)?;
+            let x_mod = kernels::modulate(&x, &m[1].shift, &m[1].scale, eps)?;
+            profile::mark(dev, "double: residual + modulate");
+            let h = mlp.lin_in.forward(&x_mod)?;
+            profile::mark(dev, "double: mlp in matmul");
             let hidden = h.dim(D::Minus1)? / 2;
             let act = kernels::swiglu(&h, 0, hidden, hidden)?;
-            kernels::gated_residual(&x, &mlp.lin_out.forward(&act)?, &m[1].gate)
+            profile::mark(dev, "double: swiglu");
+            let y = mlp.lin_out.forward(&act)?;
+            profile::mark(dev, "double: mlp out matmul");
+            let out = kernels::gated_residual(&x, &y, &m[1].gate)?;
+            profile::mark(dev, "double: residual");
+            Ok(out)
         };
         let img = stream(img, &img_attn, &self.img_attn, &self.img_mlp, mod_img)?;
         let txt = stream(txt, &txt_attn, &self.txt_attn, &self.txt_mlp, mod_txt)?;
@@ -469,9 +483,11 @@ impl SingleStreamBlock {
         opts: &ForwardOptions,
     ) -> CResult<Tensor> {
         let eps = self.eps as f32;
-        let h = self
-            .linear1
-            .forward(&kernels::modulate(xs, &m.shift, &m.scale, eps)?)?;
+        let dev = xs.device();
+        let x_mod = kernels::modulate(xs, &m.shift, &m.scale, eps)?;
+        profile::mark(dev, "single: modulate");
+        let h = self.linear1.forward(&x_mod)?;
+        profile::mark(dev, "single: linear1 matmul");
         let (d, mh) = (self.hidden, self.mlp_hidden);
         let qkv = h.narrow(D::Minus1, 0, 3 * d)?;
         let (q, k, v) = kernels::qkv_norm_rope(
@@ -485,6 +501,7 @@ impl SingleStreamBlock {
             sin,
             self.norm.eps,
         )?;
+        profile::mark(dev, "single: qk norm + rope");
         let joined = match opts.attention {
             AttentionBackend::Flash if q.dim(D::Minus1)? == 128 => {
                 kernels::attention_then_swiglu(&q, &k, &v, &h, 3 * d, 3 * d + mh, mh)?
@@ -495,7 +512,12 @@ impl SingleStreamBlock {
                 Tensor::cat(&[attn, mlp], D::Minus1)?
             }
         };
-        kernels::gated_residual(xs, &self.linear2.forward(&joined)?, &m.gate)
+        profile::mark(dev, "single: attention + swiglu");
+        let y = self.linear2.forward(&joined)?;
+        profile::mark(dev, "single: linear2 matmul");
+        let out = kernels::gated_residual(xs, &y, &m.gate)?;
+        profile::mark(dev, "single: residual");
+        Ok(out)
     }
 }
 
@@ -650,6 +672,7 @@ impl Flux2Transformer {
         opts: &ForwardOptions,
     ) -> CResult<Tensor> {
         let dtype = self.dtype;
+        profile::mark(img.device(), "start");
         let img = img.to_dtype(dtype)?;
         let txt = txt.to_dtype(dtype)?;
         let n_txt = txt.dim(1)?;
@@ -667,6 +690,7 @@ impl Flux2Transformer {
         let mut img = self.img_in.forward(&img)?;
         let mut txt = self.txt_in.forward(&txt)?;
         let (cos, sin) = self.rope_for(txt_ids, img_ids)?;
+        profile::mark(img.device(), "embeddings, modulations, rope tables");
 
         // Streamed blocks (in host memory) are copied to the compute device one block ahead of
         // use, the copy overlapping the compute of the block before (see `staging`).
@@ -676,6 +700,7 @@ impl Flux2Transformer {
             (img, txt) = block.forward(&img, &txt, &mod_img, &mod_txt, (&cos, &sin), opts)?;
         }
         let mut xs = Tensor::cat(&[txt, img], 1)?;
+        profile::mark(xs.device(), "joining the streams");
         for block in stream_parts(&self.single_blocks, &device, &self.stage) {
             let block = block?;
             xs = block.forward(&xs, &mod_single[0], &cos, &sin, opts)?;
@@ -692,7 +717,9 @@ impl Flux2Transformer {
                 .broadcast_mul(&(&parts[1] + 1.0)?)?
                 .broadcast_add(&parts[0])?
         };
-        self.final_linear.forward(&img)
+        let out = self.final_linear.forward(&img)?;
+        profile::mark(out.device(), "final layer");
+        Ok(out)
     }
 }
 
