@@ -189,49 +189,56 @@ MMA_SPEC(__nv_bfloat16, bf16, 128)
 MMA_SPEC(__half, f16, 64)
 MMA_SPEC(__half, f16, 128)
 
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Online softmax of one tile of scores (this thread's 2 rows x BC/4 keys, mma accumulator
-// layout): mask (when needed), log2-domain scale, running max and sum; P (rounded to T) as the
-// A fragments of the P V product; returns the factors the O rows must be multiplied by.
+// layout): mask (when needed), running max (kept in the log2 domain, `m_row` = max * scale), sum;
+// P = 2^(s * scale - m) with one FFMA and one ex2 an element, rounded to T, as the A fragments of
+// the P V product; `corr`: the factors the O rows must be multiplied by.
 template <typename T, int BC>
 __device__ __forceinline__ void softmax_tile(float (&s)[BC / 2], uint32_t (&p)[BC / 16][4],
                                              float (&m_row)[2], float (&l_row)[2], float (&corr)[2],
                                              int key0, int kv_len, int causal, int row_a, int row_b,
                                              bool need_mask, int t, float scale_log2) {
-    float mx[2] = {m_row[0], m_row[1]};
+    if (need_mask) {
 #pragma unroll
-    for (int nt = 0; nt < BC / 8; ++nt) {
+        for (int nt = 0; nt < BC / 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float x = s[nt * 4 + e] * scale_log2;
-            if (need_mask) {
+            for (int e = 0; e < 4; ++e) {
                 int key = key0 + nt * 8 + 2 * t + (e & 1);
                 int row = (e < 2) ? row_a : row_b;
-                if (key >= kv_len || (causal && key > row)) x = -INFINITY;
+                if (key >= kv_len || (causal && key > row)) s[nt * 4 + e] = -INFINITY;
             }
-            s[nt * 4 + e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
     }
+    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+    for (int nt = 0; nt < BC / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt * 4 + 0], s[nt * 4 + 1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt * 4 + 2], s[nt * 4 + 3]));
     }
     float base_r[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        // A row masked so far keeps max -inf: offset 0 so exp2 gives 0, not NaN.
-        base_r[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-        corr[r] = exp2f(m_row[r] - base_r[r]);
-        m_row[r] = mx[r];
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+        const float m_new = fmaxf(m_row[r], mx[r] * scale_log2);
+        // A row masked so far keeps max -inf: offset 0 so ex2 gives 0, not NaN.
+        base_r[r] = m_new == -INFINITY ? 0.f : m_new;
+        corr[r] = ex2(m_row[r] - base_r[r]);
+        m_row[r] = m_new;
         l_row[r] *= corr[r];
     }
 #pragma unroll
     for (int nt = 0; nt < BC / 8; ++nt) {
-        float e0 = exp2f(s[nt * 4 + 0] - base_r[0]);
-        float e1 = exp2f(s[nt * 4 + 1] - base_r[0]);
-        float e2 = exp2f(s[nt * 4 + 2] - base_r[1]);
-        float e3 = exp2f(s[nt * 4 + 3] - base_r[1]);
+        float e0 = ex2(fmaf(s[nt * 4 + 0], scale_log2, -base_r[0]));
+        float e1 = ex2(fmaf(s[nt * 4 + 1], scale_log2, -base_r[0]));
+        float e2 = ex2(fmaf(s[nt * 4 + 2], scale_log2, -base_r[1]));
+        float e3 = ex2(fmaf(s[nt * 4 + 3], scale_log2, -base_r[1]));
         l_row[0] += e0 + e1;
         l_row[1] += e2 + e3;
         p[nt >> 1][(nt & 1) * 2 + 0] = pack2<T>(e0, e1);
@@ -289,18 +296,31 @@ __device__ __forceinline__ void flash_sm90(
         cp_async16(q_s + swz(r, ch, BR), qg + (long long)(ok ? row : 0) * D + ch * 8, ok);
     }
     cp_async_commit();
+    // A thread always copies the same 16-byte column chunk (NT is a multiple of 16) of rows
+    // tid/16 + i*NT/16, so its shared offsets are one base plus i * NT/16 rows (the swizzle
+    // phase r % 8 does not change: NT/16 is a multiple of 8).
+    const int ld_ch = tid & 15, ld_r = tid >> 4;
+    const uint32_t ld_soff = swz(ld_r, ld_ch, BC);
     auto load_tile = [&](int stage, int tile) {
-        const uint32_t ks = kv_s + stage * STAGE_BYTES;
+        const uint32_t ks = kv_s + stage * STAGE_BYTES + ld_soff;
         const uint32_t vs = ks + KV_BYTES;
-        const int key0 = tile * BC;
+        const int key0 = tile * BC + ld_r;
+        const long long g0 = (long long)key0 * D + ld_ch * 8;
+        if (tile * BC + BC <= kv_len) {
 #pragma unroll
-        for (int i = 0; i < BC * 16 / NT; ++i) {
-            int c = tid + i * NT, r = c >> 4, ch = c & 15;
-            int key = key0 + r;
-            bool ok = key < kv_len;
-            long long off = (long long)(ok ? key : 0) * D + ch * 8;
-            cp_async16(ks + swz(r, ch, BC), kg + off, ok);
-            cp_async16(vs + swz(r, ch, BC), vg + off, ok);
+            for (int i = 0; i < BC * 16 / NT; ++i) {
+                cp_async16(ks + i * (NT / 16) * 128, kg + g0 + i * (NT / 16) * D, true);
+                cp_async16(vs + i * (NT / 16) * 128, vg + g0 + i * (NT / 16) * D, true);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < BC * 16 / NT; ++i) {
+                const int key = key0 + i * (NT / 16);
+                const bool ok = key < kv_len;
+                const long long off = ok ? g0 + i * (NT / 16) * D : 0;
+                cp_async16(ks + i * (NT / 16) * 128, kg + off, ok);
+                cp_async16(vs + i * (NT / 16) * 128, vg + off, ok);
+            }
         }
     };
     // Tiles 0 .. STAGES-1, one commit group each (empty past the last tile).
@@ -310,15 +330,20 @@ __device__ __forceinline__ void flash_sm90(
         cp_async_commit();
     }
 
-    // This warpgroup's 64 rows of Q start 64 rows (8 KiB) into each column half.
+    // Descriptors are built once from the operand bases; a step's offset (bytes / 16, always
+    // inside the 14-bit address field: shared memory ends below 2^18 bytes) is added to the low
+    // word. This warpgroup's 64 rows of Q start 64 rows (8 KiB) into each column half.
+    const uint64_t q_base = smem_desc(q_s + wg * 8192, 16, 1024);
+    const uint64_t k_base = smem_desc(kv_s, 16, 1024);
+    const uint64_t v_base = smem_desc(kv_s + KV_BYTES, BC * 128, 1024);
     auto q_desc = [&](int kk) {
-        return smem_desc(q_s + (kk >> 2) * (BR * 128) + wg * 8192 + (kk & 3) * 32, 16, 1024);
+        return q_base + (uint64_t)((((kk >> 2) * (BR * 128)) + (kk & 3) * 32) >> 4);
     };
     auto k_desc = [&](int stage, int kk) {
-        return smem_desc(kv_s + stage * STAGE_BYTES + (kk >> 2) * (BC * 128) + (kk & 3) * 32, 16, 1024);
+        return k_base + (uint64_t)((stage * STAGE_BYTES + (kk >> 2) * (BC * 128) + (kk & 3) * 32) >> 4);
     };
     auto v_desc = [&](int stage, int kc) {
-        return smem_desc(kv_s + stage * STAGE_BYTES + KV_BYTES + kc * 16 * 128, BC * 128, 1024);
+        return v_base + (uint64_t)((stage * STAGE_BYTES + kc * 16 * 128) >> 4);
     };
 
     float s[BC / 2];
@@ -369,12 +394,16 @@ __device__ __forceinline__ void flash_sm90(
                             need_mask(j * BC), t, scale_log2);
         wgmma_wait<0>();
         fence_regs(o_acc);
+        // Once the row maxima settle, most tiles leave them unchanged: skip the 64 multiplies
+        // when no row of the warp moved (warp-uniform; multiplying by 1 changes nothing).
+        if (!__all_sync(0xffffffff, corr[0] == 1.f && corr[1] == 1.f)) {
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-            o_acc[i * 4 + 0] *= corr[0];
-            o_acc[i * 4 + 1] *= corr[0];
-            o_acc[i * 4 + 2] *= corr[1];
-            o_acc[i * 4 + 3] *= corr[1];
+            for (int i = 0; i < D / 8; ++i) {
+                o_acc[i * 4 + 0] *= corr[0];
+                o_acc[i * 4 + 1] *= corr[0];
+                o_acc[i * 4 + 2] *= corr[1];
+                o_acc[i * 4 + 3] *= corr[1];
+            }
         }
         // Every warp is done with the stage of tile j-1: refill it.
         __syncthreads();
