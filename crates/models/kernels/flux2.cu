@@ -7,31 +7,10 @@
 // Conventions: `T` is __nv_bfloat16 or __half; accumulation is always f32; tensors are row-major
 // and contiguous unless a stride argument says otherwise.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
-
-template <typename T> __device__ __forceinline__ float to_f(T x);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-
-// Two floats packed into one 32-bit register of two T (low half = first).
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
 
 // D = A(16x16, row) * B(16x8, col) + D, f32 accumulators.
 template <typename T> __device__ __forceinline__ void mma16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1);
@@ -54,15 +33,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem_
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
-
-// 16-byte global -> shared copy; `valid == false` writes zeros without reading.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    int src_bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // ---------------------------------------------------------------------------------------------
 // Flash attention, forward, head dim 128, no mask (or a causal / key-length mask, see below).
@@ -130,9 +100,9 @@ __device__ __forceinline__ void flash_attn_fwd(
     }
     __syncthreads();
 
-    float o_acc[FA_D / 8][4];
+    float o_acc[FA_D / 2];  // 8-column block i: o_acc[4i .. 4i+3], mma accumulator layout
 #pragma unroll
-    for (int i = 0; i < FA_D / 8; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
+    for (int i = 0; i < FA_D / 2; ++i) o_acc[i] = 0.f;
     float m_row[2] = {-INFINITY, -INFINITY};
     float l_row[2] = {0.f, 0.f};
 
@@ -218,10 +188,10 @@ __device__ __forceinline__ void flash_attn_fwd(
         }
 #pragma unroll
         for (int i = 0; i < FA_D / 8; ++i) {
-            o_acc[i][0] *= corr[0];
-            o_acc[i][1] *= corr[0];
-            o_acc[i][2] *= corr[1];
-            o_acc[i][3] *= corr[1];
+            o_acc[i * 4 + 0] *= corr[0];
+            o_acc[i * 4 + 1] *= corr[0];
+            o_acc[i * 4 + 2] *= corr[1];
+            o_acc[i * 4 + 3] *= corr[1];
         }
 
         cp_async_wait<0>();  // V_j landed
@@ -245,32 +215,15 @@ __device__ __forceinline__ void flash_attn_fwd(
             for (int np = 0; np < FA_D / 16; ++np) {
                 uint32_t bfr[4];
                 ldmatrix_x4_trans(bfr, vs + vrow * FA_LDS + np * 16 + vcol);
-                mma16816<T>(o_acc[2 * np], a, bfr[0], bfr[1]);
-                mma16816<T>(o_acc[2 * np + 1], a, bfr[2], bfr[3]);
+                mma16816<T>(&o_acc[(2 * np) * 4], a, bfr[0], bfr[1]);
+                mma16816<T>(&o_acc[(2 * np + 1) * 4], a, bfr[2], bfr[3]);
             }
         }
         __syncthreads();  // every warp is done reading V_j before it is overwritten
     }
 
-    // Finish: full row sums across the quad, normalise, write.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l_row[r] += __shfl_xor_sync(0xffffffff, l_row[r], 1);
-        l_row[r] += __shfl_xor_sync(0xffffffff, l_row[r], 2);
-    }
-    const float inv_a = l_row[0] > 0.f ? 1.f / l_row[0] : 0.f;
-    const float inv_b = l_row[1] > 0.f ? 1.f / l_row[1] : 0.f;
-    T* ob = o + (long long)b * o_batch_stride + (long long)h * FA_D;
-#pragma unroll
-    for (int nt = 0; nt < FA_D / 8; ++nt) {
-        int col = nt * 8 + 2 * t;
-        if (row_a < l_q)
-            *reinterpret_cast<uint32_t*>(ob + (long long)row_a * o_row_stride + col) =
-                pack2<T>(o_acc[nt][0] * inv_a, o_acc[nt][1] * inv_a);
-        if (row_b < l_q)
-            *reinterpret_cast<uint32_t*>(ob + (long long)row_b * o_row_stride + col) =
-                pack2<T>(o_acc[nt][2] * inv_b, o_acc[nt][3] * inv_b);
-    }
+    flash_write_rows<T>(o_acc, l_row, o + (long long)b * o_batch_stride + (long long)h * FA_D,
+                        row_a, row_b, l_q, o_row_stride, t);
 }
 
 #define FA_ENTRY(NAME, T, NW)                                                                        \
@@ -379,30 +332,13 @@ __device__ __forceinline__ void modulate_ln(const T* __restrict__ x, const T* __
         sum += v;
         sq += v * v;
     }
-    __shared__ float red[2][NT / 32];
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        sum += __shfl_xor_sync(0xffffffff, sum, off);
-        sq += __shfl_xor_sync(0xffffffff, sq, off);
-    }
-    if ((threadIdx.x & 31) == 0) {
-        red[0][threadIdx.x >> 5] = sum;
-        red[1][threadIdx.x >> 5] = sq;
-    }
-    __syncthreads();
-    sum = 0.f;
-    sq = 0.f;
-#pragma unroll
-    for (int i = 0; i < NT / 32; ++i) {
-        sum += red[0][i];
-        sq += red[1][i];
-    }
+    block_sum2<NT>(sum, sq);
     const float mean = sum / n;
     const float var = fmaxf(sq / n - mean * mean, 0.f);
     const float inv = rsqrtf(var + eps);
     for (int i = threadIdx.x; i < n; i += NT) {
         // LN rounded to T, as the unfused path stores it, then the modulation in f32.
-        float ln = to_f<T>(from_f<T>((to_f<T>(xr[i]) - mean) * inv));
+        float ln = round_t<T>((to_f<T>(xr[i]) - mean) * inv);
         yr[i] = from_f<T>(ln * (1.f + to_f<T>(sc[i])) + to_f<T>(sh[i]));
     }
 }
@@ -417,99 +353,30 @@ MOD_ENTRY(modulate_ln_bf16, __nv_bfloat16)
 MOD_ENTRY(modulate_ln_f16, __half)
 
 // ---------------------------------------------------------------------------------------------
-// Gated residual: out = x + gate * y. x, y: (B, rows, n) (y at `y_row_stride`); gate (B, n) at
-// `gate_batch_stride`. Elementwise over pairs.
+// Gated residual: out = x + gate * y. x, y: (B, rows_per_batch, n) (y at `y_row_stride`); gate
+// (B, n) at `gate_batch_stride`; `rows` = B * rows_per_batch.
+//
+// SwiGLU: out[r, c] = silu(h[r, a_off + c]) * h[r, b_off + c], h rows at `h_row_stride`, out rows
+// at `out_row_stride` starting at column `out_col` (so it can fill part of a wider row).
+//
+// Each has two kernels of one signature: `_v8` takes 8 consecutive elements (16 bytes) a thread,
+// rows from blockIdx.y (grid-stride), when n, every column offset, row stride and tensor start
+// are multiples of 8 elements (the caller checks); the other takes one element a thread. Same
+// arithmetic, same rounding (the unfused path rounds gate * y and silu(a) to T first).
 
 template <typename T>
 __device__ __forceinline__ void gated_residual(const T* __restrict__ x, const T* __restrict__ y,
                                                long long y_row_stride, const T* __restrict__ gate,
                                                long long gate_batch_stride, T* __restrict__ out,
-                                               int rows, int n, long long total) {
+                                               int rows_per_batch, int n, int rows) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
+    if (i >= (long long)rows * n) return;
     long long r = i / n;
     int c = (int)(i % n);
-    long long b = r / rows;
+    long long b = r / rows_per_batch;
     float yv = to_f<T>(y[r * y_row_stride + c]);
     float gv = to_f<T>(gate[b * gate_batch_stride + c]);
-    // The unfused path rounds gate * y to T before the add.
-    out[i] = from_f<T>(to_f<T>(x[i]) + to_f<T>(from_f<T>(gv * yv)));
-}
-
-#define GATE_ENTRY(NAME, T)                                                                        \
-    extern "C" __global__ void NAME(const T* x, const T* y, long long ys, const T* gate,           \
-                                    long long gbs, T* out, int rows, int n, long long total) {     \
-        gated_residual<T>(x, y, ys, gate, gbs, out, rows, n, total);                               \
-    }
-GATE_ENTRY(gated_residual_bf16, __nv_bfloat16)
-GATE_ENTRY(gated_residual_f16, __half)
-
-// ---------------------------------------------------------------------------------------------
-// SwiGLU: out[r, c] = silu(h[r, a_off + c]) * h[r, b_off + c], h rows at `h_row_stride`, out rows
-// at `out_row_stride` starting at column `out_col` (so it can fill part of a wider row).
-
-template <typename T>
-__device__ __forceinline__ void swiglu(const T* __restrict__ h, long long h_row_stride, int a_off,
-                                       int b_off, T* __restrict__ out, long long out_row_stride,
-                                       int out_col, int n, long long total) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    long long r = i / n;
-    int c = (int)(i % n);
-    float a = to_f<T>(h[r * h_row_stride + a_off + c]);
-    float bv = to_f<T>(h[r * h_row_stride + b_off + c]);
-    // The unfused path rounds silu(a) to T before the product.
-    float sa = to_f<T>(from_f<T>(a / (1.f + expf(-a))));
-    out[r * out_row_stride + out_col + c] = from_f<T>(sa * bv);
-}
-
-#define SWIGLU_ENTRY(NAME, T)                                                                      \
-    extern "C" __global__ void NAME(const T* h, long long hs, int a_off, int b_off, T* out,        \
-                                    long long os, int out_col, int n, long long total) {           \
-        swiglu<T>(h, hs, a_off, b_off, out, os, out_col, n, total);                                \
-    }
-SWIGLU_ENTRY(swiglu_bf16, __nv_bfloat16)
-SWIGLU_ENTRY(swiglu_f16, __half)
-
-// ---------------------------------------------------------------------------------------------
-// 16-byte versions of the three elementwise kernels above (same arithmetic, same rounding): each
-// thread takes 8 consecutive elements with one 128-bit load per operand; rows come from
-// blockIdx.y (grid-stride), so no 64-bit division per element. The caller checks that n, every
-// column offset, row stride and tensor start are multiples of 8 elements (16 bytes).
-
-template <typename T> struct Vec8 {
-    uint4 raw;
-    __device__ __forceinline__ float get(int k) const { return to_f<T>(reinterpret_cast<const T*>(&raw)[k]); }
-    __device__ __forceinline__ void set(int k, float v) { reinterpret_cast<T*>(&raw)[k] = from_f<T>(v); }
-};
-template <typename T> __device__ __forceinline__ Vec8<T> ld8(const T* p) {
-    Vec8<T> v;
-    v.raw = *reinterpret_cast<const uint4*>(p);
-    return v;
-}
-template <typename T> __device__ __forceinline__ void st8(T* p, const Vec8<T>& v) {
-    *reinterpret_cast<uint4*>(p) = v.raw;
-}
-__device__ __forceinline__ float round_to(float x, __nv_bfloat16*) { return __bfloat162float(__float2bfloat16_rn(x)); }
-__device__ __forceinline__ float round_to(float x, __half*) { return __half2float(__float2half_rn(x)); }
-template <typename T> __device__ __forceinline__ float rnd(float x) { return round_to(x, (T*)nullptr); }
-
-template <typename T>
-__device__ __forceinline__ void swiglu_v8(const T* __restrict__ h, long long h_row_stride, int a_off,
-                                          int b_off, T* __restrict__ out, long long out_row_stride,
-                                          int out_col, int n, int rows) {
-    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (c >= n) return;
-    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
-        const T* hr = h + (long long)r * h_row_stride;
-        Vec8<T> a = ld8(hr + a_off + c), bv = ld8(hr + b_off + c), o;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            float x = a.get(k);
-            o.set(k, rnd<T>(x / (1.f + expf(-x))) * bv.get(k));
-        }
-        st8(out + (long long)r * out_row_stride + out_col + c, o);
-    }
+    out[i] = from_f<T>(to_f<T>(x[i]) + round_t<T>(gv * yv));
 }
 
 template <typename T>
@@ -521,15 +388,48 @@ __device__ __forceinline__ void gated_residual_v8(const T* __restrict__ x, const
     if (c >= n) return;
     for (int r = blockIdx.y; r < rows; r += gridDim.y) {
         const int b = r / rows_per_batch;
-        Vec8<T> xv = ld8(x + (long long)r * n + c), yv = ld8(y + (long long)r * y_row_stride + c);
-        Vec8<T> gv = ld8(gate + (long long)b * gate_batch_stride + c), o;
+        float xv[8], yv[8], gv[8], o[8];
+        load8(x + (long long)r * n + c, xv);
+        load8(y + (long long)r * y_row_stride + c, yv);
+        load8(gate + (long long)b * gate_batch_stride + c, gv);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) o.set(k, xv.get(k) + rnd<T>(gv.get(k) * yv.get(k)));
-        st8(out + (long long)r * n + c, o);
+        for (int k = 0; k < 8; ++k) o[k] = xv[k] + round_t<T>(gv[k] * yv[k]);
+        store8(out + (long long)r * n + c, o);
     }
 }
 
-// One CTA of 128 threads per row, the row held in registers (n <= 128 * 8 * MOD_CHUNKS).
+template <typename T>
+__device__ __forceinline__ void swiglu(const T* __restrict__ h, long long h_row_stride, int a_off,
+                                       int b_off, T* __restrict__ out, long long out_row_stride,
+                                       int out_col, int n, int rows) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * n) return;
+    long long r = i / n;
+    int c = (int)(i % n);
+    float a = to_f<T>(h[r * h_row_stride + a_off + c]);
+    float bv = to_f<T>(h[r * h_row_stride + b_off + c]);
+    out[r * out_row_stride + out_col + c] = from_f<T>(round_t<T>(a / (1.f + expf(-a))) * bv);
+}
+
+template <typename T>
+__device__ __forceinline__ void swiglu_v8(const T* __restrict__ h, long long h_row_stride, int a_off,
+                                          int b_off, T* __restrict__ out, long long out_row_stride,
+                                          int out_col, int n, int rows) {
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= n) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const T* hr = h + (long long)r * h_row_stride;
+        float a[8], bv[8], o[8];
+        load8(hr + a_off + c, a);
+        load8(hr + b_off + c, bv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o[k] = round_t<T>(a[k] / (1.f + expf(-a[k]))) * bv[k];
+        store8(out + (long long)r * out_row_stride + out_col + c, o);
+    }
+}
+
+// Modulated LayerNorm, 16-byte version of modulate_ln: one CTA of 128 threads per row, the row
+// held in registers (n <= 128 * 8 * MOD_CHUNKS, n and the offsets multiples of 8).
 #define MOD_CHUNKS 8
 template <typename T>
 __device__ __forceinline__ void modulate_v8(const T* __restrict__ x, const T* __restrict__ shift,
@@ -538,34 +438,21 @@ __device__ __forceinline__ void modulate_v8(const T* __restrict__ x, const T* __
     const int r = blockIdx.x;
     const int b = r / rows;
     const T* xr = x + (long long)r * n;
-    Vec8<T> v[MOD_CHUNKS];
+    float v[MOD_CHUNKS][8];
     float sum = 0.f, sq = 0.f;
 #pragma unroll
     for (int i = 0; i < MOD_CHUNKS; ++i) {
         const int c = (threadIdx.x + i * 128) * 8;
         if (c < n) {
-            v[i] = ld8(xr + c);
+            load8(xr + c, v[i]);
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
-                float f = v[i].get(k);
-                sum += f;
-                sq += f * f;
+                sum += v[i][k];
+                sq += v[i][k] * v[i][k];
             }
         }
     }
-    __shared__ float red[2][4];
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        sum += __shfl_xor_sync(0xffffffff, sum, off);
-        sq += __shfl_xor_sync(0xffffffff, sq, off);
-    }
-    if ((threadIdx.x & 31) == 0) {
-        red[0][threadIdx.x >> 5] = sum;
-        red[1][threadIdx.x >> 5] = sq;
-    }
-    __syncthreads();
-    sum = red[0][0] + red[0][1] + red[0][2] + red[0][3];
-    sq = red[1][0] + red[1][1] + red[1][2] + red[1][3];
+    block_sum2<128>(sum, sq);
     const float mean = sum / n;
     const float var = fmaxf(sq / n - mean * mean, 0.f);
     const float inv = rsqrtf(var + eps);
@@ -576,32 +463,41 @@ __device__ __forceinline__ void modulate_v8(const T* __restrict__ x, const T* __
     for (int i = 0; i < MOD_CHUNKS; ++i) {
         const int c = (threadIdx.x + i * 128) * 8;
         if (c < n) {
-            Vec8<T> shv = ld8(sh + c), scv = ld8(sc + c), o;
+            float shv[8], scv[8], o[8];
+            load8(sh + c, shv);
+            load8(sc + c, scv);
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                float ln = rnd<T>((v[i].get(k) - mean) * inv);
-                o.set(k, ln * (1.f + scv.get(k)) + shv.get(k));
-            }
-            st8(yr + c, o);
+            for (int k = 0; k < 8; ++k) o[k] = round_t<T>((v[i][k] - mean) * inv) * (1.f + scv[k]) + shv[k];
+            store8(yr + c, o);
         }
     }
 }
 
-#define V8_ENTRIES(SUF, T)                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) swiglu_v8_##SUF(                             \
-        const T* h, long long hs, int a_off, int b_off, T* out, long long os, int out_col, int n,  \
-        int rows) {                                                                                \
-        swiglu_v8<T>(h, hs, a_off, b_off, out, os, out_col, n, rows);                              \
+#define ELEMENTWISE_ENTRIES(SUF, T)                                                                \
+    extern "C" __global__ void __launch_bounds__(256) gated_residual_##SUF(                        \
+        const T* x, const T* y, long long ys, const T* gate, long long gbs, T* out,                \
+        int rows_per_batch, int n, int rows) {                                                     \
+        gated_residual<T>(x, y, ys, gate, gbs, out, rows_per_batch, n, rows);                      \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(256) gated_residual_v8_##SUF(                     \
         const T* x, const T* y, long long ys, const T* gate, long long gbs, T* out,                \
         int rows_per_batch, int n, int rows) {                                                     \
         gated_residual_v8<T>(x, y, ys, gate, gbs, out, rows_per_batch, n, rows);                   \
     }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) swiglu_##SUF(                                \
+        const T* h, long long hs, int a_off, int b_off, T* out, long long os, int out_col, int n,  \
+        int rows) {                                                                                \
+        swiglu<T>(h, hs, a_off, b_off, out, os, out_col, n, rows);                                 \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) swiglu_v8_##SUF(                             \
+        const T* h, long long hs, int a_off, int b_off, T* out, long long os, int out_col, int n,  \
+        int rows) {                                                                                \
+        swiglu_v8<T>(h, hs, a_off, b_off, out, os, out_col, n, rows);                              \
+    }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) modulate_ln_v8_##SUF(                        \
         const T* x, const T* shift, const T* scale, long long mbs, T* y, int rows, int n,          \
         float eps) {                                                                               \
         modulate_v8<T>(x, shift, scale, mbs, y, rows, n, eps);                                     \
     }
-V8_ENTRIES(bf16, __nv_bfloat16)
-V8_ENTRIES(f16, __half)
+ELEMENTWISE_ENTRIES(bf16, __nv_bfloat16)
+ELEMENTWISE_ENTRIES(f16, __half)

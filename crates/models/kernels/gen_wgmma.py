@@ -58,7 +58,7 @@ def rsk(n, ty, cty, zero):
 '''
 out = []
 for ty, cty in [("bf16", "bf16"), ("f16", "f16")]:
-    for n in (64, 128):
+    for n in (64,):
         out.append(ss0(n, ty, cty))
         out.append(ss(n, ty, cty))
     out.append(rs(128, ty, cty))

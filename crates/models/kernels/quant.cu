@@ -14,21 +14,10 @@
 // Compiled to PTX by crates/models/build.rs with the `cuda` feature; tests/cuda_kernels.rs compares
 // both with the CPU path.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "common.cuh"
 #include <cuda_fp8.h>
 #include <float.h>
 #include <stdint.h>
-
-template <typename T> __device__ __forceinline__ float to_f(T x);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 
 __device__ __forceinline__ float fp8_to_f(uint8_t b) {
     return __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3)));

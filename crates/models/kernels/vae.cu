@@ -14,32 +14,7 @@
 //
 // Conventions: `T` is __nv_bfloat16 or __half; arithmetic in f32; all tensors contiguous.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-template <typename T> __device__ __forceinline__ float to_f(T x);
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-
-// 8 consecutive T (16 bytes, 16-byte aligned) <-> 8 floats.
-template <typename T> __device__ __forceinline__ void load8(const T* p, float* v) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    const T* h = reinterpret_cast<const T*>(&u);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = to_f<T>(h[i]);
-}
-template <typename T> __device__ __forceinline__ void store8(T* p, const float* v) {
-    uint4 u;
-    T* h = reinterpret_cast<T*>(&u);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) h[i] = from_f<T>(v[i]);
-    *reinterpret_cast<uint4*>(p) = u;
-}
+#include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // im2col, transposed. grid: (ceil(rows·wo / PER / blockDim), K); one image.

@@ -499,14 +499,33 @@ mod imp {
         v.iter().all(|x| x % 8 == 0)
     }
 
-    /// The `_v8` elementwise kernels' grid: 8 elements a thread along the row, rows along y
-    /// (grid-stride past 65535).
-    fn rows_by_8(rows: usize, n: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: ((n / 8).div_ceil(256) as u32, rows.min(65535) as u32, 1),
+    /// The kernel name (`{base}_v8_{dtype}` when `aligned`, else `{base}_{dtype}`; one signature)
+    /// and grid for an elementwise op over `rows × n`: the `_v8` one takes 8 elements a thread
+    /// along the row and rows along y (grid-stride past 65535), the other one element a thread.
+    fn elementwise(
+        base: &str,
+        dtype: DType,
+        aligned: bool,
+        rows: usize,
+        n: usize,
+    ) -> Result<(String, LaunchConfig)> {
+        let (name, grid) = if aligned {
+            (
+                format!("{base}_v8_{}", suffix(dtype)?),
+                ((n / 8).div_ceil(256) as u32, rows.min(65535) as u32, 1),
+            )
+        } else {
+            (
+                format!("{base}_{}", suffix(dtype)?),
+                ((rows * n).div_ceil(256) as u32, 1, 1),
+            )
+        };
+        let cfg = LaunchConfig {
+            grid_dim: grid,
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
-        }
+        };
+        Ok((name, cfg))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -524,7 +543,7 @@ mod imp {
         rows: usize,
         dtype: DType,
     ) -> Result<()> {
-        if all_multiples_of_8(&[
+        let aligned = all_multiples_of_8(&[
             h_start,
             h_row_stride as usize,
             a_off,
@@ -532,36 +551,16 @@ mod imp {
             out_row_stride as usize,
             out_col,
             n,
-        ]) {
-            let func =
-                dev.get_or_load_custom_func(&format!("swiglu_v8_{}", suffix(dtype)?), MODULE, PTX)?;
-            let (a, bo, oc, ni, ri) = (
-                a_off as i32,
-                b_off as i32,
-                out_col as i32,
-                n as i32,
-                rows as i32,
-            );
-            let mut builder = func.builder();
-            builder.arg(h);
-            builder.arg(&h_row_stride);
-            builder.arg(&a);
-            builder.arg(&bo);
-            builder.arg(out);
-            builder.arg(&out_row_stride);
-            builder.arg(&oc);
-            builder.arg(&ni);
-            builder.arg(&ri);
-            // SAFETY: arguments match the kernel's signature; the grid covers n/8 chunks of
-            // every row (rows by grid stride), all 16-byte aligned (checked above).
-            unsafe { builder.launch(rows_by_8(rows, n)) }.w()?;
-            return Ok(());
-        }
-        let total = (rows * n) as i64;
-        let func =
-            dev.get_or_load_custom_func(&format!("swiglu_{}", suffix(dtype)?), MODULE, PTX)?;
-        let cfg = LaunchConfig::for_num_elems(total as u32);
-        let (a, bo, oc, ni) = (a_off as i32, b_off as i32, out_col as i32, n as i32);
+        ]);
+        let (name, cfg) = elementwise("swiglu", dtype, aligned, rows, n)?;
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (a, bo, oc, ni, ri) = (
+            a_off as i32,
+            b_off as i32,
+            out_col as i32,
+            n as i32,
+            rows as i32,
+        );
         let mut builder = func.builder();
         builder.arg(h);
         builder.arg(&h_row_stride);
@@ -571,8 +570,9 @@ mod imp {
         builder.arg(&out_row_stride);
         builder.arg(&oc);
         builder.arg(&ni);
-        builder.arg(&total);
-        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        builder.arg(&ri);
+        // SAFETY: arguments match the kernel's signature; the grid covers every row × n element,
+        // with 16-byte accesses only when aligned (checked above).
         unsafe { builder.launch(cfg) }.w()?;
         Ok(())
     }
@@ -820,45 +820,19 @@ mod imp {
         let xv = view::<T>(xc, xl)?;
         let yv = view::<T>(cuda_of(&ys, "y")?, yl2)?;
         let gv = view::<T>(cuda_of(&gs, "gate")?, gl)?;
-        let total = (b * l * n) as i64;
-        // SAFETY: the kernel writes all `total` elements.
+        // SAFETY: the kernel writes all b·l·n elements.
         let out = unsafe { dev.alloc::<T>(b * l * n) }?;
-        if all_multiples_of_8(&[
+        let aligned = all_multiples_of_8(&[
             n,
             xl.start_offset(),
             yl2.start_offset(),
             yrs as usize,
             gl.start_offset(),
             gbs as usize,
-        ]) {
-            let func = dev.get_or_load_custom_func(
-                &format!("gated_residual_v8_{}", suffix(x.dtype())?),
-                MODULE,
-                PTX,
-            )?;
-            let (rpb, ni, ri) = (l as i32, n as i32, (b * l) as i32);
-            let mut builder = func.builder();
-            builder.arg(&xv);
-            builder.arg(&yv);
-            builder.arg(&yrs);
-            builder.arg(&gv);
-            builder.arg(&gbs);
-            builder.arg(&out);
-            builder.arg(&rpb);
-            builder.arg(&ni);
-            builder.arg(&ri);
-            // SAFETY: arguments match the kernel's signature; aligned as checked above.
-            unsafe { builder.launch(rows_by_8(b * l, n)) }.w()?;
-            drop((xs, ys, gs));
-            return Ok(wrap(out, &dev, (b, l, n)));
-        }
-        let func = dev.get_or_load_custom_func(
-            &format!("gated_residual_{}", suffix(x.dtype())?),
-            MODULE,
-            PTX,
-        )?;
-        let cfg = LaunchConfig::for_num_elems(total as u32);
-        let (rows, ni) = (l as i32, n as i32);
+        ]);
+        let (name, cfg) = elementwise("gated_residual", x.dtype(), aligned, b * l, n)?;
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (rpb, ni, ri) = (l as i32, n as i32, (b * l) as i32);
         let mut builder = func.builder();
         builder.arg(&xv);
         builder.arg(&yv);
@@ -866,10 +840,11 @@ mod imp {
         builder.arg(&gv);
         builder.arg(&gbs);
         builder.arg(&out);
-        builder.arg(&rows);
+        builder.arg(&rpb);
         builder.arg(&ni);
-        builder.arg(&total);
-        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        builder.arg(&ri);
+        // SAFETY: arguments match the kernel's signature; the grid covers every element, with
+        // 16-byte accesses only when aligned (checked above).
         unsafe { builder.launch(cfg) }.w()?;
         drop((xs, ys, gs));
         Ok(wrap(out, &dev, (b, l, n)))

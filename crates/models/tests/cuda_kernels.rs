@@ -244,6 +244,38 @@ fn small_config() -> Config {
     }
 }
 
+/// The VarMap starts every weight at zero, which makes every path output zeros (and any two
+/// paths agree): draw them instead, norm scales near 1 and the rest small.
+fn draw_weights(varmap: &candle_nn::VarMap) -> R<()> {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let r = (Tensor::randn(0f32, 1f32, var.shape(), var.device())? * 0.05)?;
+        let w = if name.contains("norm") { (r + 1.0)? } else { r };
+        var.set(&w.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Transformer inputs: a `side × side` image of 128 channels, `n_txt` text tokens of `txt_dim`,
+/// their position ids and t = 0.7.
+fn forward_inputs(
+    side: usize,
+    n_txt: usize,
+    txt_dim: usize,
+    dev: &Device,
+) -> R<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
+    let n_img = side * side;
+    let img = randn(&[1, n_img, 128], DType::BF16, dev)?;
+    let txt = randn(&[1, n_txt, txt_dim], DType::BF16, dev)?;
+    let img_ids: Vec<f32> = (0..n_img)
+        .flat_map(|i| [0.0, (i / side) as f32, (i % side) as f32, 0.0])
+        .collect();
+    let img_ids = Tensor::from_vec(img_ids, (n_img, 4), dev)?;
+    let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
+    let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), dev)?;
+    let t = Tensor::new(&[0.7f32], dev)?;
+    Ok((img, img_ids, txt, txt_ids, t))
+}
+
 #[test]
 fn fused_forward_matches_plain_forward() -> R<()> {
     let Some(dev) = gpu() else { return Ok(()) };
@@ -254,23 +286,8 @@ fn fused_forward_matches_plain_forward() -> R<()> {
         &cfg,
         WeightBuilder::from_var_builder(vb, LinearFormat::AsStored),
     )?;
-    // The VarMap starts every weight at zero, which makes every path output zeros: draw them
-    // (norm scales near 1, the rest small).
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        let r = (Tensor::randn(0f32, 1f32, var.shape(), &dev)? * 0.05)?;
-        let w = if name.contains("norm") { (r + 1.0)? } else { r };
-        var.set(&w.to_dtype(var.dtype())?)?;
-    }
-    let (n_img, n_txt) = (16 * 16, 40);
-    let img = randn(&[1, n_img, 128], DType::BF16, &dev)?;
-    let txt = randn(&[1, n_txt, 96], DType::BF16, &dev)?;
-    let img_ids: Vec<f32> = (0..n_img)
-        .flat_map(|i| [0.0, (i / 16) as f32, (i % 16) as f32, 0.0])
-        .collect();
-    let img_ids = Tensor::from_vec(img_ids, (n_img, 4), &dev)?;
-    let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
-    let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
-    let t = Tensor::new(&[0.7f32], &dev)?;
+    draw_weights(&varmap)?;
+    let (img, img_ids, txt, txt_ids, t) = forward_inputs(16, 40, 96, &dev)?;
     let plain = model.forward(&img, &img_ids, &txt, &txt_ids, &t)?;
     let norm = plain
         .to_dtype(DType::F32)?
@@ -529,22 +546,18 @@ fn streamed_blocks_match_resident_bits() -> R<()> {
         &cfg,
         WeightBuilder::from_var_builder(vb, LinearFormat::AsStored),
     )?;
-    let (n_img, n_txt) = (32 * 32, 64);
-    let img = randn(&[1, n_img, 128], DType::BF16, &dev)?;
-    let txt = randn(&[1, n_txt, 96], DType::BF16, &dev)?;
-    let img_ids: Vec<f32> = (0..n_img)
-        .flat_map(|i| [0.0, (i / 32) as f32, (i % 32) as f32, 0.0])
-        .collect();
-    let img_ids = Tensor::from_vec(img_ids, (n_img, 4), &dev)?;
-    let txt_ids: Vec<f32> = (0..n_txt).flat_map(|i| [0.0, 0.0, 0.0, i as f32]).collect();
-    let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
-    let t = Tensor::new(&[0.7f32], &dev)?;
+    draw_weights(&varmap)?;
+    let (img, img_ids, txt, txt_ids, t) = forward_inputs(32, 64, 96, &dev)?;
     let opts = ForwardOptions {
         attention: AttentionBackend::Flash,
         fused: true,
     };
     let resident = host.to_device(&dev)?;
     let want = bf16_bits(&resident.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?)?;
+    assert!(
+        want.iter().any(|&b| b & 0x7fff != 0),
+        "the resident output is all zeros"
+    );
     for plan in [
         BlockPlan::none(),
         BlockPlan {
