@@ -74,6 +74,7 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
         models_dir,
         run_index: 0,
         workflow: Some(as_run.to_ron().into()),
+        ..RunEnv::default()
     };
     if let Err(errors) = validate(&graph, &registry, &env) {
         for e in &errors {

@@ -20,6 +20,16 @@ pub struct RunEnv {
     pub run_index: u64,
     /// The workflow being run, as `.ron` text, for output nodes that embed it in their files.
     pub workflow: Option<Arc<str>>,
+    /// More text chunks output nodes embed in the images they write, as (key, text): a
+    /// ComfyUI graph run through the server or `--headless` carries ComfyUI's `prompt` (its API
+    /// JSON) and `workflow` (its UI JSON), as ComfyUI writes them.
+    pub png_text: Vec<(String, String)>,
+    /// Where preview nodes (ComfyUI's `PreviewImage`) write their files; `None`: `out_dir/temp`
+    /// (see [`RunEnv::temp_dir`]).
+    pub temp_dir: Option<PathBuf>,
+    /// Where image loaders resolve bare file names (ComfyUI's `input` folder); `None`: names
+    /// are resolved against the current directory.
+    pub input_dir: Option<PathBuf>,
 }
 
 impl Default for RunEnv {
@@ -29,7 +39,19 @@ impl Default for RunEnv {
             models_dir: PathBuf::from("models"),
             run_index: 0,
             workflow: None,
+            png_text: Vec::new(),
+            temp_dir: None,
+            input_dir: None,
         }
+    }
+}
+
+impl RunEnv {
+    /// The folder preview nodes write to: `temp_dir`, else `out_dir/temp`.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.temp_dir
+            .clone()
+            .unwrap_or_else(|| self.out_dir.join("temp"))
     }
 }
 

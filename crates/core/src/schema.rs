@@ -160,6 +160,12 @@ pub struct ParamDef {
     pub doc: String,
     /// Whether a link may feed this param (like ComfyUI's widget-to-input conversion).
     pub linkable: bool,
+    /// An integer param followed by ComfyUI's `control_after_generate` widget (fixed /
+    /// increment / decrement / randomize): ComfyUI's UI workflows store one more value after it
+    /// in `widgets_values`, and `/object_info` announces it. Front ends other than ComfyUI's
+    /// ignore it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub control_after_generate: bool,
 }
 
 impl ParamDef {
@@ -169,6 +175,7 @@ impl ParamDef {
             kind,
             doc: doc.into(),
             linkable: true,
+            control_after_generate: false,
         }
     }
 
@@ -245,6 +252,12 @@ impl ParamDef {
             },
             doc,
         )
+    }
+
+    /// Marks the param as followed by ComfyUI's `control_after_generate` widget (see the field).
+    pub fn with_control_after_generate(mut self) -> Self {
+        self.control_after_generate = true;
+        self
     }
 
     /// Marks the param as a constant only (no link may feed it).

@@ -27,10 +27,18 @@ pub enum PortType {
     Model,
     TextEncoder,
     Vae,
+    /// A noise source (ComfyUI's NOISE: `RandomNoise`'s seed, or none).
+    Noise,
+    /// A guider: model, conditionings and guidance scale (ComfyUI's GUIDER).
+    Guider,
+    /// A step rule chosen by name (ComfyUI's SAMPLER: `KSamplerSelect`).
+    Sampler,
+    /// A noise schedule as a list of sigmas (ComfyUI's SIGMAS).
+    Sigmas,
 }
 
 impl PortType {
-    pub const ALL: [PortType; 11] = [
+    pub const ALL: [PortType; 15] = [
         PortType::Int,
         PortType::Float,
         PortType::Bool,
@@ -42,6 +50,10 @@ impl PortType {
         PortType::Model,
         PortType::TextEncoder,
         PortType::Vae,
+        PortType::Noise,
+        PortType::Guider,
+        PortType::Sampler,
+        PortType::Sigmas,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +69,10 @@ impl PortType {
             PortType::Model => "Model",
             PortType::TextEncoder => "TextEncoder",
             PortType::Vae => "Vae",
+            PortType::Noise => "Noise",
+            PortType::Guider => "Guider",
+            PortType::Sampler => "Sampler",
+            PortType::Sigmas => "Sigmas",
         }
     }
 

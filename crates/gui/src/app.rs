@@ -366,6 +366,7 @@ impl VeetanceApp {
             models_dir: self.models_dir.clone(),
             run_index: 0,
             workflow,
+            ..RunEnv::default()
         }
     }
 

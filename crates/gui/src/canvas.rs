@@ -34,6 +34,10 @@ pub fn type_color(ty: PortType) -> Color32 {
         PortType::Model => Color32::from_rgb(0xb3, 0x9d, 0xdb),
         PortType::TextEncoder => Color32::from_rgb(0xff, 0xd5, 0x00),
         PortType::Vae => Color32::from_rgb(0xff, 0x6e, 0x6e),
+        PortType::Noise => Color32::from_rgb(0xb0, 0xb0, 0xb0),
+        PortType::Guider => Color32::from_rgb(0x66, 0xff, 0xff),
+        PortType::Sampler => Color32::from_rgb(0xec, 0xb4, 0xb4),
+        PortType::Sigmas => Color32::from_rgb(0xcd, 0xff, 0xcd),
         _ => Color32::GRAY,
     }
 }

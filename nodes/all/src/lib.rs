@@ -14,6 +14,7 @@ pub type RegisterFn = fn(&mut NodeRegistry);
 pub const FAMILIES: &[(&str, RegisterFn)] = &[
     ("basic", veetance_nodes_basic::register),
     ("flux2", veetance_nodes_flux2::register),
+    ("comfy", veetance_nodes_comfy::register),
 ];
 
 /// Registers every node of every family.

@@ -365,6 +365,7 @@ mod tests {
             models_dir: std::env::temp_dir(),
             run_index: 0,
             workflow: None,
+            ..RunEnv::default()
         };
         let cancel = CancelToken::default();
         let sink = CollectSink::default();

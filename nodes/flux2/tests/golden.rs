@@ -41,6 +41,7 @@ fn env(out: &Path, wf: &WorkflowFile) -> RunEnv {
         models_dir: repo().join("assets/tiny-models"),
         run_index: 0,
         workflow: Some(wf.to_ron().into()),
+        ..RunEnv::default()
     }
 }
 

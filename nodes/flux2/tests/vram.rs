@@ -30,6 +30,7 @@ fn env() -> RunEnv {
         models_dir: tiny(""),
         run_index: 0,
         workflow: None,
+        ..RunEnv::default()
     }
 }
 

@@ -1,0 +1,1 @@
+//! `veetance serve`: ComfyUI's HTTP/WebSocket API over the Veetance engine.
