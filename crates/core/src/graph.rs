@@ -61,19 +61,20 @@ pub struct LinkPorts {
 pub enum GraphError {
     #[error("node id {0:?} is used twice; node ids must be unique")]
     DuplicateId(String),
-    #[error("node id {0:?} is not valid: use letters, digits, '_' and '-' (and not empty)")]
+    #[error("node id {0:?} is not valid: use letters, digits, '_', '-' and ':' (and not empty)")]
     InvalidId(String),
     #[error("there is no node {0:?}")]
     NoSuchNode(String),
 }
 
-/// Whether `id` is a valid node id: non-empty ASCII letters, digits, `_` and `-`. Dots are
-/// excluded so that `--set node.param=value` is unambiguous.
+/// Whether `id` is a valid node id: non-empty ASCII letters, digits, `_`, `-` and `:` (the
+/// last for ComfyUI's subgraph paths such as `75:61`). Dots are excluded so that `--set
+/// node.param=value` is unambiguous.
 pub fn is_valid_node_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':')
 }
 
 #[derive(Clone, Debug, Default)]
