@@ -393,6 +393,32 @@ fn distilled_template_paints_the_native_graphs_pixels() {
     same_pixels_as_native(DISTILLED, 0);
 }
 
+/// `workflows/flux2-klein-tiny-comfy-equivalent.ron` is the base template's native equivalent:
+/// at 64×64 (its only change here; it is 1024×1024 as the template) it paints the template's
+/// pixels.
+#[test]
+fn the_native_workflow_file_paints_the_base_templates_pixels() {
+    let setup = setup();
+    let path = repo().join("workflows/flux2-klein-tiny-comfy-equivalent.ron");
+    let mut wf = veetance_workflow::WorkflowFile::load(&path).unwrap();
+    for node in &mut wf.nodes {
+        if let Some(veetance_workflow::ParamValue::String(file)) = node.params.get_mut("file") {
+            *file = repo().join(&*file).display().to_string();
+        }
+    }
+    let mut native = wf
+        .to_graph("flux2-klein-tiny-comfy-equivalent.ron")
+        .unwrap();
+    native.set_param("latent", "width", Value::Int(64)).unwrap();
+    native
+        .set_param("latent", "height", Value::Int(64))
+        .unwrap();
+    let mut engine = Engine::new(registry(), Budgets::default());
+    let (native, _) = run(&mut engine, &native, &["decode"], &setup.env);
+    let (comfy, _) = run(&mut engine, &comfy_graph(BASE, 0), &["75:65"], &setup.env);
+    assert_eq!(image(&native, "decode").data, image(&comfy, "75:65").data);
+}
+
 #[test]
 fn cfg_of_one_runs_no_negative_and_other_cfgs_do() {
     // At cfg 1 the negative (here a real prompt) changes nothing; at cfg 5 it does.
