@@ -208,12 +208,15 @@ pub fn json_to_graph(doc: &Json, registry: &NodeRegistry) -> Result<Graph, Promp
 }
 
 /// A ComfyUI document read for running: the graph, the API prompt it came from (for the
-/// `prompt` text chunk of images), and what was ignored on the way.
+/// `prompt` text chunk of images), the UI workflow when there was one (the `workflow` chunk),
+/// and what was ignored on the way.
 #[derive(Clone, Debug)]
 pub struct ReadJson {
     pub format: Format,
     /// The API prompt: the document itself, or what [`ui_to_prompt`] made of a UI workflow.
     pub prompt: Json,
+    /// The UI workflow, when the document was one (or came with one, as in ComfyUI's PNGs).
+    pub workflow: Option<Json>,
     pub graph: Graph,
     pub notices: Vec<Notice>,
 }
@@ -236,8 +239,51 @@ pub fn read_json(doc: &Json, registry: &NodeRegistry) -> Result<ReadJson, Prompt
     Ok(ReadJson {
         format,
         prompt,
+        workflow: (format == Format::Ui).then(|| doc.clone()),
         graph,
         notices,
+    })
+}
+
+/// ComfyUI JSON text (an API prompt or a UI workflow) read into a graph; a syntax error is
+/// `invalid_prompt` naming its line and column.
+pub fn read_json_text(text: &str, registry: &NodeRegistry) -> Result<ReadJson, PromptError> {
+    read_json(&parse_text(text, "")?, registry)
+}
+
+/// The text chunks ComfyUI writes into its PNGs, `prompt` (the API prompt that ran) and
+/// `workflow` (the UI workflow), read into a graph: the prompt when there is one, as it is
+/// exactly what ran, else the workflow. The workflow is kept either way.
+pub fn read_png_texts(
+    prompt: Option<&str>,
+    workflow: Option<&str>,
+    registry: &NodeRegistry,
+) -> Result<ReadJson, PromptError> {
+    let ui = workflow
+        .map(|w| parse_text(w, "the PNG's workflow chunk, "))
+        .transpose()?;
+    match (prompt, ui) {
+        (Some(p), ui) => {
+            let mut read = read_json(&parse_text(p, "the PNG's prompt chunk, ")?, registry)?;
+            read.workflow = ui.or(read.workflow);
+            Ok(read)
+        }
+        (None, Some(ui)) => read_json(&ui, registry),
+        (None, None) => Err(PromptError::top(ErrorBody::new(
+            "invalid_prompt",
+            "Invalid prompt",
+            "the PNG holds neither a ComfyUI prompt nor a workflow",
+        ))),
+    }
+}
+
+fn parse_text(text: &str, place: &str) -> Result<Json, PromptError> {
+    serde_json::from_str(text).map_err(|e| {
+        PromptError::top(ErrorBody::new(
+            "invalid_prompt",
+            "Invalid prompt",
+            format!("{place}not valid JSON: {e}"),
+        ))
     })
 }
 

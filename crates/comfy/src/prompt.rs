@@ -71,6 +71,7 @@ pub fn prompt_to_graph_with_notices(
 
     // Every node's class first: ComfyUI refuses an unknown class before anything else.
     let mut schemas: BTreeMap<&str, &NodeSchema> = BTreeMap::new();
+    let mut unknown = Vec::new();
     for (id, node) in nodes {
         let Some(fields) = node.as_object() else {
             return Err(PromptError::top(ErrorBody::new(
@@ -101,7 +102,8 @@ pub fn prompt_to_graph_with_notices(
             ));
         };
         let Some(def) = registry.get(class_type) else {
-            return Err(missing_node_type(id, class_type, title, registry));
+            unknown.push((id.as_str(), class_type, title));
+            continue;
         };
         if !is_valid_node_id(id) {
             return Err(PromptError::top(ErrorBody::new(
@@ -114,6 +116,18 @@ pub fn prompt_to_graph_with_notices(
             )));
         }
         schemas.insert(id, def.schema());
+    }
+    if let Some(&(id, class_type, title)) = unknown.first() {
+        let mut err = missing_node_type(id, class_type, title, registry);
+        let others: Vec<String> = unknown[1..]
+            .iter()
+            .map(|(id, class, _)| format!("{class} (node '{id}')"))
+            .collect();
+        if !others.is_empty() {
+            err.error.message =
+                format!("{}. Also unknown: {}", err.error.message, others.join(", "));
+        }
+        return Err(err);
     }
 
     let mut graph = Graph::new();

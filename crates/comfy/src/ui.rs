@@ -65,26 +65,40 @@ pub(crate) fn ui_to_prompt(workflow: &Json, registry: &NodeRegistry) -> Result<J
     };
     flat.expand(&doc.root, &[], None, &mut Vec::new())?;
 
+    // Unknown classes first, all of them named, as ComfyUI refuses them before anything else.
+    let unknown: Vec<&Dto<'_>> = flat
+        .dtos
+        .iter()
+        .filter(|dto| is_sent(dto.node, &doc) && registry.get(&dto.node.ty).is_none())
+        .collect();
+    if let Some(first) = unknown.first() {
+        let node = first.node;
+        let mut err = missing_node_type(&first.exec_id, &node.ty, node.title.as_deref(), registry);
+        if node.ty.starts_with("workflow>") || node.ty.starts_with("workflow/") {
+            err.error.message.push_str(
+                ". This is a legacy group node: convert it to a subgraph in ComfyUI and save the \
+                 workflow again",
+            );
+        }
+        let others: Vec<String> = unknown[1..]
+            .iter()
+            .map(|d| format!("{} (node '{}')", d.node.ty, d.exec_id))
+            .collect();
+        if !others.is_empty() {
+            err.error.message =
+                format!("{}. Also unknown: {}", err.error.message, others.join(", "));
+        }
+        return Err(err);
+    }
+
     let mut output = Map::new();
     for dto in &flat.dtos {
         let node = dto.node;
-        if node.is_virtual()
-            || node.mode == MODE_NEVER
-            || node.mode == MODE_BYPASS
-            || doc.subgraphs.contains_key(&node.ty)
-        {
+        if !is_sent(node, &doc) {
             continue;
         }
         let Some(schema) = registry.get(&node.ty).map(|d| d.schema()) else {
-            let mut err =
-                missing_node_type(&dto.exec_id, &node.ty, node.title.as_deref(), registry);
-            if node.ty.starts_with("workflow>") || node.ty.starts_with("workflow/") {
-                err.error.message.push_str(
-                    ". This is a legacy group node: convert it to a subgraph in ComfyUI and save \
-                     the workflow again",
-                );
-            }
-            return Err(err);
+            continue;
         };
         let mut inputs = Map::new();
         for (name, value) in widget_values(node, schema) {
@@ -168,6 +182,15 @@ pub fn ui_positions(workflow: &Json) -> BTreeMap<String, (f32, f32)> {
     }
     place(&doc, &doc.root, "", (0.0, 0.0), &mut out, 0);
     out
+}
+
+/// Whether a node is sent to the server: not virtual, muted, bypassed, nor a subgraph instance
+/// (whose inner nodes are sent instead).
+fn is_sent(node: &UiNode<'_>, doc: &Doc<'_>) -> bool {
+    !(node.is_virtual()
+        || node.mode == MODE_NEVER
+        || node.mode == MODE_BYPASS
+        || doc.subgraphs.contains_key(&node.ty))
 }
 
 /// The params a node's `widgets_values` set, by name, in the schema's order.

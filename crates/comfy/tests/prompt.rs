@@ -109,6 +109,7 @@ fn inputs_the_class_does_not_have_are_ignored_and_reported() {
 fn unknown_class_is_missing_node_type_naming_node_title_and_the_known_types() {
     let mut prompt = klein_prompt();
     prompt["3"] = json!({"class_type": "KSampler", "inputs": {}, "_meta": {"title": "My Sampler"}});
+    prompt["4"] = json!({"class_type": "CheckpointLoaderSimple", "inputs": {}});
     let err = prompt_to_graph(&prompt, &registry()).unwrap_err();
     assert_eq!(err.error.kind, "missing_node_type");
     assert_eq!(
@@ -121,6 +122,13 @@ fn unknown_class_is_missing_node_type_naming_node_title_and_the_known_types() {
         .message
         .starts_with("Node 'My Sampler' not found."));
     assert!(err.error.message.contains("SamplerCustomAdvanced"));
+    assert!(
+        err.error
+            .message
+            .contains("Also unknown: CheckpointLoaderSimple (node '4')"),
+        "{}",
+        err.error.message
+    );
     assert!(err.node_errors.is_empty());
     let body = serde_json::to_value(&err).unwrap();
     assert_eq!(body["error"]["type"], "missing_node_type");

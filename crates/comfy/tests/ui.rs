@@ -235,7 +235,11 @@ fn unknown_class_is_missing_node_type_with_its_execution_id() {
         "links": [],
         "definitions": {"subgraphs": [{
             "id": "sg-1", "name": "Inner", "inputs": [], "outputs": [],
-            "nodes": [{"id": 9, "type": "KSampler", "mode": 0, "title": "My Sampler"}],
+            "nodes": [
+                {"id": 9, "type": "KSampler", "mode": 0, "title": "My Sampler"},
+                {"id": 10, "type": "LoraLoader", "mode": 0},
+                {"id": 11, "type": "LoraLoader", "mode": 4}
+            ],
             "links": []
         }]}
     });
