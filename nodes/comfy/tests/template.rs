@@ -419,6 +419,62 @@ fn the_native_workflow_file_paints_the_base_templates_pixels() {
     assert_eq!(image(&native, "decode").data, image(&comfy, "75:65").data);
 }
 
+/// The folder of ComfyUI's workflow templates (`comfyui-workflow-templates-json`'s
+/// `templates/`), from `$VEETANCE_COMFY_TEMPLATES`: third-party files, never committed. Unset:
+/// the test says so and passes.
+fn templates_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("VEETANCE_COMFY_TEMPLATES").map(PathBuf::from);
+    if dir.is_none() {
+        eprintln!(
+            "skipped: set VEETANCE_COMFY_TEMPLATES to the templates folder of \
+             comfyui-workflow-templates-json (comfyui_workflow_templates_json/templates)"
+        );
+    }
+    dir
+}
+
+/// ComfyUI's own klein 4B text-to-image template, read by the importer as ComfyUI's frontend
+/// would queue it (base subgraph active, distilled bypassed), runs on the tiny models under the
+/// template's file names and paints the native graph's pixels. Only the size is changed, from
+/// 1024 to 64, to keep the test fast.
+#[test]
+fn comfyuis_own_klein_template_runs_and_paints_the_native_graphs_pixels() {
+    let Some(dir) = templates_dir() else { return };
+    let path = dir.join("image_flux2_klein_text_to_image.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ui: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let registry = registry();
+    let prompt = veetance_comfy::ui_to_prompt(&ui, &registry).unwrap_or_else(|e| panic!("{e}"));
+    let mut graph = veetance_comfy::prompt_to_graph(&prompt, &registry).unwrap();
+    let nodes = prompt.as_object().unwrap();
+    let of_class = |class: &str| -> Vec<String> {
+        let mut ids: Vec<String> = nodes
+            .iter()
+            .filter(|(_, n)| n["class_type"] == class)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    for id in of_class("PrimitiveInt") {
+        graph.set_param(&id, "value", Value::Int(64)).unwrap();
+    }
+    let noise = &of_class("RandomNoise")[0];
+    let seed = nodes[noise]["inputs"]["noise_seed"].as_i64().unwrap();
+    let save = &of_class("SaveImage")[0];
+    let decode = &of_class("VAEDecode")[0];
+    let text = nodes["76"]["inputs"]["value"].as_str().unwrap().to_string();
+
+    let setup = setup();
+    let mut engine = Engine::new(registry.clone(), Budgets::default());
+    let (comfy, _) = run(&mut engine, &graph, &[save, decode], &setup.env);
+    let mut native = native_graph(BASE, seed);
+    native.set_param("prompt", "text", s(&text)).unwrap();
+    let (native, _) = run(&mut engine, &native, &["decode"], &setup.env);
+    assert_eq!(image(&comfy, decode).data, image(&native, "decode").data);
+    assert!(saved(&comfy, save).width == 64);
+}
+
 #[test]
 fn cfg_of_one_runs_no_negative_and_other_cfgs_do() {
     // At cfg 1 the negative (here a real prompt) changes nothing; at cfg 5 it does.
