@@ -508,6 +508,33 @@ fn a_new_noise_seed_reruns_only_the_noise_and_what_follows() {
 }
 
 #[test]
+fn disable_noise_starts_from_the_latent_scaled_as_comfyui_does() {
+    // From an empty latent, (1 − σ₀)·0 is the native Sampler's zero start without noise.
+    let setup = setup();
+    let mut engine = Engine::new(registry(), Budgets::default());
+    let mut comfy = comfy_graph(DISTILLED, 0);
+    comfy.remove_node("75:73").unwrap();
+    comfy
+        .add_node("75:73", "DisableNoise", BTreeMap::new())
+        .unwrap();
+    link(&mut comfy, ("75:73", "NOISE"), ("75:64", "noise"));
+    let mut native = native_graph(DISTILLED, 0);
+    native
+        .set_param("sampler", "add_noise", Value::Bool(false))
+        .unwrap();
+    let (a, _) = run(&mut engine, &comfy, &["75:64"], &setup.env);
+    let (b, _) = run(&mut engine, &native, &["sampler"], &setup.env);
+    assert_eq!(latent_bits(&a, "75:64", 0), latent_bits(&b, "sampler", 0));
+    let (c, _) = run(
+        &mut engine,
+        &comfy_graph(DISTILLED, 0),
+        &["75:64"],
+        &setup.env,
+    );
+    assert_ne!(latent_bits(&a, "75:64", 0), latent_bits(&c, "75:64", 0));
+}
+
+#[test]
 fn preview_image_writes_into_the_temp_folder() {
     let setup = setup();
     let mut engine = Engine::new(registry(), Budgets::default());
