@@ -1,1 +1,519 @@
-//! `veetance serve`: ComfyUI's HTTP/WebSocket API over the Veetance engine.
+//! `veetance serve`: ComfyUI's HTTP/WebSocket API over the Veetance engine, with a durable
+//! queue. See `docs/server.md` for the API as implemented, the security options, the
+//! durability design and every difference from ComfyUI.
+//!
+//! Layout: [`Server::start`] opens the queue database ([`store`]), recovers prompts a crash
+//! left running, starts the engine thread ([`worker`], which owns the [`Engine`] and runs one
+//! prompt at a time) and serves the routes ([`routes`] for ComfyUI's API, [`jobs`] for
+//! `/api/jobs`, [`files`] for `/view` and uploads, [`openai`] for `/v1/images/generations`,
+//! [`ws`] for the WebSocket) behind the auth, Origin and size checks of [`security`]. The
+//! async side never waits on the engine: it talks to the engine thread through a channel and
+//! the database, and the engine thread hands WebSocket messages to [`hub`] without blocking.
+
+mod compat;
+mod files;
+mod hub;
+mod jobs;
+mod openai;
+mod preview;
+mod routes;
+mod security;
+mod store;
+mod worker;
+mod workflow;
+mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use veetance_core::{Budgets, CancelToken, DeviceProbe, NodeRegistry};
+
+pub use hub::ClientLimits;
+pub use store::MAX_ATTEMPTS;
+
+/// Whether the server sends latent previews (binary frames) while sampling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PreviewMethod {
+    /// No previews unless a prompt asks (`extra_data.preview_method`): ComfyUI's default, and
+    /// what clients that treat every binary frame as a result image need.
+    #[default]
+    None,
+    /// Previews for every prompt that does not say `"none"`.
+    Auto,
+}
+
+impl std::str::FromStr for PreviewMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(PreviewMethod::None),
+            "auto" => Ok(PreviewMethod::Auto),
+            other => Err(format!("{other:?} is not a preview method (none or auto)")),
+        }
+    }
+}
+
+/// Size limits on what clients send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest JSON request body (413 beyond).
+    pub body_bytes: usize,
+    /// Largest multipart upload (413 beyond); also `max_upload_size` in `/features`.
+    pub upload_bytes: usize,
+    /// Most nodes in one prompt (400 beyond).
+    pub prompt_nodes: usize,
+    /// What may wait for one WebSocket client before it is disconnected as too slow.
+    pub ws_client: ClientLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 32 << 20,
+            upload_bytes: 100 << 20,
+            prompt_nodes: 10_000,
+            ws_client: ClientLimits::default(),
+        }
+    }
+}
+
+/// Everything `veetance serve` is configured with.
+pub struct ServeOptions {
+    /// Address to listen on; loopback by default. Port 0 picks a free port
+    /// ([`ServerHandle::addr`] says which).
+    pub listen: SocketAddr,
+    /// Model files, in ComfyUI's layout (`diffusion_models/`, `text_encoders/`, `vae/`).
+    pub models_dir: PathBuf,
+    /// ComfyUI's `output` folder: where SaveImage writes, `/view?type=output`.
+    pub out_dir: PathBuf,
+    /// ComfyUI's `input` folder: uploads, LoadImage's names, `/view?type=input`.
+    pub input_dir: PathBuf,
+    /// ComfyUI's `temp` folder: PreviewImage, `/view?type=temp`.
+    pub temp_dir: PathBuf,
+    /// The queue database (`queue.sqlite3`) lives here.
+    pub state_dir: PathBuf,
+    /// Bearer token every route and the WebSocket require; `None`: no authentication.
+    pub token: Option<String>,
+    pub budgets: Budgets,
+    pub device_probe: Option<Arc<dyn DeviceProbe>>,
+    pub preview: PreviewMethod,
+    pub limits: Limits,
+    /// Workflow (`.ron`, or ComfyUI API or UI JSON) that `/v1/images/generations` runs.
+    pub default_workflow: Option<PathBuf>,
+    /// Node types; `None`: every Veetance node (`veetance_nodes::registry()`).
+    pub registry: Option<NodeRegistry>,
+    /// History entries kept (ComfyUI: 10,000).
+    pub history_max: usize,
+    /// Stop on Ctrl-C / SIGTERM (the CLI); tests stop through [`ServerHandle::shutdown`].
+    pub handle_signals: bool,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("listen", &self.listen)
+            .field("models_dir", &self.models_dir)
+            .field("out_dir", &self.out_dir)
+            .field("input_dir", &self.input_dir)
+            .field("temp_dir", &self.temp_dir)
+            .field("state_dir", &self.state_dir)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("budgets", &self.budgets)
+            .field("preview", &self.preview)
+            .field("limits", &self.limits)
+            .field("default_workflow", &self.default_workflow)
+            .finish()
+    }
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8188)),
+            models_dir: PathBuf::from("models"),
+            out_dir: PathBuf::from("out"),
+            input_dir: PathBuf::from("input"),
+            temp_dir: PathBuf::from("temp"),
+            state_dir: PathBuf::from("veetance-state"),
+            token: None,
+            budgets: Budgets::default(),
+            device_probe: None,
+            preview: PreviewMethod::None,
+            limits: Limits::default(),
+            default_workflow: None,
+            registry: None,
+            history_max: 10_000,
+            handle_signals: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{path}: {message}")]
+    Folder { path: PathBuf, message: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("--default-workflow {path}: {message}")]
+    DefaultWorkflow { path: PathBuf, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server stopped: {0}")]
+    Runtime(String),
+}
+
+/// The folders, resolved to absolute paths.
+#[derive(Clone, Debug)]
+pub(crate) struct Dirs {
+    pub models: PathBuf,
+    pub output: PathBuf,
+    pub input: PathBuf,
+    pub temp: PathBuf,
+    pub state: PathBuf,
+}
+
+/// What the engine thread is doing, for the routes and the WebSocket.
+#[derive(Clone, Debug)]
+pub(crate) struct Running {
+    pub prompt_id: String,
+    pub client_id: Option<String>,
+    pub cancel: CancelToken,
+    /// The node executing now, and its progress.
+    pub node: Option<String>,
+    pub value: u64,
+    pub max: u64,
+}
+
+/// A message for the engine thread.
+#[derive(Debug)]
+pub(crate) enum WorkerMsg {
+    /// The queue changed.
+    Wake,
+    /// `POST /free`.
+    Free {
+        unload_models: bool,
+        free_memory: bool,
+    },
+    Shutdown,
+}
+
+/// State shared by the routes and the engine thread.
+pub(crate) struct Core {
+    pub dirs: Dirs,
+    pub token: Option<String>,
+    pub preview: PreviewMethod,
+    pub limits: Limits,
+    pub store: store::Store,
+    pub hub: hub::Hub,
+    pub registry: Arc<NodeRegistry>,
+    pub probe: Option<Arc<dyn DeviceProbe>>,
+    pub running: Mutex<Option<Running>>,
+    /// Callers waiting for a prompt to finish (the OpenAI route).
+    pub waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    pub worker: Mutex<mpsc::Sender<WorkerMsg>>,
+    pub default_workflow: Option<workflow::DefaultWorkflow>,
+    /// Bytes the engine's cache held after the last prompt, device and host.
+    pub cache_device_bytes: AtomicU64,
+    pub cache_host_bytes: AtomicU64,
+    /// The server is stopping: a cancelled run goes back to the queue instead of the history.
+    pub shutting_down: AtomicBool,
+}
+
+impl Core {
+    pub fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the engine thread to stop: a prompt it is running is cancelled and queued again.
+    pub fn stop_worker(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(running) = self.running().as_ref() {
+            running.cancel.cancel();
+        }
+        self.tell_worker(WorkerMsg::Shutdown);
+    }
+
+    pub fn tell_worker(&self, msg: WorkerMsg) {
+        let tx = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.send(msg).is_err() {
+            tracing::error!("the engine thread has stopped; the queue is not being run");
+        }
+    }
+
+    /// Broadcasts the queue size (`status`), as ComfyUI does on every queue change.
+    pub fn broadcast_status(&self) {
+        match self.store.remaining() {
+            Ok(n) => self.hub.send_json(
+                None,
+                "status",
+                serde_json::json!({ "status": { "exec_info": { "queue_remaining": n } } }),
+            ),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Wakes the callers waiting for `prompt_id`.
+    pub fn notify_done(&self, prompt_id: &str) {
+        let waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(prompt_id);
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(());
+        }
+    }
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("dirs", &self.dirs).finish()
+    }
+}
+
+pub(crate) type AppState = Arc<Core>;
+
+/// The current time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Creates a folder if needed and returns its absolute, symlink-free path.
+fn resolve_dir(path: &Path, what: &str) -> Result<PathBuf, ServerError> {
+    std::fs::create_dir_all(path).map_err(|e| ServerError::Folder {
+        path: path.to_path_buf(),
+        message: format!("cannot create the {what} folder: {e}"),
+    })?;
+    path.canonicalize().map_err(|e| ServerError::Folder {
+        path: path.to_path_buf(),
+        message: format!("cannot resolve the {what} folder: {e}"),
+    })
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server;
+
+/// Controls a server started with [`Server::start`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets the engine thread stop at its next check (a prompt it
+    /// was running is queued again, to run first at the next start), and waits for both.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join()
+    }
+
+    /// Waits until the server stops (a signal, with `handle_signals`).
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), ServerError> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(ServerError::Runtime("the server thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            let _ = self.join();
+        }
+    }
+}
+
+impl Server {
+    /// Opens the queue, recovers what a crash left running, starts the engine thread and
+    /// listens. Returns once the socket is bound.
+    pub fn start(options: ServeOptions) -> Result<ServerHandle, ServerError> {
+        let dirs = Dirs {
+            models: options
+                .models_dir
+                .canonicalize()
+                .unwrap_or_else(|_| options.models_dir.clone()),
+            output: resolve_dir(&options.out_dir, "output")?,
+            input: resolve_dir(&options.input_dir, "input")?,
+            temp: resolve_dir(&options.temp_dir, "temp")?,
+            state: resolve_dir(&options.state_dir, "state")?,
+        };
+        if !dirs.models.is_dir() {
+            tracing::warn!(
+                "models folder '{}' does not exist; prompts that load models will fail validation",
+                dirs.models.display()
+            );
+        }
+        let store = store::Store::open(&dirs.state.join("queue.sqlite3"), options.history_max)?;
+        worker::recover(&store, &dirs)?;
+
+        let registry = Arc::new(options.registry.unwrap_or_else(veetance_nodes::registry));
+        let default_workflow = match &options.default_workflow {
+            Some(path) => {
+                let w = workflow::DefaultWorkflow::load(path, &registry).map_err(|message| {
+                    ServerError::DefaultWorkflow {
+                        path: path.clone(),
+                        message,
+                    }
+                })?;
+                tracing::info!("/v1/images/generations runs {}", w.path.display());
+                Some(w)
+            }
+            None => None,
+        };
+
+        let (worker_tx, worker_rx) = mpsc::channel();
+        let core = Arc::new(Core {
+            dirs,
+            token: options.token.filter(|t| !t.is_empty()),
+            preview: options.preview,
+            limits: options.limits,
+            store,
+            hub: hub::Hub::new(options.limits.ws_client),
+            registry: registry.clone(),
+            probe: options.device_probe.clone(),
+            running: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            worker: Mutex::new(worker_tx),
+            default_workflow,
+            cache_device_bytes: AtomicU64::new(0),
+            cache_host_bytes: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+        });
+
+        let engine_thread = worker::spawn(core.clone(), worker_rx, options.budgets)
+            .map_err(|e| ServerError::Runtime(format!("cannot start the engine thread: {e}")))?;
+
+        let listener =
+            std::net::TcpListener::bind(options.listen).map_err(|source| ServerError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Listen { addr, source })?;
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handle_signals = options.handle_signals;
+        let thread = std::thread::Builder::new()
+            .name("veetance-http".into())
+            .spawn(move || -> Result<(), ServerError> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("veetance-http")
+                    .build()
+                    .map_err(|e| ServerError::Runtime(format!("cannot start tokio: {e}")))?;
+                let result = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .map_err(|source| ServerError::Listen { addr, source })?;
+                    let app = routes::router(core.clone());
+                    let stopping = Arc::new(tokio::sync::Notify::new());
+                    let stopping_tx = stopping.clone();
+                    let shutdown = async move {
+                        if handle_signals {
+                            tokio::select! {
+                                _ = stop_rx => {}
+                                _ = wait_for_signal() => {}
+                            }
+                        } else {
+                            let _ = stop_rx.await;
+                        }
+                        stopping_tx.notify_one();
+                    };
+                    let served = axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(shutdown);
+                    // Requests still open when stop is asked (an OpenAI call waiting for its
+                    // images, say) get a few seconds to finish.
+                    let result = tokio::select! {
+                        r = served => r.map_err(|e| ServerError::Runtime(e.to_string())),
+                        _ = async {
+                            stopping.notified().await;
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        } => Ok(()),
+                    };
+                    core.stop_worker();
+                    result
+                });
+                if engine_thread.join().is_err() {
+                    tracing::error!("the engine thread panicked");
+                }
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                result
+            })
+            .map_err(|e| ServerError::Runtime(format!("cannot start the server thread: {e}")))?;
+        Ok(ServerHandle {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("stopping: the running prompt (if any) is queued again for the next start");
+}
+
+/// Runs a server until Ctrl-C or SIGTERM.
+pub fn serve(mut options: ServeOptions) -> Result<(), ServerError> {
+    options.handle_signals = true;
+    let handle = Server::start(options)?;
+    tracing::info!("listening on http://{}", handle.addr());
+    handle.wait()
+}

@@ -1,0 +1,254 @@
+//! The WebSocket clients and what is sent to them.
+//!
+//! Each client has a bounded outgoing queue that a task of its own drains into its socket, so
+//! the engine thread (which produces most messages) never waits on a network write: it hands a
+//! message over with `try_send` and goes on. A client whose queue overflows, by message count
+//! or by bytes, is too slow to follow: it is disconnected (close code 1008, "too slow") rather
+//! than allowed to make the server's memory grow. ComfyUI clients reconnect and read what they
+//! missed from `/history`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, Notify};
+
+/// A message for one socket.
+#[derive(Debug)]
+pub enum Outgoing {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(t) => t.len(),
+            Outgoing::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// How much may wait for one client before it counts as too slow.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            messages: 4096,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+/// The receiving half, owned by the socket's writer task.
+#[derive(Debug)]
+pub struct ClientQueue {
+    pub rx: mpsc::Receiver<Outgoing>,
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Notified when the hub drops the client (too slow, or replaced by a new connection).
+    pub kill: Arc<Notify>,
+    pub conn: u64,
+}
+
+struct Client {
+    tx: mpsc::Sender<Outgoing>,
+    queued_bytes: Arc<AtomicUsize>,
+    kill: Arc<Notify>,
+    conn: u64,
+    /// The client advertised `supports_preview_metadata` in its feature flags.
+    preview_metadata: Arc<AtomicBool>,
+}
+
+pub struct Hub {
+    clients: Mutex<HashMap<String, Client>>,
+    next_conn: AtomicU64,
+    limits: ClientLimits,
+    /// Clients disconnected for being too slow, since start.
+    pub dropped_slow: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("clients", &self.client_count())
+            .finish()
+    }
+}
+
+/// A JSON message in ComfyUI's envelope.
+pub fn envelope(kind: &str, data: Json) -> String {
+    json!({ "type": kind, "data": data }).to_string()
+}
+
+impl Hub {
+    pub fn new(limits: ClientLimits) -> Hub {
+        Hub {
+            clients: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            limits,
+            dropped_slow: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Registers a socket under `sid`, replacing (and disconnecting) an earlier socket with the
+    /// same id, as ComfyUI does when a client reconnects. `first` is queued before anything
+    /// else can be, so the client sees it first.
+    pub fn connect(&self, sid: &str, first: Vec<Outgoing>) -> (ClientQueue, Arc<AtomicBool>) {
+        let limits = self.limits;
+        let (tx, rx) = mpsc::channel(limits.messages.max(first.len() + 1));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        for m in first {
+            queued_bytes.fetch_add(m.len(), Ordering::Relaxed);
+            // Capacity was made for these; a failure means the receiver is gone already.
+            let _ = tx.try_send(m);
+        }
+        let kill = Arc::new(Notify::new());
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let preview_metadata = Arc::new(AtomicBool::new(false));
+        let client = Client {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            kill: kill.clone(),
+            conn,
+            preview_metadata: preview_metadata.clone(),
+        };
+        if let Some(old) = self.lock().insert(sid.to_string(), client) {
+            old.kill.notify_one();
+        }
+        (
+            ClientQueue {
+                rx,
+                queued_bytes,
+                kill,
+                conn,
+            },
+            preview_metadata,
+        )
+    }
+
+    /// Forgets a socket that closed, unless a newer connection took its id meanwhile.
+    pub fn disconnect(&self, sid: &str, conn: u64) {
+        let mut clients = self.lock();
+        if clients.get(sid).is_some_and(|c| c.conn == conn) {
+            clients.remove(sid);
+        }
+    }
+
+    pub fn is_connected(&self, sid: &str) -> bool {
+        self.lock().contains_key(sid)
+    }
+
+    /// Whether the client asked for previews with metadata (binary type 4).
+    pub fn wants_preview_metadata(&self, sid: &str) -> bool {
+        self.lock()
+            .get(sid)
+            .is_some_and(|c| c.preview_metadata.load(Ordering::Relaxed))
+    }
+
+    /// Queues a message for one client; a client that cannot take it is dropped.
+    fn offer(&self, clients: &mut HashMap<String, Client>, sid: &str, message: Outgoing) {
+        let limits = self.limits;
+        let Some(client) = clients.get(sid) else {
+            return;
+        };
+        let len = message.len();
+        let queued = client.queued_bytes.load(Ordering::Relaxed);
+        let fits = queued + len <= limits.bytes || queued == 0;
+        let sent = fits && {
+            client.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            match client.tx.try_send(message) {
+                Ok(()) => true,
+                Err(_) => {
+                    client.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    false
+                }
+            }
+        };
+        if !sent {
+            if let Some(slow) = clients.remove(sid) {
+                tracing::warn!(
+                    "WebSocket client {sid} is too slow ({} bytes waiting); disconnecting it",
+                    slow.queued_bytes.load(Ordering::Relaxed)
+                );
+                self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                slow.kill.notify_one();
+            }
+        }
+    }
+
+    /// Sends a JSON message to one client (`Some(sid)`) or to every client (`None`).
+    pub fn send_json(&self, sid: Option<&str>, kind: &str, data: Json) {
+        let text = envelope(kind, data);
+        let mut clients = self.lock();
+        match sid {
+            Some(sid) => self.offer(&mut clients, sid, Outgoing::Text(text)),
+            None => {
+                let sids: Vec<String> = clients.keys().cloned().collect();
+                for sid in sids {
+                    self.offer(&mut clients, &sid, Outgoing::Text(text.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends a binary frame to one client.
+    pub fn send_binary(&self, sid: &str, frame: Vec<u8>) {
+        let mut clients = self.lock();
+        self.offer(&mut clients, sid, Outgoing::Binary(frame));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_does_not_read_is_dropped_not_buffered() {
+        let hub = Hub::new(ClientLimits {
+            messages: 8,
+            bytes: 1000,
+        });
+        let (mut queue, _) = hub.connect("slow", vec![Outgoing::Text("hello".into())]);
+        let (mut fast, _) = hub.connect("fast", vec![]);
+        for i in 0..100 {
+            hub.send_json(None, "progress", json!({ "value": i }));
+            while let Ok(m) = fast.rx.try_recv() {
+                fast.queued_bytes.fetch_sub(m.len(), Ordering::Relaxed);
+            }
+        }
+        assert!(!hub.is_connected("slow"));
+        assert!(hub.is_connected("fast"));
+        assert_eq!(hub.dropped_slow.load(Ordering::Relaxed), 1);
+        // What it had queued stays bounded.
+        let mut n = 0;
+        while queue.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert!(n <= 8, "{n}");
+    }
+
+    #[test]
+    fn a_reconnect_replaces_the_old_socket() {
+        let hub = Hub::new(ClientLimits::default());
+        let (old, _) = hub.connect("c", vec![]);
+        let (new, _) = hub.connect("c", vec![]);
+        hub.disconnect("c", old.conn);
+        assert!(hub.is_connected("c"));
+        hub.disconnect("c", new.conn);
+        assert!(!hub.is_connected("c"));
+    }
+}
