@@ -214,3 +214,176 @@ fn malformed_comfyui_json_is_invalid_naming_line_and_column() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("line 2 column"), "{stderr}");
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A models folder with the tiny random-weight models under the klein templates' file names.
+#[cfg(unix)]
+fn template_models(dir: &Path) {
+    let tiny = repo().join("assets/tiny-models");
+    let link = |target: PathBuf, at: PathBuf| {
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, at).unwrap();
+    };
+    for name in [
+        "flux-2-klein-base-4b.safetensors",
+        "flux-2-klein-4b.safetensors",
+    ] {
+        link(
+            tiny.join("diffusion_models/flux2-klein-tiny.safetensors"),
+            dir.join("diffusion_models").join(name),
+        );
+    }
+    for (from, to) in [
+        ("qwen3-tiny.safetensors", "qwen_3_4b.safetensors"),
+        ("qwen3-tiny.tokenizer.json", "qwen_3_4b.tokenizer.json"),
+        ("qwen3-tiny.config.json", "qwen_3_4b.config.json"),
+    ] {
+        link(
+            tiny.join("text_encoders").join(from),
+            dir.join("text_encoders").join(to),
+        );
+    }
+    link(
+        tiny.join("vae/flux2-vae-tiny"),
+        dir.join("vae/flux2-vae.safetensors"),
+    );
+}
+
+/// The klein 4B text-to-image graph as ComfyUI's frontend queues it, at 64×64.
+fn klein_prompt() -> Json {
+    json!({
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "Flux2-Klein", "images": ["75:65", 0]}, "_meta": {"title": "Save Image"}},
+        "76": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a hedgehog in a party hat"}},
+        "75:61": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "75:62": {"class_type": "Flux2Scheduler", "inputs": {"steps": 4, "width": ["75:68", 0], "height": ["75:69", 0]}},
+        "75:63": {"class_type": "CFGGuider", "inputs": {"cfg": 1, "model": ["75:70", 0], "positive": ["75:74", 0], "negative": ["75:67", 0]}},
+        "75:64": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["75:73", 0], "guider": ["75:63", 0], "sampler": ["75:61", 0], "sigmas": ["75:62", 0], "latent_image": ["75:66", 0]}},
+        "75:65": {"class_type": "VAEDecode", "inputs": {"samples": ["75:64", 0], "vae": ["75:72", 0]}},
+        "75:66": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": ["75:68", 0], "height": ["75:69", 0], "batch_size": 1}},
+        "75:67": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["75:74", 0]}},
+        "75:68": {"class_type": "PrimitiveInt", "inputs": {"value": 64}},
+        "75:69": {"class_type": "PrimitiveInt", "inputs": {"value": 64}},
+        "75:70": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-2-klein-4b.safetensors", "weight_dtype": "default"}},
+        "75:71": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "flux2", "device": "default"}},
+        "75:72": {"class_type": "VAELoader", "inputs": {"vae_name": "flux2-vae.safetensors"}},
+        "75:73": {"class_type": "RandomNoise", "inputs": {"noise_seed": 432262096973490_i64}},
+        "75:74": {"class_type": "CLIPTextEncode", "inputs": {"text": ["76", 0], "clip": ["75:71", 0]}},
+    })
+}
+
+/// The PNGs under `dir`.
+fn pngs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn chunk(png: &Path, key: &str) -> Option<String> {
+    veetance_nodes_basic::read_png_text(&std::fs::read(png).unwrap(), key).unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn comfyui_klein_prompt_runs_on_the_tiny_models_and_its_images_carry_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    template_models(&models);
+    let file = write_json(dir.path(), "klein.json", &klein_prompt());
+    let out = dir.path().join("out");
+    let (code, _, stderr) = run(veetance()
+        .args(["--headless", "-q"])
+        .arg(&file)
+        .arg("--models-dir")
+        .arg(&models)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "75:62.steps=2"]));
+    assert_eq!(code, 0, "{stderr}");
+    let written = pngs(&out);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(png_size(&written[0]), (64, 64));
+    // ComfyUI's prompt chunk: the prompt as it ran, the override included.
+    let prompt: Json = serde_json::from_str(&chunk(&written[0], "prompt").unwrap()).unwrap();
+    let mut want = klein_prompt();
+    want["75:62"]["inputs"]["steps"] = json!(2);
+    assert_eq!(prompt, want);
+    assert_eq!(
+        chunk(&written[0], "workflow"),
+        None,
+        "an API prompt has no UI workflow"
+    );
+    // Veetance's own chunk too, so that the image reopens in Veetance.
+    assert!(chunk(&written[0], "veetance-workflow").is_some());
+}
+
+#[cfg(unix)]
+#[test]
+fn klein_template_runs_headless_and_its_images_carry_prompt_and_workflow() {
+    let Some(templates) = std::env::var_os("VEETANCE_COMFY_TEMPLATES").map(PathBuf::from) else {
+        eprintln!(
+            "skipped: set VEETANCE_COMFY_TEMPLATES to the templates folder of \
+             comfyui-workflow-templates-json 0.1.123 to run the klein template"
+        );
+        return;
+    };
+    let template = templates.join("image_flux2_klein_text_to_image.json");
+    assert!(
+        template.is_file(),
+        "VEETANCE_COMFY_TEMPLATES is set but {} is not there",
+        template.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    template_models(&models);
+    let out = dir.path().join("out");
+    // The template at 64×64 and 2 steps: its inner nodes are set by their flattened ids.
+    let (code, _, stderr) = run(veetance()
+        .args(["--headless", "-q"])
+        .arg(&template)
+        .arg("--models-dir")
+        .arg(&models)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--set",
+            "75:62.steps=2",
+            "--set",
+            "75:68.value=64",
+            "--set",
+            "75:69.value=64",
+        ]));
+    assert_eq!(code, 0, "{stderr}");
+    let written = pngs(&out);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(png_size(&written[0]), (64, 64));
+    let workflow: Json = serde_json::from_str(&chunk(&written[0], "workflow").unwrap()).unwrap();
+    let original: Json =
+        serde_json::from_str(&std::fs::read_to_string(&template).unwrap()).unwrap();
+    assert_eq!(workflow, original);
+    let prompt: Json = serde_json::from_str(&chunk(&written[0], "prompt").unwrap()).unwrap();
+    assert_eq!(prompt["75:62"]["inputs"]["steps"], 2);
+    assert_eq!(prompt["75:68"]["inputs"]["value"], 64);
+    assert!(
+        prompt.get("77:64").is_none(),
+        "the bypassed subgraph is not in the prompt"
+    );
+
+    // The image opens again, through its ComfyUI chunks... and Veetance's own, which wins.
+    let (code, stdout, stderr) = run(veetance()
+        .arg("validate")
+        .arg(&written[0])
+        .arg("--models-dir")
+        .arg(&models));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (16 nodes"), "{stdout}");
+}
