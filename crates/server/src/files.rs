@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::routes::{blocking, ApiError};
+use crate::routes::{blocking, read_limited, ApiError};
 use crate::store::UPLOADS;
 use crate::{AppState, Core};
 
@@ -257,11 +257,15 @@ fn too_large(core: &Core) -> ApiError {
 }
 
 /// `POST /upload/image` (multipart: `image`, `overwrite`, `type`, `subfolder`).
-pub async fn upload(
-    State(core): State<AppState>,
-    multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|e| {
+pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // The whole body first, against the upload limit: an oversized one is read to its end
+    // (within reason) so the client gets the 413 rather than a reset connection.
+    let (parts, body) = request.into_parts();
+    let bytes = read_limited(body, core.limits.upload_bytes)
+        .await?
+        .ok_or_else(|| too_large(&core))?;
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         ApiError::bad_request(
             "invalid_upload",
             format!("expected a multipart/form-data body with an `image` field: {e}"),
