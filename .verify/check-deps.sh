@@ -2,7 +2,9 @@
 # Checks the dependency rules of docs/ARCHITECTURE.md with `cargo tree`:
 # - core, workflow and cli never pull in egui/eframe/wgpu;
 # - core and models do not depend on each other, and core pulls in no candle;
-# - workflow does not depend on models or any node crate.
+# - workflow does not depend on models or any node crate;
+# - comfy (ComfyUI's formats) depends on no nodes, models, HTTP stack or UI;
+# - server links no UI.
 # Exit 0 when every rule holds, 1 with the offending paths otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +33,7 @@ forbid veetance-cli "$ui" "a headless build (--no-default-features) must not lin
 forbid veetance-core 'candle-core|candle-nn|candle-transformers|veetance-models' "core knows nothing of models"
 forbid veetance-models 'veetance-core|veetance-workflow|petgraph' "models know nothing of graphs"
 forbid veetance-workflow 'veetance-models|veetance-nodes|veetance-nodes-basic|candle-core' "the format is independent of nodes and models"
+forbid veetance-comfy 'veetance-models|veetance-nodes|veetance-nodes-basic|veetance-nodes-flux2|veetance-nodes-comfy|candle-core|axum|tokio' "ComfyUI's formats are translated without nodes, models or HTTP"
+forbid veetance-comfy "$ui" "ComfyUI's formats build without a UI"
+forbid veetance-server "$ui" "the server links no UI"
 exit $fail

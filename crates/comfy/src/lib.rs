@@ -7,15 +7,39 @@
 //!   muted nodes, primitive nodes, `widgets_values`) to the API prompt ComfyUI's frontend would
 //!   queue for it.
 //! - [`check_prompt`]: validation with ComfyUI's answer: which outputs can run, and
-//!   `node_errors` keyed by node id with ComfyUI's error type names.
+//!   `node_errors` keyed by node id with ComfyUI's error type names. [`prune`] then keeps the
+//!   part of the graph those outputs need, which is what ComfyUI executes.
 //! - [`object_info`]: ComfyUI's `/object_info` entries for every registered node type.
+//!
+//! ComfyUI's class names are Veetance node type names: a class's link inputs are the schema's
+//! `inputs`, its widgets the schema's `params` in ComfyUI's `widgets_values` order. The rules of
+//! each conversion, and where they follow ComfyUI's Python server (`execution.py`
+//! `validate_prompt`) or its frontend (`graphToPrompt`, `ExecutableNodeDTO`), are in the module
+//! docs of `prompt`, `check` and `ui`.
+
+#![expect(
+    clippy::result_large_err,
+    reason = "PromptError is ComfyUI's whole error document (128 bytes), made once per refused \
+              request; boxing it would buy nothing and change the API the server codes against"
+)]
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use veetance_core::{Graph, NodeRegistry, RunEnv};
+
+mod check;
+mod object_info;
+mod prompt;
+pub mod types;
+mod ui;
+
+pub use check::prune;
+pub use prompt::{prompt_to_graph_with_notices, Notice};
+pub use ui::ui_positions;
 
 /// Which of ComfyUI's two formats a JSON document is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +76,27 @@ pub struct ErrorBody {
     pub extra_info: Json,
 }
 
+impl ErrorBody {
+    pub(crate) fn new(kind: &str, message: impl Into<String>, details: impl Into<String>) -> Self {
+        ErrorBody {
+            kind: kind.into(),
+            message: message.into(),
+            details: details.into(),
+            extra_info: json!({}),
+        }
+    }
+
+    pub(crate) fn with_extra(mut self, extra_info: Json) -> Self {
+        self.extra_info = extra_info;
+        self
+    }
+
+    /// The input the error is about (`extra_info.input_name`), if any.
+    pub fn input_name(&self) -> Option<&str> {
+        self.extra_info.get("input_name").and_then(Json::as_str)
+    }
+}
+
 /// The errors of one node: `{"errors": [...], "dependent_outputs": [...], "class_type"}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct NodeErrors {
@@ -62,10 +107,63 @@ pub struct NodeErrors {
 
 /// A prompt ComfyUI would refuse with 400: `{"error": {...}, "node_errors": {...}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
-#[error("{}: {}", error.message, error.details)]
+#[error("{}", self.error_line())]
 pub struct PromptError {
     pub error: ErrorBody,
     pub node_errors: BTreeMap<String, NodeErrors>,
+}
+
+impl PromptError {
+    pub(crate) fn top(error: ErrorBody) -> Self {
+        PromptError {
+            error,
+            node_errors: BTreeMap::new(),
+        }
+    }
+
+    fn error_line(&self) -> String {
+        if self.error.details.is_empty() {
+            self.error.message.clone()
+        } else {
+            format!("{}: {}", self.error.message, self.error.details)
+        }
+    }
+
+    /// The error for people, one line each: the prompt's error (first line of its details),
+    /// then every node error naming the node id, its class and the input.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let first = match self.error.details.lines().next() {
+            Some(d) if !self.node_errors.is_empty() => format!("{}: {d}", self.error.message),
+            _ => self.error_line(),
+        };
+        out.push(first);
+        out.extend(node_error_lines(&self.node_errors));
+        out
+    }
+}
+
+/// One line per node error: `node '75:70' (UNETLoader) input 'unet_name': message: details`.
+pub fn node_error_lines(node_errors: &BTreeMap<String, NodeErrors>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, node) in node_errors {
+        for e in &node.errors {
+            let place = e
+                .input_name()
+                .map(|i| format!(" input '{i}'"))
+                .unwrap_or_default();
+            let details = if e.details.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.details)
+            };
+            out.push(format!(
+                "node '{id}' ({}){place}: {}{details}",
+                node.class_type, e.message
+            ));
+        }
+    }
+    out
 }
 
 /// What validation found in a prompt ComfyUI would accept (200): the output nodes that can run
@@ -79,10 +177,10 @@ pub struct Checked {
 /// Reads an API prompt into a graph. Links (`["src_id", output_index]`) join the source's output
 /// of that index to the input or param of that name; other values set params. Unknown class
 /// types are ComfyUI's `missing_node_type` error naming the node and class and listing the
-/// supported ones.
+/// supported ones. Inputs the class does not declare are ignored, as ComfyUI ignores them;
+/// [`prompt_to_graph_with_notices`] also says which.
 pub fn prompt_to_graph(prompt: &Json, registry: &NodeRegistry) -> Result<Graph, PromptError> {
-    let _ = (prompt, registry);
-    Err(not_yet("prompt_to_graph"))
+    prompt_to_graph_with_notices(prompt, registry).map(|(graph, _)| graph)
 }
 
 /// Validates a graph read from a prompt, as ComfyUI's `validate_prompt` answers: `Ok` with the
@@ -93,8 +191,7 @@ pub fn check_prompt(
     registry: &NodeRegistry,
     env: &RunEnv,
 ) -> Result<Checked, PromptError> {
-    let _ = (graph, registry, env);
-    Err(not_yet("check_prompt"))
+    check::check_prompt(graph, registry, env)
 }
 
 /// Turns a UI workflow into the API prompt ComfyUI's frontend would queue for it: subgraphs
@@ -102,42 +199,110 @@ pub fn check_prompt(
 /// reroutes, primitive nodes) removed, `widgets_values` mapped to input names in the schema's
 /// order.
 pub fn ui_to_prompt(workflow: &Json, registry: &NodeRegistry) -> Result<Json, PromptError> {
-    let _ = (workflow, registry);
-    Err(not_yet("ui_to_prompt"))
+    ui::ui_to_prompt(workflow, registry)
 }
 
 /// Either format to a graph (UI workflows through [`ui_to_prompt`]).
 pub fn json_to_graph(doc: &Json, registry: &NodeRegistry) -> Result<Graph, PromptError> {
-    match detect(doc) {
-        Some(Format::Ui) => prompt_to_graph(&ui_to_prompt(doc, registry)?, registry),
-        Some(Format::Api) => prompt_to_graph(doc, registry),
-        None => Err(PromptError {
-            error: ErrorBody {
-                kind: "invalid_prompt".into(),
-                message: "Invalid prompt".into(),
-                details: "the JSON is neither a ComfyUI API prompt nor a UI workflow".into(),
-                extra_info: Json::Object(Default::default()),
-            },
-            node_errors: BTreeMap::new(),
-        }),
+    read_json(doc, registry).map(|read| read.graph)
+}
+
+/// A ComfyUI document read for running: the graph, the API prompt it came from (for the
+/// `prompt` text chunk of images), the UI workflow when there was one (the `workflow` chunk),
+/// and what was ignored on the way.
+#[derive(Clone, Debug)]
+pub struct ReadJson {
+    pub format: Format,
+    /// The API prompt: the document itself, or what [`ui_to_prompt`] made of a UI workflow.
+    pub prompt: Json,
+    /// The UI workflow, when the document was one (or came with one, as in ComfyUI's PNGs).
+    pub workflow: Option<Json>,
+    pub graph: Graph,
+    pub notices: Vec<Notice>,
+}
+
+/// Either format to a graph, keeping the API prompt and the notices (see [`json_to_graph`]).
+pub fn read_json(doc: &Json, registry: &NodeRegistry) -> Result<ReadJson, PromptError> {
+    let format = detect(doc).ok_or_else(|| {
+        PromptError::top(ErrorBody::new(
+            "invalid_prompt",
+            "Invalid prompt",
+            "the JSON is neither a ComfyUI API prompt ({\"id\": {\"class_type\", \"inputs\"}}) \
+             nor a UI workflow ({\"nodes\", \"links\", ...})",
+        ))
+    })?;
+    let prompt = match format {
+        Format::Ui => ui_to_prompt(doc, registry)?,
+        Format::Api => doc.clone(),
+    };
+    let (graph, notices) = prompt_to_graph_with_notices(&prompt, registry)?;
+    Ok(ReadJson {
+        format,
+        prompt,
+        workflow: (format == Format::Ui).then(|| doc.clone()),
+        graph,
+        notices,
+    })
+}
+
+/// ComfyUI JSON text (an API prompt or a UI workflow) read into a graph; a syntax error is
+/// `invalid_prompt` naming its line and column.
+pub fn read_json_text(text: &str, registry: &NodeRegistry) -> Result<ReadJson, PromptError> {
+    read_json(&parse_text(text, "")?, registry)
+}
+
+/// The text chunks ComfyUI writes into its PNGs, `prompt` (the API prompt that ran) and
+/// `workflow` (the UI workflow), read into a graph: the prompt when there is one, as it is
+/// exactly what ran, else the workflow. The workflow is kept either way.
+pub fn read_png_texts(
+    prompt: Option<&str>,
+    workflow: Option<&str>,
+    registry: &NodeRegistry,
+) -> Result<ReadJson, PromptError> {
+    let ui = workflow
+        .map(|w| parse_text(w, "the PNG's workflow chunk, "))
+        .transpose()?;
+    match (prompt, ui) {
+        (Some(p), ui) => {
+            let mut read = read_json(&parse_text(p, "the PNG's prompt chunk, ")?, registry)?;
+            read.workflow = ui.or(read.workflow);
+            Ok(read)
+        }
+        (None, Some(ui)) => read_json(&ui, registry),
+        (None, None) => Err(PromptError::top(ErrorBody::new(
+            "invalid_prompt",
+            "Invalid prompt",
+            "the PNG holds neither a ComfyUI prompt nor a workflow",
+        ))),
     }
+}
+
+fn parse_text(text: &str, place: &str) -> Result<Json, PromptError> {
+    serde_json::from_str(text).map_err(|e| {
+        PromptError::top(ErrorBody::new(
+            "invalid_prompt",
+            "Invalid prompt",
+            format!("{place}not valid JSON: {e}"),
+        ))
+    })
 }
 
 /// ComfyUI's `/object_info`: one entry per registered node type, in ComfyUI's full entry shape.
 /// File params list the files found under `models_dir`'s folder for them.
 pub fn object_info(registry: &NodeRegistry, models_dir: &Path) -> Json {
-    let _ = (registry, models_dir);
-    Json::Object(Default::default())
+    object_info::object_info(registry, models_dir)
 }
 
-fn not_yet(what: &str) -> PromptError {
-    PromptError {
-        error: ErrorBody {
-            kind: "not_implemented".into(),
-            message: format!("{what} is not implemented yet"),
-            details: String::new(),
-            extra_info: Json::Object(Default::default()),
-        },
-        node_errors: BTreeMap::new(),
-    }
+/// One class's `/object_info` entry (for `/object_info/{class}`).
+pub fn object_info_entry(schema: &veetance_core::NodeSchema, models_dir: &Path) -> Json {
+    object_info::entry(schema, models_dir)
+}
+
+/// A list for messages: `a, b, c`.
+pub(crate) fn join<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -4,6 +4,7 @@
 //! * [`qwen3`]: the Qwen3 text encoder with the klein prompt template.
 //! * [`vae`]: the FLUX.2 autoencoder (decoder and encoder).
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
+//! * [`torch_rng`]: PyTorch's CPU `manual_seed` + `randn` bit for bit, and ComfyUI's noise.
 //! * [`preview`]: latent-to-RGB previews for every step.
 //! * [`kernels`]: our CUDA kernels (flash attention, fused ops) with their reference paths.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
@@ -28,6 +29,7 @@ pub mod qlinear;
 pub mod qwen3;
 pub mod sampling;
 pub mod staging;
+pub mod torch_rng;
 pub mod vae;
 pub mod weights;
 

@@ -26,7 +26,7 @@ pub use png_io::{
 };
 pub use primitives::{Primitive, Seed};
 pub use rng::SEED_MAX;
-pub use save_image::SaveImage;
+pub use save_image::{png_chunks, save_images, SaveImage};
 
 /// Registers every node of this crate.
 pub fn register(reg: &mut NodeRegistry) {

@@ -1,10 +1,10 @@
 //! `SaveImage`: writes a batch of images as numbered PNG files inside the run's output folder,
-//! embedding the workflow.
+//! embedding the workflow (and ComfyUI's `prompt` and `workflow` when a ComfyUI graph runs).
 
 use std::path::{Path, PathBuf};
 
 use veetance_core::{
-    ExecContext, Freshness, NodeDef, NodeError, NodeSchema, ParamDef, ParamProblem, Params,
+    ExecContext, Freshness, Image, NodeDef, NodeError, NodeSchema, ParamDef, ParamProblem, Params,
     PortType, RunEnv, Value,
 };
 
@@ -28,7 +28,8 @@ impl SaveImage {
                     "Writes each image of the batch as `<prefix>_<NNNNN>.png` in the output folder \
                      (`--out`), numbering on from the highest file already there (00001, 00002, \
                      ...). The workflow is embedded in each file (text chunk \
-                     `veetance-workflow`). Files appear complete or not at all. Like every node, \
+                     `veetance-workflow`), and a ComfyUI graph's `prompt` and `workflow` as ComfyUI \
+                     embeds them. Files appear complete or not at all. Like every node, \
                      it is served from the cache when nothing it depends on changed, so an \
                      unchanged graph run again writes no new file.",
                 )
@@ -190,48 +191,78 @@ impl NodeDef for SaveImage {
         let prefix = parse_prefix(prefix_text)
             .map_err(|e| NodeError::failed(format!("param 'filename_prefix': {e}")))?;
         let dir = output_folder(&ctx.env.out_dir, &prefix).map_err(NodeError::failed)?;
-        // The image's own metadata (generation parameters, say), then the workflow.
-        let mut chunks: Vec<(String, String)> = images
-            .meta
-            .iter()
-            .filter(|(k, _)| k != WORKFLOW_PNG_KEYWORD)
-            .cloned()
-            .collect();
-        chunks.extend(
-            ctx.env
-                .workflow
+        let written = save_images(ctx, images, &dir, &prefix.stem)?;
+        Ok(vec![Value::string(written[0].display().to_string())])
+    }
+}
+
+/// The text chunks a PNG written by this run embeds, in order: the image's own metadata
+/// (generation parameters, say; never under the workflow's key), the run's workflow
+/// (`veetance-workflow`), then the run's
+/// [`RunEnv::png_text`] (ComfyUI's `prompt` and `workflow` when a ComfyUI graph runs). A key that
+/// comes later replaces an earlier one.
+pub fn png_chunks(image: &Image, env: &RunEnv) -> Vec<(String, String)> {
+    let mut chunks: Vec<(String, String)> = Vec::new();
+    let later = image
+        .meta
+        .iter()
+        // Only the run's own workflow is embedded under this key.
+        .filter(|(k, _)| k != WORKFLOW_PNG_KEYWORD)
+        .cloned()
+        .chain(
+            env.workflow
                 .iter()
                 .map(|w| (WORKFLOW_PNG_KEYWORD.to_string(), w.to_string())),
-        );
-
-        let mut number = next_number(&dir, &prefix.stem).map_err(NodeError::failed)?;
-        let mut first: Option<PathBuf> = None;
-        for index in 0..images.batch {
-            ctx.check_cancelled()?;
-            let mut temp = write_png_temp(
-                &dir,
-                &prefix.stem,
-                images.frame(index),
-                images.width,
-                images.height,
-                images.channels,
-                &chunks,
-            )
-            .map_err(NodeError::failed)?;
-            let target = loop {
-                let target = dir.join(format!("{}_{number:05}.png", prefix.stem));
-                number = number.saturating_add(1);
-                if temp.persist_new(&target).map_err(NodeError::failed)? {
-                    break target;
-                }
-            };
-            ctx.output_written(target.display().to_string());
-            first.get_or_insert(target);
-        }
-        let first = first
-            .ok_or_else(|| NodeError::failed("the image batch is empty; nothing was saved"))?;
-        Ok(vec![Value::string(first.display().to_string())])
+        )
+        .chain(env.png_text.iter().cloned());
+    for (key, text) in later {
+        chunks.retain(|(k, _)| *k != key);
+        chunks.push((key, text));
     }
+    chunks
+}
+
+/// Writes each image of the batch as `<dir>/<stem>_<NNNNN>.png` (numbering on from the highest
+/// file there, never replacing one), with [`png_chunks`] embedded, through a temporary file;
+/// reports each file with `output_written`. Returns the paths written, at least one. SaveImage
+/// and ComfyUI's PreviewImage.
+pub fn save_images(
+    ctx: &ExecContext<'_>,
+    images: &Image,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<PathBuf>, NodeError> {
+    let chunks = png_chunks(images, ctx.env);
+    let mut number = next_number(dir, stem).map_err(NodeError::failed)?;
+    let mut written = Vec::new();
+    for index in 0..images.batch {
+        ctx.check_cancelled()?;
+        let mut temp = write_png_temp(
+            dir,
+            stem,
+            images.frame(index),
+            images.width,
+            images.height,
+            images.channels,
+            &chunks,
+        )
+        .map_err(NodeError::failed)?;
+        let target = loop {
+            let target = dir.join(format!("{stem}_{number:05}.png"));
+            number = number.saturating_add(1);
+            if temp.persist_new(&target).map_err(NodeError::failed)? {
+                break target;
+            }
+        };
+        ctx.output_written(target.display().to_string());
+        written.push(target);
+    }
+    if written.is_empty() {
+        return Err(NodeError::failed(
+            "the image batch is empty; nothing was saved",
+        ));
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -130,6 +130,29 @@ fn no_workflow_means_no_workflow_chunk() {
     assert_eq!(read_png_workflow(&bytes).unwrap(), None);
 }
 
+#[test]
+fn comfyui_prompt_and_workflow_are_embedded_as_comfyui_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = r#"{"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}"#;
+    let workflow = r#"{"nodes": [], "links": [], "version": 0.4}"#;
+    let env = RunEnv {
+        png_text: vec![
+            ("prompt".into(), prompt.into()),
+            ("workflow".into(), workflow.into()),
+        ],
+        ..env(dir.path(), Some("(version: 1)\n"))
+    };
+    let report = run(&mut engine(), &pipeline("comfy"), &["save"], &env).unwrap();
+    let bytes = std::fs::read(saved_path(&report)).unwrap();
+    let text = |key| veetance_nodes_basic::read_png_text(&bytes, key).unwrap();
+    assert_eq!(text("prompt").as_deref(), Some(prompt));
+    assert_eq!(text("workflow").as_deref(), Some(workflow));
+    assert_eq!(
+        read_png_workflow(&bytes).unwrap().as_deref(),
+        Some("(version: 1)\n")
+    );
+}
+
 fn prefix_errors(prefix: &str) -> Vec<veetance_core::ValidationError> {
     let dir = tempfile::tempdir().unwrap();
     let graph = pipeline(prefix);

@@ -253,58 +253,97 @@ impl NodeDef for VaeDecode {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let vae = input::<VaeHandle>(ctx, "vae", PortType::Vae)?;
         let latent = input::<Latent>(ctx, "latent", PortType::Latent)?;
-        let cerr = candle_err("VaeDecode");
-        let device = vae.device.clone();
-        let samples = latent.samples.to_device(&device).map_err(&cerr)?;
-        let (batch, _, h, w) = samples.dims4().map_err(&cerr)?;
-        let tile_size = ctx.params.int("tile_size")? as usize;
-        let overlap = ctx.params.int("overlap")? as usize;
-        let mode = choose_mode(
-            ctx.params.bool("tiled")?,
-            ctx.device_room(),
-            tile_size,
-            |th, tw| vae.vae.decode_bytes(batch, th.min(h), tw.min(w)),
-        );
-        let decoded = match mode {
-            DecodeMode::Whole => decode_with_fallback(
-                ctx,
-                || vae.vae.decode(&samples, None),
-                || decode_tiled(ctx, vae, &samples, tile_size, overlap),
-            )?,
-            DecodeMode::Tiled { tile, auto } => {
-                if let Some(auto) = auto {
-                    ctx.warn(format!(
-                        "decoding in tiles of {tile} latent tokens: a whole decode needs about {}, \
-                         more than the device room ({}){}",
-                        gib(auto.whole),
-                        gib(auto.room),
-                        if auto.fits {
-                            String::new()
-                        } else {
-                            "; even the smallest tile may not fit".to_string()
-                        }
-                    ));
-                }
-                decode_tiled(ctx, vae, &samples, tile, overlap)?
-            }
+        let tiles = Tiles {
+            asked: ctx.params.bool("tiled")?,
+            size: ctx.params.int("tile_size")? as usize,
+            overlap: ctx.params.int("overlap")? as usize,
         };
-        // (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1].
-        let pixels = ((decoded.to_device(&Device::Cpu).map_err(&cerr)? + 1.0)
-            .and_then(|t| t / 2.0)
-            .and_then(|t| t.clamp(0f32, 1f32))
-            .and_then(|t| t.permute((0, 2, 3, 1)))
-            .and_then(|t| t.contiguous()))
-        .map_err(&cerr)?;
-        let (b, h, w, c) = pixels.dims4().map_err(&cerr)?;
-        let data = pixels
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(&cerr)?;
-        let image = Image::new(b as u32, h as u32, w as u32, c as u32, data)
-            .map_err(NodeError::failed)?
-            .with_meta(latent.meta.clone());
-        Ok(vec![Value::Image(image)])
+        Ok(vec![Value::Image(decode_latent(ctx, vae, latent, tiles)?)])
     }
+}
+
+/// How [`decode_latent`] may tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    /// Tile whatever the room.
+    pub asked: bool,
+    /// Tile side in latent tokens (the start when the room chooses tiles).
+    pub size: usize,
+    /// Overlap between tiles in latent tokens.
+    pub overlap: usize,
+}
+
+impl Default for Tiles {
+    /// VaeDecode's defaults: whole unless the room is short, then tiles of 64 tokens overlapping
+    /// by 8.
+    fn default() -> Self {
+        Tiles {
+            asked: false,
+            size: 64,
+            overlap: 8,
+        }
+    }
+}
+
+/// Decodes `latent` to an image batch in [0, 1] with its `meta`: whole, or in tiles when asked or
+/// when the device room cannot hold a whole decode (with a warning), and again in tiles when a
+/// whole decode runs out of device memory. VaeDecode and ComfyUI's VAEDecode.
+pub fn decode_latent(
+    ctx: &ExecContext<'_>,
+    vae: &VaeHandle,
+    latent: &Latent,
+    tiles: Tiles,
+) -> Result<Image, NodeError> {
+    let cerr = candle_err("VaeDecode");
+    let device = vae.device.clone();
+    let samples = latent.samples.to_device(&device).map_err(&cerr)?;
+    let (batch, _, h, w) = samples.dims4().map_err(&cerr)?;
+    let Tiles {
+        asked,
+        size: tile_size,
+        overlap,
+    } = tiles;
+    let mode = choose_mode(asked, ctx.device_room(), tile_size, |th, tw| {
+        vae.vae.decode_bytes(batch, th.min(h), tw.min(w))
+    });
+    let decoded = match mode {
+        DecodeMode::Whole => decode_with_fallback(
+            ctx,
+            || vae.vae.decode(&samples, None),
+            || decode_tiled(ctx, vae, &samples, tile_size, overlap),
+        )?,
+        DecodeMode::Tiled { tile, auto } => {
+            if let Some(auto) = auto {
+                ctx.warn(format!(
+                    "decoding in tiles of {tile} latent tokens: a whole decode needs about {}, \
+                     more than the device room ({}){}",
+                    gib(auto.whole),
+                    gib(auto.room),
+                    if auto.fits {
+                        String::new()
+                    } else {
+                        "; even the smallest tile may not fit".to_string()
+                    }
+                ));
+            }
+            decode_tiled(ctx, vae, &samples, tile, overlap)?
+        }
+    };
+    // (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1].
+    let pixels = ((decoded.to_device(&Device::Cpu).map_err(&cerr)? + 1.0)
+        .and_then(|t| t / 2.0)
+        .and_then(|t| t.clamp(0f32, 1f32))
+        .and_then(|t| t.permute((0, 2, 3, 1)))
+        .and_then(|t| t.contiguous()))
+    .map_err(&cerr)?;
+    let (b, h, w, c) = pixels.dims4().map_err(&cerr)?;
+    let data = pixels
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(&cerr)?;
+    Ok(Image::new(b as u32, h as u32, w as u32, c as u32, data)
+        .map_err(NodeError::failed)?
+        .with_meta(latent.meta.clone()))
 }
 
 #[cfg(test)]

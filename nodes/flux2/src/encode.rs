@@ -51,25 +51,33 @@ impl NodeDef for TextEncode {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let encoder = input::<TextEncoderHandle>(ctx, "text_encoder", PortType::TextEncoder)?;
         let text = ctx.params.str("text")?.to_string();
-        let placed = placed_encoder(ctx, encoder)?;
-        let embedding = placed
-            .encode(&text)
-            .map_err(model_err("encoding the prompt"))?;
-        if embedding.truncated {
-            ctx.warn(format!(
-                "the prompt is longer than {} tokens with its template and was cut",
-                encoder.encoder.config().max_length
-            ));
-        }
-        Ok(vec![object(
-            PortType::Conditioning,
-            Conditioning {
-                hidden: embedding.hidden,
-                prompt: text,
-                home: None,
-            },
-        )])
+        let conditioning = encode_text(ctx, encoder, text)?;
+        Ok(vec![object(PortType::Conditioning, conditioning)])
     }
+}
+
+/// Encodes `text` with `encoder` (placed for the device room, its layers streamed when they do
+/// not fit); warns when the prompt was cut. TextEncode and ComfyUI's CLIPTextEncode.
+pub fn encode_text(
+    ctx: &ExecContext<'_>,
+    encoder: &TextEncoderHandle,
+    text: String,
+) -> Result<Conditioning, NodeError> {
+    let placed = placed_encoder(ctx, encoder)?;
+    let embedding = placed
+        .encode(&text)
+        .map_err(model_err("encoding the prompt"))?;
+    if embedding.truncated {
+        ctx.warn(format!(
+            "the prompt is longer than {} tokens with its template and was cut",
+            encoder.encoder.config().max_length
+        ));
+    }
+    Ok(Conditioning {
+        hidden: embedding.hidden,
+        prompt: text,
+        home: None,
+    })
 }
 
 /// The encoder as this run uses it: as loaded when it is on its device, else moved there, with

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use veetance_core::{
     ExecContext, Freshness, MemBytes, NodeDef, NodeError, NodeSchema, ParamDef, ParamProblem,
     Params, PortType, RunEnv, Value,
@@ -76,7 +76,7 @@ fn resolved(ctx: &ExecContext<'_>, param: &str, folder: &str) -> Result<PathBuf,
         .map_err(|m| NodeError::failed(format!("param '{param}': {m}")))
 }
 
-fn device_and_dtype(ctx: &ExecContext<'_>) -> Result<(candle_core::Device, DType), NodeError> {
+fn device_and_dtype(ctx: &ExecContext<'_>) -> Result<(Device, DType), NodeError> {
     let device = files::device(ctx.params.str("device")?)
         .map_err(|m| NodeError::failed(format!("param 'device': {m}")))?;
     let dtype = parse_dtype(ctx.params.str("weight_dtype")?, &device);
@@ -99,7 +99,7 @@ fn linear_format(ctx: &ExecContext<'_>) -> Result<LinearFormat, NodeError> {
 fn weight_bytes(
     path: &Path,
     dtype: DType,
-    device: &candle_core::Device,
+    device: &Device,
     linears: LinearFormat,
     keep: impl Fn(&str) -> bool,
 ) -> MemBytes {
@@ -146,11 +146,11 @@ fn weight_bytes(
 /// model streams it. The handle's `device` stays the home the model computes on.
 fn load_device(
     ctx: &ExecContext<'_>,
-    device: &candle_core::Device,
+    device: &Device,
     needed: u64,
     what: &str,
     then: &str,
-) -> candle_core::Device {
+) -> Device {
     match ctx.device_room() {
         Some(room) if !device.is_cpu() && needed > room => {
             ctx.warn(format!(
@@ -159,7 +159,7 @@ fn load_device(
                 gib(needed),
                 gib(room)
             ));
-            candle_core::Device::Cpu
+            Device::Cpu
         }
         _ => device.clone(),
     }
@@ -228,34 +228,45 @@ impl NodeDef for LoadDiffusionModel {
         let path = resolved(ctx, "file", "diffusion_models")?;
         let (device, dtype) = device_and_dtype(ctx)?;
         let linears = linear_format(ctx)?;
-        let file_bytes = weight_bytes(&path, dtype, &device, linears, |_| true);
-        let load_on = load_device(
-            ctx,
-            &device,
-            file_bytes.total(),
-            "diffusion model",
-            "the sampler streams its blocks",
-        );
-        let model = flux2::load_transformer_with(&path, None, dtype, &load_on, linears)
-            .map_err(model_err("loading the diffusion model"))?;
-        // GGUF-quantized weights are not candle tensors the model can walk: count them from the file.
-        let held = if is_gguf(&path) {
-            file_bytes
-        } else {
-            mem_of(model.weight_bytes())
-        };
-        Ok(vec![object(
-            PortType::Model,
-            ModelHandle {
-                weight_bytes: held,
-                model: Arc::new(model),
-                device,
-                file: path,
-                patches: ModelPatches::default(),
-                offloaded: false,
-            },
-        )])
+        let handle = load_diffusion_model(ctx, path, device, dtype, linears)?;
+        Ok(vec![object(PortType::Model, handle)])
     }
+}
+
+/// Loads the transformer at `path` for `device` in `dtype` (linear weights as `linears` says),
+/// left in host memory with a warning when the device room cannot hold it. LoadDiffusionModel and
+/// ComfyUI's UNETLoader.
+pub fn load_diffusion_model(
+    ctx: &ExecContext<'_>,
+    path: PathBuf,
+    device: Device,
+    dtype: DType,
+    linears: LinearFormat,
+) -> Result<ModelHandle, NodeError> {
+    let file_bytes = weight_bytes(&path, dtype, &device, linears, |_| true);
+    let load_on = load_device(
+        ctx,
+        &device,
+        file_bytes.total(),
+        "diffusion model",
+        "the sampler streams its blocks",
+    );
+    let model = flux2::load_transformer_with(&path, None, dtype, &load_on, linears)
+        .map_err(model_err("loading the diffusion model"))?;
+    // GGUF-quantized weights are not candle tensors the model can walk: count them from the file.
+    let held = if is_gguf(&path) {
+        file_bytes
+    } else {
+        mem_of(model.weight_bytes())
+    };
+    Ok(ModelHandle {
+        weight_bytes: held,
+        model: Arc::new(model),
+        device,
+        file: path,
+        patches: ModelPatches::default(),
+        offloaded: false,
+    })
 }
 
 // ---------------------------------------------------------------- LoadTextEncoder
@@ -321,10 +332,11 @@ impl Default for LoadTextEncoder {
 }
 
 /// The tokenizer and config files of a text encoder whose weights are at `weights`.
-struct EncoderFiles {
-    weights: PathBuf,
-    tokenizer: PathBuf,
-    config: Option<PathBuf>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncoderFiles {
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 fn sibling(weights: &Path, suffix: &str, plain: &str) -> Option<PathBuf> {
@@ -342,14 +354,32 @@ fn sibling(weights: &Path, suffix: &str, plain: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn encoder_files(params: &Params, env: &RunEnv) -> Result<EncoderFiles, (String, String)> {
-    let weights = files::resolve(params.str("file").unwrap_or_default(), "text_encoders", env)
-        .map_err(|m| ("file".to_string(), m))?;
-    let tok_name = params.str("tokenizer").unwrap_or_default();
-    let tokenizer = if tok_name.is_empty() {
+fn encoder_files_of(params: &Params, env: &RunEnv) -> Result<EncoderFiles, (String, String)> {
+    encoder_files(
+        params.str("file").unwrap_or_default(),
+        params.str("tokenizer").unwrap_or_default(),
+        params.str("config").unwrap_or_default(),
+        env,
+    )
+    .map_err(|(param, message)| (param.to_string(), message))
+}
+
+/// Finds a text encoder's files: the weights `file` (a name in `<models>/text_encoders/` or a
+/// path); the tokenizer `tokenizer`, or when empty `<weights name>.tokenizer.json` or
+/// `tokenizer.json` beside the weights; the config `config`, or when empty
+/// `<weights name>.config.json` or `config.json` beside them if present. The error names the part
+/// that failed (`file`, `tokenizer` or `config`: LoadTextEncoder's params) and says why.
+pub fn encoder_files(
+    file: &str,
+    tokenizer: &str,
+    config: &str,
+    env: &RunEnv,
+) -> Result<EncoderFiles, (&'static str, String)> {
+    let weights = files::resolve(file, "text_encoders", env).map_err(|m| ("file", m))?;
+    let tokenizer = if tokenizer.is_empty() {
         sibling(&weights, "tokenizer.json", "tokenizer.json").ok_or_else(|| {
             (
-                "tokenizer".to_string(),
+                "tokenizer",
                 format!(
                     "no tokenizer found beside {}: put the model's tokenizer.json there (as \
                      `tokenizer.json` or `<weights name>.tokenizer.json`) or set this param",
@@ -358,16 +388,12 @@ fn encoder_files(params: &Params, env: &RunEnv) -> Result<EncoderFiles, (String,
             )
         })?
     } else {
-        files::resolve(tok_name, "text_encoders", env).map_err(|m| ("tokenizer".to_string(), m))?
+        files::resolve(tokenizer, "text_encoders", env).map_err(|m| ("tokenizer", m))?
     };
-    let cfg_name = params.str("config").unwrap_or_default();
-    let config = if cfg_name.is_empty() {
+    let config = if config.is_empty() {
         sibling(&weights, "config.json", "config.json")
     } else {
-        Some(
-            files::resolve(cfg_name, "text_encoders", env)
-                .map_err(|m| ("config".to_string(), m))?,
-        )
+        Some(files::resolve(config, "text_encoders", env).map_err(|m| ("config", m))?)
     };
     Ok(EncoderFiles {
         weights,
@@ -394,7 +420,7 @@ impl NodeDef for LoadTextEncoder {
     }
 
     fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
-        let mut problems: Vec<ParamProblem> = match encoder_files(params, env) {
+        let mut problems: Vec<ParamProblem> = match encoder_files_of(params, env) {
             Ok(_) => Vec::new(),
             Err((param, message)) => vec![ParamProblem { param, message }],
         };
@@ -403,89 +429,103 @@ impl NodeDef for LoadTextEncoder {
     }
 
     fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
-        let paths = match encoder_files(params, env) {
-            Ok(f) => {
-                let mut v = vec![f.weights, f.tokenizer];
-                v.extend(f.config);
-                v
-            }
-            Err(_) => Vec::new(),
-        };
+        let paths = encoder_files_of(params, env)
+            .map(|f| f.paths())
+            .unwrap_or_default();
         files::fingerprint(&paths, params.bool("hash_content").unwrap_or(false))
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
-        let found = encoder_files(&ctx.params, ctx.env)
+        let found = encoder_files_of(&ctx.params, ctx.env)
             .map_err(|(param, m)| NodeError::failed(format!("param '{param}': {m}")))?;
         let (device, dtype) = device_and_dtype(ctx)?;
-        let preset = if found.config.is_none() {
-            preset_by_width(&found.weights)
-        } else {
-            None
-        };
-        // Every tensor of the file but the LM head: an upper bound (the layers past the last one
-        // the encoder needs are not loaded either).
-        let needed = weight_bytes(
-            &found.weights,
-            dtype,
-            &device,
-            LinearFormat::AsStored,
-            |name| !name.contains("lm_head"),
-        );
-        let load_on = load_device(
-            ctx,
-            &device,
-            needed.total(),
-            "text encoder",
-            "TextEncode streams its layers",
-        );
-        let encoder = qwen3::TextEncoder::load(
-            &qwen3::TextEncoderFiles {
-                weights: found.weights.clone(),
-                tokenizer: found.tokenizer.clone(),
-                config: found.config.clone(),
-            },
-            preset.as_ref(),
-            dtype,
-            &load_on,
-        )
-        .map_err(model_err("loading the text encoder"))?;
-        let layers_needed = encoder.config().layers_needed();
-        let file_bytes = weight_bytes(
-            &found.weights,
-            dtype,
-            &device,
-            LinearFormat::AsStored,
-            |name| {
-                // Layers past the last one the encoder needs, and the LM head, are never loaded.
-                let layer = name
-                    .split("layers.")
-                    .nth(1)
-                    .or_else(|| name.strip_prefix("blk."))
-                    .and_then(|rest| rest.split('.').next())
-                    .and_then(|i| i.parse::<usize>().ok());
-                match layer {
-                    Some(i) => i < layers_needed,
-                    None => !name.contains("lm_head") && name != "output.weight",
-                }
-            },
-        );
-        let held = if is_gguf(&found.weights) {
-            file_bytes
-        } else {
-            mem_of(encoder.weight_bytes())
-        };
-        Ok(vec![object(
-            PortType::TextEncoder,
-            TextEncoderHandle {
-                weight_bytes: held,
-                encoder: Arc::new(encoder),
-                device,
-                file: found.weights,
-                offloaded: false,
-            },
-        )])
+        let handle = load_text_encoder(ctx, found, device, dtype)?;
+        Ok(vec![object(PortType::TextEncoder, handle)])
     }
+}
+
+impl EncoderFiles {
+    /// The files, for a loader's fingerprint.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.weights.clone(), self.tokenizer.clone()];
+        v.extend(self.config.clone());
+        v
+    }
+}
+
+/// Loads the Qwen3 text encoder from `found` for `device` in `dtype` (Qwen3-4B or -8B by the
+/// weights' width when there is no config), left in host memory with a warning when the device
+/// room cannot hold it. LoadTextEncoder and ComfyUI's CLIPLoader.
+pub fn load_text_encoder(
+    ctx: &ExecContext<'_>,
+    found: EncoderFiles,
+    device: Device,
+    dtype: DType,
+) -> Result<TextEncoderHandle, NodeError> {
+    let preset = if found.config.is_none() {
+        preset_by_width(&found.weights)
+    } else {
+        None
+    };
+    // Every tensor of the file but the LM head: an upper bound (the layers past the last one
+    // the encoder needs are not loaded either).
+    let needed = weight_bytes(
+        &found.weights,
+        dtype,
+        &device,
+        LinearFormat::AsStored,
+        |name| !name.contains("lm_head"),
+    );
+    let load_on = load_device(
+        ctx,
+        &device,
+        needed.total(),
+        "text encoder",
+        "TextEncode streams its layers",
+    );
+    let encoder = qwen3::TextEncoder::load(
+        &qwen3::TextEncoderFiles {
+            weights: found.weights.clone(),
+            tokenizer: found.tokenizer.clone(),
+            config: found.config.clone(),
+        },
+        preset.as_ref(),
+        dtype,
+        &load_on,
+    )
+    .map_err(model_err("loading the text encoder"))?;
+    let layers_needed = encoder.config().layers_needed();
+    let file_bytes = weight_bytes(
+        &found.weights,
+        dtype,
+        &device,
+        LinearFormat::AsStored,
+        |name| {
+            // Layers past the last one the encoder needs, and the LM head, are never loaded.
+            let layer = name
+                .split("layers.")
+                .nth(1)
+                .or_else(|| name.strip_prefix("blk."))
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            match layer {
+                Some(i) => i < layers_needed,
+                None => !name.contains("lm_head") && name != "output.weight",
+            }
+        },
+    );
+    let held = if is_gguf(&found.weights) {
+        file_bytes
+    } else {
+        mem_of(encoder.weight_bytes())
+    };
+    Ok(TextEncoderHandle {
+        weight_bytes: held,
+        encoder: Arc::new(encoder),
+        device,
+        file: found.weights,
+        offloaded: false,
+    })
 }
 
 // ---------------------------------------------------------------- LoadVae
@@ -543,17 +583,20 @@ impl NodeDef for LoadVae {
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let path = resolved(ctx, "file", "vae")?;
         let (device, dtype) = device_and_dtype(ctx)?;
-        let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
-            .map_err(model_err("loading the VAE"))?;
-        Ok(vec![object(
-            PortType::Vae,
-            VaeHandle {
-                weight_bytes: mem_of(model.weight_bytes()),
-                vae: Arc::new(model),
-                device,
-                file: path,
-                offloaded: false,
-            },
-        )])
+        Ok(vec![object(PortType::Vae, load_vae(path, device, dtype)?)])
     }
+}
+
+/// Loads the FLUX.2 VAE (encoder and decoder) at `path` for `device` in `dtype`. LoadVae and
+/// ComfyUI's VAELoader.
+pub fn load_vae(path: PathBuf, device: Device, dtype: DType) -> Result<VaeHandle, NodeError> {
+    let model = vae::load_vae(&path, None, vae::Parts::EncoderAndDecoder, dtype, &device)
+        .map_err(model_err("loading the VAE"))?;
+    Ok(VaeHandle {
+        weight_bytes: mem_of(model.weight_bytes()),
+        vae: Arc::new(model),
+        device,
+        file: path,
+        offloaded: false,
+    })
 }

@@ -58,6 +58,14 @@ impl Sampler {
                     SEED_MAX,
                     "The noise seed; the same seed gives the same image on CPU and GPU.",
                 ))
+                .param(ParamDef::choice(
+                    "noise",
+                    &["veetance", "comfyui"],
+                    "veetance",
+                    "Which generator draws the noise for the seed. veetance: our own, the same \
+                     numbers on every device. comfyui: ComfyUI's (PyTorch's CPU generator), so \
+                     that a seed paints what it paints in ComfyUI.",
+                ))
                 .param(ParamDef::int("steps", 4, 1, 200, "Denoising steps."))
                 .param(ParamDef::choice(
                     "sampler",
@@ -209,6 +217,272 @@ fn preview_image(x0: &Tensor, h: usize, w: usize) -> Option<Image> {
     Image::new(1, rgb.height as u32, rgb.width as u32, 3, data).ok()
 }
 
+/// Where the starting noise comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseSource {
+    /// Veetance's own seeded noise ([`seeded_noise`]): the same numbers on every device.
+    Veetance(u64),
+    /// ComfyUI's noise for this seed ([`comfy_noise`]: `torch.manual_seed` + `torch.randn` on
+    /// the CPU), so that a seed gives ComfyUI's picture.
+    ComfyUi(u64),
+    /// Zeros, as ComfyUI's `DisableNoise`: the start is `(1 − σ₀) · latent`.
+    Zeros,
+    /// None added: the input latent is the start as it is (the Sampler's `add_noise` off).
+    Off,
+}
+
+impl NoiseSource {
+    fn seed(self) -> Option<u64> {
+        match self {
+            NoiseSource::Veetance(seed) | NoiseSource::ComfyUi(seed) => Some(seed),
+            NoiseSource::Zeros | NoiseSource::Off => None,
+        }
+    }
+}
+
+/// ComfyUI's starting noise for `seed` over a latent of `shape` (`[B, 128, h, w]`): what
+/// `comfy.sample.prepare_noise` draws (`torch.manual_seed(seed)`, then `torch.randn` of the whole
+/// shape on the CPU in f32).
+///
+/// TEMPORARY FALLBACK, to be replaced by `veetance_models::torch_rng::comfy_noise` when it lands
+/// on main (branch `noise`): until then this returns Veetance's own noise for the seed, so the
+/// native and ComfyUI graph paths agree with each other but not yet with ComfyUI's pixels.
+/// [`COMFY_NOISE_IS_TORCH`] says which one this build has.
+pub fn comfy_noise(seed: u64, shape: &[usize]) -> Vec<f32> {
+    sampling::gaussian_noise_vec(seed, shape.iter().product())
+}
+
+/// Whether [`comfy_noise`] is PyTorch's generator (false while the fallback stands in).
+pub const COMFY_NOISE_IS_TORCH: bool = false;
+
+/// What one sampling run takes: the model, its conditionings and guidance, the start, the noise
+/// and the sigmas. The native `Sampler` and ComfyUI's `SamplerCustomAdvanced` both fill it.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleArgs<'a> {
+    pub model: &'a ModelHandle,
+    pub positive: &'a Conditioning,
+    /// Used when `guidance` is not 1.
+    pub negative: Option<&'a Conditioning>,
+    /// Classifier-free guidance scale; 1 runs no negative pass.
+    pub guidance: f64,
+    /// The starting latent `(B, 128, h, w)`.
+    pub latent: &'a Latent,
+    pub noise: NoiseSource,
+    /// From 1 (or the start's noise level) down to 0: one step per pair.
+    pub sigmas: &'a [f32],
+    /// The step rule's name, for the image's generation parameters (only `euler` exists).
+    pub sampler: &'a str,
+}
+
+/// What sampling gives: the final latent and the model's last estimate of the clean latent
+/// (ComfyUI's `denoised_output`), both with the generation parameters in their `meta`.
+#[derive(Clone, Debug)]
+pub struct Sampled {
+    pub latent: Latent,
+    pub denoised: Latent,
+}
+
+/// Device bytes a sampling run of `model` on `latent` with `positive` allocates beside the
+/// weights (see `activations`); `None` on the CPU or when the shapes cannot be read. Both
+/// samplers' `NodeDef::device_need`.
+pub fn sampling_need(model: &ModelHandle, latent: &Latent, positive: &Conditioning) -> Option<u64> {
+    if model.device.is_cpu() {
+        return None;
+    }
+    let (batch, _, h, w) = latent.samples.dims4().ok()?;
+    let txt_tokens = positive.hidden.dim(1).ok()?;
+    Some(activations(model, batch, h * w, txt_tokens))
+}
+
+/// Runs flow-match Euler along `args.sigmas`: the one sampling routine of both samplers, with
+/// progress and a preview at every step, cancellation between steps, and the model placed for
+/// the device room (blocks streamed when it does not hold them).
+pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, NodeError> {
+    let SampleArgs {
+        model: handle,
+        positive,
+        negative,
+        guidance,
+        latent,
+        noise,
+        sigmas,
+        sampler,
+    } = args;
+    if sampler != "euler" {
+        return Err(NodeError::failed(format!(
+            "sampler '{sampler}' is not supported: only euler (flow-match Euler) is"
+        )));
+    }
+    if sigmas.len() < 2 {
+        return Err(NodeError::failed(format!(
+            "{} sigmas make no step: a schedule needs at least two",
+            sigmas.len()
+        )));
+    }
+    let device = &handle.device;
+    let dtype = handle.model.dtype();
+    let cerr = candle_err("sampler");
+    let (batch, channels, h, w) = latent.samples.dims4().map_err(&cerr)?;
+    let ctx_dim = handle.model.config().joint_attention_dim;
+    for (name, c) in [("positive", Some(positive)), ("negative", negative)] {
+        if let Some(c) = c {
+            let found = c.hidden.dim(2).map_err(&cerr)?;
+            if found != ctx_dim {
+                return Err(NodeError::failed(format!(
+                    "input '{name}': the conditioning is {found} wide but the model takes \
+                     {ctx_dim}; the text encoder does not belong to this model (klein-4B takes \
+                     Qwen3-4B, klein-9B Qwen3-8B)"
+                )));
+            }
+        }
+    }
+
+    let start = latent
+        .samples
+        .to_device(device)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(&cerr)?;
+    let noise_tensor = match noise {
+        NoiseSource::Veetance(seed) => Some(
+            seeded_noise(
+                seed,
+                batch,
+                h * PIXELS_PER_TOKEN,
+                w * PIXELS_PER_TOKEN,
+                DType::F32,
+                device,
+            )
+            .map_err(model_err("sampler"))?,
+        ),
+        NoiseSource::ComfyUi(seed) => {
+            let shape = [batch, channels, h, w];
+            Some(
+                Tensor::from_vec(comfy_noise(seed, &shape), &shape, &candle_core::Device::Cpu)
+                    .and_then(|t| t.to_device(device))
+                    .map_err(&cerr)?,
+            )
+        }
+        NoiseSource::Zeros => Some(start.zeros_like().map_err(&cerr)?),
+        NoiseSource::Off => None,
+    };
+    let start = match noise_tensor {
+        // Flow matching's noising: σ₀·noise + (1 − σ₀)·latent.
+        Some(n) => {
+            let s0 = f64::from(sigmas[0]);
+            ((n * s0).map_err(&cerr)? + (start * (1.0 - s0)).map_err(&cerr)?).map_err(&cerr)?
+        }
+        None => start,
+    };
+    let x = pack_latents(&start.to_dtype(dtype).map_err(&cerr)?).map_err(model_err("sampler"))?;
+    let img_ids = image_ids(h, w, device).map_err(model_err("sampler"))?;
+    let batched = |c: &Conditioning| -> Result<(Tensor, Tensor), NodeError> {
+        let txt = c
+            .hidden
+            .to_device(device)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| {
+                let (_, l, d) = t.dims3()?;
+                t.broadcast_as((batch, l, d))?.contiguous()
+            })
+            .map_err(&cerr)?;
+        let ids = text_ids(txt.dim(1).map_err(&cerr)?, device).map_err(model_err("sampler"))?;
+        Ok((txt, ids))
+    };
+    let (pos_txt, pos_ids) = batched(positive)?;
+    let neg = match negative {
+        Some(n) if guidance != 1.0 => Some(batched(n)?),
+        _ => None,
+    };
+    if guidance != 1.0 && negative.is_none() {
+        ctx.warn(format!(
+            "guidance {guidance} needs a negative conditioning; sampling without guidance"
+        ));
+    }
+    let activations = activations(handle, batch, h * w, pos_txt.dim(1).map_err(&cerr)?);
+    let placed = placed_model(ctx, handle, activations)?;
+    let model = Patched {
+        model: &placed,
+        attention: handle.patches.attention,
+        compiled: handle.patches.compiled,
+    };
+    let total = sigmas.len() - 1;
+    ctx.progress(0, total as u64);
+    let mut last_x0: Option<Tensor> = None;
+    let out = denoise(
+        &model,
+        &x,
+        &img_ids,
+        TextCondition {
+            txt: &pos_txt,
+            txt_ids: &pos_ids,
+        },
+        neg.as_ref().map(|(txt, ids)| Cfg {
+            negative: TextCondition { txt, txt_ids: ids },
+            scale: guidance,
+        }),
+        sigmas,
+        |step, x0| {
+            if let Some(image) = preview_image(x0, h, w) {
+                ctx.preview(image);
+            }
+            last_x0 = Some(x0.clone());
+            ctx.progress(step.index as u64 + 1, step.total as u64);
+            if ctx.cancel.is_cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    )
+    .map_err(model_err("sampling"))?;
+    let unpacked = |t: &Tensor| -> Result<Tensor, NodeError> {
+        unpack_latents(t, h, w)
+            .map_err(model_err("sampler"))?
+            .to_dtype(DType::F32)
+            .map_err(&cerr)
+    };
+    let samples = unpacked(&out)?;
+    let denoised = match &last_x0 {
+        Some(x0) => unpacked(x0)?,
+        None => samples.clone(),
+    };
+
+    let mut parameters = positive.prompt.clone();
+    if let Some(n) = negative.filter(|_| neg.is_some()) {
+        parameters.push_str(&format!("\nNegative prompt: {}", n.prompt));
+    }
+    let seed = noise
+        .seed()
+        .map_or_else(|| "none".to_string(), |s| s.to_string());
+    parameters.push_str(&format!(
+        "\nSteps: {total}, Sampler: {sampler}, Guidance: {guidance}, Seed: {seed}, Size: {}x{}, \
+         Model: {}",
+        w * PIXELS_PER_TOKEN,
+        h * PIXELS_PER_TOKEN,
+        handle
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    if let NoiseSource::ComfyUi(_) = noise {
+        parameters.push_str(", Noise: comfyui");
+    }
+    let meta = vec![("parameters".to_string(), parameters)];
+    Ok(Sampled {
+        latent: Latent {
+            samples,
+            meta: meta.clone(),
+            home: None,
+        },
+        denoised: Latent {
+            samples: denoised,
+            meta,
+            home: None,
+        },
+    })
+}
+
 impl NodeDef for Sampler {
     fn schema(&self) -> &NodeSchema {
         &self.schema
@@ -228,15 +502,11 @@ impl NodeDef for Sampler {
                 .find(|(p, _)| *p == port)
                 .and_then(|(_, v)| v.as_object())
         };
-        let handle = find("model")?.downcast::<ModelHandle>()?;
-        if handle.device.is_cpu() {
-            return None;
-        }
-        let latent = find("latent")?.downcast::<Latent>()?;
-        let positive = find("positive")?.downcast::<Conditioning>()?;
-        let (batch, _, h, w) = latent.samples.dims4().ok()?;
-        let txt_tokens = positive.hidden.dim(1).ok()?;
-        Some(activations(handle, batch, h * w, txt_tokens))
+        sampling_need(
+            find("model")?.downcast::<ModelHandle>()?,
+            find("latent")?.downcast::<Latent>()?,
+            find("positive")?.downcast::<Conditioning>()?,
+        )
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
@@ -246,136 +516,26 @@ impl NodeDef for Sampler {
         let latent = input::<Latent>(ctx, "latent", PortType::Latent)?;
         let seed = ctx.params.int("seed")? as u64;
         let steps = ctx.params.int("steps")? as usize;
-        let guidance = ctx.params.float("guidance")?;
-        let add_noise = ctx.params.bool("add_noise")?;
-
-        let device = &handle.device;
-        let dtype = handle.model.dtype();
-        let cerr = candle_err("sampler");
-        let (batch, _, h, w) = latent.samples.dims4().map_err(&cerr)?;
-        let ctx_dim = handle.model.config().joint_attention_dim;
-        for (name, c) in [("positive", Some(positive)), ("negative", negative)] {
-            if let Some(c) = c {
-                let found = c.hidden.dim(2).map_err(&cerr)?;
-                if found != ctx_dim {
-                    return Err(NodeError::failed(format!(
-                        "input '{name}': the conditioning is {found} wide but the model takes \
-                         {ctx_dim}; the text encoder does not belong to this model (klein-4B takes \
-                         Qwen3-4B, klein-9B Qwen3-8B)"
-                    )));
-                }
-            }
-        }
-
+        let noise = match (ctx.params.bool("add_noise")?, ctx.params.str("noise")?) {
+            (false, _) => NoiseSource::Off,
+            (true, "comfyui") => NoiseSource::ComfyUi(seed),
+            (true, _) => NoiseSource::Veetance(seed),
+        };
+        let (_, _, h, w) = latent.samples.dims4().map_err(candle_err("sampler"))?;
         let sigmas = sigmas(handle.patches.schedule, steps, h * w);
-        let start = latent
-            .samples
-            .to_device(device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(&cerr)?;
-        let start = if add_noise {
-            let noise = seeded_noise(
-                seed,
-                batch,
-                h * PIXELS_PER_TOKEN,
-                w * PIXELS_PER_TOKEN,
-                DType::F32,
-                device,
-            )
-            .map_err(model_err("sampler"))?;
-            let s0 = f64::from(sigmas[0]);
-            ((noise * s0).map_err(&cerr)? + (start * (1.0 - s0)).map_err(&cerr)?).map_err(&cerr)?
-        } else {
-            start
-        };
-        let x =
-            pack_latents(&start.to_dtype(dtype).map_err(&cerr)?).map_err(model_err("sampler"))?;
-        let img_ids = image_ids(h, w, device).map_err(model_err("sampler"))?;
-        let batched = |c: &Conditioning| -> Result<(Tensor, Tensor), NodeError> {
-            let txt = c
-                .hidden
-                .to_device(device)
-                .and_then(|t| t.to_dtype(dtype))
-                .and_then(|t| {
-                    let (_, l, d) = t.dims3()?;
-                    t.broadcast_as((batch, l, d))?.contiguous()
-                })
-                .map_err(&cerr)?;
-            let ids = text_ids(txt.dim(1).map_err(&cerr)?, device).map_err(model_err("sampler"))?;
-            Ok((txt, ids))
-        };
-        let (pos_txt, pos_ids) = batched(positive)?;
-        let neg = match negative {
-            Some(n) if guidance != 1.0 => Some(batched(n)?),
-            _ => None,
-        };
-        if guidance != 1.0 && negative.is_none() {
-            ctx.warn(format!(
-                "guidance {guidance} needs a negative conditioning; sampling without guidance"
-            ));
-        }
-        let activations = activations(handle, batch, h * w, pos_txt.dim(1).map_err(&cerr)?);
-        let placed = placed_model(ctx, handle, activations)?;
-        let model = Patched {
-            model: &placed,
-            attention: handle.patches.attention,
-            compiled: handle.patches.compiled,
-        };
-        let total = sigmas.len() - 1;
-        ctx.progress(0, total as u64);
-        let out = denoise(
-            &model,
-            &x,
-            &img_ids,
-            TextCondition {
-                txt: &pos_txt,
-                txt_ids: &pos_ids,
+        let sampled = sample(
+            ctx,
+            SampleArgs {
+                model: handle,
+                positive,
+                negative,
+                guidance: ctx.params.float("guidance")?,
+                latent,
+                noise,
+                sigmas: &sigmas,
+                sampler: ctx.params.str("sampler")?,
             },
-            neg.as_ref().map(|(txt, ids)| Cfg {
-                negative: TextCondition { txt, txt_ids: ids },
-                scale: guidance,
-            }),
-            &sigmas,
-            |step, x0| {
-                if let Some(image) = preview_image(x0, h, w) {
-                    ctx.preview(image);
-                }
-                ctx.progress(step.index as u64 + 1, step.total as u64);
-                if ctx.cancel.is_cancelled() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )
-        .map_err(model_err("sampling"))?;
-        let samples = unpack_latents(&out, h, w)
-            .map_err(model_err("sampler"))?
-            .to_dtype(DType::F32)
-            .map_err(&cerr)?;
-
-        let mut parameters = positive.prompt.clone();
-        if let Some(n) = negative.filter(|_| neg.is_some()) {
-            parameters.push_str(&format!("\nNegative prompt: {}", n.prompt));
-        }
-        parameters.push_str(&format!(
-            "\nSteps: {steps}, Sampler: euler, Guidance: {guidance}, Seed: {seed}, Size: {}x{}, \
-             Model: {}",
-            w * PIXELS_PER_TOKEN,
-            h * PIXELS_PER_TOKEN,
-            handle
-                .file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        Ok(vec![object(
-            PortType::Latent,
-            Latent {
-                samples,
-                meta: vec![("parameters".into(), parameters)],
-                home: None,
-            },
-        )])
+        )?;
+        Ok(vec![object(PortType::Latent, sampled.latent)])
     }
 }

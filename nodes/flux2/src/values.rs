@@ -99,9 +99,11 @@ fn moved<T: Payload>(result: Result<T, String>) -> Option<Result<Arc<dyn Payload
 /// `weight_bytes` and `offloaded`): moves between tiers by walking the model's tensors, shares its
 /// weights with the handles patch nodes derive from it (`storage_id` / `rebase`), and wants the
 /// device for weights its loader left in host memory. `$streams`: the nodes taking it can use it
-/// from host memory (the Sampler streams blocks, TextEncode layers).
+/// from host memory (the Sampler streams blocks, TextEncode layers). `$holders`: other payloads
+/// that hold such a handle (a [`Guider`] holds a model) and share its storage group, as
+/// `Fn(&dyn Any) -> Option<&$ty>`, so that a handle rebases onto a moved holder too.
 macro_rules! model_handle_payload {
-    ($ty:ident, $field:ident, $what:literal, streams: $streams:expr) => {
+    ($ty:ident, $field:ident, $what:literal, streams: $streams:expr, held_by: $holders:expr) => {
         impl Payload for $ty {
             fn mem_bytes(&self) -> MemBytes {
                 self.weight_bytes
@@ -133,7 +135,7 @@ macro_rules! model_handle_payload {
                 Some(Arc::as_ptr(&self.$field) as usize)
             }
             fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
-                let moved = moved.as_any().downcast_ref::<$ty>()?;
+                let moved = <$ty>::shared_from(moved)?;
                 Some(Arc::new($ty {
                     $field: moved.$field.clone(),
                     weight_bytes: moved.weight_bytes,
@@ -154,6 +156,13 @@ macro_rules! model_handle_payload {
         }
 
         impl $ty {
+            /// The handle of this kind that `payload` is or holds (a guider holds a model), for
+            /// [`Payload::rebase`] onto whichever member of a storage group moved.
+            pub fn shared_from(payload: &dyn Payload) -> Option<&$ty> {
+                let any = payload.as_any();
+                any.downcast_ref::<$ty>().or_else(|| $holders(any))
+            }
+
             /// This handle with its weights moved to `device` (`offloaded` marks a move by the
             /// cache), as a payload move's result.
             fn moved_to(
@@ -180,7 +189,17 @@ macro_rules! model_handle_payload {
     };
 }
 
-model_handle_payload!(ModelHandle, model, "the diffusion model", streams: true);
+model_handle_payload!(ModelHandle, model, "the diffusion model", streams: true,
+    held_by: model_in_guider);
+
+fn model_in_guider(any: &dyn Any) -> Option<&ModelHandle> {
+    any.downcast_ref::<Guider>().map(|g| &g.model)
+}
+
+/// For handles no other payload holds.
+fn held_by_none<T>(_: &dyn Any) -> Option<&T> {
+    None
+}
 
 /// The Qwen3 text encoder; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
@@ -194,7 +213,8 @@ pub struct TextEncoderHandle {
     pub offloaded: bool,
 }
 
-model_handle_payload!(TextEncoderHandle, encoder, "the text encoder", streams: true);
+model_handle_payload!(TextEncoderHandle, encoder, "the text encoder", streams: true,
+    held_by: held_by_none);
 
 /// The FLUX.2 VAE; `device` is its home, as for [`ModelHandle`].
 #[derive(Clone, Debug)]
@@ -208,7 +228,7 @@ pub struct VaeHandle {
     pub offloaded: bool,
 }
 
-model_handle_payload!(VaeHandle, vae, "the VAE", streams: false);
+model_handle_payload!(VaeHandle, vae, "the VAE", streams: false, held_by: held_by_none);
 
 /// An encoded prompt. `home` is the device it was computed on, when the cache moved it to host
 /// memory (`None`: it is where it was made).
@@ -300,6 +320,120 @@ impl Payload for Latent {
                     home: None,
                 }),
         )
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// ComfyUI's GUIDER (`CFGGuider`, `BasicGuider`): a model with the conditionings and the guidance
+/// scale a sampler uses them with.
+///
+/// It holds the model's handle itself (an `Arc` clone: no weights are copied), so it is a member
+/// of the model's storage group like the patch nodes' handles: it reports the model's storage id
+/// and bytes, moves between tiers with it (`to_host`, `to_device` and `rebase` go through the
+/// handle's own), and streams from host memory as the model does. Its conditionings are its
+/// inputs' tensors (shared with their cache entries, so counted again here: an over-count of a
+/// few MiB at most) and move with it, so that no tensor of it stays on the device once the cache
+/// moved it to host memory.
+#[derive(Clone, Debug)]
+pub struct Guider {
+    pub model: ModelHandle,
+    pub positive: Conditioning,
+    /// `None` for a guider without a negative (`BasicGuider`).
+    pub negative: Option<Conditioning>,
+    /// The guidance scale; at 1 no negative pass runs (ComfyUI's cfg = 1 shortcut).
+    pub cfg: f64,
+}
+
+impl Guider {
+    /// This guider over `model`, its conditionings moved by `move_cond` (`None`: left as they
+    /// are).
+    fn with_model(
+        &self,
+        model: ModelHandle,
+        move_cond: impl Fn(&Conditioning) -> Option<Result<Arc<dyn Payload>, String>>,
+    ) -> Result<Guider, String> {
+        let cond = |c: &Conditioning| match move_cond(c) {
+            None => Ok(c.clone()),
+            Some(moved) => downcast_clone::<Conditioning>(moved?, "a conditioning"),
+        };
+        Ok(Guider {
+            model,
+            positive: cond(&self.positive)?,
+            negative: self.negative.as_ref().map(cond).transpose()?,
+            cfg: self.cfg,
+        })
+    }
+
+    /// Its model after a move (`None`: the model did not move).
+    fn model_after(
+        &self,
+        moved: Option<Result<Arc<dyn Payload>, String>>,
+    ) -> Result<ModelHandle, String> {
+        match moved {
+            None => Ok(self.model.clone()),
+            Some(moved) => downcast_clone::<ModelHandle>(moved?, "a model handle"),
+        }
+    }
+}
+
+fn downcast_clone<T: Payload + Clone>(payload: Arc<dyn Payload>, what: &str) -> Result<T, String> {
+    payload
+        .as_any()
+        .downcast_ref::<T>()
+        .cloned()
+        .ok_or_else(|| format!("a guider's move did not give back {what}"))
+}
+
+impl Payload for Guider {
+    fn mem_bytes(&self) -> MemBytes {
+        let mut bytes = self.model.mem_bytes() + self.positive.mem_bytes();
+        if let Some(n) = &self.negative {
+            bytes += n.mem_bytes();
+        }
+        bytes
+    }
+    fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        if self.mem_bytes().device == 0 {
+            return None;
+        }
+        moved(
+            self.model_after(self.model.to_host())
+                .and_then(|model| self.with_model(model, Conditioning::to_host)),
+        )
+    }
+    fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
+        let back = |c: &Conditioning| c.home.is_some();
+        if !self.model.offloaded
+            && !back(&self.positive)
+            && !self.negative.as_ref().is_some_and(back)
+        {
+            return None;
+        }
+        moved(
+            self.model_after(self.model.to_device())
+                .and_then(|model| self.with_model(model, Conditioning::to_device)),
+        )
+    }
+    fn streams_from_host(&self) -> bool {
+        self.model.streams_from_host()
+    }
+    fn storage_id(&self) -> Option<usize> {
+        self.model.storage_id()
+    }
+    fn rebase(&self, moved: &dyn Payload) -> Option<Arc<dyn Payload>> {
+        let model = self.model_after(Some(Ok(self.model.rebase(moved)?))).ok()?;
+        // The conditionings follow the weights to host memory; on the way back, to_device brings
+        // them.
+        let to_host = model.mem_bytes().device == 0;
+        let guider = self
+            .with_model(model, |c| if to_host { c.to_host() } else { None })
+            .ok()?;
+        Some(Arc::new(guider))
+    }
+    fn device_wanted(&self) -> u64 {
+        self.model.device_wanted()
     }
     fn as_any(&self) -> &dyn Any {
         self

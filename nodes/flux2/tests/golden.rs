@@ -397,3 +397,56 @@ fn tiled_decode_matches_the_whole_decode_closely() {
     let c = veetance_nodes_basic::read_png_image(&single).unwrap();
     assert_eq!(a.data, c.data);
 }
+
+/// `noise: comfyui` starts from `comfy_noise` of the seed over the whole latent: the same image
+/// as no added noise from a latent holding exactly those numbers (the first sigma is 1).
+#[test]
+fn comfyui_noise_starts_from_comfy_noise_of_the_seed() {
+    let (wf, graph) = tiny_workflow();
+    let dir = tempfile::tempdir().unwrap();
+    let env = env(dir.path(), &wf);
+    let mut engine = Engine::new(registry(), Budgets::default());
+    let mut with_noise = graph.clone();
+    with_noise
+        .set_param("sampler", "noise", Value::string("comfyui"))
+        .unwrap();
+    let noised = saved_path(&run(&mut engine, &with_noise, &env).0.unwrap());
+
+    let shape = [1, 128, 4, 4];
+    let noise = veetance_nodes_flux2::sampler::comfy_noise(42, &shape);
+    let path = dir.path().join("noise.latent");
+    let tensors = std::collections::HashMap::from([(
+        "latent_tensor".to_string(),
+        candle_core::Tensor::from_vec(noise, &shape, &Device::Cpu).unwrap(),
+    )]);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let mut from_file = graph.clone();
+    from_file.remove_link(&veetance_core::Link {
+        from: veetance_core::PortRef::new("latent", "latent"),
+        to: veetance_core::PortRef::new("sampler", "latent"),
+    });
+    let mut params = std::collections::BTreeMap::new();
+    params.insert(
+        "path".to_string(),
+        Value::string(path.display().to_string()),
+    );
+    from_file
+        .add_node("load_latent", "LoadLatent", params)
+        .unwrap();
+    from_file.add_link(veetance_core::Link {
+        from: veetance_core::PortRef::new("load_latent", "latent"),
+        to: veetance_core::PortRef::new("sampler", "latent"),
+    });
+    from_file
+        .set_param("sampler", "add_noise", Value::Bool(false))
+        .unwrap();
+    let given = saved_path(&run(&mut engine, &from_file, &env).0.unwrap());
+    let a = veetance_nodes_basic::read_png_image(&noised).unwrap();
+    let b = veetance_nodes_basic::read_png_image(&given).unwrap();
+    assert_eq!(a.data, b.data);
+    // The seed's parameters say which noise painted it.
+    let text = veetance_nodes_basic::read_png_text(&std::fs::read(&noised).unwrap(), "parameters")
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("Noise: comfyui"), "{text}");
+}
