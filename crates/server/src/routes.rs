@@ -15,7 +15,7 @@ use serde_json::{json, Value as Json};
 use veetance_core::{HostMemory, RunEnv};
 
 use crate::store::{Enqueued, NewPrompt, StoreError};
-use crate::{compat, files, jobs, now_ms, openai, security, ws, AppState, Core, WorkerMsg};
+use crate::{files, jobs, now_ms, openai, security, ws, AppState, Core, WorkerMsg};
 
 /// An error answer: a status and a JSON body, by default ComfyUI's error object
 /// `{"error": {"type", "message", "details", "extra_info"}}`.
@@ -269,21 +269,36 @@ pub async fn submit(
     extra_data.insert("create_time".into(), json!(now_ms()));
     let created_ms = now_ms();
     blocking(core, move |core| {
-        let graph = compat::prompt_to_graph(&prompt, &core.registry).map_err(prompt_error)?;
-        let checked =
-            compat::check_prompt(&graph, &core.registry, &check_env(core)).map_err(prompt_error)?;
+        let graph =
+            veetance_comfy::prompt_to_graph(&prompt, &core.registry).map_err(prompt_error)?;
+        let checked = veetance_comfy::check_prompt(&graph, &core.registry, &check_env(core))
+            .map_err(prompt_error)?;
         let mut outputs = checked.outputs;
+        let mut node_errors = checked.node_errors;
         if let Some(targets) = &partial_targets {
+            // "Run selected": only these outputs, and only their errors.
             outputs.retain(|o| targets.contains(o));
+            node_errors.retain(|_, e| e.dependent_outputs.iter().any(|o| targets.contains(o)));
             if outputs.is_empty() {
-                return Err(prompt_error(compat::error(
-                    "prompt_no_outputs",
-                    "Prompt has no outputs",
-                    "none of `partial_execution_targets` is an output node that can run".into(),
-                )));
+                let (kind, message) = if node_errors.is_empty() {
+                    ("prompt_no_outputs", "Prompt has no outputs")
+                } else {
+                    ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
+                };
+                return Err(prompt_error(veetance_comfy::PromptError {
+                    error: veetance_comfy::ErrorBody {
+                        kind: kind.into(),
+                        message: message.into(),
+                        details: "none of `partial_execution_targets` is an output node that \
+                                  can run"
+                            .into(),
+                        extra_info: json!({}),
+                    },
+                    node_errors,
+                }));
             }
         }
-        let node_errors = serde_json::to_value(&checked.node_errors)
+        let node_errors = serde_json::to_value(&node_errors)
             .map_err(|e| ApiError::internal(format!("node_errors: {e}")))?;
         let enqueued = core.store.enqueue(NewPrompt {
             prompt_id: prompt_id.clone(),
