@@ -283,7 +283,10 @@ pub async fn submit(
                 let (kind, message) = if node_errors.is_empty() {
                     ("prompt_no_outputs", "Prompt has no outputs")
                 } else {
-                    ("prompt_outputs_failed_validation", "Prompt outputs failed validation")
+                    (
+                        "prompt_outputs_failed_validation",
+                        "Prompt outputs failed validation",
+                    )
                 };
                 return Err(prompt_error(veetance_comfy::PromptError {
                     error: veetance_comfy::ErrorBody {

@@ -1461,3 +1461,173 @@ fn a_huge_image_fails_with_a_named_error_and_the_server_keeps_serving() {
     let ok = server.queue(slow(1, 0, 1), json!({"client_id": "h"}));
     assert!(kinds(&ws.until_done(&ok)).contains(&"execution_success"));
 }
+
+// ------------------------------------------------------------------------- ComfyUI's classes
+
+/// A models folder with the tiny models under the file names of ComfyUI's klein templates.
+#[cfg(unix)]
+fn template_models(dir: &Path) {
+    use std::os::unix::fs::symlink;
+    let tiny = repo().join("assets/tiny-models");
+    for sub in ["diffusion_models", "text_encoders", "vae"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    symlink(
+        tiny.join("diffusion_models/flux2-klein-tiny.safetensors"),
+        dir.join("diffusion_models/flux-2-klein-4b.safetensors"),
+    )
+    .unwrap();
+    for (from, to) in [
+        ("qwen3-tiny.safetensors", "qwen_3_4b.safetensors"),
+        ("qwen3-tiny.tokenizer.json", "qwen_3_4b.tokenizer.json"),
+        ("qwen3-tiny.config.json", "qwen_3_4b.config.json"),
+    ] {
+        symlink(
+            tiny.join("text_encoders").join(from),
+            dir.join("text_encoders").join(to),
+        )
+        .unwrap();
+    }
+    symlink(
+        tiny.join("vae/flux2-vae-tiny"),
+        dir.join("vae/flux2-vae.safetensors"),
+    )
+    .unwrap();
+}
+
+/// ComfyUI's distilled klein 4B text-to-image template in API form (ids as the frontend
+/// flattens its subgraph), at 64×64.
+fn klein_api_prompt(seed: i64) -> Json {
+    json!({
+        "76": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a red fox sitting in the snow at dawn"}},
+        "75:66": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-2-klein-4b.safetensors", "weight_dtype": "default"}},
+        "75:62": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "flux2", "device": "default"}},
+        "75:72": {"class_type": "VAELoader", "inputs": {"vae_name": "flux2-vae.safetensors"}},
+        "75:74": {"class_type": "CLIPTextEncode", "inputs": {"text": ["76", 0], "clip": ["75:62", 0]}},
+        "75:67": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["75:74", 0]}},
+        "75:63": {"class_type": "CFGGuider", "inputs": {"cfg": 1, "model": ["75:66", 0], "positive": ["75:74", 0], "negative": ["75:67", 0]}},
+        "75:73": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "75:61": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "75:68": {"class_type": "PrimitiveInt", "inputs": {"value": 64}},
+        "75:69": {"class_type": "PrimitiveInt", "inputs": {"value": 64}},
+        "75:71": {"class_type": "Flux2Scheduler", "inputs": {"steps": 4, "width": ["75:68", 0], "height": ["75:69", 0]}},
+        "75:70": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": ["75:68", 0], "height": ["75:69", 0], "batch_size": 1}},
+        "75:64": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["75:73", 0], "guider": ["75:63", 0], "sampler": ["75:61", 0], "sigmas": ["75:71", 0], "latent_image": ["75:70", 0]}},
+        "75:65": {"class_type": "VAEDecode", "inputs": {"samples": ["75:64", 0], "vae": ["75:72", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "Flux2-Klein", "images": ["75:65", 0]}},
+    })
+}
+
+/// The text chunks of a PNG.
+fn png_texts(bytes: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &bytes[at + 4..at + 8];
+        let data = &bytes[at + 8..at + 8 + len];
+        if kind == b"tEXt" {
+            if let Some(nul) = data.iter().position(|b| *b == 0) {
+                out.push((
+                    String::from_utf8_lossy(&data[..nul]).into_owned(),
+                    String::from_utf8_lossy(&data[nul + 1..]).into_owned(),
+                ));
+            }
+        }
+        at += 12 + len;
+    }
+    out
+}
+
+/// What `script_examples/websockets_api_example.py` does, against ComfyUI's own classes:
+/// connect with a client id, queue, wait for `executing` with `node: null`, read the history,
+/// download every image.
+#[cfg(unix)]
+#[test]
+fn comfyuis_klein_template_runs_as_the_websocket_example_drives_it() {
+    let models = tempfile::tempdir().unwrap();
+    template_models(models.path());
+    let default = models.path().join("klein.json");
+    std::fs::write(&default, klein_api_prompt(1).to_string()).unwrap();
+    let server = TestServer::start_with(|o| {
+        o.models_dir = models.path().to_path_buf();
+        o.default_workflow = Some(default.clone());
+    });
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let ws = Ws::connect(&server, &format!("clientId={client_id}"), None);
+    let workflow = json!({"id": "wf-1", "nodes": [], "links": []});
+    let prompt_id = server.queue(
+        klein_api_prompt(42),
+        json!({"client_id": client_id, "extra_data": {"extra_pnginfo": {"workflow": workflow}}}),
+    );
+    let msgs = ws.until_done(&prompt_id);
+    assert!(
+        kinds(&msgs).contains(&"execution_success"),
+        "{:?}",
+        kinds(&msgs)
+    );
+    let steps = msgs
+        .iter()
+        .filter(|m| {
+            m.kind() == "progress"
+                && m.data()["node"] == "75:64"
+                && m.data()["value"].as_u64() > Some(0)
+        })
+        .count();
+    assert_eq!(steps, 4, "a progress per SamplerCustomAdvanced step");
+    let history = server.get_json(&format!("/history/{prompt_id}"));
+    let images = history[&prompt_id]["outputs"]["9"]["images"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(images.len(), 1);
+    for image in &images {
+        let q = format!(
+            "/view?filename={}&subfolder={}&type={}",
+            urlencode(image["filename"].as_str().unwrap()),
+            urlencode(image["subfolder"].as_str().unwrap()),
+            image["type"].as_str().unwrap()
+        );
+        let bytes = server.get(&q).bytes().unwrap();
+        assert_eq!(png_size(&bytes), (64, 64));
+        // ComfyUI's text chunks: the API prompt and each extra_pnginfo entry.
+        let texts = png_texts(&bytes);
+        let chunk = |key: &str| -> Json {
+            serde_json::from_str(
+                &texts
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .unwrap_or_else(|| panic!("no {key} chunk in {texts:?}"))
+                    .1,
+            )
+            .unwrap()
+        };
+        assert_eq!(chunk("prompt"), klein_api_prompt(42));
+        assert_eq!(chunk("workflow"), workflow);
+    }
+    assert_eq!(
+        server.get_json("/api/jobs?workflow_id=wf-1")["jobs"][0]["id"],
+        prompt_id.as_str()
+    );
+
+    // The same template through the OpenAI route: the prompt goes into the primitive that feeds
+    // CLIPTextEncode, the size into both PrimitiveInts, the seed into RandomNoise.
+    let r = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a hare", "size": "32x48", "seed": 3}),
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Json = r.json().unwrap();
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(answer["data"][0]["b64_json"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(png_size(&png), (32, 48));
+    let texts = png_texts(&png);
+    let prompt: Json =
+        serde_json::from_str(&texts.iter().find(|(k, _)| k == "prompt").unwrap().1).unwrap();
+    assert_eq!(prompt["76"]["inputs"]["value"], "a hare");
+    assert_eq!(prompt["75:68"]["inputs"]["value"], 32);
+    assert_eq!(prompt["75:69"]["inputs"]["value"], 48);
+    assert_eq!(prompt["75:73"]["inputs"]["noise_seed"], 3);
+}
