@@ -426,10 +426,11 @@ fn place(
         match std::fs::symlink_metadata(&target) {
             Ok(meta) => {
                 // A link is never read through (its target may lie outside the folder).
-                if meta.is_file() && meta.len() == bytes.len() as u64 {
-                    if std::fs::read(&target).is_ok_and(|b| b == bytes) {
-                        return Ok((name, target));
-                    }
+                if meta.is_file()
+                    && meta.len() == bytes.len() as u64
+                    && std::fs::read(&target).is_ok_and(|b| b == bytes)
+                {
+                    return Ok((name, target));
                 }
                 continue;
             }

@@ -451,7 +451,7 @@ impl Worker {
             core.hub.send_json(
                 Some(c),
                 "executing",
-                json!({ "node": null, "display_node": null, "prompt_id": prompt_id }),
+                json!({ "node": null, "prompt_id": prompt_id }),
             );
         }
         core.notify_done(&prompt_id);
