@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use veetance_comfy::{check_prompt, node_error_lines, prune};
 use veetance_core::events::FanOut;
 use veetance_core::{
     validate, Budgets, CancelToken, DeviceMemory, Engine, EventSink, HostMemory, MemoryReport,
@@ -12,7 +13,7 @@ use veetance_core::{
 use veetance_workflow::WorkflowFile;
 
 use crate::config::{format_size, parse_budget, CacheSection, ConfigFile};
-use crate::load::{apply_sets, default_workflow, load_workflow};
+use crate::load::{apply_sets, comfy_failure, default_workflow, load_workflow, prompt_as_run};
 use crate::progress::{JsonLines, TerminalProgress};
 use crate::{CommonArgs, Failure, RunArgs};
 
@@ -22,15 +23,12 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
     if let Some(p) = &config_path {
         tracing::info!("config from {}", p.display());
     }
+    let registry = Arc::new(veetance_nodes::registry());
     let loaded = match path {
-        Some(p) => load_workflow(p)?,
+        Some(p) => load_workflow(p, &registry)?,
         None => default_workflow()?,
     };
-    let registry = Arc::new(veetance_nodes::registry());
-    let mut graph = loaded
-        .file
-        .to_graph(&loaded.origin)
-        .map_err(Failure::invalid)?;
+    let mut graph = loaded.graph()?;
     apply_sets(&mut graph, &registry, &args.sets)?;
 
     // The workflow exactly as it runs (overrides applied), for outputs to embed.
@@ -69,22 +67,50 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
             .unwrap_or_else(|| "unlimited".into())
     );
 
-    let env = RunEnv {
+    let mut env = RunEnv {
         out_dir: out_dir.clone(),
         models_dir,
         run_index: 0,
         workflow: Some(as_run.to_ron().into()),
         ..RunEnv::default()
     };
-    if let Err(errors) = validate(&graph, &registry, &env) {
-        for e in &errors {
-            eprintln!("{}: {e}", loaded.origin);
+    match &loaded.comfy {
+        Some(comfy) => {
+            // ComfyUI's text chunks, as ComfyUI writes them into its images: the prompt as it
+            // runs (overrides applied), and the UI workflow it came from.
+            let prompt = prompt_as_run(&comfy.prompt, &graph, &args.sets);
+            env.png_text.push(("prompt".into(), prompt.to_string()));
+            if let Some(ui) = &comfy.workflow {
+                env.png_text.push(("workflow".into(), ui.to_string()));
+            }
+            // ComfyUI's rules: outputs whose nodes have problems are skipped, the others run,
+            // and nodes no output needs are neither checked nor run.
+            let checked = check_prompt(&graph, &registry, &env)
+                .map_err(|e| comfy_failure(&loaded.origin, &e))?;
+            for line in node_error_lines(&checked.node_errors) {
+                eprintln!("warning: {}: {line}", loaded.origin);
+            }
+            if !checked.node_errors.is_empty() {
+                eprintln!(
+                    "warning: {}: running output(s) {} only, as ComfyUI would",
+                    loaded.origin,
+                    checked.outputs.join(", ")
+                );
+            }
+            graph = prune(&graph, &checked.outputs);
         }
-        return Err(Failure::invalid(anyhow!(
-            "{}: {} problem(s); nothing was run",
-            loaded.origin,
-            errors.len()
-        )));
+        None => {
+            if let Err(errors) = validate(&graph, &registry, &env) {
+                for e in &errors {
+                    eprintln!("{}: {e}", loaded.origin);
+                }
+                return Err(Failure::invalid(anyhow!(
+                    "{}: {} problem(s); nothing was run",
+                    loaded.origin,
+                    errors.len()
+                )));
+            }
+        }
     }
     ensure_writable_dir(&out_dir).map_err(Failure::invalid)?;
 

@@ -1,12 +1,14 @@
-//! Loading workflows (from `.ron` files or PNGs that embed one), and the `validate` and
-//! `nodes` commands.
+//! Loading workflows (from `.ron` files, ComfyUI's JSON, or PNGs that embed either), and the
+//! `validate` and `nodes` commands.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use serde_json::Value as Json;
+use veetance_comfy::{check_prompt, node_error_lines, Format, PromptError, ReadJson};
 use veetance_core::{validate, Graph, NodeRegistry, NodeSchema, ParamKind, RunEnv, Value};
-use veetance_workflow::WorkflowFile;
+use veetance_workflow::{Layout, WorkflowFile};
 
 use crate::Failure;
 
@@ -16,21 +18,130 @@ use crate::Failure;
 pub const DEFAULT_WORKFLOW: &str = include_str!("../../../workflows/flux2-klein-tiny.ron");
 pub const DEFAULT_WORKFLOW_NAME: &str = "workflows/flux2-klein-tiny.ron (built in)";
 
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
 /// A workflow read from somewhere, with the name its messages use.
 pub struct Loaded {
     pub file: WorkflowFile,
     pub origin: String,
+    /// Set when the file was ComfyUI JSON, or a PNG that ComfyUI wrote: the ComfyUI document,
+    /// whose graph `file` holds.
+    pub comfy: Option<ReadJson>,
 }
 
-/// Reads a `.ron` workflow, or the workflow embedded in a PNG written by SaveImage.
-pub fn load_workflow(path: &Path) -> Result<Loaded, Failure> {
+impl Loaded {
+    /// The engine graph of the workflow.
+    pub fn graph(&self) -> Result<Graph, Failure> {
+        match &self.comfy {
+            Some(read) => Ok(read.graph.clone()),
+            None => self.file.to_graph(&self.origin).map_err(Failure::invalid),
+        }
+    }
+}
+
+/// Reads a workflow: a `.ron` file, ComfyUI JSON (an API prompt or a UI workflow, told apart by
+/// their shape), or a PNG that embeds a Veetance workflow (written by SaveImage) or ComfyUI's
+/// `prompt` / `workflow` text chunks.
+pub fn load_workflow(path: &Path, registry: &NodeRegistry) -> Result<Loaded, Failure> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::invalid(anyhow!("{origin}: cannot read the file: {e}")))?;
+    if bytes.starts_with(PNG_MAGIC) {
+        let text = |key: &str| {
+            veetance_nodes_basic::read_png_text(&bytes, key)
+                .map_err(|e| Failure::invalid(anyhow!("{origin}: not a readable PNG: {e}")))
+        };
+        if text(veetance_nodes_basic::WORKFLOW_PNG_KEYWORD)?.is_none() {
+            let (prompt, workflow) = (text("prompt")?, text("workflow")?);
+            if prompt.is_some() || workflow.is_some() {
+                let origin = format!("{origin} (embedded ComfyUI workflow)");
+                let read = veetance_comfy::read_png_texts(
+                    prompt.as_deref(),
+                    workflow.as_deref(),
+                    registry,
+                )
+                .map_err(|e| comfy_failure(&origin, &e))?;
+                return Ok(comfy_loaded(read, origin));
+            }
+        }
+    } else if is_json(path, &bytes) {
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Failure::invalid(anyhow!("{origin}: not UTF-8 text")))?;
+        let read = veetance_comfy::read_json_text(&text, registry)
+            .map_err(|e| comfy_failure(&origin, &e))?;
+        return Ok(comfy_loaded(read, origin));
+    }
     let read =
         veetance_nodes_basic::read_workflow_text(path).map_err(|e| Failure::invalid(anyhow!(e)))?;
     let file = WorkflowFile::parse(&read.text, &read.origin).map_err(Failure::invalid)?;
     Ok(Loaded {
         file,
         origin: read.origin,
+        comfy: None,
     })
+}
+
+/// Whether a file is JSON: a `.json` name, or text starting with `{`.
+fn is_json(path: &Path, bytes: &[u8]) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn comfy_loaded(read: ReadJson, origin: String) -> Loaded {
+    for notice in &read.notices {
+        eprintln!("warning: {origin}: {notice}");
+    }
+    let layout = read.workflow.as_ref().map(|ui| Layout {
+        positions: veetance_comfy::ui_positions(ui),
+        groups: Vec::new(),
+    });
+    let mut file = WorkflowFile::from_graph(&read.graph, layout);
+    file.description = Some(format!(
+        "Read from ComfyUI's {} {origin}",
+        match read.format {
+            Format::Api => "API prompt",
+            Format::Ui => "UI workflow",
+        }
+    ));
+    Loaded {
+        file,
+        origin,
+        comfy: Some(read),
+    }
+}
+
+/// A ComfyUI refusal as the CLI reports it: each node error on its own line (node id, class,
+/// input), then the one `error:` line, exit code 2.
+pub fn comfy_failure(origin: &str, error: &PromptError) -> Failure {
+    let lines = error.lines();
+    if lines.len() == 1 {
+        return Failure::invalid(anyhow!("{origin}: {}", lines[0]));
+    }
+    for line in &lines[1..] {
+        eprintln!("{origin}: {line}");
+    }
+    Failure::invalid(anyhow!(
+        "{origin}: {} ({} problem(s)); nothing was run",
+        error.error.message,
+        lines.len() - 1
+    ))
+}
+
+/// The ComfyUI `prompt` with the `--set` overrides applied to it, as the graph now holds them.
+pub fn prompt_as_run(prompt: &Json, graph: &Graph, sets: &[String]) -> Json {
+    let mut prompt = prompt.clone();
+    for set in sets {
+        let Some((node, param)) = set.split_once('=').and_then(|(k, _)| k.split_once('.')) else {
+            continue;
+        };
+        let value = graph.node(node).and_then(|n| n.params.get(param));
+        let inputs = prompt.get_mut(node).and_then(|n| n.get_mut("inputs"));
+        if let (Some(value), Some(Json::Object(inputs))) = (value, inputs) {
+            inputs.insert(param.to_string(), veetance_comfy::types::value_json(value));
+        }
+    }
+    prompt
 }
 
 /// The built-in example workflow.
@@ -40,6 +151,7 @@ pub fn default_workflow() -> Result<Loaded, Failure> {
     Ok(Loaded {
         file,
         origin: DEFAULT_WORKFLOW_NAME.into(),
+        comfy: None,
     })
 }
 
@@ -98,24 +210,43 @@ pub fn apply_sets(
 }
 
 pub fn validate_command(path: &Path, models_dir: Option<PathBuf>) -> Result<(), Failure> {
-    let loaded = load_workflow(path)?;
     let registry = veetance_nodes::registry();
-    let graph = loaded
-        .file
-        .to_graph(&loaded.origin)
-        .map_err(Failure::invalid)?;
+    let loaded = load_workflow(path, &registry)?;
+    let graph = loaded.graph()?;
     let env = RunEnv {
         models_dir: models_dir.unwrap_or_else(|| PathBuf::from("models")),
         ..RunEnv::default()
     };
+    let ok = |graph: &Graph| {
+        crate::print_stdout(&format!(
+            "{}: ok ({} nodes, {} links)\n",
+            loaded.origin,
+            graph.node_count(),
+            graph.links().len()
+        ));
+    };
+    if loaded.comfy.is_some() {
+        // ComfyUI's rules: only what the outputs need is checked, each problem in its terms.
+        let checked =
+            check_prompt(&graph, &registry, &env).map_err(|e| comfy_failure(&loaded.origin, &e))?;
+        if checked.node_errors.is_empty() {
+            ok(&graph);
+            return Ok(());
+        }
+        let lines = node_error_lines(&checked.node_errors);
+        for line in &lines {
+            eprintln!("{}: {line}", loaded.origin);
+        }
+        return Err(Failure::invalid(anyhow!(
+            "{}: {} problem(s); ComfyUI would run only output(s) {} of it",
+            loaded.origin,
+            lines.len(),
+            checked.outputs.join(", ")
+        )));
+    }
     match validate(&graph, &registry, &env) {
         Ok(()) => {
-            crate::print_stdout(&format!(
-                "{}: ok ({} nodes, {} links)\n",
-                loaded.origin,
-                graph.node_count(),
-                graph.links().len()
-            ));
+            ok(&graph);
             Ok(())
         }
         Err(errors) => {

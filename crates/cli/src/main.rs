@@ -1,8 +1,11 @@
 //! The `veetance` command.
 //!
 //! - `veetance --headless [WORKFLOW] [--set node.param=value]… [--out DIR] [--events FILE|-]`
-//!   runs a workflow (`.ron`, or a PNG written by SaveImage) with progress bars and writes its
-//!   outputs; without a file it runs the built-in example.
+//!   runs a workflow (`.ron`; ComfyUI's JSON, API prompt or UI workflow; or a PNG written by
+//!   SaveImage or by ComfyUI) with progress bars and writes its outputs; without a file it runs
+//!   the built-in example. ComfyUI graphs run by ComfyUI's rules (see `veetance_comfy`): node
+//!   ids are the prompt's, problems are reported in ComfyUI's terms, outputs with problems are
+//!   skipped, and images carry ComfyUI's `prompt` and `workflow` text chunks.
 //! - `veetance validate FILE` checks a workflow without running it.
 //! - `veetance nodes [--json]` lists every node type.
 //! - `veetance serve [--listen ADDR[:PORT]] …` serves ComfyUI's HTTP/WebSocket API with a
@@ -67,8 +70,8 @@ struct Cli {
     #[arg(long)]
     headless: bool,
 
-    /// Workflow to open or run (.ron, or a PNG written by SaveImage). Headless runs without
-    /// one run the built-in example.
+    /// Workflow to open or run (.ron, ComfyUI .json, or a PNG written by SaveImage or ComfyUI).
+    /// Headless runs without one run the built-in example.
     workflow: Option<PathBuf>,
 
     #[command(flatten)]
@@ -130,7 +133,7 @@ pub struct CommonArgs {
 enum Command {
     /// Check a workflow without running it; every problem is listed.
     Validate {
-        /// Workflow file (.ron, or a PNG written by SaveImage).
+        /// Workflow file (.ron, ComfyUI .json, or a PNG written by SaveImage or ComfyUI).
         file: PathBuf,
         /// Folder of model files, for checks of model params.
         #[arg(long, value_name = "DIR")]

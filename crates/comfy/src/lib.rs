@@ -129,16 +129,17 @@ impl PromptError {
         }
     }
 
-    /// The error for people, one line each: the prompt's error (first line of its details),
-    /// then every node error naming the node id, its class and the input.
+    /// The error for people, one line each: the prompt's error (its message alone when node
+    /// errors follow, as its details repeat them), then every node error naming the node id,
+    /// its class and the input.
     pub fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let first = match self.error.details.lines().next() {
-            Some(d) if !self.node_errors.is_empty() => format!("{}: {d}", self.error.message),
-            _ => self.error_line(),
-        };
-        out.push(first);
-        out.extend(node_error_lines(&self.node_errors));
+        if self.node_errors.is_empty() {
+            out.push(self.error_line());
+        } else {
+            out.push(self.error.message.clone());
+            out.extend(node_error_lines(&self.node_errors));
+        }
         out
     }
 }

@@ -11,8 +11,9 @@
 //!   `bad_linked_input` on the consumer.
 //! - Other values set params: integers, floats, booleans and strings, converted as ComfyUI
 //!   converts them (`int(val)` for INT: an integral float or a numeric string; `float(val)` for
-//!   FLOAT: an integer; `str(val)` for STRING: a number). What cannot be converted is left as it
-//!   is for validation to report (`invalid_input_type`, with the value).
+//!   FLOAT: an integer or a numeric string; `str(val)` for STRING: a number; `bool(val)` for
+//!   BOOLEAN: a number). What cannot be converted is left as it is for validation to report
+//!   (`invalid_input_type`, with the value); unlike ComfyUI, a float is not truncated to an INT.
 //! - `{"__value__": [...]}` (a list literal) is refused with `invalid_input_type`: no Veetance
 //!   param holds a list. So are `null`, other objects, and a value for an input that takes
 //!   only links.
@@ -405,6 +406,7 @@ fn convert(value: &Json, kind: &ParamKind) -> Value {
         (ParamKind::String { .. } | ParamKind::Path { .. }, Json::Number(n)) => {
             Value::string(n.to_string())
         }
+        (ParamKind::Bool { .. }, Json::Number(n)) => Value::Bool(n.as_f64() != Some(0.0)),
         _ => raw(),
     }
 }

@@ -75,6 +75,8 @@ fn values_convert_as_comfyui_converts_them() {
         "1": {"class_type": "Flux2Scheduler", "inputs": {"steps": "8", "width": 512.0, "height": 640}},
         "2": {"class_type": "CFGGuider", "inputs": {"cfg": "3.5"}},
         "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": 12}},
+        "4": {"class_type": "PrimitiveBoolean", "inputs": {"value": 1}},
+        "5": {"class_type": "PrimitiveInt", "inputs": {"value": 2.5}},
     });
     let graph = prompt_to_graph(&prompt, &registry()).unwrap();
     let params = &graph.node("1").unwrap().params;
@@ -86,6 +88,12 @@ fn values_convert_as_comfyui_converts_them() {
         graph.node("3").unwrap().params["filename_prefix"].as_str(),
         Some("12")
     );
+    assert_eq!(
+        graph.node("4").unwrap().params["value"].as_bool(),
+        Some(true)
+    );
+    // ComfyUI would truncate 2.5 to 2; it is kept, for validation to refuse.
+    assert!(matches!(graph.node("5").unwrap().params["value"], Value::Float(f) if f == 2.5));
 }
 
 #[test]

@@ -246,10 +246,11 @@ impl VeetanceApp {
 
     // ---- files -------------------------------------------------------------------------------
 
-    /// Opens a `.ron` workflow, or restores the workflow embedded in a PNG written by SaveImage.
-    /// Validation problems are shown on their nodes.
+    /// Opens a `.ron` workflow, ComfyUI's JSON (API prompt or UI workflow), or the workflow
+    /// embedded in a PNG written by SaveImage or by ComfyUI. Validation problems are shown on
+    /// their nodes.
     pub fn open_path(&mut self, path: &Path) -> Result<(), String> {
-        let (file, origin, save_path) = read_workflow(path)?;
+        let (file, origin, save_path) = read_workflow(path, &self.registry)?;
         self.doc = Document::from_file(file, save_path, origin, &self.registry);
         self.settings.push_recent(path);
         self.reset_run_view();
@@ -835,13 +836,72 @@ impl eframe::App for VeetanceApp {
     }
 }
 
-/// Reads a workflow from a `.ron` file or a PNG written by SaveImage. Returns the file, a name
-/// for messages, and the path to save to (none for a PNG: saving must not overwrite an image).
-pub fn read_workflow(path: &Path) -> Result<(WorkflowFile, String, Option<PathBuf>), String> {
+/// Reads a workflow from a `.ron` file, ComfyUI's JSON (an API prompt or a UI workflow, which
+/// keeps its node positions), or a PNG written by SaveImage or by ComfyUI (its `prompt` and
+/// `workflow` text chunks). Returns the file, a name for messages, and the path to save to
+/// (none for a PNG or a ComfyUI file: saving writes `.ron` and must not overwrite them).
+pub fn read_workflow(
+    path: &Path,
+    registry: &NodeRegistry,
+) -> Result<(WorkflowFile, String, Option<PathBuf>), String> {
+    if let Some((file, origin)) = read_comfy(path, registry)? {
+        return Ok((file, origin, None));
+    }
     let read = veetance_nodes_basic::read_workflow_text(path)?;
     let file = WorkflowFile::parse(&read.text, &read.origin).map_err(|e| e.to_string())?;
     let save_path = (!read.from_png).then(|| path.to_path_buf());
     Ok((file, read.origin, save_path))
+}
+
+/// A ComfyUI document, if the file is one: JSON (by name or by a leading `{`), or a PNG with
+/// ComfyUI's text chunks and no Veetance workflow.
+fn read_comfy(
+    path: &Path,
+    registry: &NodeRegistry,
+) -> Result<Option<(WorkflowFile, String)>, String> {
+    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| format!("{origin}: cannot read the file: {e}"))?;
+    let refused = |origin: &str, e: veetance_comfy::PromptError| {
+        format!("{origin}: {}", e.lines().join("; "))
+    };
+    let (read, origin) = if bytes.starts_with(PNG_MAGIC) {
+        let text = |key: &str| {
+            veetance_nodes_basic::read_png_text(&bytes, key)
+                .map_err(|e| format!("{origin}: not a readable PNG: {e}"))
+        };
+        if text(veetance_nodes_basic::WORKFLOW_PNG_KEYWORD)?.is_some() {
+            return Ok(None);
+        }
+        let (prompt, workflow) = (text("prompt")?, text("workflow")?);
+        if prompt.is_none() && workflow.is_none() {
+            return Ok(None);
+        }
+        let origin = format!("{origin} (embedded ComfyUI workflow)");
+        let read = veetance_comfy::read_png_texts(prompt.as_deref(), workflow.as_deref(), registry)
+            .map_err(|e| refused(&origin, e))?;
+        (read, origin)
+    } else {
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !is_json {
+            return Ok(None);
+        }
+        let text = String::from_utf8(bytes).map_err(|_| format!("{origin}: not UTF-8 text"))?;
+        let read =
+            veetance_comfy::read_json_text(&text, registry).map_err(|e| refused(&origin, e))?;
+        (read, origin)
+    };
+    let layout = read.workflow.as_ref().map(|ui| veetance_workflow::Layout {
+        positions: veetance_comfy::ui_positions(ui),
+        groups: Vec::new(),
+    });
+    Ok(Some((
+        WorkflowFile::from_graph(&read.graph, layout),
+        origin,
+    )))
 }
 
 /// Uploads the first image of a batch as a texture.

@@ -107,8 +107,8 @@ pub enum DialogOutcome {
     Cancelled,
 }
 
-/// A small file dialog: a folder listing (folders, `.ron` and `.png` files), a name field,
-/// and Open/Save and Cancel.
+/// A small file dialog: a folder listing (folders, `.ron` files, and to open, `.png` and
+/// ComfyUI's `.json` files), a name field, and Open/Save and Cancel.
 pub struct FileDialog {
     pub mode: DialogMode,
     pub dir: PathBuf,
@@ -145,7 +145,8 @@ impl FileDialog {
                     let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
                     let wanted = is_dir
                         || name.ends_with(".ron")
-                        || (self.mode == DialogMode::Open && name.ends_with(".png"));
+                        || (self.mode == DialogMode::Open
+                            && (name.ends_with(".png") || name.ends_with(".json")));
                     if wanted {
                         self.entries.push((name, is_dir));
                     }

@@ -639,3 +639,36 @@ fn the_status_bar_shows_memory_telemetry() {
         h.get_by_label_contains("RAM: editor");
     }
 }
+
+#[test]
+fn opening_a_comfyui_workflow_shows_its_graph_where_it_was_laid_out() {
+    let fx = Fixture::new();
+    // A UI workflow as ComfyUI saves it, over Veetance's own image nodes, with a note.
+    let ui = r##"{
+        "version": 0.4,
+        "nodes": [
+            {"id": 3, "type": "GradientImage", "mode": 0, "pos": [40, 60],
+             "outputs": [{"name": "image", "type": "IMAGE", "links": [1]}],
+             "widgets_values": [64, 48, "#000000", "#ffffff", "vertical"]},
+            {"id": 7, "type": "SaveImage", "mode": 0, "pos": [400, 60],
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 1}],
+             "widgets_values": ["from-comfy"]},
+            {"id": 9, "type": "Note", "mode": 0, "pos": [0, 300], "widgets_values": ["hi"]}
+        ],
+        "links": [[1, 3, 0, 7, 0, "IMAGE"]]
+    }"##;
+    let path = fx.write("flow.json", ui);
+    let h = harness(fx.app(Some(path)));
+    let wf = h.state().workflow();
+    let ids: Vec<&str> = wf.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["3", "7"], "notice: {:?}", h.state().notice);
+    let gradient = &wf.nodes[0];
+    assert_eq!(gradient.type_name, "GradientImage");
+    assert_eq!(gradient.params["height"].to_string(), "48");
+    assert_eq!(wf.links.len(), 1);
+    let positions = &wf.layout.as_ref().unwrap().positions;
+    assert_eq!(positions["3"], (40.0, 60.0));
+    assert_eq!(positions["7"], (400.0, 60.0));
+    // Saving writes a .ron elsewhere, never over the ComfyUI file.
+    assert!(h.state().doc.path.is_none());
+}

@@ -261,6 +261,12 @@ pub fn registry() -> NodeRegistry {
     );
     add(
         &mut reg,
+        NodeSchema::new("PrimitiveBoolean", "Boolean", "utils/primitive")
+            .param(ParamDef::bool("value", false, ""))
+            .output("BOOLEAN", Bool, ""),
+    );
+    add(
+        &mut reg,
         NodeSchema::new(
             "PrimitiveStringMultiline",
             "String (Multiline)",
