@@ -71,8 +71,50 @@ impl NodeDef for FailingImage {
     }
 }
 
+/// Fails as a GPU that ran out of memory fails.
+struct OomImage(NodeSchema);
+
+impl NodeDef for OomImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn execute(&self, _ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        Err(NodeError::out_of_memory(
+            Some(80 << 30),
+            "CUDA_ERROR_OUT_OF_MEMORY (test)",
+        ))
+    }
+}
+
+/// Would allocate `width × height` pixels (it never gets to: the server refuses it first).
+struct HugeImage(NodeSchema);
+
+impl NodeDef for HugeImage {
+    fn schema(&self) -> &NodeSchema {
+        &self.0
+    }
+
+    fn execute(&self, _ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        panic!("the host-memory check should have stopped this run");
+    }
+}
+
 fn registry() -> NodeRegistry {
     let mut reg = veetance_nodes::registry();
+    reg.add(OomImage(
+        NodeSchema::new("TestOomImage", "OOM image", "test").output(
+            "image",
+            PortType::Image,
+            "Never.",
+        ),
+    ));
+    reg.add(HugeImage(
+        NodeSchema::new("TestHugeImage", "Huge image", "test")
+            .param(ParamDef::int("width", 64, 1, 1 << 24, "Width."))
+            .param(ParamDef::int("height", 64, 1, 1 << 24, "Height."))
+            .output("image", PortType::Image, "Never."),
+    ));
     reg.add(SlowImage::new());
     reg.add(FailingImage(
         NodeSchema::new("TestFailingImage", "Failing image", "test").output(
@@ -1435,31 +1477,117 @@ fn stats_features_and_model_listings() {
 }
 
 #[test]
-fn a_huge_image_fails_with_a_named_error_and_the_server_keeps_serving() {
+fn memory_a_prompt_cannot_have_fails_with_a_named_error_and_the_server_keeps_serving() {
     let server = TestServer::start();
     let ws = Ws::connect(&server, "clientId=h", None);
-    let mut prompt = tiny_flux(1, 1);
-    prompt["5"]["inputs"]["width"] = json!(1 << 20);
-    prompt["5"]["inputs"]["height"] = json!(1 << 20);
-    let r = server.post("/prompt", &json!({"prompt": prompt, "client_id": "h"}));
-    // Refused by validation (the latent's range) or failed before running with a named error.
-    if r.status() == StatusCode::OK {
-        let id = r.json::<Json>().unwrap()["prompt_id"]
+    let save = |node: Json| {
+        json!({
+            "1": node,
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "m"}},
+        })
+    };
+    // Host memory: refused before anything runs.
+    let huge = server.queue(
+        save(
+            json!({"class_type": "TestHugeImage", "inputs": {"width": 1 << 22, "height": 1 << 22}}),
+        ),
+        json!({"client_id": "h"}),
+    );
+    let msgs = ws.until_done(&huge);
+    let e = msgs
+        .iter()
+        .find(|m| m.kind() == "execution_error")
+        .expect("execution_error")
+        .data();
+    assert_eq!(e["exception_type"], "OutOfMemoryError");
+    assert_eq!(e["node_id"], "1");
+    let message = e["exception_message"].as_str().unwrap();
+    assert!(
+        message.contains("4194304×4194304") && message.contains("host memory"),
+        "{message}"
+    );
+    assert!(
+        !kinds(&msgs).contains(&"executing")
+            || msgs
+                .iter()
+                .all(|m| m.kind() != "executing" || m.data()["node"].is_null())
+    );
+    // The device: the engine's out-of-memory error, named.
+    let oom = server.queue(
+        save(json!({"class_type": "TestOomImage", "inputs": {}})),
+        json!({"client_id": "h"}),
+    );
+    let msgs = ws.until_done(&oom);
+    let e = msgs
+        .iter()
+        .find(|m| m.kind() == "execution_error")
+        .expect("execution_error")
+        .data();
+    assert_eq!(e["exception_type"], "OutOfMemoryError");
+    assert!(
+        e["exception_message"]
             .as_str()
             .unwrap()
-            .to_string();
-        let msgs = ws.until_done(&id);
-        let e = msgs
-            .iter()
-            .find(|m| m.kind() == "execution_error")
-            .unwrap()
-            .data();
-        assert_eq!(e["exception_type"], "OutOfMemoryError");
-    } else {
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    }
+            .contains("ran out of device memory"),
+        "{e}"
+    );
+    // And the server goes on.
     let ok = server.queue(slow(1, 0, 1), json!({"client_id": "h"}));
     assert!(kinds(&ws.until_done(&ok)).contains(&"execution_success"));
+}
+
+#[test]
+fn a_websocket_client_that_stops_reading_is_dropped_and_never_stalls_the_run() {
+    use futures_util::StreamExt;
+    let server = TestServer::start_with(|o| {
+        o.limits.ws_client = veetance_server::ClientLimits {
+            messages: 64,
+            bytes: 64 << 10,
+        }
+    });
+    let follower = Ws::connect(&server, "clientId=follower", None);
+    // The slow client connects and then reads nothing while its prompt floods it.
+    let url = format!(
+        "{}/ws?clientId=sloth",
+        server.base.replace("http://", "ws://")
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut socket, _) = rt.block_on(tokio_tungstenite::connect_async(url)).unwrap();
+    let started = Instant::now();
+    let flood = server.queue(slow(200_000, 0, 1), json!({"client_id": "sloth"}));
+    server.wait_history(&flood);
+    let took = started.elapsed();
+    // 400,000 messages of which the client read none: the run did not wait for it.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // It got a bounded part of them, then the server closed it as too slow.
+    let (received, close) = rt.block_on(async {
+        let mut n = 0usize;
+        let mut close = None;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            match m {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                    close = frame;
+                    break;
+                }
+                Ok(_) => n += 1,
+                Err(_) => break,
+            }
+        }
+        (n, close)
+    });
+    assert!(
+        received < 300_000,
+        "{received} messages buffered for a client that did not read"
+    );
+    if let Some(frame) = close {
+        assert_eq!(u16::from(frame.code), 1008);
+    }
+    // The other client saw the queue move on, and the server serves it still.
+    let ok = server.queue(slow(1, 0, 2), json!({"client_id": "follower"}));
+    assert!(kinds(&follower.until_done(&ok)).contains(&"execution_success"));
 }
 
 // ------------------------------------------------------------------------- ComfyUI's classes
