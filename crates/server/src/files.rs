@@ -358,9 +358,8 @@ fn save_upload(
     bytes: &[u8],
     overwrite: bool,
 ) -> Result<String, ApiError> {
-    let dir = make_dir_inside(folder.dir(core), parts).map_err(|message| {
-        ApiError::bad_request("invalid_subfolder", message)
-    })?;
+    let dir = make_dir_inside(folder.dir(core), parts)
+        .map_err(|message| ApiError::bad_request("invalid_subfolder", message))?;
     let temp = dir.join(format!(".upload.{}.tmp", uuid::Uuid::new_v4().simple()));
     let write_temp = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
@@ -396,9 +395,8 @@ fn make_dir_inside(root: &Path, parts: &[String]) -> Result<PathBuf, String> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot create the subfolder '{part}': {e}")),
         }
-        dir = inside(root, &dir).ok_or_else(|| {
-            "the subfolder leads outside its folder (through a link)".to_string()
-        })?;
+        dir = inside(root, &dir)
+            .ok_or_else(|| "the subfolder leads outside its folder (through a link)".to_string())?;
         if !dir.is_dir() {
             return Err(format!("'{part}' in the subfolder is a file, not a folder"));
         }

@@ -1759,3 +1759,26 @@ fn comfyuis_klein_template_runs_as_the_websocket_example_drives_it() {
     assert_eq!(prompt["75:69"]["inputs"]["value"], 48);
     assert_eq!(prompt["75:73"]["inputs"]["noise_seed"], 3);
 }
+
+/// `comfy-api-simplified` queues first and connects after: a prompt that finished meanwhile must
+/// still reach it with its final `executing`.
+#[test]
+fn a_client_that_connects_after_its_prompt_finished_still_hears_it_finish() {
+    let server = TestServer::start();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let prompt_id = server.queue(slow(3, 0, 1), json!({"client_id": client_id}));
+    server.wait_history(&prompt_id);
+    let ws = Ws::connect(&server, &format!("clientId={client_id}"), None);
+    assert_eq!(ws.next().kind(), "status");
+    let msgs = ws.until_done(&prompt_id);
+    let k = kinds(&msgs);
+    assert_eq!(k.first(), Some(&"execution_start"), "{k:?}");
+    assert!(
+        k.contains(&"executed") && k.contains(&"execution_success"),
+        "{k:?}"
+    );
+    assert!(
+        !k.contains(&"progress"),
+        "progress is not kept for absent clients: {k:?}"
+    );
+}
