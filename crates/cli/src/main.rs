@@ -8,6 +8,8 @@
 //!   skipped, and images carry ComfyUI's `prompt` and `workflow` text chunks.
 //! - `veetance validate FILE` checks a workflow without running it.
 //! - `veetance nodes [--json]` lists every node type.
+//! - `veetance serve [--listen ADDR[:PORT]] …` serves ComfyUI's HTTP/WebSocket API with a
+//!   durable queue; see [`serve`] and `docs/server.md`.
 //! - `veetance bench --model klein-4b|klein-9b|tiny` (or model files) times the FLUX.2 transformer
 //!   forward and a whole generation on one device; see [`bench`].
 //!
@@ -18,6 +20,7 @@ mod config;
 mod headless;
 mod load;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,6 +147,8 @@ enum Command {
     },
     /// Time the FLUX.2 transformer forward and a whole generation (encode, steps, decode).
     Bench(Box<bench::BenchArgs>),
+    /// Serve ComfyUI's HTTP/WebSocket API (and OpenAI's image route) with a durable queue.
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
         Some(Command::Validate { file, models_dir }) => load::validate_command(&file, models_dir),
         Some(Command::Nodes { json }) => load::nodes_command(json),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Serve(args)) => serve::run(&args, &cli.common),
         None if cli.headless => headless::run(cli.workflow.as_deref(), &cli.run, &cli.common),
         None => editor(cli.workflow, &cli.run, &cli.common),
     };

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::routes::{blocking, ApiError};
+use crate::routes::{blocking, read_limited, ApiError};
 use crate::store::UPLOADS;
 use crate::{AppState, Core};
 
@@ -257,11 +257,15 @@ fn too_large(core: &Core) -> ApiError {
 }
 
 /// `POST /upload/image` (multipart: `image`, `overwrite`, `type`, `subfolder`).
-pub async fn upload(
-    State(core): State<AppState>,
-    multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|e| {
+pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // The whole body first, against the upload limit: an oversized one is read to its end
+    // (within reason) so the client gets the 413 rather than a reset connection.
+    let (parts, body) = request.into_parts();
+    let bytes = read_limited(body, core.limits.upload_bytes)
+        .await?
+        .ok_or_else(|| too_large(&core))?;
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         ApiError::bad_request(
             "invalid_upload",
             format!("expected a multipart/form-data body with an `image` field: {e}"),
@@ -354,17 +358,8 @@ fn save_upload(
     bytes: &[u8],
     overwrite: bool,
 ) -> Result<String, ApiError> {
-    let root = folder.dir(core);
-    let mut dir = root.to_path_buf();
-    dir.extend(parts);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ApiError::internal(format!("cannot create the upload folder: {e}")))?;
-    let dir = inside(root, &dir).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_subfolder",
-            "the subfolder leads outside its folder (through a link)",
-        )
-    })?;
+    let dir = make_dir_inside(folder.dir(core), parts)
+        .map_err(|message| ApiError::bad_request("invalid_subfolder", message))?;
     let temp = dir.join(format!(".upload.{}.tmp", uuid::Uuid::new_v4().simple()));
     let write_temp = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
@@ -387,6 +382,26 @@ fn save_upload(
         core.store.record_file(UPLOADS, "", &path)?;
     }
     Ok(name)
+}
+
+/// Creates `root/parts…` one folder at a time, checking before each step that what exists so far
+/// (symlinks resolved) is inside `root`, so that nothing is ever created outside it.
+fn make_dir_inside(root: &Path, parts: &[String]) -> Result<PathBuf, String> {
+    let mut dir = root.to_path_buf();
+    for part in parts {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create the subfolder '{part}': {e}")),
+        }
+        dir = inside(root, &dir)
+            .ok_or_else(|| "the subfolder leads outside its folder (through a link)".to_string())?;
+        if !dir.is_dir() {
+            return Err(format!("'{part}' in the subfolder is a file, not a folder"));
+        }
+    }
+    Ok(dir)
 }
 
 /// Moves the temp file to its name: the name itself with `overwrite`, else the first of
@@ -422,10 +437,11 @@ fn place(
         match std::fs::symlink_metadata(&target) {
             Ok(meta) => {
                 // A link is never read through (its target may lie outside the folder).
-                if meta.is_file() && meta.len() == bytes.len() as u64 {
-                    if std::fs::read(&target).is_ok_and(|b| b == bytes) {
-                        return Ok((name, target));
-                    }
+                if meta.is_file()
+                    && meta.len() == bytes.len() as u64
+                    && std::fs::read(&target).is_ok_and(|b| b == bytes)
+                {
+                    return Ok((name, target));
                 }
                 continue;
             }
@@ -469,6 +485,19 @@ mod tests {
         assert_eq!(annotated("x.png [output]"), ("x.png", Some(Folder::Output)));
         assert_eq!(annotated("x.png [temp]"), ("x.png", Some(Folder::Temp)));
         assert_eq!(annotated("x.png"), ("x.png", None));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn subfolders_are_never_created_through_a_link_outside() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root_path = root.path().canonicalize().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root_path.join("link")).unwrap();
+        assert!(make_dir_inside(&root_path, &["link".into(), "new".into()]).is_err());
+        assert!(!outside.path().join("new").exists());
+        let made = make_dir_inside(&root_path, &["a".into(), "b".into()]).unwrap();
+        assert_eq!(made, root_path.join("a/b"));
     }
 
     #[test]

@@ -6,10 +6,16 @@
 //! or by bytes, is too slow to follow: it is disconnected (close code 1008, "too slow") rather
 //! than allowed to make the server's memory grow. ComfyUI clients reconnect and read what they
 //! missed from `/history`.
+//!
+//! Messages for a client id with no socket (a client that queues its prompt before it connects,
+//! as `comfy-api-simplified` does, or one reconnecting) are kept for a while, progress excepted,
+//! and delivered when it connects, after its `status`: otherwise a prompt that finishes before
+//! the client connects leaves it waiting forever for `executing` with `node: null`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, Notify};
@@ -65,8 +71,25 @@ struct Client {
     preview_metadata: Arc<AtomicBool>,
 }
 
+/// How long messages wait for a client id that has no socket.
+const BACKLOG_FOR: Duration = Duration::from_secs(60);
+/// Most messages kept for one absent client (the newest).
+const BACKLOG_MESSAGES: usize = 256;
+/// Most absent clients with a backlog.
+const BACKLOG_CLIENTS: usize = 1024;
+/// Messages not kept for an absent client: they only matter while they are current.
+const TRANSIENT: [&str; 2] = ["progress", "progress_state"];
+
+/// Messages kept for an absent client.
+struct Backlog {
+    messages: VecDeque<String>,
+    updated: Instant,
+}
+
 pub struct Hub {
     clients: Mutex<HashMap<String, Client>>,
+    /// Locked after `clients` when both are needed.
+    backlogs: Mutex<HashMap<String, Backlog>>,
     next_conn: AtomicU64,
     limits: ClientLimits,
     /// Clients disconnected for being too slow, since start.
@@ -90,6 +113,7 @@ impl Hub {
     pub fn new(limits: ClientLimits) -> Hub {
         Hub {
             clients: Mutex::new(HashMap::new()),
+            backlogs: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             limits,
             dropped_slow: AtomicU64::new(0),
@@ -107,8 +131,23 @@ impl Hub {
     /// Registers a socket under `sid`, replacing (and disconnecting) an earlier socket with the
     /// same id, as ComfyUI does when a client reconnects. `first` is queued before anything
     /// else can be, so the client sees it first.
-    pub fn connect(&self, sid: &str, first: Vec<Outgoing>) -> (ClientQueue, Arc<AtomicBool>) {
+    pub fn connect(&self, sid: &str, mut first: Vec<Outgoing>) -> (ClientQueue, Arc<AtomicBool>) {
         let limits = self.limits;
+        // Under the clients lock: nothing for this id is sent between taking its backlog and
+        // registering the socket.
+        let mut clients = self.lock();
+        let backlog = self
+            .backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid)
+            .filter(|b| b.updated.elapsed() < BACKLOG_FOR);
+        first.extend(
+            backlog
+                .into_iter()
+                .flat_map(|b| b.messages)
+                .map(Outgoing::Text),
+        );
         let (tx, rx) = mpsc::channel(limits.messages.max(first.len() + 1));
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         for m in first {
@@ -126,9 +165,10 @@ impl Hub {
             conn,
             preview_metadata: preview_metadata.clone(),
         };
-        if let Some(old) = self.lock().insert(sid.to_string(), client) {
+        if let Some(old) = clients.insert(sid.to_string(), client) {
             old.kill.notify_one();
         }
+        drop(clients);
         (
             ClientQueue {
                 rx,
@@ -195,6 +235,11 @@ impl Hub {
         let text = envelope(kind, data);
         let mut clients = self.lock();
         match sid {
+            Some(sid) if !clients.contains_key(sid) => {
+                if !TRANSIENT.contains(&kind) {
+                    self.keep_for_later(sid, text);
+                }
+            }
             Some(sid) => self.offer(&mut clients, sid, Outgoing::Text(text)),
             None => {
                 let sids: Vec<String> = clients.keys().cloned().collect();
@@ -202,6 +247,35 @@ impl Hub {
                     self.offer(&mut clients, &sid, Outgoing::Text(text.clone()));
                 }
             }
+        }
+    }
+
+    /// Keeps a message for a client id that has no socket now.
+    fn keep_for_later(&self, sid: &str, text: String) {
+        let mut backlogs = self.backlogs.lock().unwrap_or_else(|e| e.into_inner());
+        if !backlogs.contains_key(sid) && backlogs.len() >= BACKLOG_CLIENTS {
+            backlogs.retain(|_, b| b.updated.elapsed() < BACKLOG_FOR);
+            if backlogs.len() >= BACKLOG_CLIENTS {
+                let oldest = backlogs
+                    .iter()
+                    .min_by_key(|(_, b)| b.updated)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    backlogs.remove(&k);
+                }
+            }
+        }
+        let backlog = backlogs.entry(sid.to_string()).or_insert_with(|| Backlog {
+            messages: VecDeque::new(),
+            updated: Instant::now(),
+        });
+        if backlog.updated.elapsed() >= BACKLOG_FOR {
+            backlog.messages.clear();
+        }
+        backlog.updated = Instant::now();
+        backlog.messages.push_back(text);
+        while backlog.messages.len() > BACKLOG_MESSAGES {
+            backlog.messages.pop_front();
         }
     }
 
@@ -239,6 +313,29 @@ mod tests {
             n += 1;
         }
         assert!(n <= 8, "{n}");
+    }
+
+    #[test]
+    fn messages_wait_for_a_client_that_connects_late() {
+        let hub = Hub::new(ClientLimits::default());
+        hub.send_json(Some("late"), "execution_start", json!({ "prompt_id": "p" }));
+        hub.send_json(Some("late"), "progress", json!({ "value": 1 }));
+        hub.send_json(
+            Some("late"),
+            "executing",
+            json!({ "node": null, "prompt_id": "p" }),
+        );
+        let (mut q, _) = hub.connect("late", vec![Outgoing::Text("status".into())]);
+        let mut got = Vec::new();
+        while let Ok(Outgoing::Text(t)) = q.rx.try_recv() {
+            got.push(t);
+        }
+        assert_eq!(got.len(), 3, "status, then the two kept messages: {got:?}");
+        assert_eq!(got[0], "status");
+        assert!(got[1].contains("execution_start") && got[2].contains("executing"));
+        // Delivered once.
+        let (mut again, _) = hub.connect("late", vec![]);
+        assert!(again.rx.try_recv().is_err());
     }
 
     #[test]

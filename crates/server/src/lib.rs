@@ -10,7 +10,6 @@
 //! async side never waits on the engine: it talks to the engine thread through a channel and
 //! the database, and the engine thread hands WebSocket messages to [`hub`] without blocking.
 
-mod compat;
 mod files;
 mod hub;
 mod jobs;

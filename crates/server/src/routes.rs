@@ -15,7 +15,7 @@ use serde_json::{json, Value as Json};
 use veetance_core::{HostMemory, RunEnv};
 
 use crate::store::{Enqueued, NewPrompt, StoreError};
-use crate::{compat, files, jobs, now_ms, openai, security, ws, AppState, Core, WorkerMsg};
+use crate::{files, jobs, now_ms, openai, security, ws, AppState, Core, WorkerMsg};
 
 /// An error answer: a status and a JSON body, by default ComfyUI's error object
 /// `{"error": {"type", "message", "details", "extra_info"}}`.
@@ -73,26 +73,43 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("a background task failed: {e}")))?
 }
 
-/// Reads a request body of at most `limit` bytes; a larger one is 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// How much of an oversized body is still read (and dropped) before the 413 goes out, so
+/// that a client that sent it whole reads the answer instead of a reset connection.
+const DRAIN_BEYOND_LIMIT: usize = 16 << 20;
+
+/// Reads a request body of at most `limit` bytes; `None` when it is larger.
+pub async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
+    let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
-        if out.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!(
-                    "the request body is larger than {limit} bytes, this server's limit \
-                     (--max-body-size)"
-                ),
-            ));
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            out = Vec::new();
+            if seen > limit.saturating_add(DRAIN_BEYOND_LIMIT) {
+                break;
+            }
+            continue;
         }
         out.extend_from_slice(&chunk);
     }
-    Ok(out)
+    Ok((seen <= limit).then_some(out))
+}
+
+/// Reads a JSON route's body of at most the server's body limit; a larger one is 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    read_limited(body, limit).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body is larger than {limit} bytes, this server's limit \
+                 (--max-body-size)"
+            ),
+        )
+    })
 }
 
 /// A JSON object body (an empty body counts as `{}`).
@@ -130,7 +147,7 @@ pub fn ordered_object(entries: impl IntoIterator<Item = (String, Json)>) -> Resp
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-fn comfy_routes(core: &AppState) -> Router<AppState> {
+fn comfy_routes() -> Router<AppState> {
     Router::new()
         .route("/prompt", get(get_prompt).post(post_prompt))
         .route("/queue", get(get_queue).post(post_queue))
@@ -141,7 +158,8 @@ fn comfy_routes(core: &AppState) -> Router<AppState> {
         .route("/view", get(files::view))
         .route(
             "/upload/image",
-            post(files::upload).layer(DefaultBodyLimit::max(core.limits.upload_bytes)),
+            // The upload checks its own limit (files::upload), with a clear 413.
+            post(files::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/object_info", get(object_info))
         .route("/object_info/{class}", get(object_info_one))
@@ -156,7 +174,7 @@ fn comfy_routes(core: &AppState) -> Router<AppState> {
 
 /// Every route, behind the guard.
 pub fn router(core: AppState) -> Router {
-    let comfy = comfy_routes(&core);
+    let comfy = comfy_routes();
     Router::new()
         .merge(comfy.clone())
         .nest("/api", comfy.merge(jobs::routes()))
@@ -251,21 +269,39 @@ pub async fn submit(
     extra_data.insert("create_time".into(), json!(now_ms()));
     let created_ms = now_ms();
     blocking(core, move |core| {
-        let graph = compat::prompt_to_graph(&prompt, &core.registry).map_err(prompt_error)?;
-        let checked =
-            compat::check_prompt(&graph, &core.registry, &check_env(core)).map_err(prompt_error)?;
+        let graph =
+            veetance_comfy::prompt_to_graph(&prompt, &core.registry).map_err(prompt_error)?;
+        let checked = veetance_comfy::check_prompt(&graph, &core.registry, &check_env(core))
+            .map_err(prompt_error)?;
         let mut outputs = checked.outputs;
+        let mut node_errors = checked.node_errors;
         if let Some(targets) = &partial_targets {
+            // "Run selected": only these outputs, and only their errors.
             outputs.retain(|o| targets.contains(o));
+            node_errors.retain(|_, e| e.dependent_outputs.iter().any(|o| targets.contains(o)));
             if outputs.is_empty() {
-                return Err(prompt_error(compat::error(
-                    "prompt_no_outputs",
-                    "Prompt has no outputs",
-                    "none of `partial_execution_targets` is an output node that can run".into(),
-                )));
+                let (kind, message) = if node_errors.is_empty() {
+                    ("prompt_no_outputs", "Prompt has no outputs")
+                } else {
+                    (
+                        "prompt_outputs_failed_validation",
+                        "Prompt outputs failed validation",
+                    )
+                };
+                return Err(prompt_error(veetance_comfy::PromptError {
+                    error: veetance_comfy::ErrorBody {
+                        kind: kind.into(),
+                        message: message.into(),
+                        details: "none of `partial_execution_targets` is an output node that \
+                                  can run"
+                            .into(),
+                        extra_info: json!({}),
+                    },
+                    node_errors,
+                }));
             }
         }
-        let node_errors = serde_json::to_value(&checked.node_errors)
+        let node_errors = serde_json::to_value(&node_errors)
             .map_err(|e| ApiError::internal(format!("node_errors: {e}")))?;
         let enqueued = core.store.enqueue(NewPrompt {
             prompt_id: prompt_id.clone(),

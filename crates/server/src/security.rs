@@ -61,7 +61,7 @@ fn authorized(request: &Request, token: &str) -> bool {
     // Browsers cannot set headers on a WebSocket or an <img>: those two take the token in the
     // query string.
     let path = request.uri().path();
-    if path.ends_with("/ws") || path.ends_with("/view") || path == "/ws" || path == "/view" {
+    if matches!(path, "/ws" | "/api/ws" | "/view" | "/api/view") {
         if let Ok(Query(q)) = Query::<HashMap<String, String>>::try_from_uri(request.uri()) {
             if let Some(t) = q.get("token") {
                 return same_secret(t.as_bytes(), token.as_bytes());

@@ -20,7 +20,7 @@ use veetance_core::{
 };
 
 use crate::store::{Finished, QueueItem, Store, StoreError, MAX_ATTEMPTS};
-use crate::{compat, now_ms, preview, AppState, Core, Dirs, PreviewMethod, Running, WorkerMsg};
+use crate::{now_ms, preview, AppState, Core, Dirs, PreviewMethod, Running, WorkerMsg};
 
 /// How many UI outputs (the files an output node showed) are remembered for nodes that the
 /// engine later serves from its cache.
@@ -451,7 +451,7 @@ impl Worker {
             core.hub.send_json(
                 Some(c),
                 "executing",
-                json!({ "node": null, "display_node": null, "prompt_id": prompt_id }),
+                json!({ "node": null, "prompt_id": prompt_id }),
             );
         }
         core.notify_done(&prompt_id);
@@ -467,12 +467,20 @@ fn run_graph(
     cancel: &CancelToken,
     sink: &RunSink<'_>,
 ) -> Result<RunReport, Failure> {
-    let graph =
-        compat::prompt_to_graph(&item.prompt, &core.registry).map_err(|e| Failure::Error {
+    let graph = veetance_comfy::prompt_to_graph(&item.prompt, &core.registry).map_err(|e| {
+        Failure::Error {
             node: None,
             exception_type: "ValidationError".into(),
-            message: e.to_string(),
-        })?;
+            message: e.lines().join("; "),
+        }
+    })?;
+    // What ComfyUI executes: the outputs validation let through and what they need, so that a
+    // broken output left out does not stop the others.
+    let graph = if item.outputs_to_execute.is_empty() {
+        graph
+    } else {
+        veetance_comfy::prune(&graph, &item.outputs_to_execute)
+    };
     check_host_memory(&graph, &HostMemory::read())?;
     let mut png_text = vec![("prompt".to_string(), item.prompt.to_string())];
     if let Some(info) = item

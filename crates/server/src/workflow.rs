@@ -24,7 +24,6 @@ use serde_json::{json, Map, Value as Json};
 use veetance_core::NodeRegistry;
 use veetance_workflow::{ParamValue, WorkflowFile};
 
-use crate::compat;
 use crate::worker::link_of;
 
 const TEXT_ENCODERS: [&str; 2] = ["CLIPTextEncode", "TextEncode"];
@@ -131,9 +130,8 @@ impl DefaultWorkflow {
                 .map_err(|e| format!("not valid JSON (nor a .ron file): {e}"))?;
             match veetance_comfy::detect(&doc) {
                 Some(veetance_comfy::Format::Api) => doc,
-                Some(veetance_comfy::Format::Ui) => {
-                    compat::ui_to_prompt(&doc, registry).map_err(|e| e.to_string())?
-                }
+                Some(veetance_comfy::Format::Ui) => veetance_comfy::ui_to_prompt(&doc, registry)
+                    .map_err(|e| e.lines().join("; "))?,
                 None => return Err("neither a ComfyUI API prompt nor a UI workflow".into()),
             }
         };
@@ -147,7 +145,7 @@ impl DefaultWorkflow {
                 TEXT_ENCODERS.join(" or ")
             ));
         }
-        compat::prompt_to_graph(&prompt, registry).map_err(|e| e.to_string())?;
+        veetance_comfy::prompt_to_graph(&prompt, registry).map_err(|e| e.lines().join("; "))?;
         Ok(DefaultWorkflow {
             path: path.to_path_buf(),
             prompt,

@@ -1,0 +1,243 @@
+//! `veetance serve`: ComfyUI's HTTP/WebSocket API with a durable queue (see `docs/server.md`).
+//!
+//! Budgets and the config file work as for headless runs (`--vram-budget`, `--ram-budget`,
+//! `[cache]` and `[paths]` in `veetance.toml`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, ValueEnum};
+use veetance_core::HostMemory;
+use veetance_server::{Limits, PreviewMethod, ServeOptions, Server};
+
+use crate::config::{parse_size, ConfigFile};
+use crate::{headless, CommonArgs, Failure, RunArgs};
+
+/// ComfyUI's port.
+const DEFAULT_PORT: u16 = 8188;
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum PreviewArg {
+    /// No latent previews unless a prompt asks (`extra_data.preview_method`).
+    #[default]
+    None,
+    /// Previews for every prompt that does not say "none".
+    Auto,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on, `ADDR[:PORT]`. Anything but loopback exposes the server to the
+    /// network: use --token (or --token-file) then.
+    #[arg(long, default_value = "127.0.0.1:8188", value_name = "ADDR[:PORT]")]
+    pub listen: String,
+
+    /// Port, overriding the one in --listen (ComfyUI's flag).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Folder of model files, in ComfyUI's layout (default: `models`, or `paths.models_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// ComfyUI's output folder (default: `out`, or `paths.out_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// ComfyUI's input folder: uploads, LoadImage's names (default: `input`).
+    #[arg(long, value_name = "DIR", default_value = "input")]
+    pub input_dir: PathBuf,
+
+    /// ComfyUI's temp folder: PreviewImage's files (default: `temp`).
+    #[arg(long, value_name = "DIR", default_value = "temp")]
+    pub temp_dir: PathBuf,
+
+    /// Where the queue database (`queue.sqlite3`) lives; the queue and the history survive
+    /// restarts there.
+    #[arg(long, value_name = "DIR", default_value = "veetance-state")]
+    pub state_dir: PathBuf,
+
+    /// Require `Authorization: Bearer TOKEN` on every route (and `?token=` on the WebSocket
+    /// and /view). Prefer --token-file: a token on the command line is visible to other users.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+
+    /// Read the token from a file (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// As for headless runs: GPU memory in use the engine keeps under (`16GiB`, `80%`).
+    #[arg(long, value_name = "SIZE|N%")]
+    pub vram_budget: Option<String>,
+
+    /// As for headless runs: host memory cached values may hold (`8GiB`, `50%`).
+    #[arg(long, value_name = "SIZE|N%")]
+    pub ram_budget: Option<String>,
+
+    /// Latent previews on the WebSocket (binary frames). ComfyUI's default is none, which
+    /// clients that take every binary frame for a result image need.
+    #[arg(long, value_enum, default_value = "none")]
+    pub preview_method: PreviewArg,
+
+    /// Largest JSON request body; larger ones get 413.
+    #[arg(long, value_name = "SIZE", default_value = "32MiB")]
+    pub max_body_size: String,
+
+    /// Largest upload (`/upload/image`); larger ones get 413.
+    #[arg(long, value_name = "SIZE", default_value = "100MiB")]
+    pub max_upload_size: String,
+
+    /// Most nodes in one prompt; more get 400.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_prompt_nodes: usize,
+
+    /// The workflow `POST /v1/images/generations` runs (`.ron`, or ComfyUI API or UI JSON);
+    /// docs/server.md says which nodes get the prompt, size and seed.
+    #[arg(long, value_name = "FILE")]
+    pub default_workflow: Option<PathBuf>,
+}
+
+/// `ADDR[:PORT]`, a host name or an IP address, with `port` overriding.
+fn listen_address(listen: &str, port: Option<u16>) -> anyhow::Result<SocketAddr> {
+    let text = listen.trim();
+    let with_port = if text
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_ipv6())
+    {
+        format!("[{text}]:{DEFAULT_PORT}")
+    } else if text.starts_with('[') && text.ends_with(']') || !text.contains(':') {
+        format!("{text}:{DEFAULT_PORT}")
+    } else {
+        text.to_string()
+    };
+    let mut addr = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {listen:?} is not an address (try 127.0.0.1:8188)"))?
+        .next()
+        .ok_or_else(|| anyhow!("--listen {listen:?} does not resolve to an address"))?;
+    if let Some(p) = port {
+        addr.set_port(p);
+    }
+    Ok(addr)
+}
+
+fn size_flag(text: &str, flag: &str) -> Result<usize, Failure> {
+    parse_size(text)
+        .map(|s| s as usize)
+        .map_err(|e| Failure::invalid(anyhow!("{flag}: {e}")))
+}
+
+pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
+    let (config, config_path) =
+        ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
+    let listen = listen_address(&args.listen, args.port).map_err(Failure::invalid)?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Failure::invalid(anyhow!("--token-file {}: {e}", file.display())))?;
+            Some(text.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        return Err(Failure::invalid(anyhow!("the token is empty")));
+    }
+    if !listen.ip().is_loopback() && token.is_none() {
+        eprintln!(
+            "warning: listening on {listen} without --token: anyone who can reach this port can \
+             queue prompts, read outputs and upload files"
+        );
+    }
+    let probe = veetance_nodes::device_probe();
+    let run_args = RunArgs {
+        vram_budget: args.vram_budget.clone(),
+        ram_budget: args.ram_budget.clone(),
+        ..RunArgs::default()
+    };
+    let budgets = headless::budgets(
+        &run_args,
+        &config.cache,
+        config_path.as_deref(),
+        probe.as_ref().and_then(|p| p.memory()),
+        &HostMemory::read(),
+    )
+    .map_err(Failure::invalid)?;
+    let limits = Limits {
+        body_bytes: size_flag(&args.max_body_size, "--max-body-size")?,
+        upload_bytes: size_flag(&args.max_upload_size, "--max-upload-size")?,
+        prompt_nodes: args.max_prompt_nodes,
+        ..Limits::default()
+    };
+    let options = ServeOptions {
+        listen,
+        models_dir: args
+            .models_dir
+            .clone()
+            .or(config.paths.models_dir)
+            .unwrap_or_else(|| PathBuf::from("models")),
+        out_dir: args
+            .out
+            .clone()
+            .or(config.paths.out_dir)
+            .unwrap_or_else(|| PathBuf::from("out")),
+        input_dir: args.input_dir.clone(),
+        temp_dir: args.temp_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        token,
+        budgets,
+        device_probe: probe,
+        preview: match args.preview_method {
+            PreviewArg::None => PreviewMethod::None,
+            PreviewArg::Auto => PreviewMethod::Auto,
+        },
+        limits,
+        default_workflow: args.default_workflow.clone(),
+        registry: None,
+        history_max: 10_000,
+        handle_signals: true,
+    };
+    let state = options.state_dir.display().to_string();
+    let handle = Server::start(options).map_err(|e| match e {
+        veetance_server::ServerError::Listen { .. } | veetance_server::ServerError::Runtime(_) => {
+            Failure::run_failed(e)
+        }
+        other => Failure::invalid(other),
+    })?;
+    eprintln!(
+        "veetance serve: ComfyUI's API on http://{} (queue and history in {state}); Ctrl-C stops",
+        handle.addr()
+    );
+    handle.wait().map_err(Failure::run_failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_addresses_with_or_without_a_port() {
+        assert_eq!(
+            listen_address("127.0.0.1:9000", None).unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("0.0.0.0", None).unwrap(),
+            "0.0.0.0:8188".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("::1", Some(1234)).unwrap(),
+            "[::1]:1234".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("[::1]:7", None).unwrap(),
+            "[::1]:7".parse().unwrap()
+        );
+        assert!(listen_address("localhost", None)
+            .unwrap()
+            .ip()
+            .is_loopback());
+        assert!(listen_address("not an address:x", None).is_err());
+    }
+}
