@@ -26,12 +26,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = REPO / "assets" / "tiny-models"
-PARITY = REPO / "assets" / "parity"
 
 # ComfyUI's model file names (those of its FLUX.2 [klein] templates) -> the tiny random-weight
 # models. The text encoder's tokenizer and config sit beside it as `<name>.tokenizer.json` and
-# `<name>.config.json`, where Veetance's loader looks for them; the VAE is the BFL single-file
-# layout ComfyUI's flux2-vae.safetensors has.
+# `<name>.config.json`, where Veetance's loader looks for them. The VAE is the tiny diffusers
+# folder (its config.json gives the tiny channel counts) under ComfyUI's file name: the BFL
+# single-file tiny VAE in assets/parity carries no config, and the loader reads a single file as
+# the full-size FLUX.2 VAE.
 MODEL_FILES = {
     "diffusion_models/flux-2-klein-base-4b.safetensors": TINY
     / "diffusion_models/flux2-klein-tiny.safetensors",
@@ -40,7 +41,7 @@ MODEL_FILES = {
     "text_encoders/qwen_3_4b.safetensors": TINY / "text_encoders/qwen3-tiny.safetensors",
     "text_encoders/qwen_3_4b.tokenizer.json": TINY / "text_encoders/qwen3-tiny.tokenizer.json",
     "text_encoders/qwen_3_4b.config.json": TINY / "text_encoders/qwen3-tiny.config.json",
-    "vae/flux2-vae.safetensors": PARITY / "vae_tiny_bfl.safetensors",
+    "vae/flux2-vae.safetensors": TINY / "vae/flux2-vae-tiny",
 }
 
 
@@ -60,7 +61,7 @@ def make_models_dir(root: Path) -> Path:
     for name, source in MODEL_FILES.items():
         link = root / name
         link.parent.mkdir(parents=True, exist_ok=True)
-        assert source.is_file(), f"missing tiny model {source}"
+        assert source.exists(), f"missing tiny model {source}"
         link.symlink_to(source)
     return root
 
@@ -162,7 +163,7 @@ def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = ())
     assert binary.is_file(), (
         f"{binary} does not exist: build it (cargo build -p veetance-cli) or set VEETANCE_BIN"
     )
-    dirs = {name: root / name for name in ("out", "input", "state")}
+    dirs = {name: root / name for name in ("out", "input", "temp", "state")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     log_path = root / "server.log"
@@ -181,6 +182,8 @@ def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = ())
                 str(dirs["out"]),
                 "--input-dir",
                 str(dirs["input"]),
+                "--temp-dir",
+                str(dirs["temp"]),
                 "--state-dir",
                 str(dirs["state"]),
                 *extra_args,

@@ -89,9 +89,11 @@ def test_catapult_client_runs_a_job_and_every_response_fits_its_models(server, t
             viewed = await client.GetView(
                 folder_type=upload.type, subfolder=upload.subfolder, filename=upload.name
             )
-            return stats, info, before, ids, queue_raw, queue, recent, upload, viewed, png.getvalue()
+            return (stats, info, before, ids, queue_raw, queue, recent, name, upload, viewed,
+                    png.getvalue())
 
-    stats, info, before, ids, queue_raw, queue, recent, upload, viewed, png = asyncio.run(job())
+    (stats, info, before, ids, queue_raw, queue, recent, name, upload, viewed,
+     png) = asyncio.run(job())
 
     assert stats.system is not None and stats.devices is not None
     assert "SamplerCustomAdvanced" in info.root

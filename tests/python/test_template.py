@@ -8,7 +8,10 @@ Its model file names resolve in a models folder that links them to the tiny rand
 1. its UI JSON, POSTed to /prompt of `veetance serve`;
 2. the API prompt the server stored for it in /history, POSTed back (after POST /free);
 3. `veetance --headless template.json`;
-4. the equivalent native workflow, workflows/flux2-klein-4b-comfy-template.ron, headless.
+4. the equivalent native workflow, workflows/flux2-klein-tiny-comfy-equivalent.ron, headless,
+   with the template's prompt text (read from the template) set on its prompt node. It names the
+   tiny models by their paths in assets/ (the files the models folder links to), so it runs
+   from the repository root.
 
 All four must decode to identical pixels (compared as decoded pixel arrays, not PNG bytes).
 """
@@ -31,7 +34,7 @@ from harness import REPO, http_json, png_pixels, run_headless
 TEMPLATE_PACKAGE = "comfyui-workflow-templates-json==0.1.123"
 TEMPLATE_WHEEL = "comfyui_workflow_templates_json-0.1.123-py3-none-any.whl"
 TEMPLATE_MEMBER = "comfyui_workflow_templates_json/templates/image_flux2_klein_text_to_image.json"
-NATIVE_WORKFLOW = REPO / "workflows" / "flux2-klein-4b-comfy-template.ron"
+NATIVE_WORKFLOW = REPO / "workflows" / "flux2-klein-tiny-comfy-equivalent.ron"
 RUN_TIMEOUT = 1800
 
 
@@ -78,6 +81,13 @@ def only_png(folder: Path) -> bytes:
     return pngs[0].read_bytes()
 
 
+def template_prompt(template: dict) -> str:
+    """The text of the template's "Prompt" node (a PrimitiveStringMultiline at the top level)."""
+    (text,) = [node["widgets_values"][0] for node in template["nodes"]
+               if node["type"] == "PrimitiveStringMultiline"]
+    return text
+
+
 def test_template_gives_identical_pixels_four_ways(server, template_path, models_dir, tmp_path,
                                                      timings):
     template = json.loads(template_path.read_text())
@@ -115,8 +125,9 @@ def test_template_gives_identical_pixels_four_ways(server, template_path, models
     assert NATIVE_WORKFLOW.is_file(), f"{NATIVE_WORKFLOW} is missing"
     out = tmp_path / "headless-ron"
     start = time.monotonic()
-    run_headless([str(NATIVE_WORKFLOW), "--models-dir", str(models_dir), "--out", str(out)],
-                 cwd=tmp_path, timeout=RUN_TIMEOUT)
+    run_headless([str(NATIVE_WORKFLOW), "--set", f"prompt.text={template_prompt(template)}",
+                  "--out", str(out)],
+                 cwd=REPO, timeout=RUN_TIMEOUT)
     timings["native .ron via --headless"] = time.monotonic() - start
     pictures["headless, native .ron"] = only_png(out)
 
