@@ -1070,8 +1070,11 @@ fn the_queue_runs_by_number_and_front() {
     assert!(at(&blocker) < at(&d) && at(&d) < at(&c) && at(&c) < at(&a) && at(&a) < at(&e));
     assert!(!text.contains(&b));
 
-    // Clear.
+    // Clear: f runs (wait for the worker to take it), g waits and is cleared.
     let f = server.queue(slow(100_000, 5, 16), json!({}));
+    while server.get_json("/queue")["queue_running"][0][1] != f.as_str() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let g = server.queue(slow(1, 0, 17), json!({}));
     assert_eq!(
         server.post("/queue", &json!({"clear": true})).status(),
