@@ -324,7 +324,7 @@ pub fn scheduler_tokens(width: u64, height: u64) -> usize {
 /// `mu = compute_empirical_mu(tokens, steps)`: the same shift `e^mu / (e^mu + (1/t − 1))` of the
 /// same `t = 1 − i/steps` (its last `t`, 0, gives sigma 0), so the two differ only by float
 /// rounding (torch's linspace and f32 arithmetic against diffusers' numpy rounding that
-/// `sampling::schedule` follows), at most an ulp or so.
+/// `sampling::schedule` follows): a few ulps at most, not measured against torch here.
 pub fn flux2_sigmas(steps: usize, width: u64, height: u64) -> Vec<f32> {
     sampling::schedule(steps, scheduler_tokens(width, height))
 }

@@ -393,6 +393,88 @@ fn distilled_template_paints_the_native_graphs_pixels() {
     same_pixels_as_native(DISTILLED, 0);
 }
 
+/// `workflows/flux2-klein-tiny-comfy-equivalent.ron` is the base template's native equivalent:
+/// at 64×64 (its only change here; it is 1024×1024 as the template) it paints the template's
+/// pixels.
+#[test]
+fn the_native_workflow_file_paints_the_base_templates_pixels() {
+    let setup = setup();
+    let path = repo().join("workflows/flux2-klein-tiny-comfy-equivalent.ron");
+    let mut wf = veetance_workflow::WorkflowFile::load(&path).unwrap();
+    for node in &mut wf.nodes {
+        if let Some(veetance_workflow::ParamValue::String(file)) = node.params.get_mut("file") {
+            *file = repo().join(&*file).display().to_string();
+        }
+    }
+    let mut native = wf
+        .to_graph("flux2-klein-tiny-comfy-equivalent.ron")
+        .unwrap();
+    native.set_param("latent", "width", Value::Int(64)).unwrap();
+    native
+        .set_param("latent", "height", Value::Int(64))
+        .unwrap();
+    let mut engine = Engine::new(registry(), Budgets::default());
+    let (native, _) = run(&mut engine, &native, &["decode"], &setup.env);
+    let (comfy, _) = run(&mut engine, &comfy_graph(BASE, 0), &["75:65"], &setup.env);
+    assert_eq!(image(&native, "decode").data, image(&comfy, "75:65").data);
+}
+
+/// The folder of ComfyUI's workflow templates (`comfyui-workflow-templates-json`'s
+/// `templates/`), from `$VEETANCE_COMFY_TEMPLATES`: third-party files, never committed. Unset:
+/// the test says so and passes.
+fn templates_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("VEETANCE_COMFY_TEMPLATES").map(PathBuf::from);
+    if dir.is_none() {
+        eprintln!(
+            "skipped: set VEETANCE_COMFY_TEMPLATES to the templates folder of \
+             comfyui-workflow-templates-json (comfyui_workflow_templates_json/templates)"
+        );
+    }
+    dir
+}
+
+/// ComfyUI's own klein 4B text-to-image template, read by the importer as ComfyUI's frontend
+/// would queue it (base subgraph active, distilled bypassed), runs on the tiny models under the
+/// template's file names and paints the native graph's pixels. Only the size is changed, from
+/// 1024 to 64, to keep the test fast.
+#[test]
+fn comfyuis_own_klein_template_runs_and_paints_the_native_graphs_pixels() {
+    let Some(dir) = templates_dir() else { return };
+    let path = dir.join("image_flux2_klein_text_to_image.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ui: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let registry = registry();
+    let prompt = veetance_comfy::ui_to_prompt(&ui, &registry).unwrap_or_else(|e| panic!("{e}"));
+    let mut graph = veetance_comfy::prompt_to_graph(&prompt, &registry).unwrap();
+    let nodes = prompt.as_object().unwrap();
+    let of_class = |class: &str| -> Vec<String> {
+        let mut ids: Vec<String> = nodes
+            .iter()
+            .filter(|(_, n)| n["class_type"] == class)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    for id in of_class("PrimitiveInt") {
+        graph.set_param(&id, "value", Value::Int(64)).unwrap();
+    }
+    let noise = &of_class("RandomNoise")[0];
+    let seed = nodes[noise]["inputs"]["noise_seed"].as_i64().unwrap();
+    let save = &of_class("SaveImage")[0];
+    let decode = &of_class("VAEDecode")[0];
+    let text = nodes["76"]["inputs"]["value"].as_str().unwrap().to_string();
+
+    let setup = setup();
+    let mut engine = Engine::new(registry.clone(), Budgets::default());
+    let (comfy, _) = run(&mut engine, &graph, &[save, decode], &setup.env);
+    let mut native = native_graph(BASE, seed);
+    native.set_param("prompt", "text", s(&text)).unwrap();
+    let (native, _) = run(&mut engine, &native, &["decode"], &setup.env);
+    assert_eq!(image(&comfy, decode).data, image(&native, "decode").data);
+    assert!(saved(&comfy, save).width == 64);
+}
+
 #[test]
 fn cfg_of_one_runs_no_negative_and_other_cfgs_do() {
     // At cfg 1 the negative (here a real prompt) changes nothing; at cfg 5 it does.
@@ -423,6 +505,33 @@ fn a_new_noise_seed_reruns_only_the_noise_and_what_follows() {
     g.set_param("75:73", "noise_seed", Value::Int(5)).unwrap();
     let (report, _) = run(&mut engine, &g, &["9"], &setup.env);
     assert_eq!(report.executed, vec!["75:73", "75:64", "75:65", "9"]);
+}
+
+#[test]
+fn disable_noise_starts_from_the_latent_scaled_as_comfyui_does() {
+    // From an empty latent, (1 − σ₀)·0 is the native Sampler's zero start without noise.
+    let setup = setup();
+    let mut engine = Engine::new(registry(), Budgets::default());
+    let mut comfy = comfy_graph(DISTILLED, 0);
+    comfy.remove_node("75:73").unwrap();
+    comfy
+        .add_node("75:73", "DisableNoise", BTreeMap::new())
+        .unwrap();
+    link(&mut comfy, ("75:73", "NOISE"), ("75:64", "noise"));
+    let mut native = native_graph(DISTILLED, 0);
+    native
+        .set_param("sampler", "add_noise", Value::Bool(false))
+        .unwrap();
+    let (a, _) = run(&mut engine, &comfy, &["75:64"], &setup.env);
+    let (b, _) = run(&mut engine, &native, &["sampler"], &setup.env);
+    assert_eq!(latent_bits(&a, "75:64", 0), latent_bits(&b, "sampler", 0));
+    let (c, _) = run(
+        &mut engine,
+        &comfy_graph(DISTILLED, 0),
+        &["75:64"],
+        &setup.env,
+    );
+    assert_ne!(latent_bits(&a, "75:64", 0), latent_bits(&c, "75:64", 0));
 }
 
 #[test]

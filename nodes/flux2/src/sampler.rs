@@ -14,6 +14,7 @@ use veetance_models::sampling::{
     self, denoise, image_ids, pack_latents, seeded_noise, text_ids, unpack_latents, Cfg,
     TextCondition, VelocityModel, PIXELS_PER_TOKEN,
 };
+use veetance_models::torch_rng::comfy_noise;
 
 use crate::loaders::gib;
 use crate::values::{
@@ -222,8 +223,9 @@ fn preview_image(x0: &Tensor, h: usize, w: usize) -> Option<Image> {
 pub enum NoiseSource {
     /// Veetance's own seeded noise ([`seeded_noise`]): the same numbers on every device.
     Veetance(u64),
-    /// ComfyUI's noise for this seed ([`comfy_noise`]: `torch.manual_seed` + `torch.randn` on
-    /// the CPU), so that a seed gives ComfyUI's picture.
+    /// ComfyUI's noise for this seed ([`comfy_noise`]: `torch.manual_seed` + one `torch.randn`
+    /// of the whole latent on the CPU in f32, as `comfy.sample.prepare_noise` draws it), so that a
+    /// seed gives ComfyUI's picture.
     ComfyUi(u64),
     /// Zeros, as ComfyUI's `DisableNoise`: the start is `(1 − σ₀) · latent`.
     Zeros,
@@ -239,21 +241,6 @@ impl NoiseSource {
         }
     }
 }
-
-/// ComfyUI's starting noise for `seed` over a latent of `shape` (`[B, 128, h, w]`): what
-/// `comfy.sample.prepare_noise` draws (`torch.manual_seed(seed)`, then `torch.randn` of the whole
-/// shape on the CPU in f32).
-///
-/// TEMPORARY FALLBACK, to be replaced by `veetance_models::torch_rng::comfy_noise` when it lands
-/// on main (branch `noise`): until then this returns Veetance's own noise for the seed, so the
-/// native and ComfyUI graph paths agree with each other but not yet with ComfyUI's pixels.
-/// [`COMFY_NOISE_IS_TORCH`] says which one this build has.
-pub fn comfy_noise(seed: u64, shape: &[usize]) -> Vec<f32> {
-    sampling::gaussian_noise_vec(seed, shape.iter().product())
-}
-
-/// Whether [`comfy_noise`] is PyTorch's generator (false while the fallback stands in).
-pub const COMFY_NOISE_IS_TORCH: bool = false;
 
 /// What one sampling run takes: the model, its conditionings and guidance, the start, the noise
 /// and the sigmas. The native `Sampler` and ComfyUI's `SamplerCustomAdvanced` both fill it.

@@ -413,7 +413,7 @@ fn comfyui_noise_starts_from_comfy_noise_of_the_seed() {
     let noised = saved_path(&run(&mut engine, &with_noise, &env).0.unwrap());
 
     let shape = [1, 128, 4, 4];
-    let noise = veetance_nodes_flux2::sampler::comfy_noise(42, &shape);
+    let noise = veetance_models::torch_rng::comfy_noise(42, &shape);
     let path = dir.path().join("noise.latent");
     let tensors = std::collections::HashMap::from([(
         "latent_tensor".to_string(),
@@ -444,6 +444,12 @@ fn comfyui_noise_starts_from_comfy_noise_of_the_seed() {
     let a = veetance_nodes_basic::read_png_image(&noised).unwrap();
     let b = veetance_nodes_basic::read_png_image(&given).unwrap();
     assert_eq!(a.data, b.data);
+    // Not our own noise: another picture for the same seed.
+    let ours = saved_path(&run(&mut engine, &graph, &env).0.unwrap());
+    assert_ne!(
+        a.data,
+        veetance_nodes_basic::read_png_image(&ours).unwrap().data
+    );
     // The seed's parameters say which noise painted it.
     let text = veetance_nodes_basic::read_png_text(&std::fs::read(&noised).unwrap(), "parameters")
         .unwrap()

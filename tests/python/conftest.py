@@ -1,0 +1,43 @@
+"""Fixtures: one `veetance serve` for the session, on a free loopback port, with temporary
+output, input and state folders and a ComfyUI models folder mapped to the tiny models."""
+
+from __future__ import annotations
+
+import pytest
+
+import harness
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return harness.make_models_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, models_dir):
+    srv = harness.start_server(tmp_path_factory.mktemp("serve"), models_dir)
+    yield srv
+    srv.stop()
+    print(f"\n--- veetance serve log (last lines) ---\n{srv.log_tail(20)}")
+
+
+@pytest.fixture
+def tiny_prompt():
+    """The klein text-to-image API prompt on the tiny models at 64x64 (a fresh copy)."""
+    return harness.load_prompt()
+
+
+_TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture
+def timings():
+    """Wall times a test measured (name -> seconds), printed at the end of the session."""
+    return _TIMINGS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _TIMINGS:
+        terminalreporter.section("timings")
+        for name, seconds in _TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
