@@ -541,26 +541,45 @@ impl Store {
         Ok(n as usize)
     }
 
-    /// Removes pending prompts by id; how many were removed.
-    pub fn delete_pending(&self, ids: &[String]) -> Result<usize, StoreError> {
+    /// Removes pending prompts by id; the ids that were removed.
+    pub fn delete_pending(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut n = 0;
+        let mut removed = Vec::new();
         for id in ids {
-            n += tx.execute(
+            if tx.execute(
                 "DELETE FROM prompts WHERE id = ?1 AND state = 'pending'",
                 params![id],
-            )?;
+            )? > 0
+            {
+                removed.push(id.clone());
+            }
         }
         tx.commit()?;
-        Ok(n)
+        Ok(removed)
     }
 
-    /// Removes every pending prompt.
-    pub fn clear_pending(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM prompts WHERE state = 'pending'", [])?)
+    /// Removes every pending prompt; their ids.
+    pub fn clear_pending(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = {
+            let mut stmt = tx.prepare("SELECT id FROM prompts WHERE state = 'pending'")?;
+            let ids = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids
+        };
+        tx.execute("DELETE FROM prompts WHERE state = 'pending'", [])?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Forgets the files recorded for a prompt (the caller deleted them).
+    pub fn forget_files(&self, prompt_id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM files WHERE prompt_id = ?1", params![prompt_id])?;
+        Ok(())
     }
 
     fn history_rows(
