@@ -11,17 +11,21 @@ clients at once. Results go to docs/performance.md by hand.
     run's `execution_cached` list must be empty), and "warm", only the seed changed between
     runs, as a client sending variations sees it.
 (b) Fan-out: N WebSocket clients (default 100) connect at once (time from opening the TCP
-    connection to receiving the `status` message the server sends on connect); then K prompts
-    are queued without a `client_id`, while all N clients listen. Reported: whether every client
-    got every broadcast, the latency of events that carry the server's `timestamp` (client
-    receive time minus that timestamp, same machine clock), the spread of each broadcast over
-    the clients (last minus first receipt), and the server's resident memory (VmRSS) idle, with
-    the clients connected, at its peak while the prompts ran (sampled every 10 ms) and after.
+    connection to receiving the `status` message the server sends on connect); then one prompt
+    per client is queued (seeds differ), each with that client's `client_id`, as fast as POSTs
+    go, while all N clients listen. As in ComfyUI, a prompt's execution messages go to its own
+    client and every queue change is a `status` broadcast to all. Reported: whether every client
+    got every `status` broadcast and its own prompt's final `executing`, the latency of the
+    messages that carry the server's `timestamp` (`execution_start`, `execution_cached`,
+    `execution_success`: client receive time minus that timestamp, same machine clock, ms
+    resolution), the spread of each `status` broadcast over the clients (last minus first
+    receipt), and the server's resident memory (VmRSS) idle, with the clients connected, at its
+    peak while the prompts run (sampled every 10 ms) and after the clients left.
 
 Run from the repository root with the test environment (.ci/run creates it):
 
     .venv/bin/python .verify/server_bench.py [--bin target/debug/veetance] [--runs 9]
-        [--clients 100] [--prompts 5] [--json results.json]
+        [--clients 100] [--json results.json]
 """
 
 from __future__ import annotations
@@ -73,17 +77,22 @@ def post(url: str, body: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ (a)
 
-async def timed_server_run(server: harness.Server, prompt: dict) -> tuple[float, list]:
-    """Seconds from POST /prompt to `executing null` for it, and its `execution_cached` nodes."""
+async def timed_server_run(server: harness.Server, prompt: dict) -> tuple[float, list, dict]:
+    """Seconds from POST /prompt to `executing null` for it, its `execution_cached` nodes, and
+    where the time went (ms): POST until `execution_start`'s timestamp, `execution_start` to
+    `execution_success` (the run), and `execution_success` until `executing null` arrived (the
+    history written, then the message)."""
     client_id = str(uuid.uuid4())
     async with websockets.connect(f"ws://{server.host}/ws?clientId={client_id}", max_size=None) as ws:
         await ws.recv()  # status on connect
         start = time.perf_counter()
+        start_wall_ms = time.time() * 1e3
         answer = await asyncio.to_thread(
             post, f"{server.url}/prompt", {"prompt": prompt, "client_id": client_id}
         )
         prompt_id = answer["prompt_id"]
         cached = []
+        stamps = {}
         while True:
             msg = await asyncio.wait_for(ws.recv(), timeout=600)
             if isinstance(msg, bytes):
@@ -92,10 +101,18 @@ async def timed_server_run(server: harness.Server, prompt: dict) -> tuple[float,
             data = m.get("data", {})
             if m["type"] == "execution_cached" and data.get("prompt_id") == prompt_id:
                 cached = data.get("nodes", [])
+            if m["type"] in ("execution_start", "execution_success") and data.get("prompt_id") == prompt_id:
+                stamps[m["type"]] = data["timestamp"]
             if m["type"] == "execution_error" and data.get("prompt_id") == prompt_id:
                 raise RuntimeError(f"prompt failed: {data}")
             if m["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                return time.perf_counter() - start, cached
+                end_wall_ms = time.time() * 1e3
+                parts = {
+                    "post_to_start": stamps["execution_start"] - start_wall_ms,
+                    "run": stamps["execution_success"] - stamps["execution_start"],
+                    "success_to_final": end_wall_ms - stamps["execution_success"],
+                }
+                return time.perf_counter() - start, cached, parts
 
 
 def headless_run(prompt_file: Path, models_dir: Path, work: Path) -> tuple[float, float]:
@@ -129,32 +146,39 @@ def bench_overhead(server: harness.Server, models_dir: Path, work: Path, runs: i
             headless.append(inproc)
             headless_wall.append(wall)
 
-    cold, cold_cached = [], []
+    cold, cold_cached, cold_parts = [], [], []
     for i in range(runs + 1):
         post(f"{server.url}/free", {"unload_models": True, "free_memory": True})
-        seconds, cached = asyncio.run(timed_server_run(server, prompt))
+        seconds, cached, parts = asyncio.run(timed_server_run(server, prompt))
         if i:
             cold.append(seconds)
             cold_cached.append(len(cached))
+            cold_parts.append(parts)
 
-    warm, warm_cached = [], []
+    warm, warm_cached, warm_parts = [], [], []
     for i in range(runs + 1):
         varied = harness.load_prompt()
         varied["7"]["inputs"]["noise_seed"] = 1000 + i
-        seconds, cached = asyncio.run(timed_server_run(server, varied))
+        seconds, cached, parts = asyncio.run(timed_server_run(server, varied))
         if i:
             warm.append(seconds)
             warm_cached.append(len(cached))
+            warm_parts.append(parts)
 
     def ms(values):
         return {"median_ms": statistics.median(values) * 1e3, "min_ms": min(values) * 1e3,
                 "max_ms": max(values) * 1e3, "n": len(values)}
 
+    def median_parts(parts):
+        return {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+
     return {
         "headless_in_process": ms(headless),
         "headless_process_wall": ms(headless_wall),
-        "server_cold": {**ms(cold), "cached_nodes": cold_cached},
-        "server_warm": {**ms(warm), "cached_nodes": warm_cached},
+        "server_cold": {**ms(cold), "cached_nodes": cold_cached,
+                        "median_parts_ms": median_parts(cold_parts)},
+        "server_warm": {**ms(warm), "cached_nodes": warm_cached,
+                        "median_parts_ms": median_parts(warm_parts)},
         "ratio_cold_to_headless": statistics.median(cold) / statistics.median(headless),
         "added_cold_ms": (statistics.median(cold) - statistics.median(headless)) * 1e3,
     }
@@ -187,7 +211,7 @@ async def listen(server: harness.Server, listener: Listener, stop: asyncio.Event
                 listener.messages.append((time.time(), json.loads(msg)))
 
 
-async def fan_out(server: harness.Server, clients: int, prompts: int) -> dict:
+async def fan_out(server: harness.Server, clients: int) -> dict:
     pid = server.proc.pid
     rss = {"idle": rss_bytes(pid)}
     listeners = [Listener(i) for i in range(clients)]
@@ -219,13 +243,18 @@ async def fan_out(server: harness.Server, clients: int, prompts: int) -> dict:
     sampler = threading.Thread(target=sample)
     sampler.start()
     ids = []
-    for i in range(prompts):
+    start = time.perf_counter()
+    for i, listener in enumerate(listeners):
         prompt = harness.load_prompt()
         prompt["7"]["inputs"]["noise_seed"] = 5000 + i
-        answer = await asyncio.to_thread(post, f"{server.url}/prompt", {"prompt": prompt})
+        answer = await asyncio.to_thread(
+            post, f"{server.url}/prompt", {"prompt": prompt, "client_id": listener.client_id}
+        )
         ids.append(answer["prompt_id"])
+    queued_s = time.perf_counter() - start
     for prompt_id in ids:
         await asyncio.to_thread(server.wait_history, prompt_id, 600)
+    all_done_s = time.perf_counter() - start
     await asyncio.sleep(1.0)  # let the last broadcasts arrive everywhere
     sampling.set()
     sampler.join()
@@ -235,44 +264,48 @@ async def fan_out(server: harness.Server, clients: int, prompts: int) -> dict:
     await asyncio.sleep(0.5)
     rss["after_disconnect"] = rss_bytes(pid)
 
-    # Which broadcasts each client got: (type, prompt_id, node) of every message, in order.
-    def keys(listener):
-        return [(m["type"], m["data"].get("prompt_id"), m["data"].get("node"))
-                for _, m in listener.messages]
-
-    per_client = [keys(l) for l in listeners]
-    reference = max(per_client, key=len)
-    complete = sum(1 for k in per_client if k == reference)
-    statuses = [sum(1 for t, _, _ in k if t == "status") for k in per_client]
-    finished = [sum(1 for t, p, n in k if t == "executing" and n is None and p in ids)
-                for k in per_client]
+    # Every status broadcast, in order, for each client; and its own prompt's final executing.
+    statuses = [[json.dumps(m["data"], sort_keys=True) for _, m in l.messages if m["type"] == "status"]
+                for l in listeners]
+    same_statuses = sum(1 for st in statuses if st == statuses[0])
+    finished = [sum(1 for _, m in l.messages
+                    if m["type"] == "executing" and m["data"].get("node") is None
+                    and m["data"].get("prompt_id") == ids[i])
+                for i, l in enumerate(listeners)]
+    foreign = sum(1 for i, l in enumerate(listeners) for _, m in l.messages
+                  if m["type"] != "status" and m["data"].get("prompt_id") not in (None, ids[i]))
 
     latencies_ms = []
-    for listener in listeners:
+    for i, listener in enumerate(listeners):
         for received, m in listener.messages:
             ts = m["data"].get("timestamp")
-            if isinstance(ts, (int, float)) and m["data"].get("prompt_id") in ids:
+            if isinstance(ts, (int, float)) and m["data"].get("prompt_id") == ids[i]:
                 latencies_ms.append(received * 1e3 - ts)
 
-    # Spread of each broadcast over the clients: the i-th message of each client is the same
-    # broadcast when every client got the same sequence.
+    # Spread of each status broadcast over the clients (the i-th status of each client is the
+    # same broadcast when every client got the same sequence).
     spreads_ms = []
-    if complete == clients:
-        for i in range(len(reference)):
-            times = [l.messages[i][0] for l in listeners]
-            spreads_ms.append((max(times) - min(times)) * 1e3)
+    if same_statuses == clients:
+        times = [[t for t, m in l.messages if m["type"] == "status"] for l in listeners]
+        for k in range(len(times[0])):
+            column = [t[k] for t in times]
+            spreads_ms.append((max(column) - min(column)) * 1e3)
 
     connects_ms = [l.connect_s * 1e3 for l in listeners]
     return {
         "clients": clients,
-        "prompts": prompts,
+        "prompts": len(ids),
+        "queueing_all_s": queued_s,
+        "all_finished_s": all_done_s,
         "connect_all_ms": connect_all_s * 1e3,
         "connect_ms": {"p50": percentile(connects_ms, 0.5), "p95": percentile(connects_ms, 0.95),
                        "p99": percentile(connects_ms, 0.99), "max": max(connects_ms)},
-        "messages_per_client": len(reference),
-        "clients_with_every_message": complete,
-        "status_per_client_min_max": [min(statuses), max(statuses)],
-        "final_executing_per_client_min_max": [min(finished), max(finished)],
+        "messages_per_client_min_max": [min(len(l.messages) for l in listeners),
+                                        max(len(l.messages) for l in listeners)],
+        "status_broadcasts_per_client": len(statuses[0]),
+        "clients_with_every_status": same_statuses,
+        "own_final_executing_per_client_min_max": [min(finished), max(finished)],
+        "messages_of_other_clients_prompts": foreign,
         "timestamped_event_latency_ms": {
             "n": len(latencies_ms), "p50": percentile(latencies_ms, 0.5),
             "p95": percentile(latencies_ms, 0.95), "p99": percentile(latencies_ms, 0.99),
@@ -291,7 +324,6 @@ def main() -> int:
     parser.add_argument("--bin", help="veetance binary (default: $VEETANCE_BIN or target/debug/veetance)")
     parser.add_argument("--runs", type=int, default=9, help="timed runs per variant (a)")
     parser.add_argument("--clients", type=int, default=100, help="WebSocket clients (b)")
-    parser.add_argument("--prompts", type=int, default=5, help="prompts queued while they listen (b)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.bin:
@@ -309,7 +341,7 @@ def main() -> int:
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
                 "load_average_before": os.getloadavg(),
                 "overhead": bench_overhead(server, models, work, args.runs),
-                "fan_out": asyncio.run(fan_out(server, args.clients, args.prompts)),
+                "fan_out": asyncio.run(fan_out(server, args.clients)),
                 "load_average_after": os.getloadavg(),
             }
         finally:

@@ -103,8 +103,11 @@ def http_json(url: str, body: dict | None = None, timeout: float = 30):
     req = urllib.request.Request(url, data=data)
     if data is not None:
         req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        raise AssertionError(f"{url}: HTTP {err.code}: {err.read()[:2000]!r}") from None
 
 
 @dataclass

@@ -377,6 +377,15 @@ async fn post_prompt(
             }),
         });
     };
+    // A UI workflow (the JSON ComfyUI saves) is queued as the API prompt ComfyUI's frontend
+    // would make of it; the workflow goes where the frontend puts it, into the PNG's chunks.
+    let (prompt, ui_workflow) = match veetance_comfy::detect(&prompt) {
+        Some(veetance_comfy::Format::Ui) => (
+            veetance_comfy::ui_to_prompt(&prompt, &core.registry).map_err(prompt_error)?,
+            Some(prompt),
+        ),
+        _ => (prompt, None),
+    };
     let prompt_id = match request.get("prompt_id") {
         None | Some(Json::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Json::String(id)) if is_canonical_uuid(id) => id.clone(),
@@ -429,6 +438,14 @@ async fn post_prompt(
     };
     if let Some(client_id) = request.get("client_id") {
         extra_data.insert("client_id".into(), client_id.clone());
+    }
+    if let Some(workflow) = ui_workflow {
+        if let Json::Object(pnginfo) = extra_data
+            .entry("extra_pnginfo")
+            .or_insert_with(|| json!({}))
+        {
+            pnginfo.entry("workflow").or_insert(workflow);
+        }
     }
     if !extra_data.contains_key("comfy_usage_source") {
         if let Some(source) = headers

@@ -1811,6 +1811,52 @@ fn comfyuis_klein_template_runs_as_the_websocket_example_drives_it() {
     assert_eq!(prompt["75:73"]["inputs"]["noise_seed"], 3);
 }
 
+/// A UI workflow (the JSON ComfyUI saves) posted to /prompt runs as the API prompt ComfyUI's
+/// frontend would queue for it, and its PNG carries the workflow as the frontend's prompt would.
+#[test]
+fn a_ui_workflow_posted_to_prompt_runs_as_its_api_prompt() {
+    let server = TestServer::start();
+    let workflow = json!({
+        "version": 0.4,
+        "nodes": [
+            {"id": 1, "type": "TestSlowImage", "mode": 0, "inputs": [],
+             "outputs": [{"name": "image", "type": "IMAGE", "links": [1]}],
+             "widgets_values": [2, 0, 5]},
+            {"id": 2, "type": "SaveImage", "mode": 0,
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 1}], "outputs": [],
+             "widgets_values": ["from-ui"]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+    });
+    let prompt_id = server.queue(workflow.clone(), json!({}));
+    let entry = server.wait_history(&prompt_id);
+    assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+    let prompt = &entry["prompt"][2];
+    assert_eq!(prompt["1"]["class_type"], "TestSlowImage", "{prompt}");
+    assert_eq!(prompt["1"]["inputs"]["seed"], 5, "{prompt}");
+    assert_eq!(prompt["2"]["inputs"]["images"], json!(["1", 0]), "{prompt}");
+    assert_eq!(
+        prompt["2"]["inputs"]["filename_prefix"], "from-ui",
+        "{prompt}"
+    );
+    let image = &entry["outputs"]["2"]["images"][0];
+    let bytes = server
+        .get(&format!(
+            "/view?filename={}&subfolder={}&type=output",
+            urlencode(image["filename"].as_str().unwrap()),
+            urlencode(image["subfolder"].as_str().unwrap()),
+        ))
+        .bytes()
+        .unwrap();
+    let texts = png_texts(&bytes);
+    let chunk = |key: &str| -> Json {
+        let (_, text) = texts.iter().find(|(k, _)| k == key).unwrap();
+        serde_json::from_str(text).unwrap()
+    };
+    assert_eq!(chunk("workflow"), workflow);
+    assert_eq!(&chunk("prompt"), prompt);
+}
+
 /// `comfy-api-simplified` queues first and connects after: a prompt that finished meanwhile must
 /// still reach it with its final `executing`.
 #[test]
