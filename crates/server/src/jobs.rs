@@ -358,7 +358,8 @@ fn cancel(core: &Core, id: &str) -> Result<bool, ApiError> {
     if interrupt(core, Some(id)) {
         return Ok(true);
     }
-    if core.store.delete_pending(&[id.to_string()])? > 0 {
+    if !core.store.delete_pending(&[id.to_string()])?.is_empty() {
+        core.notify_done(id);
         core.broadcast_status();
         return Ok(true);
     }

@@ -507,15 +507,19 @@ async fn get_queue(State(core): State<AppState>) -> Result<Response, ApiError> {
 async fn post_queue(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request = read_object(&core, body).await?;
     blocking(&core, move |c| {
-        let mut changed = 0;
+        let mut removed = Vec::new();
         if request.get("clear").is_some_and(truthy) {
-            changed += c.store.clear_pending()?;
+            removed.extend(c.store.clear_pending()?);
         }
         let delete = string_list(request.get("delete"));
         if !delete.is_empty() {
-            changed += c.store.delete_pending(&delete)?;
+            removed.extend(c.store.delete_pending(&delete)?);
         }
-        if changed > 0 {
+        for id in &removed {
+            // Callers waiting for it (the OpenAI route) learn that it will not run.
+            c.notify_done(id);
+        }
+        if !removed.is_empty() {
             c.broadcast_status();
         }
         Ok(())

@@ -169,7 +169,11 @@ pub struct JobRow {
 }
 
 pub struct Store {
+    /// Every write goes through this connection.
     conn: Mutex<Connection>,
+    /// Reads of the queue and the history: WAL lets them run beside a write, so a large
+    /// history read never keeps the engine thread from recording a file.
+    reader: Mutex<Connection>,
     history_max: usize,
 }
 
@@ -319,8 +323,13 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
             .map_err(|e| open_err(e.to_string()))?;
+        let reader = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             history_max: history_max.max(1),
         })
     }
@@ -329,6 +338,10 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back on drop), so the connection stays usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a prompt. The row is committed (on disk) when this returns. A prompt id that
@@ -447,7 +460,7 @@ impl Store {
     /// Whether a path is recorded as written by some prompt or upload.
     pub fn is_recorded(&self, path: &Path) -> Result<bool, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT 1 FROM files WHERE path = ?1 LIMIT 1",
                 params![path.to_string_lossy()],
@@ -497,7 +510,7 @@ impl Store {
 
     /// The running and the pending prompts, each in run order.
     pub fn queue(&self) -> Result<(Vec<QueueItem>, Vec<QueueItem>), StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {ITEM_COLUMNS}, state FROM prompts WHERE state IN ('pending', 'running')
              ORDER BY number, id"
@@ -520,7 +533,7 @@ impl Store {
 
     /// Prompts queued or running (`exec_info.queue_remaining`).
     pub fn remaining(&self) -> Result<usize, StoreError> {
-        let n: i64 = self.conn().query_row(
+        let n: i64 = self.reader().query_row(
             "SELECT COUNT(*) FROM prompts WHERE state IN ('pending', 'running')",
             [],
             |r| r.get(0),
@@ -528,26 +541,45 @@ impl Store {
         Ok(n as usize)
     }
 
-    /// Removes pending prompts by id; how many were removed.
-    pub fn delete_pending(&self, ids: &[String]) -> Result<usize, StoreError> {
+    /// Removes pending prompts by id; the ids that were removed.
+    pub fn delete_pending(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut n = 0;
+        let mut removed = Vec::new();
         for id in ids {
-            n += tx.execute(
+            if tx.execute(
                 "DELETE FROM prompts WHERE id = ?1 AND state = 'pending'",
                 params![id],
-            )?;
+            )? > 0
+            {
+                removed.push(id.clone());
+            }
         }
         tx.commit()?;
-        Ok(n)
+        Ok(removed)
     }
 
-    /// Removes every pending prompt.
-    pub fn clear_pending(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM prompts WHERE state = 'pending'", [])?)
+    /// Removes every pending prompt; their ids.
+    pub fn clear_pending(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = {
+            let mut stmt = tx.prepare("SELECT id FROM prompts WHERE state = 'pending'")?;
+            let ids = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids
+        };
+        tx.execute("DELETE FROM prompts WHERE state = 'pending'", [])?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Forgets the files recorded for a prompt (the caller deleted them).
+    pub fn forget_files(&self, prompt_id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM files WHERE prompt_id = ?1", params![prompt_id])?;
+        Ok(())
     }
 
     fn history_rows(
@@ -556,7 +588,7 @@ impl Store {
         tail_sql: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {ITEM_COLUMNS}, outputs, status, meta, created_ms FROM prompts
              WHERE state = 'done' {where_sql} ORDER BY history_seq {tail_sql}"
@@ -596,7 +628,7 @@ impl Store {
         max_items: Option<usize>,
         offset: Option<i64>,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let total: i64 = self.conn().query_row(
+        let total: i64 = self.reader().query_row(
             "SELECT COUNT(*) FROM prompts WHERE state = 'done'",
             [],
             |r| r.get(0),
@@ -656,7 +688,7 @@ impl Store {
     /// A queued or running prompt.
     pub fn queued_item(&self, prompt_id: &str) -> Result<Option<(State, QueueItem)>, StoreError> {
         let row = self
-            .conn()
+            .reader()
             .query_row(
                 &format!(
                     "SELECT {ITEM_COLUMNS}, state FROM prompts
@@ -674,7 +706,7 @@ impl Store {
 
     /// Every prompt the store knows, for the jobs listing.
     pub fn job_rows(&self) -> Result<Vec<JobRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT id, state, number, number_is_float, created_ms, workflow_id, outputs, status
              FROM prompts",

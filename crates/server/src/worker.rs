@@ -81,6 +81,7 @@ pub(crate) fn recover(store: &Store, dirs: &Dirs) -> Result<(), StoreError> {
                  crash); it is not run again",
                 lost.attempts
             );
+            store.forget_files(&lost.prompt_id)?;
             let now = now_ms();
             let error = json!({
                 "prompt_id": lost.prompt_id,

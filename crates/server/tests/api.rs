@@ -1070,8 +1070,11 @@ fn the_queue_runs_by_number_and_front() {
     assert!(at(&blocker) < at(&d) && at(&d) < at(&c) && at(&c) < at(&a) && at(&a) < at(&e));
     assert!(!text.contains(&b));
 
-    // Clear.
+    // Clear: f runs (wait for the worker to take it), g waits and is cleared.
     let f = server.queue(slow(100_000, 5, 16), json!({}));
+    while server.get_json("/queue")["queue_running"][0][1] != f.as_str() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let g = server.queue(slow(1, 0, 17), json!({}));
     assert_eq!(
         server.post("/queue", &json!({"clear": true})).status(),
@@ -1302,6 +1305,54 @@ fn the_openai_route_runs_the_default_workflow() {
         assert_eq!(e["error"]["param"], param, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().len() > 5);
     }
+}
+
+#[test]
+fn an_openai_request_whose_prompt_is_deleted_gets_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = dir.path().join("default.ron");
+    let text = std::fs::read_to_string(repo().join("workflows/flux2-klein-tiny.ron"))
+        .unwrap()
+        .replace("assets/tiny-models/diffusion_models/", "")
+        .replace("assets/tiny-models/text_encoders/", "")
+        .replace("assets/tiny-models/vae/", "");
+    std::fs::write(&workflow, text).unwrap();
+    let server = TestServer::start_with(|o| o.default_workflow = Some(workflow.clone()));
+    let blocker = server.queue(slow(100_000, 5, 1), json!({}));
+    while server.get_json("/queue")["queue_running"][0][1] != blocker.as_str() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let url = server.url("/v1/images/generations");
+    let waiting = std::thread::spawn(move || {
+        let r = Client::new()
+            .post(url)
+            .json(&json!({"prompt": "a hare", "size": "64x64"}))
+            .send()
+            .unwrap();
+        (r.status(), r.json::<Json>().unwrap())
+    });
+    while server.get_json("/queue")["queue_pending"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        server.post("/queue", &json!({"clear": true})).status(),
+        StatusCode::OK
+    );
+    let (status, answer) = waiting.join().unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(answer["error"]["type"], "server_error");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("left the queue"),
+        "{answer}"
+    );
+    server.post("/interrupt", &json!({}));
 }
 
 #[test]
