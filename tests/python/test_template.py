@@ -19,6 +19,7 @@ All four must decode to identical pixels (compared as decoded pixel arrays, not 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,8 +41,15 @@ RUN_TIMEOUT = 1800
 
 @pytest.fixture(scope="session")
 def template_path(request, tmp_path_factory) -> Path:
-    """The template's JSON as published, unpacked from the wheel (downloaded once into pytest's
-    cache folder, which git ignores)."""
+    """The template's JSON as published: from $VEETANCE_COMFY_TEMPLATES (the templates folder
+    .ci/run unpacks from the same wheel) when it holds it, else unpacked from the wheel,
+    downloaded once into pytest's cache folder (which git ignores)."""
+    unpacked = Path(os.environ.get("VEETANCE_COMFY_TEMPLATES", "/nonexistent"))
+    unpacked = unpacked / Path(TEMPLATE_MEMBER).name
+    if unpacked.is_file():
+        path = tmp_path_factory.mktemp("template") / unpacked.name
+        path.write_bytes(unpacked.read_bytes())
+        return path
     cache = Path(request.config.cache.mkdir("comfyui-templates"))
     wheel = cache / TEMPLATE_WHEEL
     if not wheel.is_file():
