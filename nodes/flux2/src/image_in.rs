@@ -10,16 +10,34 @@ use veetance_core::{
 
 use crate::values::{candle_err, input, model_err, object, Conditioning, Latent, VaeHandle};
 
+/// A rectangle of an image, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
 /// The crop ComfyUI's `vae_encode_crop_pixels` makes: each side cut down to a multiple of
-/// `step`, centred (offset `(side % step) / 2`). Returns `(top, left, height, width)`.
-pub fn centre_crop(height: usize, width: usize, step: usize) -> (usize, usize, usize, usize) {
-    let (h, w) = ((height / step) * step, (width / step) * step);
-    ((height % step) / 2, (width % step) / 2, h, w)
+/// `step`, centred (offset `(side % step) / 2`).
+pub fn centre_crop(height: usize, width: usize, step: usize) -> Crop {
+    Crop {
+        top: (height % step) / 2,
+        left: (width % step) / 2,
+        height: (height / step) * step,
+        width: (width / step) * step,
+    }
 }
 
 /// One channel of `image` (`channel`, e.g. 3 for alpha) cropped to `crop`, as `(B, h, w)`.
-fn channel_plane(image: &Image, channel: usize, crop: (usize, usize, usize, usize)) -> Vec<f32> {
-    let (top, left, h, w) = crop;
+fn channel_plane(image: &Image, channel: usize, crop: Crop) -> Vec<f32> {
+    let Crop {
+        top,
+        left,
+        height: h,
+        width: w,
+    } = crop;
     let (iw, c) = (image.width as usize, image.channels as usize);
     let ih = image.height as usize;
     let mut out = Vec::with_capacity(image.batch as usize * h * w);
@@ -35,22 +53,22 @@ fn channel_plane(image: &Image, channel: usize, crop: (usize, usize, usize, usiz
 
 /// Encodes an image batch (`[0, 1]`, RGB or RGBA; alpha is ignored) with the VAE, after cropping
 /// it to a multiple of the VAE's pixels per token as ComfyUI's `VAEEncode` does (centred). Returns
-/// the normalised latent `(B, 128, h, w)` in f32 and the crop `(top, left, height, width)`.
+/// the normalised latent `(B, 128, h, w)` in f32 and the crop.
 pub fn encode_image(
     vae: &VaeHandle,
     image: &Image,
     what: &str,
-) -> Result<(Tensor, (usize, usize, usize, usize)), NodeError> {
+) -> Result<(Tensor, Crop), NodeError> {
     let step = vae.vae.pixels_per_token();
     let (height, width) = (image.height as usize, image.width as usize);
     let crop = centre_crop(height, width, step);
-    if crop.2 == 0 || crop.3 == 0 {
+    if crop.height == 0 || crop.width == 0 {
         return Err(NodeError::failed(format!(
             "{what}: the image is {width}x{height} pixels, smaller than one latent token \
              ({step}x{step}); scale it up first"
         )));
     }
-    let (b, h, w) = (image.batch as usize, crop.2, crop.3);
+    let (b, h, w) = (image.batch as usize, crop.height, crop.width);
     let mut planes = Vec::with_capacity(b * 3 * h * w);
     let per_channel: Vec<Vec<f32>> = (0..3).map(|c| channel_plane(image, c, crop)).collect();
     for bi in 0..b {
@@ -72,11 +90,7 @@ pub fn encode_image(
 
 /// A mask `(B, h, w)` from an image's alpha channel under `crop`: `1 − alpha`, so that
 /// transparent pixels are repainted (ComfyUI's `LoadImage` mask).
-pub fn alpha_mask(
-    image: &Image,
-    crop: (usize, usize, usize, usize),
-    what: &str,
-) -> Result<Tensor, NodeError> {
+pub fn alpha_mask(image: &Image, crop: Crop, what: &str) -> Result<Tensor, NodeError> {
     if image.channels != 4 {
         return Err(NodeError::failed(format!(
             "{what}: mask 'alpha' needs an image with an alpha channel (RGBA); this one has {} \
@@ -88,8 +102,12 @@ pub fn alpha_mask(
         .into_iter()
         .map(|a| 1.0 - a)
         .collect();
-    Tensor::from_vec(plane, (image.batch as usize, crop.2, crop.3), &Device::Cpu)
-        .map_err(candle_err(what))
+    Tensor::from_vec(
+        plane,
+        (image.batch as usize, crop.height, crop.width),
+        &Device::Cpu,
+    )
+    .map_err(candle_err(what))
 }
 
 /// A mask `(B, h, w)` from a mask image: its first channel (white = repaint). It must have the
@@ -176,7 +194,7 @@ impl NodeDef for VaeEncode {
                          image",
                     )
                 })?;
-                Some(image_mask(mask, (crop.2, crop.3), "VaeEncode")?)
+                Some(image_mask(mask, (crop.height, crop.width), "VaeEncode")?)
             }
             _ => None,
         };
