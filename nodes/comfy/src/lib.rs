@@ -18,6 +18,7 @@
 //! `veetance-nodes-flux2` and candle-core.
 
 pub mod conditioning;
+pub mod edit;
 pub mod image;
 pub mod loaders;
 pub mod primitives;
@@ -42,6 +43,9 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(sampling::EmptyFlux2LatentImage::new());
     reg.add(sampling::SamplerCustomAdvanced::new());
     reg.add(image::VaeDecode::new());
+    reg.add(edit::VaeEncode::new());
+    reg.add(edit::ReferenceLatent::new());
+    reg.add(edit::FluxKvCache::new());
     reg.add(image::PreviewImage::new());
     reg.add(primitives::Primitive::int());
     reg.add(primitives::Primitive::float());

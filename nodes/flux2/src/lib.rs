@@ -9,6 +9,7 @@
 pub mod decode;
 pub mod encode;
 pub mod files;
+pub mod image_in;
 pub mod latent;
 pub mod loaders;
 pub mod patches;
@@ -31,4 +32,6 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(latent::LoadLatent::new());
     reg.add(sampler::Sampler::new());
     reg.add(decode::VaeDecode::new());
+    reg.add(image_in::VaeEncode::new());
+    reg.add(image_in::AddReference::new());
 }
