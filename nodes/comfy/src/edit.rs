@@ -10,10 +10,11 @@
 //! `10·(i+1)`, no spatial offset), which the sampling routine implements
 //! (`veetance_models::sampling::References`).
 
+use veetance_core::Mask;
 use veetance_core::{
     ExecContext, NodeDef, NodeError, NodeSchema, ParamProblem, Params, PortType, RunEnv, Value,
 };
-use veetance_nodes_flux2::image_in::{encode_image, with_reference};
+use veetance_nodes_flux2::image_in::{encode_image, mask_tensor, with_reference};
 use veetance_nodes_flux2::values::{
     input, object, optional_input, Conditioning, Latent, VaeHandle,
 };
@@ -105,6 +106,64 @@ impl NodeDef for ReferenceLatent {
             Some(latent) => with_reference(conditioning, latent, "ReferenceLatent")?,
         };
         Ok(vec![object(PortType::Conditioning, out)])
+    }
+}
+
+/// ComfyUI's `SetLatentNoiseMask`: the latent with the mask it is inpainted under. The mask is
+/// kept at its own size; the sampler resizes it to the latent grid bilinearly, as ComfyUI's
+/// `reshape_mask` does, and blends as `KSamplerX0Inpaint` does.
+pub struct SetLatentNoiseMask {
+    schema: NodeSchema,
+}
+
+impl SetLatentNoiseMask {
+    pub fn new() -> Self {
+        SetLatentNoiseMask {
+            schema: NodeSchema::new(
+                "SetLatentNoiseMask",
+                "Set Latent Noise Mask",
+                "latent/inpaint",
+            )
+            .doc(
+                "ComfyUI's SetLatentNoiseMask: the sampler repaints the latent only where the \
+                     mask is 1 and keeps it where it is 0 (soft values blend).",
+            )
+            .input("samples", PortType::Latent, "The latent.")
+            .input("mask", PortType::Mask, "The mask, 1 = repaint.")
+            .output(
+                "LATENT",
+                PortType::Latent,
+                "The latent with its noise mask.",
+            ),
+        }
+    }
+}
+
+impl Default for SetLatentNoiseMask {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for SetLatentNoiseMask {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let latent = input::<Latent>(ctx, "samples", PortType::Latent)?;
+        let mask = ctx
+            .object("mask", PortType::Mask)?
+            .downcast::<Mask>()
+            .ok_or_else(|| NodeError::failed("SetLatentNoiseMask: input 'mask' is not a mask"))?;
+        let noise_mask = mask_tensor(mask, None, "SetLatentNoiseMask")?;
+        Ok(vec![object(
+            PortType::Latent,
+            Latent {
+                noise_mask: Some(noise_mask),
+                ..latent.clone()
+            },
+        )])
     }
 }
 

@@ -45,6 +45,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(image::VaeDecode::new());
     reg.add(edit::VaeEncode::new());
     reg.add(edit::ReferenceLatent::new());
+    reg.add(edit::SetLatentNoiseMask::new());
     reg.add(edit::FluxKvCache::new());
     reg.add(image::PreviewImage::new());
     reg.add(primitives::Primitive::int());

@@ -136,7 +136,7 @@ fn native_edit_workflow() -> Graph {
     let path = repo().join("workflows/flux2-klein-tiny-edit.ron");
     let mut wf = veetance_workflow::WorkflowFile::load(&path).unwrap();
     for node in &mut wf.nodes {
-        for key in ["file", "path"] {
+        for key in ["file", "image"] {
             if let Some(veetance_workflow::ParamValue::String(file)) = node.params.get_mut(key) {
                 *file = repo().join(&*file).display().to_string();
             }
@@ -186,7 +186,7 @@ fn comfy_edit_graph(references: &[&str], steps: i64, cfg: f64, seed: i64) -> Gra
         node(
             &format!("img{i}"),
             "LoadImage",
-            &[("path", s(&input_image(file)))],
+            &[("image", s(&input_image(file)))],
         );
         node(&format!("75:enc{i}"), "VAEEncode", &[]);
         node(&format!("75:pos{i}"), "ReferenceLatent", &[]);
@@ -327,7 +327,7 @@ fn two_references_of_different_sizes_match_the_native_chain() {
         .add_node(
             "style",
             "LoadImage",
-            [("path".to_string(), s(&input_image("edit-style.png")))].into(),
+            [("image".to_string(), s(&input_image("edit-style.png")))].into(),
         )
         .unwrap();
     native

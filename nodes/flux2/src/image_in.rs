@@ -4,9 +4,7 @@
 //! here.
 
 use candle_core::{Device, Tensor};
-use veetance_core::{
-    ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
-};
+use veetance_core::{ExecContext, Image, Mask, NodeDef, NodeError, NodeSchema, PortType, Value};
 
 use crate::values::{candle_err, input, model_err, object, Conditioning, Latent, VaeHandle};
 
@@ -88,42 +86,28 @@ pub fn encode_image(
     Ok((latent, crop))
 }
 
-/// A mask `(B, h, w)` from an image's alpha channel under `crop`: `1 − alpha`, so that
-/// transparent pixels are repainted (ComfyUI's `LoadImage` mask).
-pub fn alpha_mask(image: &Image, crop: Crop, what: &str) -> Result<Tensor, NodeError> {
-    if image.channels != 4 {
-        return Err(NodeError::failed(format!(
-            "{what}: mask 'alpha' needs an image with an alpha channel (RGBA); this one has {} \
-             channels: load a PNG with transparency, or link a mask image",
-            image.channels
-        )));
+/// A mask batch as a tensor `(B, h, w)` on the CPU, cut to `crop` (`None`: whole).
+pub fn mask_tensor(mask: &Mask, crop: Option<Crop>, what: &str) -> Result<Tensor, NodeError> {
+    let (mh, mw) = (mask.height as usize, mask.width as usize);
+    let crop = crop.unwrap_or(Crop {
+        top: 0,
+        left: 0,
+        height: mh,
+        width: mw,
+    });
+    let mut plane = Vec::with_capacity(mask.batch as usize * crop.height * crop.width);
+    for b in 0..mask.batch {
+        let frame = mask.frame(b);
+        for y in crop.top..crop.top + crop.height {
+            plane.extend_from_slice(&frame[y * mw + crop.left..y * mw + crop.left + crop.width]);
+        }
     }
-    let plane: Vec<f32> = channel_plane(image, 3, crop)
-        .into_iter()
-        .map(|a| 1.0 - a)
-        .collect();
     Tensor::from_vec(
         plane,
-        (image.batch as usize, crop.height, crop.width),
+        (mask.batch as usize, crop.height, crop.width),
         &Device::Cpu,
     )
     .map_err(candle_err(what))
-}
-
-/// A mask `(B, h, w)` from a mask image: its first channel (white = repaint). It must have the
-/// encoded image's size (after the crop); another size is refused.
-fn image_mask(mask: &Image, size: (usize, usize), what: &str) -> Result<Tensor, NodeError> {
-    let (h, w) = size;
-    let (mh, mw) = (mask.height as usize, mask.width as usize);
-    let crop = centre_crop(mh, mw, 1);
-    if (mh, mw) != (h, w) {
-        return Err(NodeError::failed(format!(
-            "{what}: input 'mask' is {mw}x{mh} pixels but the encoded image is {w}x{h}; give a \
-             mask of the image's size (after the crop to whole latent tokens)"
-        )));
-    }
-    let plane = channel_plane(mask, 0, crop);
-    Tensor::from_vec(plane, (mask.batch as usize, h, w), &Device::Cpu).map_err(candle_err(what))
 }
 
 /// VaeEncode: an image to a latent for img2img, inpainting or as a reference.
@@ -139,8 +123,8 @@ impl VaeEncode {
                     "Encodes an image with the VAE's encoder into the sampler's latent space (the \
                      Gaussian's mean, batch-norm normalised). The image is first cropped, centred, \
                      to whole latent tokens (16 pixels for FLUX.2), as ComfyUI's VAEEncode does. \
-                     With a mask the latent carries it, and the sampler repaints only where the \
-                     mask is white (inpainting).",
+                     With a mask (cropped alike) the latent carries it, and the sampler repaints \
+                     only where the mask is 1 (inpainting).",
                 )
                 .input("vae", PortType::Vae, "From LoadVae.")
                 .input(
@@ -150,17 +134,10 @@ impl VaeEncode {
                 )
                 .optional_input(
                     "mask",
-                    PortType::Image,
-                    "Inpainting mask of the image's size: its first channel, white = repaint.",
+                    PortType::Mask,
+                    "Inpainting mask of the image's size, 1 = repaint (LoadImage's mask is \
+                     1 − alpha: transparent pixels are repainted).",
                 )
-                .param(ParamDef::choice(
-                    "mask_from",
-                    &["none", "alpha", "input"],
-                    "none",
-                    "Where the inpainting mask comes from: none; the image's alpha channel \
-                     (transparent = repaint, as ComfyUI's LoadImage mask 1 − alpha); or the \
-                     'mask' input.",
-                ))
                 .output(
                     "latent",
                     PortType::Latent,
@@ -185,18 +162,22 @@ impl NodeDef for VaeEncode {
         let vae = input::<VaeHandle>(ctx, "vae", PortType::Vae)?;
         let image = ctx.image("image")?;
         let (samples, crop) = encode_image(vae, image, "VaeEncode")?;
-        let noise_mask = match ctx.params.str("mask_from")? {
-            "alpha" => Some(alpha_mask(image, crop, "VaeEncode")?),
-            "input" => {
-                let mask = ctx.input("mask").and_then(Value::as_image).ok_or_else(|| {
-                    NodeError::failed(
-                        "VaeEncode: mask_from 'input' needs the 'mask' input linked to a mask \
-                         image",
-                    )
-                })?;
-                Some(image_mask(mask, (crop.height, crop.width), "VaeEncode")?)
+        let noise_mask = match ctx.input("mask") {
+            None => None,
+            Some(_) => {
+                let mask = ctx
+                    .object("mask", PortType::Mask)?
+                    .downcast::<Mask>()
+                    .ok_or_else(|| NodeError::failed("VaeEncode: input 'mask' is not a mask"))?;
+                if (mask.height, mask.width) != (image.height, image.width) {
+                    return Err(NodeError::failed(format!(
+                        "VaeEncode: input 'mask' is {}x{} pixels but the image {}x{}; give the \
+                         image's own mask",
+                        mask.width, mask.height, image.width, image.height
+                    )));
+                }
+                Some(mask_tensor(mask, Some(crop), "VaeEncode")?)
             }
-            _ => None,
         };
         Ok(vec![object(
             PortType::Latent,

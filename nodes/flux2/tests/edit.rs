@@ -55,7 +55,7 @@ fn rgba_png(dir: &Path, width: u32, height: u32) -> PathBuf {
     path
 }
 
-/// LoadImage → VaeEncode (mask from alpha) → Sampler (strength) → VaeDecode.
+/// LoadImage → VaeEncode (with LoadImage's mask, 1 − alpha) → Sampler (strength) → VaeDecode.
 fn inpaint_graph(image: &Path, strength: f64) -> Graph {
     let mut g = Graph::new();
     let mut node = |id: &str, ty: &str, p: &[(&str, Value)]| {
@@ -81,9 +81,9 @@ fn inpaint_graph(image: &Path, strength: f64) -> Graph {
     node(
         "image",
         "LoadImage",
-        &[("path", s(&image.display().to_string()))],
+        &[("image", s(&image.display().to_string()))],
     );
-    node("encode", "VaeEncode", &[("mask_from", s("alpha"))]);
+    node("encode", "VaeEncode", &[]);
     node(
         "sampler",
         "Sampler",
@@ -97,6 +97,7 @@ fn inpaint_graph(image: &Path, strength: f64) -> Graph {
         (("text_encoder", "text_encoder"), ("prompt", "text_encoder")),
         (("vae", "vae"), ("encode", "vae")),
         (("image", "image"), ("encode", "image")),
+        (("image", "mask"), ("encode", "mask")),
         (("model", "model"), ("sampler", "model")),
         (("prompt", "conditioning"), ("sampler", "positive")),
         (("encode", "latent"), ("sampler", "latent")),
@@ -150,7 +151,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn vae_encode_crops_to_whole_tokens_and_takes_the_mask_from_alpha() {
+fn vae_encode_crops_to_whole_tokens_and_crops_loadimages_alpha_mask_alike() {
     let dir = tempfile::tempdir().unwrap();
     // 70×66 pixels: cropped, centred, to 64×64 (4×4 tokens of 16 pixels).
     let png = rgba_png(dir.path(), 70, 66);
@@ -209,16 +210,4 @@ fn a_strength_that_leaves_no_step_is_an_error_naming_the_param() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("strength") && err.contains("no step"), "{err}");
-}
-
-#[test]
-fn alpha_mask_on_an_rgb_image_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut g = inpaint_graph(
-        &repo().join("assets/tiny-models/input/edit-reference.png"),
-        0.5,
-    );
-    g.set_param("encode", "mask_from", s("alpha")).unwrap();
-    let err = run(&g, &env(dir.path())).unwrap_err().to_string();
-    assert!(err.contains("alpha") && err.contains("RGBA"), "{err}");
 }
