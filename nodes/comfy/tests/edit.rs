@@ -385,3 +385,358 @@ fn flux_kv_cache_is_refused_at_validation_with_a_reason() {
         "{text:#?}"
     );
 }
+
+/// The folder of ComfyUI's workflow templates, from `$VEETANCE_COMFY_TEMPLATES` (third-party
+/// files, never committed). Unset: the test says so and passes.
+fn templates_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("VEETANCE_COMFY_TEMPLATES").map(PathBuf::from);
+    if dir.is_none() {
+        eprintln!(
+            "skipped: set VEETANCE_COMFY_TEMPLATES to the templates folder of \
+             comfyui-workflow-templates-json (comfyui_workflow_templates_json/templates)"
+        );
+    }
+    dir
+}
+
+type Json = serde_json::Value;
+
+/// The node a prompt input links to.
+fn linked<'p>(prompt: &'p Json, id: &str, input: &str) -> (String, &'p Json) {
+    let link = &prompt[id]["inputs"][input];
+    let from = link[0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id}.{input} is not a link: {link}"))
+        .to_string();
+    let node = &prompt[&from];
+    (from, node)
+}
+
+/// Walks back from a LATENT or IMAGE input through VAEEncode and ImageScaleToTotalPixels to
+/// the LoadImage file name.
+fn image_name(prompt: &Json, mut id: String, mut input: &'static str) -> String {
+    loop {
+        let (from, node) = linked(prompt, &id, input);
+        match node["class_type"].as_str().unwrap() {
+            "LoadImage" => return node["inputs"]["image"].as_str().unwrap().to_string(),
+            "VAEEncode" => input = "pixels",
+            "ImageScaleToTotalPixels" | "GetImageSize" => input = "image",
+            other => panic!("unexpected {other} on the way to the image"),
+        }
+        id = from;
+    }
+}
+
+/// What the native graph needs from an edit template's prompt: the references in chain order,
+/// the image that sets the size, the prompt text, seed, steps and cfg.
+struct EditTemplate {
+    references: Vec<String>,
+    size_from: String,
+    text: String,
+    seed: i64,
+    steps: i64,
+    cfg: f64,
+    /// ImageScaleToTotalPixels' upscale method (nearest-exact in the 4B templates, lanczos in
+    /// the 9B ones).
+    method: String,
+}
+
+fn read_edit_template(prompt: &Json) -> EditTemplate {
+    let nodes = prompt.as_object().unwrap();
+    let of_class = |class: &str| -> String {
+        let ids: Vec<&String> = nodes
+            .iter()
+            .filter(|(_, n)| n["class_type"] == class)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids.len(), 1, "one {class} expected, found {ids:?}");
+        ids[0].clone()
+    };
+    let guider = of_class("CFGGuider");
+    let mut references = Vec::new();
+    let (mut id, mut node) = linked(prompt, &guider, "positive");
+    while node["class_type"] == "ReferenceLatent" {
+        references.push(image_name(prompt, id.clone(), "latent"));
+        (id, node) = linked(prompt, &id, "conditioning");
+    }
+    references.reverse();
+    assert_eq!(node["class_type"], "CLIPTextEncode");
+    let text = match &node["inputs"]["text"] {
+        Json::String(t) => t.clone(),
+        link => {
+            let from = link[0].as_str().unwrap();
+            prompt[from]["inputs"]["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let size = of_class("GetImageSize");
+    EditTemplate {
+        references,
+        size_from: image_name(prompt, size, "image"),
+        text,
+        seed: prompt[of_class("RandomNoise")]["inputs"]["noise_seed"]
+            .as_i64()
+            .unwrap(),
+        steps: prompt[of_class("Flux2Scheduler")]["inputs"]["steps"]
+            .as_i64()
+            .unwrap(),
+        cfg: prompt[&guider]["inputs"]["cfg"].as_f64().unwrap(),
+        method: prompt[of_class("ImageScaleToTotalPixels")]["inputs"]["upscale_method"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    }
+}
+
+/// The native graph that does what an edit template does, on the files of `models`: each
+/// reference loaded, scaled as the test scales the template's (0.01 megapixels in steps of 16),
+/// encoded and added to the prompt and the empty negative prompt; the latent the size of
+/// `size_from`; ComfyUI's noise.
+fn native_edit_graph(t: &EditTemplate, unet: &str, clip: &str, vae: &str) -> Graph {
+    let mut g = Graph::new();
+    let mut node = |id: &str, ty: &str, p: &[(&str, Value)]| {
+        let p: BTreeMap<String, Value> =
+            p.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        g.add_node(id, ty, p).unwrap();
+    };
+    node("model", "LoadDiffusionModel", &[("file", s(unet))]);
+    node("text_encoder", "LoadTextEncoder", &[("file", s(clip))]);
+    node("vae", "LoadVae", &[("file", s(vae))]);
+    node("prompt", "TextEncode", &[("text", s(&t.text))]);
+    node("negative", "TextEncode", &[("text", s(""))]);
+    let scale = [
+        ("upscale_method", s(&t.method)),
+        ("megapixels", Value::Float(0.01)),
+        ("resolution_steps", Value::Int(16)),
+    ];
+    for (i, name) in t.references.iter().enumerate() {
+        node(&format!("image{i}"), "LoadImage", &[("image", s(name))]);
+        node(&format!("scale{i}"), "ImageScaleToTotalPixels", &scale);
+        node(&format!("encode{i}"), "VaeEncode", &[]);
+        node(&format!("pos{i}"), "AddReference", &[]);
+        node(&format!("neg{i}"), "AddReference", &[]);
+    }
+    node("size_image", "LoadImage", &[("image", s(&t.size_from))]);
+    node("size_scale", "ImageScaleToTotalPixels", &scale);
+    node("size", "GetImageSize", &[]);
+    node("latent", "EmptyLatent", &[]);
+    node(
+        "sampler",
+        "Sampler",
+        &[
+            ("seed", Value::Int(t.seed)),
+            ("noise", s("comfyui")),
+            ("steps", Value::Int(t.steps)),
+            ("guidance", Value::Float(t.cfg)),
+        ],
+    );
+    node("decode", "VaeDecode", &[]);
+    let mut link = |from: (&str, &str), to: (&str, &str)| {
+        g.add_link(Link {
+            from: PortRef::new(from.0, from.1),
+            to: PortRef::new(to.0, to.1),
+        });
+    };
+    link(("text_encoder", "text_encoder"), ("prompt", "text_encoder"));
+    link(
+        ("text_encoder", "text_encoder"),
+        ("negative", "text_encoder"),
+    );
+    let (mut pos, mut neg) = ("prompt".to_string(), "negative".to_string());
+    for i in 0..t.references.len() {
+        let (img, sc, enc) = (
+            format!("image{i}"),
+            format!("scale{i}"),
+            format!("encode{i}"),
+        );
+        let (p, n) = (format!("pos{i}"), format!("neg{i}"));
+        link((&img, "image"), (&sc, "image"));
+        link((&sc, "image"), (&enc, "image"));
+        link(("vae", "vae"), (&enc, "vae"));
+        link((&pos, "conditioning"), (&p, "conditioning"));
+        link((&enc, "latent"), (&p, "latent"));
+        link((&neg, "conditioning"), (&n, "conditioning"));
+        link((&enc, "latent"), (&n, "latent"));
+        (pos, neg) = (p, n);
+    }
+    link(("size_image", "image"), ("size_scale", "image"));
+    link(("size_scale", "image"), ("size", "image"));
+    link(("size", "width"), ("latent", "width"));
+    link(("size", "height"), ("latent", "height"));
+    link(("model", "model"), ("sampler", "model"));
+    link((&pos, "conditioning"), ("sampler", "positive"));
+    link((&neg, "conditioning"), ("sampler", "negative"));
+    link(("latent", "latent"), ("sampler", "latent"));
+    link(("sampler", "latent"), ("decode", "latent"));
+    link(("vae", "vae"), ("decode", "vae"));
+    g
+}
+
+/// ComfyUI's klein image-edit templates (4B and 9B, base and distilled), read by the importer as
+/// ComfyUI's frontend would queue them, run on the tiny models under the templates' file names
+/// with the test's input images under the templates' LoadImage names, and paint the native
+/// graph's pixels bit for bit. Only the size is changed, as the text-to-image test does: every
+/// ImageScaleToTotalPixels scales to 0.01 megapixels in steps of 16 (96×96 here) instead of 1.
+#[test]
+fn comfyuis_klein_edit_templates_paint_the_native_graphs_pixels() {
+    let Some(dir) = templates_dir() else { return };
+    let registry = registry();
+    for file in [
+        "image_flux2_klein_image_edit_4b_base.json",
+        "image_flux2_klein_image_edit_4b_distilled.json",
+        "image_flux2_klein_image_edit_9b_base.json",
+        "image_flux2_klein_image_edit_9b_distilled.json",
+    ] {
+        let path = dir.join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ui: Json = serde_json::from_str(&text).unwrap();
+        let prompt =
+            veetance_comfy::ui_to_prompt(&ui, &registry).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut graph = veetance_comfy::prompt_to_graph(&prompt, &registry).unwrap();
+        let nodes = prompt.as_object().unwrap();
+
+        // The models under the template's names, the inputs under its LoadImage names.
+        let models = tempfile::tempdir().unwrap();
+        let inputs = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let tiny = repo().join("assets/tiny-models");
+        let symlink = |target: PathBuf, at: PathBuf| {
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(target, at).unwrap();
+        };
+        let (mut unet, mut clip, mut vae) = (String::new(), String::new(), String::new());
+        let mut images = 0;
+        for (id, n) in nodes {
+            let input = |k: &str| n["inputs"][k].as_str().unwrap().to_string();
+            match n["class_type"].as_str().unwrap() {
+                "UNETLoader" => {
+                    unet = input("unet_name");
+                    std::fs::create_dir_all(models.path().join("diffusion_models")).unwrap();
+                    symlink(
+                        tiny.join("diffusion_models/flux2-klein-tiny.safetensors"),
+                        models.path().join("diffusion_models").join(&unet),
+                    );
+                }
+                "CLIPLoader" => {
+                    clip = input("clip_name");
+                    let stem = clip.trim_end_matches(".safetensors");
+                    let te = models.path().join("text_encoders");
+                    std::fs::create_dir_all(&te).unwrap();
+                    for (from, to) in [
+                        ("qwen3-tiny.safetensors", clip.clone()),
+                        (
+                            "qwen3-tiny.tokenizer.json",
+                            format!("{stem}.tokenizer.json"),
+                        ),
+                        ("qwen3-tiny.config.json", format!("{stem}.config.json")),
+                    ] {
+                        symlink(tiny.join("text_encoders").join(from), te.join(to));
+                    }
+                }
+                "VAELoader" => {
+                    vae = input("vae_name");
+                    std::fs::create_dir_all(models.path().join("vae")).unwrap();
+                    symlink(
+                        tiny.join("vae/flux2-vae-tiny"),
+                        models.path().join("vae").join(&vae),
+                    );
+                }
+                "LoadImage" => {
+                    let source = ["edit-reference.png", "edit-style.png"][images % 2];
+                    images += 1;
+                    std::fs::copy(
+                        tiny.join("input").join(source),
+                        inputs.path().join(input("image")),
+                    )
+                    .unwrap();
+                }
+                "ImageScaleToTotalPixels" => {
+                    graph
+                        .set_param(id, "megapixels", Value::Float(0.01))
+                        .unwrap();
+                    graph
+                        .set_param(id, "resolution_steps", Value::Int(16))
+                        .unwrap();
+                }
+                _ => {}
+            }
+        }
+        let template = read_edit_template(&prompt);
+        assert!(!template.references.is_empty(), "{file}: no reference");
+        let env = RunEnv {
+            out_dir: out.path().to_path_buf(),
+            models_dir: models.path().to_path_buf(),
+            input_dir: Some(inputs.path().to_path_buf()),
+            temp_dir: Some(out.path().join("temp")),
+            ..RunEnv::default()
+        };
+        let decode: Vec<&String> = nodes
+            .iter()
+            .filter(|(_, n)| n["class_type"] == "VAEDecode")
+            .map(|(id, _)| id)
+            .collect();
+        let save: Vec<&String> = nodes
+            .iter()
+            .filter(|(_, n)| n["class_type"] == "SaveImage")
+            .map(|(id, _)| id)
+            .collect();
+        let mut engine = Engine::new(registry.clone(), Budgets::default());
+        let comfy = run(
+            &mut engine,
+            &graph,
+            &[decode[0].as_str(), save[0].as_str()],
+            &env,
+        );
+        let native = native_edit_graph(&template, &unet, &clip, &vae);
+        let native = run(&mut engine, &native, &["decode"], &env);
+        let picture = image(&comfy, decode[0]);
+        // 96×96 from the 64×64 input, 128×80 from the 96×64 one.
+        assert!(
+            [(96, 96), (128, 80)].contains(&(picture.width, picture.height)),
+            "{file}: {}x{}",
+            picture.width,
+            picture.height
+        );
+        assert_same_bits(&picture, &image(&native, "decode"));
+        println!(
+            "{file}: {} reference(s), {}x{}, {}, {} steps, cfg {}: the native graph's pixels",
+            template.references.len(),
+            picture.width,
+            picture.height,
+            template.method,
+            template.steps,
+            template.cfg
+        );
+    }
+}
+
+/// ComfyUI's klein 9B KV-cache edit template imports, and is refused at validation by its
+/// FluxKVCache node, with the reason.
+#[test]
+fn comfyuis_kv_cache_edit_template_is_refused_naming_flux_kv_cache() {
+    let Some(dir) = templates_dir() else { return };
+    let path = dir.join("image_flux2_klein_9b_kv_image_edit.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ui: Json = serde_json::from_str(&text).unwrap();
+    let registry = registry();
+    let prompt = veetance_comfy::ui_to_prompt(&ui, &registry).unwrap_or_else(|e| panic!("{e}"));
+    let graph = veetance_comfy::prompt_to_graph(&prompt, &registry).unwrap();
+    let kv: Vec<&String> = prompt
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, n)| n["class_type"] == "FluxKVCache")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(kv.len(), 1);
+    let errors = validate(&graph, &registry, &RunEnv::default()).unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains(kv[0].as_str()) && t.contains("FluxKVCache is not supported")),
+        "{text:#?}"
+    );
+}
