@@ -11,6 +11,7 @@ pub mod encode;
 pub mod files;
 pub mod latent;
 pub mod loaders;
+pub mod lora;
 pub mod patches;
 pub mod sampler;
 pub mod values;
@@ -22,6 +23,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(loaders::LoadDiffusionModel::new());
     reg.add(loaders::LoadTextEncoder::new());
     reg.add(loaders::LoadVae::new());
+    reg.add(lora::LoraLoader::new());
     reg.add(patches::PatchAttention::new());
     reg.add(patches::ModelSampling::new());
     reg.add(patches::CompileModel::new());
