@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::{Config, Flux2Transformer};
 use crate::error::{Error, Result};
@@ -377,15 +377,4 @@ pub fn merged_bytes(cfg: &Config, dtype: DType, loras: &[&Flux2Lora]) -> u64 {
         .iter()
         .map(|n| sizes.get(*n).copied().unwrap_or(0) * dtype.size_in_bytes() as u64)
         .sum()
-}
-
-/// A one-line summary of what a patch did, for messages.
-pub fn describe(report: &PatchReport, device: &Device) -> String {
-    format!(
-        "{} linears merged, {} with a low-rank side path, {:.1} MiB added on {:?}",
-        report.merged,
-        report.side_path,
-        report.added_bytes as f64 / (1u64 << 20) as f64,
-        device
-    )
 }
