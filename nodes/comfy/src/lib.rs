@@ -32,6 +32,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(loaders::UnetLoader::new());
     reg.add(loaders::ClipLoader::new());
     reg.add(loaders::VaeLoader::new());
+    reg.add(loaders::LoraLoaderModelOnly::new());
     reg.add(conditioning::ClipTextEncode::new());
     reg.add(conditioning::ConditioningZeroOut::new());
     reg.add(sampling::CfgGuider::new());

@@ -12,6 +12,7 @@ pub mod files;
 pub mod image_in;
 pub mod latent;
 pub mod loaders;
+pub mod lora;
 pub mod patches;
 pub mod sampler;
 pub mod values;
@@ -23,6 +24,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(loaders::LoadDiffusionModel::new());
     reg.add(loaders::LoadTextEncoder::new());
     reg.add(loaders::LoadVae::new());
+    reg.add(lora::LoraLoader::new());
     reg.add(patches::PatchAttention::new());
     reg.add(patches::ModelSampling::new());
     reg.add(patches::CompileModel::new());

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use veetance_core::{
     ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
 };
+use veetance_models::flux2::lora::{self, Flux2Lora, PatchMode};
 use veetance_models::flux2::{AttentionBackend, Flux2Transformer, ForwardOptions};
 use veetance_models::preview::preview_rgb;
 use veetance_models::sampling::{
@@ -204,6 +205,38 @@ fn activations(handle: &ModelHandle, batch: usize, img_tokens: usize, txt_tokens
     handle
         .model
         .activation_bytes(batch, img_tokens, txt_tokens, chunk)
+        + lora_bytes(handle)
+}
+
+/// Device bytes the LoRA patches add while the sampler runs: at most a merged copy of each
+/// patched linear (side paths hold only the small factors).
+fn lora_bytes(handle: &ModelHandle) -> u64 {
+    if handle.patches.loras.is_empty() {
+        return 0;
+    }
+    let loras: Vec<&Flux2Lora> = handle.patches.loras.iter().map(|l| &*l.lora).collect();
+    lora::merged_bytes(handle.model.config(), handle.model.dtype(), &loras)
+}
+
+/// `placed` with the handle's LoRAs applied (see `veetance_models::flux2::lora`): merged into
+/// dense weights on the device, a side path for quantized weights and streamed blocks. The
+/// handle's base weights are not touched; the patched copy lives for this run.
+fn with_loras(
+    handle: &ModelHandle,
+    placed: Arc<Flux2Transformer>,
+) -> Result<Arc<Flux2Transformer>, NodeError> {
+    if handle.patches.loras.is_empty() {
+        return Ok(placed);
+    }
+    let loras: Vec<(&Flux2Lora, f64)> = handle
+        .patches
+        .loras
+        .iter()
+        .map(|l| (&*l.lora, l.strength))
+        .collect();
+    let (patched, _report) = lora::apply_loras(&placed, &loras, PatchMode::Auto)
+        .map_err(model_err("applying the LoRAs"))?;
+    Ok(Arc::new(patched))
 }
 
 /// The sigmas for `steps` on an image of `tokens` tokens under `schedule`.
@@ -470,7 +503,7 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
         h * w + ref_tokens,
         pos_txt.dim(1).map_err(&cerr)?,
     );
-    let placed = placed_model(ctx, handle, activations)?;
+    let placed = with_loras(handle, placed_model(ctx, handle, activations)?)?;
     let model = Patched {
         model: &placed,
         attention: handle.patches.attention,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use veetance_core::{ExecContext, MemBytes, NodeError, Object, Payload, PortType, Value};
+use veetance_models::flux2::lora::Flux2Lora;
 use veetance_models::flux2::Flux2Transformer;
 use veetance_models::placement::WeightBytes;
 use veetance_models::qwen3::TextEncoder;
@@ -52,6 +53,21 @@ pub struct ModelPatches {
     pub schedule: Schedule,
     /// Whether CompileModel asked for the fused execution path.
     pub compiled: bool,
+    /// LoRAs (LoraLoader), in the order applied; the sampler patches the model it runs with them.
+    pub loras: Vec<AppliedLora>,
+}
+
+/// A LoRA mapped onto the transformer, and its strength.
+#[derive(Clone, Debug)]
+pub struct AppliedLora {
+    pub lora: Arc<Flux2Lora>,
+    pub strength: f64,
+}
+
+impl PartialEq for AppliedLora {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.lora, &other.lora) && self.strength == other.strength
+    }
 }
 
 impl Default for ModelPatches {
@@ -60,6 +76,7 @@ impl Default for ModelPatches {
             attention: AttentionImpl::Plain,
             schedule: Schedule::EmpiricalMu,
             compiled: false,
+            loras: Vec::new(),
         }
     }
 }
