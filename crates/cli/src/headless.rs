@@ -72,6 +72,7 @@ pub fn run(path: Option<&Path>, args: &RunArgs, common: &CommonArgs) -> Result<(
         models_dir,
         run_index: 0,
         workflow: Some(as_run.to_ron().into()),
+        input_dir: args.input_dir.clone(),
         ..RunEnv::default()
     };
     match &loaded.comfy {

@@ -209,12 +209,17 @@ pub fn apply_sets(
     Ok(())
 }
 
-pub fn validate_command(path: &Path, models_dir: Option<PathBuf>) -> Result<(), Failure> {
+pub fn validate_command(
+    path: &Path,
+    models_dir: Option<PathBuf>,
+    input_dir: Option<PathBuf>,
+) -> Result<(), Failure> {
     let registry = veetance_nodes::registry();
     let loaded = load_workflow(path, &registry)?;
     let graph = loaded.graph()?;
     let env = RunEnv {
         models_dir: models_dir.unwrap_or_else(|| PathBuf::from("models")),
+        input_dir,
         ..RunEnv::default()
     };
     let ok = |graph: &Graph| {

@@ -113,6 +113,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
 
+    /// ComfyUI's `input` folder: where LoadImage and LoadImageMask find bare file names, and
+    /// which names may not leave (default: none; names are paths from the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub input_dir: Option<PathBuf>,
+
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -138,6 +143,9 @@ enum Command {
         /// Folder of model files, for checks of model params.
         #[arg(long, value_name = "DIR")]
         models_dir: Option<PathBuf>,
+        /// ComfyUI's `input` folder, for checks of image names.
+        #[arg(long, value_name = "DIR")]
+        input_dir: Option<PathBuf>,
     },
     /// List every node type with its ports and params.
     Nodes {
@@ -155,7 +163,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.common.verbose);
     let result = match cli.command {
-        Some(Command::Validate { file, models_dir }) => load::validate_command(&file, models_dir),
+        Some(Command::Validate {
+            file,
+            models_dir,
+            input_dir,
+        }) => load::validate_command(&file, models_dir, input_dir),
         Some(Command::Nodes { json }) => load::nodes_command(json),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Serve(args)) => serve::run(&args, &cli.common),

@@ -304,11 +304,11 @@ fn mismatched_types_are_invalid_naming_node_and_port() {
 fn missing_input_file_is_invalid_naming_param_and_file() {
     assert_invalid(
         Some(
-            "(version: 1, nodes: [(id: \"load\", type: \"LoadImage\", params: {\"path\": \"no-such-file.png\"}), (id: \"s\", type: \"SaveImage\")],\
+            "(version: 1, nodes: [(id: \"load\", type: \"LoadImage\", params: {\"image\": \"no-such-file.png\"}), (id: \"s\", type: \"SaveImage\")],\
              links: [(from: (\"load\", \"image\"), to: (\"s\", \"images\"))])",
         ),
         &[],
-        &["node 'load' param 'path'", "no-such-file.png"],
+        &["node 'load' param 'image'", "no-such-file.png"],
     );
 }
 

@@ -29,11 +29,7 @@ fn stand_in_model_files(wf: &WorkflowFile, registry: &NodeRegistry, models: &Pat
             continue;
         };
         for param in &def.schema().params {
-            let ParamKind::Path {
-                folder: Some(folder),
-                ..
-            } = &param.kind
-            else {
+            let ParamKind::Path { folder, .. } = &param.kind else {
                 continue;
             };
             let Some(veetance_workflow::ParamValue::String(name)) =
@@ -44,10 +40,14 @@ fn stand_in_model_files(wf: &WorkflowFile, registry: &NodeRegistry, models: &Pat
             if name.is_empty() {
                 continue;
             }
+            // Repository files (tiny models, input images) are used as they are.
             if repo.join(&*name).exists() {
                 *name = repo.join(&*name).display().to_string();
                 continue;
             }
+            let Some(folder) = folder else {
+                continue;
+            };
             let dir = models.join(folder);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(name), b"").unwrap();

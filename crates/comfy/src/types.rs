@@ -25,6 +25,7 @@ pub fn comfy_type(ty: PortType) -> &'static str {
         PortType::Guider => "GUIDER",
         PortType::Sampler => "SAMPLER",
         PortType::Sigmas => "SIGMAS",
+        PortType::Mask => "MASK",
         // `PortType` is non-exhaustive: a type added later is named by Veetance's name until it
         // gets a row here.
         other => other.name(),

@@ -24,4 +24,4 @@ pub use node::{ExecContext, Freshness, NodeDef, NodeError, ParamProblem, Params,
 pub use registry::NodeRegistry;
 pub use schema::{NodeSchema, ParamDef, ParamKind, PortDef};
 pub use validate::{validate, Place, Problem, ValidationError};
-pub use value::{Image, MemBytes, Object, Payload, PortType, Value};
+pub use value::{Image, Mask, MemBytes, Object, Payload, PortType, Value};

@@ -35,10 +35,12 @@ pub enum PortType {
     Sampler,
     /// A noise schedule as a list of sigmas (ComfyUI's SIGMAS).
     Sigmas,
+    /// A batch of single-channel masks in [0, 1] (ComfyUI's MASK): [`Mask`].
+    Mask,
 }
 
 impl PortType {
-    pub const ALL: [PortType; 15] = [
+    pub const ALL: [PortType; 16] = [
         PortType::Int,
         PortType::Float,
         PortType::Bool,
@@ -54,6 +56,7 @@ impl PortType {
         PortType::Guider,
         PortType::Sampler,
         PortType::Sigmas,
+        PortType::Mask,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl PortType {
             PortType::Guider => "Guider",
             PortType::Sampler => "Sampler",
             PortType::Sigmas => "Sigmas",
+            PortType::Mask => "Mask",
         }
     }
 
@@ -237,6 +241,79 @@ impl Object {
     /// The payload as its concrete type, if it is one.
     pub fn downcast<T: Payload>(&self) -> Option<&T> {
         self.payload.as_any().downcast_ref::<T>()
+    }
+}
+
+/// A batch of single-channel masks in host memory (ComfyUI's MASK): `batch × height × width` f32
+/// values in [0, 1], row-major. 1 marks what may change (what is painted over), 0 what is kept.
+/// Carried as [`Value::Object`] of type [`PortType::Mask`]; see [`Mask::into_value`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    pub batch: u32,
+    pub height: u32,
+    pub width: u32,
+    pub data: Arc<[f32]>,
+}
+
+impl Mask {
+    /// Builds a mask, checking that `data` has exactly `batch*height*width` values.
+    pub fn new(batch: u32, height: u32, width: u32, data: Vec<f32>) -> Result<Self, String> {
+        let expected = batch as usize * height as usize * width as usize;
+        if data.len() != expected {
+            return Err(format!(
+                "mask data has {} values, expected {batch}×{height}×{width} = {expected}",
+                data.len()
+            ));
+        }
+        if batch == 0 || height == 0 || width == 0 {
+            return Err(format!(
+                "a mask batch cannot be empty ({batch}×{height}×{width})"
+            ));
+        }
+        Ok(Mask {
+            batch,
+            height,
+            width,
+            data: data.into(),
+        })
+    }
+
+    /// Number of values in one mask of the batch.
+    pub fn frame_len(&self) -> usize {
+        self.height as usize * self.width as usize
+    }
+
+    /// The values of mask `index` of the batch.
+    pub fn frame(&self, index: u32) -> &[f32] {
+        let n = self.frame_len();
+        &self.data[index as usize * n..(index as usize + 1) * n]
+    }
+
+    /// This mask as a port value.
+    pub fn into_value(self) -> Value {
+        Value::Object(Object::new(PortType::Mask, self))
+    }
+}
+
+impl Payload for Mask {
+    fn mem_bytes(&self) -> MemBytes {
+        MemBytes::host(std::mem::size_of_val(&*self.data) as u64)
+    }
+
+    fn content_hash(&self) -> Option<[u8; 32]> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"mask");
+        for d in [self.batch, self.height, self.width] {
+            h.update(&d.to_le_bytes());
+        }
+        for v in self.data.iter() {
+            h.update(&v.to_le_bytes());
+        }
+        Some(*h.finalize().as_bytes())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

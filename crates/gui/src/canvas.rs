@@ -38,6 +38,7 @@ pub fn type_color(ty: PortType) -> Color32 {
         PortType::Guider => Color32::from_rgb(0x66, 0xff, 0xff),
         PortType::Sampler => Color32::from_rgb(0xec, 0xb4, 0xb4),
         PortType::Sigmas => Color32::from_rgb(0xcd, 0xff, 0xcd),
+        PortType::Mask => Color32::from_rgb(0x81, 0xc7, 0x84),
         _ => Color32::GRAY,
     }
 }

@@ -75,6 +75,10 @@ pub enum Error {
     Tokenizer { path: PathBuf, reason: String },
 
     /// A caller passed arguments the model cannot work with (sizes, dtypes, devices).
+    /// A LoRA file that cannot be applied; `reason` names the tensor.
+    #[error("LoRA {path}: {reason}")]
+    Lora { path: PathBuf, reason: String },
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod flux2;
 pub mod gguf;
 pub mod kernels;
+pub mod lora;
 pub mod placement;
 pub mod preview;
 pub mod profile;

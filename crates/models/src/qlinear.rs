@@ -50,6 +50,15 @@ pub enum QLinear {
         scale: Option<Tensor>,
         dtype: DType,
     },
+    /// A base layer plus a low-rank side path (LoRAs on a weight that cannot be merged exactly:
+    /// fp8, GGUF, or a block streamed from host memory): `y = base(x) + (x · downᵀ) · upᵀ`, with
+    /// `down` `(r, in)` and `up` `(out, r)` in the compute dtype, strengths and scales folded into
+    /// `up` (see `crate::lora`).
+    LowRank {
+        base: Box<QLinear>,
+        down: Tensor,
+        up: Tensor,
+    },
 }
 
 impl QLinear {
@@ -82,6 +91,11 @@ impl QLinear {
                 },
                 dtype: *dtype,
             },
+            Self::LowRank { base, down, up } => Self::LowRank {
+                base: Box::new(base.map_tensors(f)?),
+                down: f(down)?,
+                up: f(up)?,
+            },
         })
     }
 
@@ -94,6 +108,7 @@ impl QLinear {
                 t.device().clone()
             }
             Self::Fp8 { weight, .. } => weight.device().clone(),
+            Self::LowRank { base, .. } => base.device(),
         }
     }
 
@@ -172,6 +187,14 @@ impl QLinear {
                     None => Ok(y),
                 }
             }
+            Self::LowRank { base, down, up } => {
+                let y = base.forward(xs)?;
+                let low = candle_nn::Linear::new(down.clone(), None)
+                    .forward(&xs.to_dtype(down.dtype())?)?;
+                let side = candle_nn::Linear::new(up.clone(), None).forward(&low)?;
+                let side = side.to_dtype(y.dtype())?;
+                y + side
+            }
         }
     }
 
@@ -182,6 +205,11 @@ impl QLinear {
             Self::Ggml(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
             Self::Ggml(_) => "dequantized".into(),
             Self::Fp8 { .. } => "fp8 e4m3".into(),
+            Self::LowRank { base, down, .. } => format!(
+                "{} + rank-{} side path",
+                base.storage(),
+                down.dim(0).unwrap_or(0)
+            ),
         }
     }
 }

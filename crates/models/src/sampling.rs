@@ -223,6 +223,241 @@ pub struct Step {
     pub sigma: f32,
 }
 
+/// The time-axis distance between reference images' position ids: reference `i` (0-based) sits at
+/// `t = 10 · (i + 1)`, as diffusers' `_prepare_image_ids(scale=10)` and ComfyUI's Flux2
+/// `ref_index_scale = 10` (`ref_latents_method = "index"`) place it.
+pub const REFERENCE_TIME_STEP: f32 = 10.0;
+
+/// Position ids `(h*w, 4)` of reference image `index` (0-based): `(10·(index+1), y, x, 0)`,
+/// y-major, in f32.
+pub fn reference_ids(index: usize, height: usize, width: usize, device: &Device) -> Result<Tensor> {
+    let t = REFERENCE_TIME_STEP * (index + 1) as f32;
+    let mut ids = Vec::with_capacity(height * width * 4);
+    for y in 0..height {
+        for x in 0..width {
+            ids.extend_from_slice(&[t, y as f32, x as f32, 0.0]);
+        }
+    }
+    Ok(Tensor::from_vec(ids, (height * width, 4), device)?)
+}
+
+/// Reference images for editing (FLUX.2 [klein]'s in-context conditioning): their clean,
+/// normalised latents packed into tokens and joined after the noisy image tokens at every step,
+/// each with its own position ids; the velocities the model returns for them are dropped.
+///
+/// Follows diffusers' `Flux2KleinPipeline(image=[...])` (`prepare_image_latents`: each image
+/// encoded on its own, packed, concatenated in order) and ComfyUI's `ReferenceLatent` chain on
+/// Flux2 (the same order, ids and offsets).
+#[derive(Debug, Clone)]
+pub struct References {
+    /// `(1, N_ref, 128)` in f32: every reference's tokens, in order.
+    pub tokens: Tensor,
+    /// `(N_ref, 4)` f32 position ids (see [`reference_ids`]).
+    pub ids: Tensor,
+    /// Each reference's token grid `(h, w)`.
+    pub sizes: Vec<(usize, usize)>,
+}
+
+impl References {
+    /// Packs `latents` (each `(1, 128, h, w)`, normalised) as references 0, 1, ... on `device`.
+    pub fn new(latents: &[Tensor], device: &Device) -> Result<Self> {
+        if latents.is_empty() {
+            return Err(Error::InvalidInput(
+                "references: no reference latent given".into(),
+            ));
+        }
+        let mut tokens = Vec::with_capacity(latents.len());
+        let mut ids = Vec::with_capacity(latents.len());
+        let mut sizes = Vec::with_capacity(latents.len());
+        for (i, latent) in latents.iter().enumerate() {
+            let (b, c, h, w) = latent.dims4().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "reference {i}: expected a latent (1, {LATENT_CHANNELS}, h, w), got {:?}",
+                    latent.dims()
+                ))
+            })?;
+            if b != 1 || c != LATENT_CHANNELS {
+                return Err(Error::InvalidInput(format!(
+                    "reference {i}: expected a latent (1, {LATENT_CHANNELS}, h, w), got {:?}",
+                    latent.dims()
+                )));
+            }
+            let latent = latent.to_device(device)?.to_dtype(DType::F32)?;
+            tokens.push(pack_latents(&latent)?);
+            ids.push(reference_ids(i, h, w, device)?);
+            sizes.push((h, w));
+        }
+        Ok(Self {
+            tokens: Tensor::cat(&tokens, 1)?,
+            ids: Tensor::cat(&ids, 0)?,
+            sizes,
+        })
+    }
+
+    /// Number of reference tokens joined to the sequence.
+    pub fn token_count(&self) -> usize {
+        self.sizes.iter().map(|(h, w)| h * w).sum()
+    }
+}
+
+/// diffusers' `get_timesteps` for img2img and inpainting (`FluxImg2ImgPipeline`,
+/// `Flux2KleinInpaintPipeline`): how many of `num_steps` steps a run at `strength` skips.
+/// `init = min(N·strength, N)`, `t_start = int(max(N − init, 0))`; the run starts at
+/// `sigmas[t_start]`. Strength 1 skips none.
+pub fn strength_start(num_steps: usize, strength: f64) -> usize {
+    let n = num_steps as f64;
+    let init = (n * strength).min(n);
+    (n - init).max(0.0) as usize
+}
+
+/// Flow matching's forward noising (diffusers' `FlowMatchEulerDiscreteScheduler.scale_noise`,
+/// ComfyUI's `CONST.noise_scaling`): `σ·noise + (1 − σ)·latent`, in f32.
+pub fn noised(latent: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
+    let latent = latent.to_dtype(DType::F32)?;
+    let noise = noise.to_dtype(DType::F32)?;
+    let keep = 1.0f32 - sigma;
+    Ok(((noise * f64::from(sigma))? + (latent * f64::from(keep))?)?)
+}
+
+/// A mask `(B, H, W)` in `[0, 1]` (1 = repaint) resized to the latent grid `h × w` and packed to
+/// `(B, h*w, 1)`, f32: PyTorch's `interpolate(mode="bilinear", align_corners=False)` without
+/// antialiasing, as both diffusers' `prepare_mask_latents` and ComfyUI's `reshape_mask` resize.
+/// `binarize` first rounds the mask to 0/1 at 0.5, as diffusers' mask processor does
+/// (`do_binarize`); ComfyUI does not.
+pub fn mask_to_tokens(mask: &Tensor, h: usize, w: usize, binarize: bool) -> Result<Tensor> {
+    let mask = match mask.rank() {
+        2 => mask.unsqueeze(0)?,
+        3 => mask.clone(),
+        4 if mask.dim(1)? == 1 => mask.squeeze(1)?,
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "mask: expected (B, H, W), got {:?}",
+                mask.dims()
+            )))
+        }
+    };
+    let (b, in_h, in_w) = mask.dims3()?;
+    if in_h == 0 || in_w == 0 || h == 0 || w == 0 {
+        return Err(Error::InvalidInput(format!(
+            "mask: cannot resize a {in_w}x{in_h} mask to {w}x{h}"
+        )));
+    }
+    let data: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let data: Vec<f32> = if binarize {
+        data.iter()
+            .map(|&v| if v < 0.5 { 0.0 } else { 1.0 })
+            .collect()
+    } else {
+        data
+    };
+    // PyTorch's `area_pixel_compute_source_index` (align_corners=False) and the bilinear kernel.
+    let axis = |out: usize, inp: usize| -> Vec<(usize, usize, f32)> {
+        let scale = inp as f32 / out as f32;
+        (0..out)
+            .map(|o| {
+                let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (src as usize).min(inp - 1);
+                let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
+                let l1 = src - i0 as f32;
+                (i0, i1, l1)
+            })
+            .collect()
+    };
+    let ys = axis(h, in_h);
+    let xs = axis(w, in_w);
+    let mut out = Vec::with_capacity(b * h * w);
+    for bi in 0..b {
+        let plane = &data[bi * in_h * in_w..(bi + 1) * in_h * in_w];
+        for &(y0, y1, ly) in &ys {
+            for &(x0, x1, lx) in &xs {
+                let at = |y: usize, x: usize| plane[y * in_w + x];
+                let top = (1.0 - lx) * at(y0, x0) + lx * at(y0, x1);
+                let bottom = (1.0 - lx) * at(y1, x0) + lx * at(y1, x1);
+                out.push((1.0 - ly) * top + ly * bottom);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, h * w, 1), mask.device())?)
+}
+
+/// How an inpainting mask keeps the unmasked region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskBlend {
+    /// diffusers (`Flux2KleinInpaintPipeline`, `FluxInpaintPipeline`): after each step,
+    /// `x = (1 − m)·noised(image, σ_next) + m·x`, the clean image after the last step.
+    AfterStep,
+    /// ComfyUI (`KSamplerX0Inpaint`): before each model call the kept region of `x` is replaced by
+    /// the image noised to the current σ, and the model's clean estimate's kept region by the
+    /// image; the Euler step then moves from those. The same as `AfterStep` for a 0/1 mask; for
+    /// soft masks the two differ.
+    BeforeModel,
+}
+
+/// Inpainting: which tokens the sampler repaints and what it keeps elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Inpaint<'a> {
+    /// `(B, N_img, 128)` the clean, normalised latent of the image, packed.
+    pub image: &'a Tensor,
+    /// `(B, N_img, 128)` the run's noise, packed (the one the start was noised with).
+    pub noise: &'a Tensor,
+    /// `(B, N_img, 1)` in `[0, 1]`: 1 repaints the token, 0 keeps the image (see
+    /// [`mask_to_tokens`]).
+    pub mask: &'a Tensor,
+    pub blend: MaskBlend,
+}
+
+/// What [`denoise_with`] adds to plain sampling: reference images and inpainting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DenoiseExtras<'a> {
+    /// The positive pass's references (and the negative pass's unless
+    /// `negative_references` is set): diffusers gives both passes the same.
+    pub references: Option<&'a References>,
+    /// The negative pass's own references where they differ (ComfyUI keeps references per
+    /// conditioning); `Some(None)`: the negative pass has none.
+    pub negative_references: Option<Option<&'a References>>,
+    pub inpaint: Option<Inpaint<'a>>,
+}
+
+/// The model with reference tokens joined to the image tokens: the velocity of the image tokens
+/// only.
+struct WithReferences<'a, M: ?Sized> {
+    model: &'a M,
+    /// `(B, N_ref, 128)` in the latent's dtype.
+    tokens: Tensor,
+    /// `cat(img_ids, ref_ids)`, built once so that the model's RoPE cache keeps hitting.
+    ids: Tensor,
+}
+
+impl<'a, M: VelocityModel + ?Sized> WithReferences<'a, M> {
+    /// `refs` batched to `batch` in `dtype` on the ids' device.
+    fn new(
+        model: &'a M,
+        refs: &References,
+        img_ids: &Tensor,
+        batch: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (_, n_ref, c) = refs.tokens.dims3()?;
+        let tokens = refs
+            .tokens
+            .to_device(img_ids.device())?
+            .to_dtype(dtype)?
+            .broadcast_as((batch, n_ref, c))?
+            .contiguous()?;
+        let ids = Tensor::cat(&[img_ids, &refs.ids.to_device(img_ids.device())?], 0)?;
+        Ok(Self { model, tokens, ids })
+    }
+
+    fn velocity(&self, x: &Tensor, txt: TextCondition<'_>, t: &Tensor) -> Result<Tensor> {
+        let n_img = x.dim(1)?;
+        let input = Tensor::cat(&[x, &self.tokens], 1)?;
+        let v = self
+            .model
+            .velocity(&input, &self.ids, txt.txt, txt.txt_ids, t)?;
+        Ok(v.narrow(1, 0, n_img)?)
+    }
+}
+
 /// Runs the Euler sampler from `latent` (`(B, N_img, 128)` packed noise at `sigmas[0]`) along
 /// `sigmas`, and returns the final packed latent.
 ///
@@ -237,29 +472,140 @@ pub fn denoise<M: VelocityModel + ?Sized>(
     positive: TextCondition<'_>,
     cfg: Option<Cfg<'_>>,
     sigmas: &[f32],
+    on_step: impl FnMut(Step, &Tensor) -> ControlFlow<()>,
+) -> Result<Tensor> {
+    denoise_with(
+        model,
+        latent,
+        img_ids,
+        positive,
+        cfg,
+        sigmas,
+        DenoiseExtras::default(),
+        on_step,
+    )
+}
+
+/// [`denoise`] with reference images and/or an inpainting mask.
+///
+/// References: their tokens are joined after `x` at every step (in the positive and the negative
+/// pass alike) with their own ids, and only the image tokens' velocities are kept. The start
+/// latent of an img2img or inpainting run is the caller's: `noised(image, noise, sigmas[0])`
+/// packed, with `sigmas` cut by [`strength_start`] or a scheduler.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "denoise's arguments plus the extras; a struct would only rename them"
+)]
+pub fn denoise_with<M: VelocityModel + ?Sized>(
+    model: &M,
+    latent: &Tensor,
+    img_ids: &Tensor,
+    positive: TextCondition<'_>,
+    cfg: Option<Cfg<'_>>,
+    sigmas: &[f32],
+    extras: DenoiseExtras<'_>,
     mut on_step: impl FnMut(Step, &Tensor) -> ControlFlow<()>,
 ) -> Result<Tensor> {
     let dtype = latent.dtype();
-    let batch = latent.dim(0)?;
+    let (batch, n_img, _) = latent.dims3()?;
     let device = latent.device().clone();
     let total = sigmas.len().saturating_sub(1);
+    let refs_pos = extras
+        .references
+        .map(|r| WithReferences::new(model, r, img_ids, batch, dtype))
+        .transpose()?;
+    let refs_neg = match extras.negative_references {
+        None => None,
+        Some(r) => Some(
+            r.map(|r| WithReferences::new(model, r, img_ids, batch, dtype))
+                .transpose()?,
+        ),
+    };
+    let inpaint = match extras.inpaint {
+        None => None,
+        Some(ip) => {
+            let f32_on =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&device)?.to_dtype(DType::F32)?) };
+            let image = f32_on(ip.image)?;
+            let noise = f32_on(ip.noise)?;
+            let mask = f32_on(ip.mask)?;
+            if image.dims() != latent.dims() || noise.dims() != latent.dims() {
+                return Err(Error::InvalidInput(format!(
+                    "inpaint: image {:?} and noise {:?} must have the latent's shape {:?}",
+                    image.dims(),
+                    noise.dims(),
+                    latent.dims()
+                )));
+            }
+            if mask.dims() != [batch, n_img, 1] && mask.dims() != [1, n_img, 1] {
+                return Err(Error::InvalidInput(format!(
+                    "inpaint: the mask is {:?}, expected ({batch}, {n_img}, 1)",
+                    mask.dims()
+                )));
+            }
+            let mask = mask.broadcast_as((batch, n_img, 1))?.contiguous()?;
+            let keep = (1.0 - &mask)?;
+            Some((image, noise, mask, keep, ip.blend))
+        }
+    };
+    let velocity = |refs: Option<&WithReferences<'_, M>>,
+                    x: &Tensor,
+                    txt: TextCondition<'_>,
+                    t: &Tensor|
+     -> Result<Tensor> {
+        match refs {
+            Some(r) => r.velocity(x, txt, t),
+            None => model.velocity(x, img_ids, txt.txt, txt.txt_ids, t),
+        }
+    };
+    let neg_refs = match &refs_neg {
+        Some(own) => own.as_ref(),
+        None => refs_pos.as_ref(),
+    };
     let mut x = latent.clone();
     for (index, pair) in sigmas.windows(2).enumerate() {
         let (sigma, sigma_next) = (pair[0], pair[1]);
         let t = pipeline_timestep(sigma, batch, dtype, &device)?;
-        let v_pos = model.velocity(&x, img_ids, positive.txt, positive.txt_ids, &t)?;
+        // ComfyUI's inpainting feeds the model the kept region noised to this sigma.
+        if let Some((image, noise, mask, keep, MaskBlend::BeforeModel)) = &inpaint {
+            let kept = noised(image, noise, sigma)?;
+            x = ((x.to_dtype(DType::F32)?.broadcast_mul(mask)? + kept.broadcast_mul(keep)?)?)
+                .to_dtype(dtype)?;
+        }
+        let v_pos = velocity(refs_pos.as_ref(), &x, positive, &t)?;
         let v = match cfg {
             None => v_pos,
             Some(cfg) => {
-                let neg = cfg.negative;
-                let v_neg = model.velocity(&x, img_ids, neg.txt, neg.txt_ids, &t)?;
+                let v_neg = velocity(neg_refs, &x, cfg.negative, &t)?;
                 (&v_neg + ((&v_pos - &v_neg)? * cfg.scale)?)?
             }
         };
         let x32 = x.to_dtype(DType::F32)?;
         let v32 = v.to_dtype(DType::F32)?;
-        let x0 = (&x32 - (&v32 * f64::from(sigma))?)?;
-        x = (&x32 + (&v32 * f64::from(sigma_next - sigma))?)?.to_dtype(dtype)?;
+        let mut x0 = (&x32 - (&v32 * f64::from(sigma))?)?;
+        let next = match &inpaint {
+            None => (&x32 + (&v32 * f64::from(sigma_next - sigma))?)?,
+            Some((image, noise, mask, keep, MaskBlend::AfterStep)) => {
+                let stepped = (&x32 + (&v32 * f64::from(sigma_next - sigma))?)?;
+                let kept = if index + 1 < total {
+                    noised(image, noise, sigma_next)?
+                } else {
+                    image.clone()
+                };
+                (kept.broadcast_mul(keep)? + stepped.broadcast_mul(mask)?)?
+            }
+            Some((image, _, mask, keep, MaskBlend::BeforeModel)) => {
+                // k-diffusion's Euler on the blended estimate: d = (x − x0) / σ.
+                x0 = (x0.broadcast_mul(mask)? + image.broadcast_mul(keep)?)?;
+                if sigma > 0.0 {
+                    let d = ((&x32 - &x0)? / f64::from(sigma))?;
+                    (&x32 + (d * f64::from(sigma_next - sigma))?)?
+                } else {
+                    x0.clone()
+                }
+            }
+        };
+        x = next.to_dtype(dtype)?;
         let step = Step {
             index,
             total,

@@ -1,5 +1,7 @@
-//! Veetance nodes that need no model: primitive constants and seeds, PNG loading and saving (with
-//! the workflow embedded in saved files), and simple image operations and generators.
+//! Veetance nodes that need no model: primitive constants and seeds, PNG loading (images and
+//! masks, as ComfyUI's `LoadImage`/`LoadImageMask`) and saving (with the workflow embedded in
+//! saved files), image preparation for a VAE (ComfyUI's `ImageScaleToTotalPixels` and
+//! `GetImageSize`, `ImageCropToMultiple`), and simple image operations and generators.
 //!
 //! Every node declares itself once through a [`veetance_core::NodeSchema`]; [`register`] adds
 //! them all to a registry. The PNG helpers ([`write_png`], [`read_png_workflow`]) are public
@@ -11,7 +13,9 @@ mod generate;
 mod image_ops;
 mod load_image;
 mod png_io;
+mod prepare;
 mod primitives;
+pub mod resample;
 mod rng;
 mod save_image;
 
@@ -19,11 +23,12 @@ use veetance_core::NodeRegistry;
 
 pub use generate::{parse_hex_color, GradientImage, NoiseImage};
 pub use image_ops::{ImageBlend, ImageResize};
-pub use load_image::LoadImage;
+pub use load_image::{resolve_image_path, LoadImage, LoadImageMask};
 pub use png_io::{
     encode_png, read_png_image, read_png_text, read_png_workflow, read_workflow_text, write_png,
     WorkflowText, MAX_SIDE, WORKFLOW_PNG_KEYWORD,
 };
+pub use prepare::{fit_to_multiple, GetImageSize, ImageCropToMultiple, ImageScaleToTotalPixels};
 pub use primitives::{Primitive, Seed};
 pub use rng::SEED_MAX;
 pub use save_image::{png_chunks, save_images, SaveImage};
@@ -36,6 +41,10 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(Primitive::string());
     reg.add(Seed::new());
     reg.add(LoadImage::new());
+    reg.add(LoadImageMask::new());
+    reg.add(ImageScaleToTotalPixels::new());
+    reg.add(GetImageSize::new());
+    reg.add(ImageCropToMultiple::new());
     reg.add(SaveImage::new());
     reg.add(ImageResize::new());
     reg.add(ImageBlend::new());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{engine, link, params, run};
-use veetance_core::{Graph, Image, Place, Problem, RunEnv, RunError, Value};
+use veetance_core::{Graph, Image, Mask, Place, Problem, RunEnv, RunError, Value};
 use veetance_nodes_basic::{read_png_image, read_png_workflow, write_png};
 
 fn env(out_dir: &Path, workflow: Option<&str>) -> RunEnv {
@@ -346,7 +346,7 @@ fn load_of_a_missing_file_is_a_validation_error_naming_it() {
         .add_node(
             "load",
             "LoadImage",
-            params(&[("path", Value::string(missing.to_str().unwrap()))]),
+            params(&[("image", Value::string(missing.to_str().unwrap()))]),
         )
         .unwrap();
     let err = run(&mut engine(), &graph, &["load"], &env(dir.path(), None)).unwrap_err();
@@ -354,14 +354,14 @@ fn load_of_a_missing_file_is_a_validation_error_naming_it() {
     let RunError::Invalid(errors) = &err else {
         panic!("{err}")
     };
-    assert_eq!(errors[0].place, Place::Param("path".into()));
+    assert_eq!(errors[0].place, Place::Param("image".into()));
     assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
 
     // A file that is not a PNG is refused the same way.
     let text = dir.path().join("notes.png");
     std::fs::write(&text, "hello, not an image").unwrap();
     graph
-        .set_param("load", "path", Value::string(text.to_str().unwrap()))
+        .set_param("load", "image", Value::string(text.to_str().unwrap()))
         .unwrap();
     let err = run(&mut engine(), &graph, &["load"], &env(dir.path(), None)).unwrap_err();
     assert!(
@@ -370,23 +370,36 @@ fn load_of_a_missing_file_is_a_validation_error_naming_it() {
     );
 }
 
-fn load(path: &Path) -> (Image, i64, i64) {
+/// LoadImage's outputs for a file: the RGB image, its mask's values, width and height.
+fn load_with_mask(path: &Path) -> (Image, Vec<f32>, i64, i64) {
     let mut graph = Graph::new();
     graph
         .add_node(
             "load",
             "LoadImage",
-            params(&[("path", Value::string(path.to_str().unwrap()))]),
+            params(&[("image", Value::string(path.to_str().unwrap()))]),
         )
         .unwrap();
     let dir = path.parent().unwrap();
     let report = run(&mut engine(), &graph, &["load"], &env(dir, None)).unwrap();
     let out = &report.outputs["load"];
+    let Value::Object(mask) = &out[1] else {
+        panic!("MASK output is {:?}", out[1])
+    };
+    let mask = mask.downcast::<Mask>().expect("a Mask");
+    let image = out[0].as_image().unwrap().clone();
+    assert_eq!((mask.width, mask.height), (image.width, image.height));
     (
-        out[0].as_image().unwrap().clone(),
-        out[1].as_int().unwrap(),
+        image,
+        mask.data.to_vec(),
         out[2].as_int().unwrap(),
+        out[3].as_int().unwrap(),
     )
+}
+
+fn load(path: &Path) -> (Image, i64, i64) {
+    let (image, _, w, h) = load_with_mask(path);
+    (image, w, h)
 }
 
 #[test]
@@ -447,8 +460,11 @@ fn load_converts_gray_sixteen_bit_and_palette_images() {
         &[255, 0, 0, 255],
         |_| {},
     );
-    let (img, _, _) = load(&gray_alpha);
-    assert_eq!(&img.data[..], &[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    // ComfyUI's LoadImage: RGB, and the mask is 1 − alpha.
+    let (img, mask, _, _) = load_with_mask(&gray_alpha);
+    assert_eq!(img.channels, 3);
+    assert_eq!(&img.data[..], &[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(mask, vec![1.0, 0.0]);
 
     let deep = dir.path().join("rgb16.png");
     let half = 32768u16.to_be_bytes();
@@ -481,9 +497,13 @@ fn load_converts_gray_sixteen_bit_and_palette_images() {
             e.set_trns(vec![255, 0]);
         },
     );
-    let (img, _, _) = load(&palette);
-    assert_eq!(img.channels, 4);
-    assert_eq!(&img.data[..], &[0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    let (img, mask, _, _) = load_with_mask(&palette);
+    assert_eq!(img.channels, 3);
+    assert_eq!(&img.data[..], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(mask, vec![1.0, 0.0]);
+    // Without alpha the mask is all 0 (nothing to paint over).
+    let (_, mask, _, _) = load_with_mask(&gray);
+    assert_eq!(mask, vec![0.0, 0.0]);
 }
 
 #[test]
@@ -496,7 +516,7 @@ fn a_replaced_file_is_loaded_again() {
         .add_node(
             "load",
             "LoadImage",
-            params(&[("path", Value::string(path.to_str().unwrap()))]),
+            params(&[("image", Value::string(path.to_str().unwrap()))]),
         )
         .unwrap();
     let mut engine = engine();
@@ -508,7 +528,7 @@ fn a_replaced_file_is_loaded_again() {
     write_png(&path, &[1.0; 12], 4, 1, 3, &[]).unwrap();
     let reloaded = run(&mut engine, &graph, &["load"], &out).unwrap();
     assert_eq!(reloaded.executed, vec!["load"]);
-    assert_eq!(reloaded.outputs["load"][1].as_int(), Some(4));
+    assert_eq!(reloaded.outputs["load"][2].as_int(), Some(4));
 }
 
 #[cfg(unix)]

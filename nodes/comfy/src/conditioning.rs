@@ -106,6 +106,7 @@ impl NodeDef for ConditioningZeroOut {
             Conditioning {
                 hidden,
                 prompt: String::new(),
+                references: c.references.clone(),
                 home: c.home.clone(),
             },
         )])

@@ -18,6 +18,7 @@
 //! `veetance-nodes-flux2` and candle-core.
 
 pub mod conditioning;
+pub mod edit;
 pub mod image;
 pub mod loaders;
 pub mod primitives;
@@ -31,6 +32,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(loaders::UnetLoader::new());
     reg.add(loaders::ClipLoader::new());
     reg.add(loaders::VaeLoader::new());
+    reg.add(loaders::LoraLoaderModelOnly::new());
     reg.add(conditioning::ClipTextEncode::new());
     reg.add(conditioning::ConditioningZeroOut::new());
     reg.add(sampling::CfgGuider::new());
@@ -42,6 +44,9 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(sampling::EmptyFlux2LatentImage::new());
     reg.add(sampling::SamplerCustomAdvanced::new());
     reg.add(image::VaeDecode::new());
+    reg.add(edit::VaeEncode::new());
+    reg.add(edit::ReferenceLatent::new());
+    reg.add(edit::FluxKvCache::new());
     reg.add(image::PreviewImage::new());
     reg.add(primitives::Primitive::int());
     reg.add(primitives::Primitive::float());

@@ -1,4 +1,4 @@
-//! ComfyUI's loaders: `UNETLoader`, `CLIPLoader`, `VAELoader`, over the FLUX.2 nodes' loading
+//! ComfyUI's loaders: `UNETLoader`, `CLIPLoader`, `VAELoader`, `LoraLoaderModelOnly`, over the FLUX.2 nodes' loading
 //! code. Names resolve in the models folder as ComfyUI lays it out (`diffusion_models/`,
 //! `text_encoders/`, `vae/`), or as paths; the cache is keyed by the files' identity.
 
@@ -11,7 +11,8 @@ use veetance_nodes_flux2::files;
 use veetance_nodes_flux2::loaders::{
     encoder_files, load_diffusion_model, load_text_encoder, load_vae, EncoderFiles,
 };
-use veetance_nodes_flux2::values::{object, parse_dtype};
+use veetance_nodes_flux2::lora::{add_lora, lora_fingerprint, LORA_FOLDER};
+use veetance_nodes_flux2::values::{input, object, parse_dtype, ModelHandle};
 
 const CATEGORY: &str = "model/loaders";
 
@@ -334,5 +335,68 @@ impl NodeDef for VaeLoader {
         let device = auto_device()?;
         let dtype = parse_dtype("default", &device);
         Ok(vec![object(PortType::Vae, load_vae(path, device, dtype)?)])
+    }
+}
+
+// ---------------------------------------------------------------- LoraLoaderModelOnly
+
+pub struct LoraLoaderModelOnly {
+    schema: NodeSchema,
+}
+
+impl LoraLoaderModelOnly {
+    pub fn new() -> Self {
+        LoraLoaderModelOnly {
+            schema: NodeSchema::new("LoraLoaderModelOnly", "LoraLoaderModelOnly", "loaders")
+                .doc(
+                    "ComfyUI's LoraLoaderModelOnly: applies a LoRA from <models>/loras/ to the \
+                     diffusion model at strength_model, as the native LoraLoader does (diffusers, \
+                     kohya and BFL names; the base weights shared, never reloaded).",
+                )
+                .input("model", PortType::Model, "The model to patch.")
+                .param(file_param(
+                    "lora_name",
+                    "",
+                    LORA_FOLDER,
+                    "LoRA file name in <models>/loras/, or a path.",
+                ))
+                .param(ParamDef::float(
+                    "strength_model",
+                    1.0,
+                    -100.0,
+                    100.0,
+                    0.01,
+                    "How strongly the LoRA applies (negative: reversed).",
+                ))
+                .output("MODEL", PortType::Model, "The model with the LoRA."),
+        }
+    }
+}
+
+impl Default for LoraLoaderModelOnly {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeDef for LoraLoaderModelOnly {
+    fn schema(&self) -> &NodeSchema {
+        &self.schema
+    }
+
+    fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
+        file_problem(params, "lora_name", LORA_FOLDER, env)
+    }
+
+    fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
+        lora_fingerprint(params, "lora_name", env)
+    }
+
+    fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
+        let model = input::<ModelHandle>(ctx, "model", PortType::Model)?;
+        let path = resolved(ctx, "lora_name", LORA_FOLDER)?;
+        let strength = ctx.params.float("strength_model")?;
+        let out = add_lora(ctx, model, &path, strength, "lora_name")?;
+        Ok(vec![object(PortType::Model, out)])
     }
 }

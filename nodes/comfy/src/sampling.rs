@@ -12,7 +12,9 @@ use veetance_core::{
     ExecContext, NodeDef, NodeError, NodeSchema, ParamDef, ParamKind, Params, PortType, Value,
 };
 use veetance_models::sampling::{self, LATENT_CHANNELS, PIXELS_PER_TOKEN};
-use veetance_nodes_flux2::sampler::{sample, sampling_need, NoiseSource, SampleArgs, SEED_MAX};
+use veetance_nodes_flux2::sampler::{
+    sample, sampling_need, MaskRules, NoiseSource, SampleArgs, SEED_MAX,
+};
 use veetance_nodes_flux2::values::{
     candle_err, input, object, Conditioning, Guider, Latent, ModelHandle,
 };
@@ -399,11 +401,7 @@ impl NodeDef for EmptyFlux2LatentImage {
             .map_err(candle_err("EmptyFlux2LatentImage"))?;
         Ok(vec![object(
             PortType::Latent,
-            Latent {
-                samples,
-                meta: Vec::new(),
-                home: None,
-            },
+            Latent::new(samples, Vec::new()),
         )])
     }
 }
@@ -495,6 +493,7 @@ impl NodeDef for SamplerCustomAdvanced {
                 },
                 sigmas: &sigmas.sigmas,
                 sampler: &sampler.name,
+                mask_rules: MaskRules::ComfyUi,
             },
         )?;
         Ok(vec![

@@ -676,6 +676,7 @@ fn conditioning(value: f32) -> Conditioning {
     Conditioning {
         hidden: Tensor::full(value, (1, 3, 4), &Device::Cpu).unwrap(),
         prompt: "p".into(),
+        references: Vec::new(),
         home: None,
     }
 }

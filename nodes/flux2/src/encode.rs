@@ -76,6 +76,7 @@ pub fn encode_text(
     Ok(Conditioning {
         hidden: embedding.hidden,
         prompt: text,
+        references: Vec::new(),
         home: None,
     })
 }

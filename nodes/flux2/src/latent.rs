@@ -96,11 +96,7 @@ impl NodeDef for EmptyLatent {
         .map_err(candle_err("EmptyLatent"))?;
         Ok(vec![object(
             PortType::Latent,
-            Latent {
-                samples,
-                meta: Vec::new(),
-                home: None,
-            },
+            Latent::new(samples, Vec::new()),
         )])
     }
 }
@@ -283,11 +279,7 @@ impl NodeDef for LoadLatent {
         let samples = read_latent(ctx.params.str("path")?).map_err(NodeError::failed)?;
         Ok(vec![object(
             PortType::Latent,
-            Latent {
-                samples,
-                meta: Vec::new(),
-                home: None,
-            },
+            Latent::new(samples, Vec::new()),
         )])
     }
 }

@@ -9,8 +9,10 @@
 pub mod decode;
 pub mod encode;
 pub mod files;
+pub mod image_in;
 pub mod latent;
 pub mod loaders;
+pub mod lora;
 pub mod patches;
 pub mod sampler;
 pub mod values;
@@ -22,6 +24,7 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(loaders::LoadDiffusionModel::new());
     reg.add(loaders::LoadTextEncoder::new());
     reg.add(loaders::LoadVae::new());
+    reg.add(lora::LoraLoader::new());
     reg.add(patches::PatchAttention::new());
     reg.add(patches::ModelSampling::new());
     reg.add(patches::CompileModel::new());
@@ -31,4 +34,6 @@ pub fn register(reg: &mut NodeRegistry) {
     reg.add(latent::LoadLatent::new());
     reg.add(sampler::Sampler::new());
     reg.add(decode::VaeDecode::new());
+    reg.add(image_in::VaeEncode::new());
+    reg.add(image_in::AddReference::new());
 }

@@ -58,7 +58,12 @@ fn common_params(schema: NodeSchema, dtypes: &[&str], dtype_doc: &str) -> NodeSc
 }
 
 /// Checks that a file param resolves, as a validation problem on that param.
-fn check_file(params: &Params, param: &str, folder: &str, env: &RunEnv) -> Vec<ParamProblem> {
+pub(crate) fn check_file(
+    params: &Params,
+    param: &str,
+    folder: &str,
+    env: &RunEnv,
+) -> Vec<ParamProblem> {
     let name = params.str(param).unwrap_or_default();
     let mut problems = Vec::new();
     if let Err(message) = files::resolve(name, folder, env) {

@@ -8,11 +8,13 @@ use candle_core::{DType, Tensor};
 use veetance_core::{
     ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
 };
+use veetance_models::flux2::lora::{self, Flux2Lora, PatchMode};
 use veetance_models::flux2::{AttentionBackend, Flux2Transformer, ForwardOptions};
 use veetance_models::preview::preview_rgb;
 use veetance_models::sampling::{
-    self, denoise, image_ids, pack_latents, seeded_noise, text_ids, unpack_latents, Cfg,
-    TextCondition, VelocityModel, PIXELS_PER_TOKEN,
+    self, denoise_with, image_ids, mask_to_tokens, pack_latents, seeded_noise, strength_start,
+    text_ids, unpack_latents, Cfg, DenoiseExtras, Inpaint, MaskBlend, References, TextCondition,
+    VelocityModel, PIXELS_PER_TOKEN,
 };
 use veetance_models::torch_rng::comfy_noise;
 
@@ -87,6 +89,17 @@ impl Sampler {
                     true,
                     "Add the seeded noise to the latent. Off: the input latent is taken as the \
                      starting noise as is.",
+                ))
+                .param(ParamDef::float(
+                    "strength",
+                    1.0,
+                    0.0,
+                    1.0,
+                    0.01,
+                    "img2img and inpainting (diffusers' strength): how much of the schedule runs. \
+                     The first int(steps · (1 − strength)) steps are skipped and the latent \
+                     (from VaeEncode) is noised to the sigma where the run starts; 1 runs them \
+                     all from pure noise.",
                 ))
                 .output("latent", PortType::Latent, "The denoised latent."),
         }
@@ -192,6 +205,38 @@ fn activations(handle: &ModelHandle, batch: usize, img_tokens: usize, txt_tokens
     handle
         .model
         .activation_bytes(batch, img_tokens, txt_tokens, chunk)
+        + lora_bytes(handle)
+}
+
+/// Device bytes the LoRA patches add while the sampler runs: at most a merged copy of each
+/// patched linear (side paths hold only the small factors).
+fn lora_bytes(handle: &ModelHandle) -> u64 {
+    if handle.patches.loras.is_empty() {
+        return 0;
+    }
+    let loras: Vec<&Flux2Lora> = handle.patches.loras.iter().map(|l| &*l.lora).collect();
+    lora::merged_bytes(handle.model.config(), handle.model.dtype(), &loras)
+}
+
+/// `placed` with the handle's LoRAs applied (see `veetance_models::flux2::lora`): merged into
+/// dense weights on the device, a side path for quantized weights and streamed blocks. The
+/// handle's base weights are not touched; the patched copy lives for this run.
+fn with_loras(
+    handle: &ModelHandle,
+    placed: Arc<Flux2Transformer>,
+) -> Result<Arc<Flux2Transformer>, NodeError> {
+    if handle.patches.loras.is_empty() {
+        return Ok(placed);
+    }
+    let loras: Vec<(&Flux2Lora, f64)> = handle
+        .patches
+        .loras
+        .iter()
+        .map(|l| (&*l.lora, l.strength))
+        .collect();
+    let (patched, _report) = lora::apply_loras(&placed, &loras, PatchMode::Auto)
+        .map_err(model_err("applying the LoRAs"))?;
+    Ok(Arc::new(patched))
 }
 
 /// The sigmas for `steps` on an image of `tokens` tokens under `schedule`.
@@ -242,8 +287,20 @@ impl NoiseSource {
     }
 }
 
+/// Whose rules a run's inpainting mask follows (see [`MaskBlend`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskRules {
+    /// diffusers' `Flux2KleinInpaintPipeline`: the mask binarised at 0.5, resized bilinearly to
+    /// the token grid, the kept region re-noised after each step.
+    Diffusers,
+    /// ComfyUI's `KSamplerX0Inpaint`: the mask resized bilinearly as it is (soft edges kept), the
+    /// kept region blended in before each model call and into its clean estimate.
+    ComfyUi,
+}
+
 /// What one sampling run takes: the model, its conditionings and guidance, the start, the noise
 /// and the sigmas. The native `Sampler` and ComfyUI's `SamplerCustomAdvanced` both fill it.
+/// References come with the conditionings, an inpainting mask with the latent.
 #[derive(Clone, Copy, Debug)]
 pub struct SampleArgs<'a> {
     pub model: &'a ModelHandle,
@@ -259,6 +316,8 @@ pub struct SampleArgs<'a> {
     pub sigmas: &'a [f32],
     /// The step rule's name, for the image's generation parameters (only `euler` exists).
     pub sampler: &'a str,
+    /// How the latent's `noise_mask`, if any, is applied.
+    pub mask_rules: MaskRules,
 }
 
 /// What sampling gives: the final latent and the model's last estimate of the clean latent
@@ -278,7 +337,21 @@ pub fn sampling_need(model: &ModelHandle, latent: &Latent, positive: &Conditioni
     }
     let (batch, _, h, w) = latent.samples.dims4().ok()?;
     let txt_tokens = positive.hidden.dim(1).ok()?;
-    Some(activations(model, batch, h * w, txt_tokens))
+    Some(activations(
+        model,
+        batch,
+        h * w + reference_tokens(positive),
+        txt_tokens,
+    ))
+}
+
+/// Tokens the references of `c` add to the image sequence.
+fn reference_tokens(c: &Conditioning) -> usize {
+    c.references
+        .iter()
+        .filter_map(|r| r.dims4().ok())
+        .map(|(_, _, h, w)| h * w)
+        .sum()
 }
 
 /// Runs flow-match Euler along `args.sigmas`: the one sampling routine of both samplers, with
@@ -294,6 +367,7 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
         noise,
         sigmas,
         sampler,
+        mask_rules,
     } = args;
     if sampler != "euler" {
         return Err(NodeError::failed(format!(
@@ -352,6 +426,30 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
         NoiseSource::Zeros => Some(start.zeros_like().map_err(&cerr)?),
         NoiseSource::Off => None,
     };
+    // Inpainting keeps the latent where the mask is 0 and needs the run's noise to re-noise it.
+    let inpaint = match &latent.noise_mask {
+        None => None,
+        Some(mask) => {
+            let binarize = mask_rules == MaskRules::Diffusers;
+            let tokens = mask_to_tokens(&mask.to_device(device).map_err(&cerr)?, h, w, binarize)
+                .map_err(model_err("sampler: the latent's noise mask"))?;
+            let mask_batch = tokens.dim(0).map_err(&cerr)?;
+            if mask_batch != 1 && mask_batch != batch {
+                return Err(NodeError::failed(format!(
+                    "input 'latent': its noise mask has {mask_batch} images but the latent {batch}; \
+                     give one mask or one per image"
+                )));
+            }
+            let noise = match &noise_tensor {
+                Some(n) => n.clone(),
+                None => start.zeros_like().map_err(&cerr)?,
+            };
+            let pack = |t: &Tensor| -> Result<Tensor, NodeError> {
+                pack_latents(t).map_err(model_err("sampler"))
+            };
+            Some((pack(&start)?, pack(&noise)?, tokens))
+        }
+    };
     let start = match noise_tensor {
         // Flow matching's noising: σ₀·noise + (1 − σ₀)·latent.
         Some(n) => {
@@ -385,8 +483,27 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
             "guidance {guidance} needs a negative conditioning; sampling without guidance"
         ));
     }
-    let activations = activations(handle, batch, h * w, pos_txt.dim(1).map_err(&cerr)?);
-    let placed = placed_model(ctx, handle, activations)?;
+    let references = |c: &Conditioning| -> Result<Option<References>, NodeError> {
+        if c.references.is_empty() {
+            return Ok(None);
+        }
+        References::new(&c.references, device)
+            .map(Some)
+            .map_err(model_err("sampler: the conditioning's references"))
+    };
+    let pos_refs = references(positive)?;
+    let neg_refs = match (negative, &neg) {
+        (Some(n), Some(_)) => Some(references(n)?),
+        _ => None,
+    };
+    let ref_tokens = reference_tokens(positive).max(negative.map_or(0, reference_tokens));
+    let activations = activations(
+        handle,
+        batch,
+        h * w + ref_tokens,
+        pos_txt.dim(1).map_err(&cerr)?,
+    );
+    let placed = with_loras(handle, placed_model(ctx, handle, activations)?)?;
     let model = Patched {
         model: &placed,
         attention: handle.patches.attention,
@@ -395,7 +512,20 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
     let total = sigmas.len() - 1;
     ctx.progress(0, total as u64);
     let mut last_x0: Option<Tensor> = None;
-    let out = denoise(
+    let extras = DenoiseExtras {
+        references: pos_refs.as_ref(),
+        negative_references: neg_refs.as_ref().map(Option::as_ref),
+        inpaint: inpaint.as_ref().map(|(image, noise, mask)| Inpaint {
+            image,
+            noise,
+            mask,
+            blend: match mask_rules {
+                MaskRules::Diffusers => MaskBlend::AfterStep,
+                MaskRules::ComfyUi => MaskBlend::BeforeModel,
+            },
+        }),
+    };
+    let out = denoise_with(
         &model,
         &x,
         &img_ids,
@@ -408,6 +538,7 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
             scale: guidance,
         }),
         sigmas,
+        extras,
         |step, x0| {
             if let Some(image) = preview_image(x0, h, w) {
                 ctx.preview(image);
@@ -455,18 +586,17 @@ pub fn sample(ctx: &ExecContext<'_>, args: SampleArgs<'_>) -> Result<Sampled, No
     if let NoiseSource::ComfyUi(_) = noise {
         parameters.push_str(", Noise: comfyui");
     }
+    if !positive.references.is_empty() {
+        parameters.push_str(&format!(", References: {}", positive.references.len()));
+    }
     let meta = vec![("parameters".to_string(), parameters)];
     Ok(Sampled {
+        // ComfyUI's sampler output keeps the input latent's mask.
         latent: Latent {
-            samples,
-            meta: meta.clone(),
-            home: None,
+            noise_mask: latent.noise_mask.clone(),
+            ..Latent::new(samples, meta.clone())
         },
-        denoised: Latent {
-            samples: denoised,
-            meta,
-            home: None,
-        },
+        denoised: Latent::new(denoised, meta),
     })
 }
 
@@ -509,7 +639,15 @@ impl NodeDef for Sampler {
             (true, _) => NoiseSource::Veetance(seed),
         };
         let (_, _, h, w) = latent.samples.dims4().map_err(candle_err("sampler"))?;
-        let sigmas = sigmas(handle.patches.schedule, steps, h * w);
+        let strength = ctx.params.float("strength")?;
+        let skip = strength_start(steps, strength);
+        if skip >= steps {
+            return Err(NodeError::failed(format!(
+                "param 'strength': {strength} of {steps} steps leaves no step to run; raise the \
+                 strength or the steps"
+            )));
+        }
+        let sigmas = sigmas(handle.patches.schedule, steps, h * w)[skip..].to_vec();
         let sampled = sample(
             ctx,
             SampleArgs {
@@ -521,6 +659,7 @@ impl NodeDef for Sampler {
                 noise,
                 sigmas: &sigmas,
                 sampler: ctx.params.str("sampler")?,
+                mask_rules: MaskRules::Diffusers,
             },
         )?;
         Ok(vec![object(PortType::Latent, sampled.latent)])

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use veetance_core::{ExecContext, MemBytes, NodeError, Object, Payload, PortType, Value};
+use veetance_models::flux2::lora::Flux2Lora;
 use veetance_models::flux2::Flux2Transformer;
 use veetance_models::placement::WeightBytes;
 use veetance_models::qwen3::TextEncoder;
@@ -52,6 +53,21 @@ pub struct ModelPatches {
     pub schedule: Schedule,
     /// Whether CompileModel asked for the fused execution path.
     pub compiled: bool,
+    /// LoRAs (LoraLoader), in the order applied; the sampler patches the model it runs with them.
+    pub loras: Vec<AppliedLora>,
+}
+
+/// A LoRA mapped onto the transformer, and its strength.
+#[derive(Clone, Debug)]
+pub struct AppliedLora {
+    pub lora: Arc<Flux2Lora>,
+    pub strength: f64,
+}
+
+impl PartialEq for AppliedLora {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.lora, &other.lora) && self.strength == other.strength
+    }
 }
 
 impl Default for ModelPatches {
@@ -60,6 +76,7 @@ impl Default for ModelPatches {
             attention: AttentionImpl::Plain,
             schedule: Schedule::EmpiricalMu,
             compiled: false,
+            loras: Vec::new(),
         }
     }
 }
@@ -237,12 +254,35 @@ pub struct Conditioning {
     /// `(1, tokens, context_dim)`.
     pub hidden: Tensor,
     pub prompt: String,
+    /// Reference images for editing, in order: their normalised latents `(1, 128, h, w)`, f32
+    /// (ComfyUI's `reference_latents`, appended by `ReferenceLatent` / `AddReference`).
+    pub references: Vec<Tensor>,
     pub home: Option<Device>,
+}
+
+impl Conditioning {
+    /// This conditioning with every tensor moved by `f`.
+    fn map_tensors(
+        &self,
+        f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        home: Option<Device>,
+    ) -> candle_core::Result<Conditioning> {
+        Ok(Conditioning {
+            hidden: f(&self.hidden)?,
+            prompt: self.prompt.clone(),
+            references: self.references.iter().map(&f).collect::<Result<_, _>>()?,
+            home,
+        })
+    }
 }
 
 impl Payload for Conditioning {
     fn mem_bytes(&self) -> MemBytes {
-        tensor_bytes(&self.hidden) + MemBytes::host(self.prompt.len() as u64)
+        let mut bytes = tensor_bytes(&self.hidden) + MemBytes::host(self.prompt.len() as u64);
+        for r in &self.references {
+            bytes += tensor_bytes(r);
+        }
+        bytes
     }
     fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
         let home = self.hidden.device();
@@ -250,27 +290,15 @@ impl Payload for Conditioning {
             return None;
         }
         moved(
-            self.hidden
-                .to_device(&Device::Cpu)
-                .map_err(|e| format!("moving a conditioning to host memory: {e}"))
-                .map(|hidden| Conditioning {
-                    hidden,
-                    prompt: self.prompt.clone(),
-                    home: Some(home.clone()),
-                }),
+            self.map_tensors(|t| t.to_device(&Device::Cpu), Some(home.clone()))
+                .map_err(|e| format!("moving a conditioning to host memory: {e}")),
         )
     }
     fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
         let home = self.home.as_ref()?;
         moved(
-            self.hidden
-                .to_device(home)
-                .map_err(|e| format!("moving a conditioning back to its device: {e}"))
-                .map(|hidden| Conditioning {
-                    hidden,
-                    prompt: self.prompt.clone(),
-                    home: None,
-                }),
+            self.map_tensors(|t| t.to_device(home), None)
+                .map_err(|e| format!("moving a conditioning back to its device: {e}")),
         )
     }
     fn as_any(&self) -> &dyn Any {
@@ -285,12 +313,44 @@ pub struct Latent {
     pub samples: Tensor,
     /// Text that travels with the latent to the image (generation parameters).
     pub meta: Vec<(String, String)>,
+    /// Inpainting: `(B or 1, H, W)` in [0, 1] at pixel resolution, 1 where the sampler repaints
+    /// (ComfyUI's `noise_mask`, set by `SetLatentNoiseMask` or VaeEncode's mask). `None`: all.
+    pub noise_mask: Option<Tensor>,
     pub home: Option<Device>,
+}
+
+impl Latent {
+    /// A latent of `samples` with `meta`, no mask, where it was made.
+    pub fn new(samples: Tensor, meta: Vec<(String, String)>) -> Self {
+        Latent {
+            samples,
+            meta,
+            noise_mask: None,
+            home: None,
+        }
+    }
+
+    fn moved_to(&self, device: &Device, home: Option<Device>) -> candle_core::Result<Latent> {
+        Ok(Latent {
+            samples: self.samples.to_device(device)?,
+            meta: self.meta.clone(),
+            noise_mask: self
+                .noise_mask
+                .as_ref()
+                .map(|m| m.to_device(device))
+                .transpose()?,
+            home,
+        })
+    }
 }
 
 impl Payload for Latent {
     fn mem_bytes(&self) -> MemBytes {
-        tensor_bytes(&self.samples)
+        let mut bytes = tensor_bytes(&self.samples);
+        if let Some(m) = &self.noise_mask {
+            bytes += tensor_bytes(m);
+        }
+        bytes
     }
     fn to_host(&self) -> Option<Result<Arc<dyn Payload>, String>> {
         let home = self.samples.device();
@@ -298,27 +358,15 @@ impl Payload for Latent {
             return None;
         }
         moved(
-            self.samples
-                .to_device(&Device::Cpu)
-                .map_err(|e| format!("moving a latent to host memory: {e}"))
-                .map(|samples| Latent {
-                    samples,
-                    meta: self.meta.clone(),
-                    home: Some(home.clone()),
-                }),
+            self.moved_to(&Device::Cpu, Some(home.clone()))
+                .map_err(|e| format!("moving a latent to host memory: {e}")),
         )
     }
     fn to_device(&self) -> Option<Result<Arc<dyn Payload>, String>> {
         let home = self.home.as_ref()?;
         moved(
-            self.samples
-                .to_device(home)
-                .map_err(|e| format!("moving a latent back to its device: {e}"))
-                .map(|samples| Latent {
-                    samples,
-                    meta: self.meta.clone(),
-                    home: None,
-                }),
+            self.moved_to(home, None)
+                .map_err(|e| format!("moving a latent back to its device: {e}")),
         )
     }
     fn as_any(&self) -> &dyn Any {

@@ -174,6 +174,7 @@ fn latent(tokens: usize, channels: usize) -> Value {
         Latent {
             samples,
             meta: Vec::new(),
+            noise_mask: None,
             home: None,
         },
     ))
@@ -286,6 +287,7 @@ fn latent_noise(tokens: usize, channels: usize) -> Value {
         Latent {
             samples,
             meta: Vec::new(),
+            noise_mask: None,
             home: None,
         },
     ))
@@ -307,6 +309,7 @@ fn payloads_on_the_host_do_not_move_and_a_moved_latent_comes_back_bit_identical(
     let offloaded = Latent {
         samples: samples.clone(),
         meta: vec![("k".into(), "v".into())],
+        noise_mask: None,
         home: Some(Device::Cpu),
     };
     let back = offloaded.to_device().unwrap().unwrap();
@@ -317,6 +320,7 @@ fn payloads_on_the_host_do_not_move_and_a_moved_latent_comes_back_bit_identical(
     let cond = Conditioning {
         hidden: samples.clone(),
         prompt: "p".into(),
+        references: Vec::new(),
         home: None,
     };
     assert!(cond.to_host().is_none() && cond.to_device().is_none());

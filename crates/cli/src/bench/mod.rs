@@ -331,6 +331,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub dump_velocity: Option<PathBuf>,
 
+    /// A reference image (PNG) to edit with, as `Flux2KleinPipeline(image=[...])` takes it;
+    /// repeat for several. Each side must be a multiple of 16 (no resizing is timed). The
+    /// generation then encodes the references with the VAE and joins their tokens to every step.
+    #[arg(long = "reference", value_name = "PNG")]
+    pub references: Vec<PathBuf>,
+
+    /// Write the last generation's seeded noise (`noise`, (1, 128, h, w)) and decoded image
+    /// (`image`, (1, 3, H, W), about [-1, 1]) to this safetensors file, f32, for comparing with
+    /// another implementation started from the same noise.
+    #[arg(long, value_name = "FILE")]
+    pub save_generation: Option<PathBuf>,
+
     /// Write all results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -478,6 +490,51 @@ struct Pipeline {
     encoder: Encoder,
     vae: vae::Flux2Vae,
     vae_config: vae::Config,
+    /// Reference images `(1, 3, H, W)` in [-1, 1], on the device, in the run's dtype.
+    references: Vec<Tensor>,
+}
+
+/// The VAE parts a generation needs: the encoder too when it edits references.
+fn vae_parts(args: &BenchArgs) -> vae::Parts {
+    if args.references.is_empty() {
+        vae::Parts::Decoder
+    } else {
+        vae::Parts::EncoderAndDecoder
+    }
+}
+
+/// Reads `--reference` images as `(1, 3, H, W)` tensors in [-1, 1].
+fn load_references(args: &BenchArgs, dtype: DType, dev: &Device) -> anyhow::Result<Vec<Tensor>> {
+    args.references
+        .iter()
+        .map(|path| {
+            let image = veetance_nodes_basic::read_png_image(path)
+                .map_err(|e| anyhow!("--reference {}: {e}", path.display()))?;
+            let (w, h, c) = (
+                image.width as usize,
+                image.height as usize,
+                image.channels as usize,
+            );
+            if w % 16 != 0 || h % 16 != 0 {
+                bail!(
+                    "--reference {}: {w}x{h} is not a multiple of 16 on each side; crop or scale \
+                     it first (the bench times no resizing)",
+                    path.display()
+                );
+            }
+            let rgb: Vec<f32> = image
+                .frame(0)
+                .chunks_exact(c)
+                .flat_map(|px| [px[0], px[1], px[2]])
+                .collect();
+            let t = Tensor::from_vec(rgb, (1, h, w, 3), &Device::Cpu)?
+                .permute((0, 3, 1, 2))?
+                .affine(2.0, -1.0)?
+                .to_dtype(dtype)?
+                .to_device(dev)?;
+            Ok(t)
+        })
+        .collect()
 }
 
 /// Milliseconds since `t0`.
@@ -840,7 +897,7 @@ impl Setup {
             let vae_cfg = p.vae();
             let vae = vae::Flux2Vae::new(
                 &vae_cfg,
-                vae::Parts::Decoder,
+                vae_parts(args),
                 seeded::var_builder(args.seed ^ 2, 1.0, dtype, dev),
             )?;
             return Ok(Pipeline {
@@ -851,6 +908,7 @@ impl Setup {
                 },
                 vae,
                 vae_config: vae_cfg,
+                references: load_references(args, dtype, dev)?,
             });
         }
         let te = args
@@ -884,7 +942,7 @@ impl Setup {
         } else {
             vae::Config::flux2()
         };
-        let vae = vae::load_vae(vae_path, Some(&vae_cfg), vae::Parts::Decoder, dtype, dev)
+        let vae = vae::load_vae(vae_path, Some(&vae_cfg), vae_parts(args), dtype, dev)
             .with_context(|| format!("{}: cannot load the VAE", vae_path.display()))?;
         Ok(Pipeline {
             encoder: Encoder::Files {
@@ -893,6 +951,7 @@ impl Setup {
             },
             vae,
             vae_config: vae_cfg,
+            references: load_references(args, dtype, dev)?,
         })
     }
 
@@ -929,6 +988,21 @@ impl Setup {
         sync(dev)?;
         let encode_ms = ms_since(start);
 
+        // Reference images: VAE-encoded and packed, as the pipeline does on every call.
+        let t0 = Instant::now();
+        let references = if p.references.is_empty() {
+            None
+        } else {
+            let latents = p
+                .references
+                .iter()
+                .map(|image| p.vae.encode(image))
+                .collect::<veetance_models::Result<Vec<_>>>()?;
+            Some(sampling::References::new(&latents, dev)?)
+        };
+        sync(dev)?;
+        let reference_ms = ms_since(t0);
+
         let t0 = Instant::now();
         let noise = sampling::seeded_noise(args.seed, 1, args.height, args.width, self.dtype, dev)?;
         let latent = sampling::pack_latents(&noise)?;
@@ -945,7 +1019,7 @@ impl Setup {
         let mut steps_ms = Vec::with_capacity(args.steps);
         let mut sync_error = None;
         let mut lap = Instant::now();
-        let latent = sampling::denoise(
+        let latent = sampling::denoise_with(
             &velocity,
             &latent,
             &img_ids,
@@ -955,6 +1029,10 @@ impl Setup {
             },
             None,
             &sigmas,
+            sampling::DenoiseExtras {
+                references: references.as_ref(),
+                ..Default::default()
+            },
             |_, _| match dev.synchronize() {
                 Ok(()) => {
                     steps_ms.push(ms_since(lap));
@@ -978,9 +1056,24 @@ impl Setup {
         let decode_ms = ms_since(t0);
         let total_ms = ms_since(start);
         let image_rms = image.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
+        if let Some(path) = &args.save_generation {
+            let tensors = [
+                (
+                    "noise",
+                    noise.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                ),
+                (
+                    "image",
+                    image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+                ),
+            ];
+            candle_core::safetensors::save(&tensors.into_iter().collect(), path)
+                .with_context(|| format!("--save-generation {}", path.display()))?;
+        }
         Ok(GenRun {
             total_ms,
             encode_ms,
+            reference_ms,
             prepare_ms,
             steps_ms,
             decode_ms,
@@ -997,6 +1090,8 @@ struct Generation {
 struct GenRun {
     total_ms: f64,
     encode_ms: f64,
+    /// VAE-encoding and packing the reference images (0 without).
+    reference_ms: f64,
     prepare_ms: f64,
     steps_ms: Vec<f64>,
     decode_ms: f64,
@@ -1013,7 +1108,13 @@ struct GenFlops {
 impl Generation {
     fn flops(&self, args: &BenchArgs, cfg: &flux2::Config, p: &Pipeline) -> GenFlops {
         let te = p.encoder.config();
-        let n_img = sampling::image_seq_len(args.width, args.height) as u64;
+        // Reference tokens join the image tokens at every step (their VAE encode is not counted).
+        let n_ref: u64 = p
+            .references
+            .iter()
+            .map(|r| (r.dim(2).unwrap_or(0) / 16 * (r.dim(3).unwrap_or(0) / 16)) as u64)
+            .sum();
+        let n_img = sampling::image_seq_len(args.width, args.height) as u64 + n_ref;
         let encode = flops::text_encoder(te, te.max_length as u64);
         let step = flops::transformer(cfg, n_img, te.max_length as u64);
         let decode = flops::vae_decode(&p.vae_config, args.width as u64, args.height as u64);
@@ -1052,6 +1153,8 @@ impl Generation {
             "total": stats_json(&total),
             "encode": stats_json(&encode),
             "prepare": stats_json(&self.column(|r| r.prepare_ms)),
+            "references": p.references.iter().map(|r| r.dims().to_vec()).collect::<Vec<_>>(),
+            "reference_encode": stats_json(&self.column(|r| r.reference_ms)),
             "steps_each": per_step,
             "step": stats_json(&all_steps),
             "decode": stats_json(&decode),
@@ -1078,9 +1181,14 @@ impl Generation {
             })
             .collect();
         println!(
-            "generation {}x{}, {} steps ({:.2} TFLOP): median {:.1} ms (min {:.1}) over {} runs = {:.1} TFLOP/s; encode {:.1} ms, steps [{}] ms, decode {:.1} ms{}",
+            "generation {}x{}{}, {} steps ({:.2} TFLOP): median {:.1} ms (min {:.1}) over {} runs = {:.1} TFLOP/s; encode {:.1} ms{}, steps [{}] ms, decode {:.1} ms{}",
             args.width,
             args.height,
+            if p.references.is_empty() {
+                String::new()
+            } else {
+                format!(" with {} reference image(s)", p.references.len())
+            },
             args.steps,
             f.total as f64 / 1e12,
             total,
@@ -1088,6 +1196,14 @@ impl Generation {
             self.runs.len(),
             flops::tflops(f.total, total),
             med(self.column(|r| r.encode_ms)),
+            if p.references.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", references {:.1} ms",
+                    med(self.column(|r| r.reference_ms))
+                )
+            },
             steps.join(", "),
             med(self.column(|r| r.decode_ms)),
             peak.map(|p| format!(", peak device memory {:.2} GiB", p as f64 / GIB))

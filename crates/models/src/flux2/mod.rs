@@ -30,6 +30,7 @@
 //! ```
 
 mod config;
+pub mod lora;
 mod model;
 
 use std::path::Path;
@@ -39,7 +40,8 @@ use candle_core::{DType, Device};
 
 pub use config::Config;
 pub use model::{
-    rope_tables, AttentionBackend, BlockPlan, Flux2Transformer, ForwardOptions, StreamPlan,
+    rope_tables, AttentionBackend, BlockPlan, Flux2Transformer, ForwardOptions, LinearFn,
+    StreamPlan,
 };
 
 use crate::error::{Error, Result};

@@ -14,6 +14,10 @@ use crate::staging::{stream_parts, HostStage};
 
 #[path = "stream.rs"]
 mod stream;
+
+#[path = "linears.rs"]
+mod linears;
+pub use linears::LinearFn;
 pub use stream::{BlockPlan, StreamPlan};
 
 type CResult<T> = candle_core::Result<T>;

@@ -437,17 +437,25 @@ impl Flux2Vae {
         Ok(image)
     }
 
-    /// Image `(B, 3, H, W)` in [-1, 1] (H, W multiples of 16) -> normalised latent
-    /// `(B, 128, H/16, W/16)`, f32. The Gaussian's mean is taken (no sampling).
+    /// Pixels per latent token along each axis: the encoder's downscale (2 per level after the
+    /// first) times the 2x2 patch; 16 for the FLUX.2 VAE.
+    pub fn pixels_per_token(&self) -> usize {
+        2usize.pow(self.cfg.block_out_channels.len().saturating_sub(1) as u32) * 2
+    }
+
+    /// Image `(B, 3, H, W)` in [-1, 1] (H, W multiples of [`Self::pixels_per_token`], 16 for
+    /// FLUX.2) -> normalised latent `(B, 128, H/16, W/16)`, f32. The Gaussian's mean is taken
+    /// (no sampling).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor> {
         let (encoder, quant_conv) = self
             .encoder
             .as_ref()
             .ok_or_else(|| Error::InvalidInput("this VAE was loaded without its encoder".into()))?;
         let (_, _, h, w) = image.dims4()?;
-        if h % 16 != 0 || w % 16 != 0 {
+        let step = self.pixels_per_token();
+        if h % step != 0 || w % step != 0 || h == 0 || w == 0 {
             return Err(Error::InvalidInput(format!(
-                "encode: image size {w}x{h} is not a multiple of 16"
+                "encode: image size {w}x{h} is not a positive multiple of {step}"
             )));
         }
         let moments = quant_conv.forward(&encoder.forward(&image.to_dtype(self.dtype)?)?)?;
