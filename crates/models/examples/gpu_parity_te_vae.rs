@@ -34,7 +34,7 @@ fn main() -> veetance_models::Result<()> {
 
     let files = TextEncoderFiles {
         weights: dir.join("qwen3.safetensors"),
-        tokenizer,
+        tokenizer: Some(tokenizer),
         config: Some(dir.join("qwen3_config.json")),
     };
     let start = Instant::now();

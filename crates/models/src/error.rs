@@ -46,6 +46,18 @@ pub enum Error {
         dtype: String,
     },
 
+    /// A layer is quantized in a format Veetance does not read (ComfyUI's nvfp4, mxfp8, int8, ...).
+    #[error(
+        "layer `{layer}` in {path} is quantized as `{format}`, which Veetance cannot read yet \
+         (it reads float8_e4m3fn with per-tensor or per-row scales, bf16/f16/f32 and GGUF); \
+         use an fp8, bf16 or GGUF copy of this model"
+    )]
+    UnsupportedQuantization {
+        layer: String,
+        path: PathBuf,
+        format: String,
+    },
+
     /// The files hold the weights of another model than the one asked for.
     #[error("{path}: expected {expected}, but this looks like {found}")]
     WrongModel {

@@ -13,6 +13,17 @@
 //! of the two row halves (diffusers' (scale, shift) into BFL's (shift, scale)), or a reshape
 //! (diffusers' linear layers where BFL has 1x1 convolutions). Every tensor's shape is checked
 //! against the one the model asks for, and a mismatch names the tensor, both shapes and the file.
+//!
+//! Quantized layers are recognised as ComfyUI's loaders recognise them (`comfy/ops.py`
+//! `_load_quantized_module`, `comfy/utils.py` `convert_old_quants`), in any of its three
+//! descriptions: a `<layer>.comfy_quant` uint8 tensor holding JSON such as
+//! `{"format": "float8_e4m3fn"}`; the header metadata `_quantization_metadata`
+//! (`{"format_version": "1.0", "layers": {"<layer>": {"format": ...}}}`), which takes precedence;
+//! or the older `<prefix>scaled_fp8` marker, which makes every `<layer>.scale_weight` layer
+//! float8_e4m3fn. An fp8 layer's weight is `fp8 value * <layer>.weight_scale` (or `scale_weight`),
+//! one f32 value per tensor (or per row); `input_scale`, the activation scale of fp8 matmuls, is
+//! not used: Veetance multiplies in the compute dtype, as ComfyUI does where fp8 matmuls are off.
+//! A layer in another format (nvfp4, mxfp8, int8, ...) is refused by name when it is loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +45,8 @@ struct SafetensorsFile {
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
+    /// The header's `__metadata__` (string to string).
+    header_metadata: HashMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -61,25 +74,31 @@ impl SafetensorsFile {
             .into_iter()
             .map(|(name, info)| (name, info.clone()))
             .collect();
+        let header_metadata = metadata.metadata().clone().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             data_start: 8 + header_len,
             tensors,
+            header_metadata,
         })
     }
 
-    fn load(&self, name: &str, info: &TensorInfo, device: &Device) -> Result<Tensor> {
+    /// The stored bytes of a tensor.
+    fn bytes(&self, name: &str, info: &TensorInfo) -> Result<&[u8]> {
         let (start, end) = info.data_offsets;
-        // read_metadata checked that all ranges lie inside the data section; `get` keeps even a
-        // logic error here from reading out of bounds.
-        let bytes = self
-            .mmap
+        self.mmap
             .get(self.data_start + start..self.data_start + end)
             .ok_or_else(|| Error::Safetensors {
                 path: self.path.clone(),
                 reason: format!("tensor `{name}` lies outside the file"),
-            })?;
+            })
+    }
+
+    fn load(&self, name: &str, info: &TensorInfo, device: &Device) -> Result<Tensor> {
+        // read_metadata checked that all ranges lie inside the data section; `get` keeps even a
+        // logic error here from reading out of bounds.
+        let bytes = self.bytes(name, info)?;
         if let Some(t) = parallel_host_load(info, bytes, device)? {
             return Ok(t);
         }
@@ -122,11 +141,112 @@ fn parallel_host_load(info: &TensorInfo, bytes: &[u8], device: &Device) -> Resul
     .ok())
 }
 
+/// The format ComfyUI's float8 e4m3 layers name (`comfy/quant_ops.py` `QUANT_ALGOS`).
+pub const FP8_E4M3_FORMAT: &str = "float8_e4m3fn";
+
+/// A layer's quantization as the file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerQuant {
+    /// ComfyUI's format name: `float8_e4m3fn`, `nvfp4`, `mxfp8`, `int8_tensorwise`, ...
+    pub format: String,
+    /// Where the description came from.
+    pub described_by: QuantSource,
+}
+
+/// Which of ComfyUI's descriptions of quantized layers a file uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantSource {
+    /// A `<layer>.comfy_quant` uint8 tensor of JSON.
+    ComfyQuantTensor,
+    /// The header metadata `_quantization_metadata`.
+    HeaderMetadata,
+    /// The older `scaled_fp8` marker with `<layer>.scale_weight`.
+    ScaledFp8Marker,
+}
+
 /// A set of safetensors files read as one checkpoint.
 pub struct WeightFiles {
     files: Vec<SafetensorsFile>,
     /// Tensor name -> index into `files`.
     index: HashMap<String, usize>,
+    /// Layer name (a weight's name without `.weight`) -> its quantization, for the layers the
+    /// files describe as quantized.
+    quant: HashMap<String, LayerQuant>,
+}
+
+/// ComfyUI's description of one quantized layer: JSON with a `format` field.
+fn parse_layer_conf(json: &serde_json::Value) -> Option<String> {
+    json.get("format")?.as_str().map(str::to_string)
+}
+
+/// The quantized layers of one file, as ComfyUI's loaders find them.
+fn quant_layers(file: &SafetensorsFile) -> Result<HashMap<String, LayerQuant>> {
+    let bad = |reason: String| Error::Safetensors {
+        path: file.path.clone(),
+        reason,
+    };
+    let mut layers = HashMap::new();
+    for (name, info) in &file.tensors {
+        let Some(layer) = name.strip_suffix(".comfy_quant") else {
+            continue;
+        };
+        let what = || format!("tensor `{name}` is not ComfyUI's quantization JSON");
+        let conf: serde_json::Value = serde_json::from_slice(file.bytes(name, info)?)
+            .map_err(|e| bad(format!("{}: {e}", what())))?;
+        let format = parse_layer_conf(&conf)
+            .ok_or_else(|| bad(format!("{}: it has no \"format\"", what())))?;
+        layers.insert(
+            layer.to_string(),
+            LayerQuant {
+                format,
+                described_by: QuantSource::ComfyQuantTensor,
+            },
+        );
+    }
+    if let Some(text) = file.header_metadata.get("_quantization_metadata") {
+        let what = "the header metadata `_quantization_metadata`";
+        let conf: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("{what} is not JSON: {e}")))?;
+        let described = conf
+            .get("layers")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| bad(format!("{what} has no \"layers\" object")))?;
+        for (layer, layer_conf) in described {
+            let format = parse_layer_conf(layer_conf)
+                .ok_or_else(|| bad(format!("{what}: layer `{layer}` has no \"format\"")))?;
+            layers.insert(
+                layer.clone(),
+                LayerQuant {
+                    format,
+                    described_by: QuantSource::HeaderMetadata,
+                },
+            );
+        }
+    } else {
+        // `<prefix>scaled_fp8`: every `<prefix>...<layer>.scale_weight` is a float8_e4m3fn layer.
+        let prefixes: Vec<&str> = file
+            .tensors
+            .keys()
+            .filter_map(|n| n.strip_suffix("scaled_fp8"))
+            .filter(|p| p.is_empty() || p.ends_with('.'))
+            .collect();
+        for prefix in prefixes {
+            for name in file.tensors.keys() {
+                if let Some(layer) = name
+                    .strip_suffix(".scale_weight")
+                    .filter(|l| l.starts_with(prefix))
+                {
+                    layers
+                        .entry(layer.to_string())
+                        .or_insert_with(|| LayerQuant {
+                            format: FP8_E4M3_FORMAT.into(),
+                            described_by: QuantSource::ScaledFp8Marker,
+                        });
+                }
+            }
+        }
+    }
+    Ok(layers)
 }
 
 impl std::fmt::Debug for WeightFiles {
@@ -149,14 +269,20 @@ impl WeightFiles {
         }
         let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
+        let mut quant = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let file = SafetensorsFile::open(path)?;
             for name in file.tensors.keys() {
                 index.insert(name.clone(), i);
             }
+            quant.extend(quant_layers(&file)?);
             files.push(file);
         }
-        Ok(Self { files, index })
+        Ok(Self {
+            files,
+            index,
+            quant,
+        })
     }
 
     /// Maps a single `.safetensors` file, or every `.safetensors` file of a folder (a sharded
@@ -219,6 +345,43 @@ impl WeightFiles {
         .find(|n| self.contains(n))
     }
 
+    /// The quantization the files describe for the layer of this weight (`<layer>.weight`).
+    pub fn layer_quant(&self, weight: &str) -> Option<&LayerQuant> {
+        self.quant.get(weight.strip_suffix(".weight")?)
+    }
+
+    /// How many layers the files describe as quantized (any format).
+    pub fn quantized_layer_count(&self) -> usize {
+        self.quant.len()
+    }
+
+    /// Checks a weight against its layer's described quantization: only float8_e4m3fn is read,
+    /// and its weight must be stored in fp8 e4m3.
+    fn check_quant(&self, name: &str, file: &SafetensorsFile, info: &TensorInfo) -> Result<()> {
+        let Some(quant) = self.layer_quant(name) else {
+            return Ok(());
+        };
+        let layer = name.strip_suffix(".weight").unwrap_or(name);
+        if quant.format != FP8_E4M3_FORMAT {
+            return Err(Error::UnsupportedQuantization {
+                layer: layer.to_string(),
+                path: file.path.clone(),
+                format: quant.format.clone(),
+            });
+        }
+        if info.dtype != safetensors::Dtype::F8_E4M3 {
+            return Err(Error::Safetensors {
+                path: file.path.clone(),
+                reason: format!(
+                    "layer `{layer}` is described as {FP8_E4M3_FORMAT} but its weight is stored \
+                     as {:?}",
+                    info.dtype
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// All tensor names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
@@ -272,6 +435,7 @@ impl WeightFiles {
                 });
             }
         }
+        self.check_quant(name, file, info)?;
         let tensor = file.load(name, info, device)?;
         if info.dtype == safetensors::Dtype::F8_E4M3 {
             if let Some(scale) = self.fp8_scale_name(name) {
@@ -345,10 +509,13 @@ impl TensorStore for WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> Result<Option<QLinear>> {
+        let Some(file) = self.index.get(name).map(|&i| &self.files[i]) else {
+            return Ok(None);
+        };
+        self.check_quant(name, file, &file.tensors[name])?;
         if self.stored_dtype(name) != Some(safetensors::Dtype::F8_E4M3) {
             return Ok(None);
         }
-        let file = &self.files[self.index[name]];
         let weight = file.load(name, &file.tensors[name], device)?;
         if weight.dims() != [out, inp] {
             return Err(Error::ShapeMismatch {

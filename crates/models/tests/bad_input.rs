@@ -180,7 +180,7 @@ fn checkpoints_of_other_models_are_recognised_as_such() {
 
     let files = TextEncoderFiles {
         weights: tiny_transformer(),
-        tokenizer: assets().join("tokenizer.json"),
+        tokenizer: Some(assets().join("tokenizer.json")),
         config: Some(assets().join("qwen3_tiny_config.json")),
     };
     let err =
@@ -192,7 +192,7 @@ fn checkpoints_of_other_models_are_recognised_as_such() {
 fn tiny_text_encoder_files(tokenizer: PathBuf) -> TextEncoderFiles {
     TextEncoderFiles {
         weights: assets().join("qwen3_tiny.safetensors"),
-        tokenizer,
+        tokenizer: Some(tokenizer),
         config: Some(assets().join("qwen3_tiny_config.json")),
     }
 }

@@ -66,7 +66,7 @@ fn models() -> Models {
     };
     let files = TextEncoderFiles {
         weights: assets().join("qwen3_tiny.safetensors"),
-        tokenizer: assets().join("tokenizer.json"),
+        tokenizer: Some(assets().join("tokenizer.json")),
         config: Some(assets().join("qwen3_tiny_config.json")),
     };
     let encoder = TextEncoder::load(&files, Some(&preset), DType::F32, &dev).unwrap();

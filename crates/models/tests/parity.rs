@@ -56,7 +56,7 @@ fn tiny_qwen3_preset() -> qwen3::Config {
 fn text_encoder() -> TextEncoder {
     let files = TextEncoderFiles {
         weights: assets().join("qwen3_tiny.safetensors"),
-        tokenizer: assets().join("tokenizer.json"),
+        tokenizer: Some(assets().join("tokenizer.json")),
         config: Some(assets().join("qwen3_tiny_config.json")),
     };
     TextEncoder::load(&files, Some(&tiny_qwen3_preset()), DType::F32, &Device::Cpu).unwrap()

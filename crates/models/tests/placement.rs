@@ -190,7 +190,7 @@ fn activation_estimate_grows_with_tokens_and_shrinks_with_chunking() {
 fn text_encoder() -> TextEncoder {
     let files = TextEncoderFiles {
         weights: tiny("text_encoders/qwen3-tiny.safetensors"),
-        tokenizer: tiny("text_encoders/qwen3-tiny.tokenizer.json"),
+        tokenizer: Some(tiny("text_encoders/qwen3-tiny.tokenizer.json")),
         config: Some(tiny("text_encoders/qwen3-tiny.config.json")),
     };
     let preset = qwen3::Config::from_file(&tiny("text_encoders/qwen3-tiny.config.json")).unwrap();

@@ -367,7 +367,7 @@ fn tiny_preset() -> qwen3::Config {
 fn encode(weights: &Path, config: Option<PathBuf>, preset: &qwen3::Config) -> Tensor {
     let files = TextEncoderFiles {
         weights: weights.to_path_buf(),
-        tokenizer: assets().join("tokenizer.json"),
+        tokenizer: Some(assets().join("tokenizer.json")),
         config,
     };
     TextEncoder::load(&files, Some(preset), DType::F32, &Device::Cpu)
@@ -386,7 +386,7 @@ fn bf16_yardstick(
 ) -> f64 {
     let files = TextEncoderFiles {
         weights: weights.to_path_buf(),
-        tokenizer: assets().join("tokenizer.json"),
+        tokenizer: Some(assets().join("tokenizer.json")),
         config,
     };
     let hidden = TextEncoder::load(&files, Some(preset), DType::BF16, &Device::Cpu)

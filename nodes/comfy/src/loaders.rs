@@ -192,10 +192,11 @@ impl ClipLoader {
             schema: NodeSchema::new("CLIPLoader", "Load CLIP", CATEGORY)
                 .doc(
                     "ComfyUI's CLIPLoader for FLUX.2 [klein] (type flux2): loads the Qwen3 text \
-                     encoder from <models>/text_encoders/ as LoadTextEncoder does. Its tokenizer \
-                     (and config) are found beside the weights: `<weights name>.tokenizer.json` \
-                     or `tokenizer.json` (`<weights name>.config.json` or `config.json`; without \
-                     one, Qwen3-4B or -8B by the weights' width).",
+                     encoder from <models>/text_encoders/ as LoadTextEncoder does (ComfyUI's \
+                     bf16, fp8 and fp8mixed files). Its tokenizer is `<weights name>.tokenizer.json` \
+                     or `tokenizer.json` beside the weights, else the Qwen3 tokenizer built into \
+                     Veetance; its config `<weights name>.config.json` or `config.json`, else \
+                     read from the tensor shapes (Qwen3-4B, -8B or another size).",
                 )
                 .param(file_param(
                     "clip_name",

@@ -304,7 +304,8 @@ impl LoadTextEncoder {
                     "",
                     Some("text_encoders"),
                     "The model's tokenizer.json. Empty: `<weights name>.tokenizer.json` or \
-                     `tokenizer.json` beside the weights.",
+                     `tokenizer.json` beside the weights, else the Qwen3 tokenizer built into \
+                     Veetance (as ComfyUI carries its own).",
                 )
                 .constant(),
             )
@@ -314,8 +315,8 @@ impl LoadTextEncoder {
                     "",
                     Some("text_encoders"),
                     "The model's config.json. Empty: `<weights name>.config.json` or \
-                     `config.json` beside the weights if present, else Qwen3-4B or -8B chosen by \
-                     the weights' width.",
+                     `config.json` beside the weights if present, else read from the tensor \
+                     shapes (a GGUF file: from its metadata).",
                 )
                 .constant(),
             )
@@ -340,7 +341,8 @@ impl Default for LoadTextEncoder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncoderFiles {
     pub weights: PathBuf,
-    pub tokenizer: PathBuf,
+    /// `None`: the built-in Qwen3 tokenizer.
+    pub tokenizer: Option<PathBuf>,
     pub config: Option<PathBuf>,
 }
 
@@ -371,7 +373,8 @@ fn encoder_files_of(params: &Params, env: &RunEnv) -> Result<EncoderFiles, (Stri
 
 /// Finds a text encoder's files: the weights `file` (a name in `<models>/text_encoders/` or a
 /// path); the tokenizer `tokenizer`, or when empty `<weights name>.tokenizer.json` or
-/// `tokenizer.json` beside the weights; the config `config`, or when empty
+/// `tokenizer.json` beside the weights, else none (the built-in Qwen3 tokenizer, as a ComfyUI
+/// models folder has no tokenizer file); the config `config`, or when empty
 /// `<weights name>.config.json` or `config.json` beside them if present. The error names the part
 /// that failed (`file`, `tokenizer` or `config`: LoadTextEncoder's params) and says why.
 pub fn encoder_files(
@@ -382,18 +385,30 @@ pub fn encoder_files(
 ) -> Result<EncoderFiles, (&'static str, String)> {
     let weights = files::resolve(file, "text_encoders", env).map_err(|m| ("file", m))?;
     let tokenizer = if tokenizer.is_empty() {
-        sibling(&weights, "tokenizer.json", "tokenizer.json").ok_or_else(|| {
-            (
-                "tokenizer",
-                format!(
-                    "no tokenizer found beside {}: put the model's tokenizer.json there (as \
-                     `tokenizer.json` or `<weights name>.tokenizer.json`) or set this param",
-                    weights.display()
-                ),
-            )
-        })?
+        let beside = sibling(&weights, "tokenizer.json", "tokenizer.json");
+        if beside.is_none() {
+            // The built-in Qwen3 tokenizer: checked against the embedding table now (the header
+            // alone), so that a model of another vocabulary is named before it is loaded.
+            if let Some(rows) = qwen3::embedding_rows(&weights) {
+                if rows < qwen3::BUILTIN_TOKENIZER_TOKENS {
+                    return Err((
+                        "tokenizer",
+                        format!(
+                            "no tokenizer beside {}, and {} ({} tokens) does not fit its \
+                             embedding table ({rows} rows): put the model's tokenizer.json \
+                             there (as `tokenizer.json` or `<weights name>.tokenizer.json`) or \
+                             set this param",
+                            weights.display(),
+                            qwen3::BUILTIN_TOKENIZER,
+                            qwen3::BUILTIN_TOKENIZER_TOKENS
+                        ),
+                    ));
+                }
+            }
+        }
+        beside
     } else {
-        files::resolve(tokenizer, "text_encoders", env).map_err(|m| ("tokenizer", m))?
+        Some(files::resolve(tokenizer, "text_encoders", env).map_err(|m| ("tokenizer", m))?)
     };
     let config = if config.is_empty() {
         sibling(&weights, "config.json", "config.json")
@@ -405,18 +420,6 @@ pub fn encoder_files(
         tokenizer,
         config,
     })
-}
-
-/// Qwen3-4B or -8B by the width of the embedding table.
-fn preset_by_width(weights: &Path) -> Option<qwen3::Config> {
-    let files = WeightFiles::open_path(weights).ok()?;
-    let shape = files
-        .shape("model.embed_tokens.weight")
-        .or_else(|| files.shape("embed_tokens.weight"))?;
-    match shape.get(1) {
-        Some(4096) => Some(qwen3::Config::qwen3_8b()),
-        _ => Some(qwen3::Config::qwen3_4b()),
-    }
 }
 
 impl NodeDef for LoadTextEncoder {
@@ -452,14 +455,15 @@ impl NodeDef for LoadTextEncoder {
 impl EncoderFiles {
     /// The files, for a loader's fingerprint.
     pub fn paths(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.weights.clone(), self.tokenizer.clone()];
+        let mut v = vec![self.weights.clone()];
+        v.extend(self.tokenizer.clone());
         v.extend(self.config.clone());
         v
     }
 }
 
-/// Loads the Qwen3 text encoder from `found` for `device` in `dtype` (Qwen3-4B or -8B by the
-/// weights' width when there is no config), left in host memory with a warning when the device
+/// Loads the Qwen3 text encoder from `found` for `device` in `dtype` (without a config, its
+/// configuration is read from the tensor shapes), left in host memory with a warning when the device
 /// room cannot hold it. LoadTextEncoder and ComfyUI's CLIPLoader.
 pub fn load_text_encoder(
     ctx: &ExecContext<'_>,
@@ -467,11 +471,6 @@ pub fn load_text_encoder(
     device: Device,
     dtype: DType,
 ) -> Result<TextEncoderHandle, NodeError> {
-    let preset = if found.config.is_none() {
-        preset_by_width(&found.weights)
-    } else {
-        None
-    };
     // Every tensor of the file but the LM head: an upper bound (the layers past the last one
     // the encoder needs are not loaded either).
     let needed = weight_bytes(
@@ -494,7 +493,7 @@ pub fn load_text_encoder(
             tokenizer: found.tokenizer.clone(),
             config: found.config.clone(),
         },
-        preset.as_ref(),
+        None,
         dtype,
         &load_on,
     )
@@ -604,4 +603,47 @@ pub fn load_vae(path: PathBuf, device: Device, dtype: DType) -> Result<VaeHandle
         file: path,
         offloaded: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    /// A text-encoder file holding only its embedding table, `rows` x 1.
+    fn embedding_only(dir: &Path, name: &str, rows: usize) -> PathBuf {
+        let path = dir.join(name);
+        let table = Tensor::zeros((rows, 1), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("model.embed_tokens.weight".to_string(), table)]),
+            &path,
+        )
+        .unwrap();
+        path
+    }
+
+    /// A ComfyUI models folder has no tokenizer beside `qwen_3_4b.safetensors`: the built-in one
+    /// is used when it fits the embedding table, and refused by param when it does not.
+    #[test]
+    fn without_a_tokenizer_file_the_builtin_one_is_used_when_it_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = RunEnv::default();
+        let qwen = embedding_only(dir.path(), "qwen_3_4b.safetensors", 151_936);
+        let found = encoder_files(&qwen.to_string_lossy(), "", "", &env).unwrap();
+        assert_eq!((found.tokenizer, found.config), (None, None));
+
+        let other = embedding_only(dir.path(), "other.safetensors", 360);
+        let (param, message) = encoder_files(&other.to_string_lossy(), "", "", &env).unwrap_err();
+        assert_eq!(param, "tokenizer");
+        assert!(
+            message.contains("360 rows") && message.contains("other.safetensors"),
+            "{message}"
+        );
+
+        // A tokenizer beside the weights is still taken first.
+        let beside = dir.path().join("other.tokenizer.json");
+        std::fs::write(&beside, "{}").unwrap();
+        let found = encoder_files(&other.to_string_lossy(), "", "", &env).unwrap();
+        assert_eq!(found.tokenizer, Some(beside));
+    }
 }

@@ -107,7 +107,7 @@ fn text_encoder() -> Value {
     let encoder = qwen3::TextEncoder::load(
         &qwen3::TextEncoderFiles {
             weights: tiny("text_encoders/qwen3-tiny.safetensors"),
-            tokenizer: tiny("text_encoders/qwen3-tiny.tokenizer.json"),
+            tokenizer: Some(tiny("text_encoders/qwen3-tiny.tokenizer.json")),
             config: Some(tiny("text_encoders/qwen3-tiny.config.json")),
         },
         None,

@@ -62,7 +62,7 @@ fn resnet(cin: u64, cout: u64, hw: u64) -> u64 {
 /// The VAE decoder (with `post_quant_conv`) for a `width` x `height` image.
 pub fn vae_decode(cfg: &vae::Config, width: u64, height: u64) -> u64 {
     let z = cfg.latent_channels as u64;
-    let ch: Vec<u64> = cfg.block_out_channels.iter().map(|&c| c as u64).collect();
+    let ch: Vec<u64> = cfg.decoder_channels().iter().map(|&c| c as u64).collect();
     let Some(&top) = ch.last() else { return 0 };
     let (mut h, mut w) = (height / 8, width / 8);
     let mut f = conv(z, z, 1, h * w); // post_quant_conv

@@ -258,7 +258,7 @@ pub struct BenchArgs {
     pub text_encoder: Option<PathBuf>,
 
     /// The text encoder's tokenizer.json (default: `<weights name>.tokenizer.json` or
-    /// `tokenizer.json` beside the weights).
+    /// `tokenizer.json` beside the weights, else the built-in Qwen3 tokenizer).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
 
@@ -919,14 +919,10 @@ impl Setup {
             .vae
             .as_deref()
             .ok_or_else(|| anyhow!("--vae is needed"))?;
+        // Without one beside the weights: the built-in Qwen3 tokenizer.
         let tokenizer = match &args.tokenizer {
-            Some(t) => t.clone(),
-            None => sibling(te, "tokenizer.json", "tokenizer.json").ok_or_else(|| {
-                anyhow!(
-                    "no tokenizer beside {}: pass --tokenizer FILE",
-                    te.display()
-                )
-            })?,
+            Some(t) => Some(t.clone()),
+            None => sibling(te, "tokenizer.json", "tokenizer.json"),
         };
         let files = qwen3::TextEncoderFiles {
             weights: te.to_path_buf(),

@@ -9,14 +9,20 @@
 //!
 //! The prompt goes through Qwen's chat template with thinking disabled:
 //! `<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n`,
-//! is tokenized with the model's `tokenizer.json`, truncated to `max_length` (512) and right-padded
-//! with the tokenizer's pad token (`<|endoftext|>`).
+//! is tokenized with the model's `tokenizer.json` (or, when none is given, the Qwen3 tokenizer built
+//! into Veetance: [`builtin_tokenizer`]), truncated to `max_length` (512) and right-padded with the
+//! tokenizer's pad token (`<|endoftext|>`).
 //!
 //! Weights: HF safetensors (`model.layers.N...`, or without the `model.` prefix), or a llama.cpp
 //! GGUF file (`token_embd`, `blk.N.attn_q`, `attn_q_norm`, `ffn_gate`, ...; Qwen3 needs no
 //! q/k row permutation, its RoPE is the half-split one in both) whose quantized linear weights
 //! stay quantized. A GGUF file's configuration comes from its `qwen3.*` metadata unless a
-//! `config.json` is given; the tokenizer is always `tokenizer.json` found beside it.
+//! `config.json` is given. Without a `config.json`, a safetensors file's configuration is read from
+//! its tensor shapes ([`Config::from_tensors`]), as ComfyUI's loaders do.
+//!
+//! ComfyUI's `*_fp8mixed` files (some linears float8_e4m3fn with a per-tensor `weight_scale`, the
+//! rest bf16, described by `.comfy_quant` tensors or the header's `_quantization_metadata`) load
+//! with their fp8 linears kept in fp8; see [`crate::weights`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +36,36 @@ use crate::gguf::{is_gguf, GgufFile, MetaValue};
 use crate::placement::{move_tensor, tensor_bytes, Movable, TensorFn, WeightBytes};
 use crate::qlinear::{embedding, linear_no_bias, LinearFormat, QLinear, WeightBuilder};
 use crate::staging::{stream_parts, HostStage};
-use crate::weights::{build_quantizable, guess_model_kind, Source, TensorStore, WeightFiles};
+use crate::weights::{
+    build_quantizable, guess_model_kind, Source, TensorIndex, TensorStore, WeightFiles,
+};
+
+mod tokenizer;
+pub use tokenizer::{
+    builtin as builtin_tokenizer, BUILTIN_NAME as BUILTIN_TOKENIZER,
+    BUILTIN_TOKENS as BUILTIN_TOKENIZER_TOKENS,
+};
+
+/// The rows of a text encoder's embedding table, read from the file's header only (safetensors
+/// in HF naming, or GGUF); `None` when the file cannot be read or has no such table.
+pub fn embedding_rows(weights: &Path) -> Option<usize> {
+    if weights.is_file() && is_gguf(weights) {
+        let file = GgufFile::open(weights).ok()?;
+        return [
+            "token_embd.weight",
+            "model.embed_tokens.weight",
+            "embed_tokens.weight",
+        ]
+        .iter()
+        .find_map(|n| file.logical_shape(n))
+        .and_then(|s| s.first().copied());
+    }
+    let files = WeightFiles::open_path(weights).ok()?;
+    ["model.embed_tokens.weight", "embed_tokens.weight"]
+        .iter()
+        .find_map(|n| files.shape(n))
+        .and_then(|s| s.first().copied())
+}
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -146,6 +181,86 @@ impl Config {
             rope_theta: get("rope.freq_base")
                 .and_then(MetaValue::as_f64)
                 .unwrap_or_else(default_theta),
+            output_layers: default_output_layers(),
+            max_length: default_max_length(),
+        })
+    }
+
+    /// The configuration read from the tensor shapes of an HF-named checkpoint (with or without
+    /// the `model.` prefix): vocabulary and hidden size from `embed_tokens`, the layer count from
+    /// the `layers.N.` names, head_dim from `q_norm`, the head counts from `q_proj`/`k_proj`, the
+    /// MLP width from `gate_proj`. rms_norm_eps (1e-6) and rope_theta (1e6) are Qwen3's, as in
+    /// ComfyUI's `Qwen3_4BConfig`/`Qwen3_8BConfig`; the encoder's own settings take their defaults.
+    pub fn from_tensors(files: &dyn TensorIndex) -> Result<Self> {
+        let names = files.tensor_names();
+        let prefix = if names.contains(&"model.embed_tokens.weight") {
+            "model."
+        } else {
+            ""
+        };
+        let shape = |name: &str, rank: usize| -> Result<Vec<usize>> {
+            let full = format!("{prefix}{name}");
+            match files.tensor_shape(&full) {
+                Some(s) if s.len() == rank && s.iter().all(|&d| d > 0) => Ok(s),
+                Some(s) => Err(Error::Config {
+                    path: files.first_path().to_path_buf(),
+                    reason: format!(
+                        "cannot read the configuration from the tensors: `{full}` has shape \
+                         {s:?}; give the model's config.json beside the weights"
+                    ),
+                }),
+                None => Err(Error::Config {
+                    path: files.first_path().to_path_buf(),
+                    reason: format!(
+                        "cannot read the configuration from the tensors: `{full}` is missing \
+                         (found {}); give the model's config.json beside the weights",
+                        guess_model_kind(files)
+                    ),
+                }),
+            }
+        };
+        let embed = shape("embed_tokens.weight", 2)?;
+        let (vocab_size, hidden_size) = (embed[0], embed[1]);
+        let layer_prefix = format!("{prefix}layers.");
+        let num_hidden_layers = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(layer_prefix.as_str()))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |i| i + 1);
+        let head_dim = shape("layers.0.self_attn.q_norm.weight", 1)?[0];
+        let q = shape("layers.0.self_attn.q_proj.weight", 2)?;
+        let k = shape("layers.0.self_attn.k_proj.weight", 2)?;
+        let gate = shape("layers.0.mlp.gate_proj.weight", 2)?;
+        let bad = |reason: String| Error::Config {
+            path: files.first_path().to_path_buf(),
+            reason: format!(
+                "cannot read the configuration from the tensors: {reason}; give the model's \
+                 config.json beside the weights"
+            ),
+        };
+        if q[0] % head_dim != 0 || k[0] % head_dim != 0 {
+            return Err(bad(format!(
+                "q_proj ({q:?}) and k_proj ({k:?}) rows are not multiples of head_dim {head_dim} \
+                 (from q_norm)"
+            )));
+        }
+        if q[1] != hidden_size || k[1] != hidden_size || gate[1] != hidden_size {
+            return Err(bad(format!(
+                "q_proj {q:?}, k_proj {k:?} and gate_proj {gate:?} do not all read the hidden size \
+                 {hidden_size} of embed_tokens"
+            )));
+        }
+        Ok(Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size: gate[0],
+            num_hidden_layers,
+            num_attention_heads: q[0] / head_dim,
+            num_key_value_heads: k[0] / head_dim,
+            head_dim: Some(head_dim),
+            rms_norm_eps: default_eps(),
+            rope_theta: default_theta(),
             output_layers: default_output_layers(),
             max_length: default_max_length(),
         })
@@ -606,17 +721,59 @@ pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32)> {
         return Err(tok_err("file not found".into()));
     }
     let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(e.to_string()))?;
+    let pad_id = qwen_pad_id(&tokenizer).map_err(tok_err)?;
+    Ok((tokenizer, pad_id))
+}
+
+/// The pad id of a Qwen tokenizer, or why it is not one.
+fn qwen_pad_id(tokenizer: &tokenizers::Tokenizer) -> std::result::Result<u32, String> {
     let pad_id = tokenizer
         .get_padding()
         .map(|p| p.pad_id)
         .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
-        .ok_or_else(|| tok_err("no padding configured and no <|endoftext|> token".into()))?;
+        .ok_or("no padding configured and no <|endoftext|> token")?;
     for special in ["<|im_start|>", "<|im_end|>"] {
         if tokenizer.token_to_id(special).is_none() {
-            return Err(tok_err(format!("not a Qwen tokenizer: no {special} token")));
+            return Err(format!("not a Qwen tokenizer: no {special} token"));
         }
     }
-    Ok((tokenizer, pad_id))
+    Ok(pad_id)
+}
+
+/// Every id the tokenizer can produce must have a row in the embedding table; a tokenizer of
+/// another vocabulary (the built-in Qwen3 one beside a model of another family, or the wrong
+/// file) is refused, naming the files.
+fn check_vocab(
+    tokenizer: &tokenizers::Tokenizer,
+    files: &TextEncoderFiles,
+    cfg: &Config,
+) -> Result<()> {
+    let tokens = tokenizer.get_vocab_size(true);
+    if tokens <= cfg.vocab_size {
+        return Ok(());
+    }
+    let (path, what, fix) = match &files.tokenizer {
+        Some(p) => (
+            p.clone(),
+            format!("{} has {tokens} tokens", p.display()),
+            "give the tokenizer.json that came with this model",
+        ),
+        None => (
+            files.weights.clone(),
+            format!("{BUILTIN_TOKENIZER} has {tokens} tokens"),
+            "put the model's tokenizer.json beside the weights (as `tokenizer.json` or \
+             `<weights name>.tokenizer.json`)",
+        ),
+    };
+    Err(Error::Tokenizer {
+        path,
+        reason: format!(
+            "{what} but the embedding table of {} has {} rows, so this is not the model's \
+             vocabulary; {fix}",
+            files.weights.display(),
+            cfg.vocab_size
+        ),
+    })
 }
 
 /// How a checkpoint names the encoder's tensors.
@@ -666,14 +823,20 @@ pub fn llama_cpp_name(name: &str) -> String {
 pub struct TextEncoderFiles {
     /// A `.safetensors` file, a folder of shards, or a `.gguf` file.
     pub weights: PathBuf,
-    pub tokenizer: PathBuf,
-    /// `config.json`; `None` uses `preset`.
+    /// The model's `tokenizer.json`; `None` uses the built-in Qwen3 tokenizer
+    /// ([`builtin_tokenizer`]).
+    pub tokenizer: Option<PathBuf>,
+    /// `config.json`; `None` reads the configuration from the GGUF metadata or the tensor shapes
+    /// ([`Config::from_tensors`]), else uses `preset`.
     pub config: Option<PathBuf>,
 }
 
 impl TextEncoder {
-    /// Loads weights, tokenizer and configuration. `preset` (e.g. `Config::qwen3_4b()`) is used when
-    /// `files.config` is `None`; `output_layers` and `max_length` always come from `preset` when given.
+    /// Loads weights, tokenizer and configuration. The configuration is `files.config`, else a GGUF
+    /// file's metadata, else read from the tensor shapes ([`Config::from_tensors`]), else `preset`
+    /// (e.g. `Config::qwen3_4b()`); `output_layers` and `max_length` always come from `preset`
+    /// when given. Without `files.tokenizer` the built-in Qwen3 tokenizer is used; either way its
+    /// ids must fit the embedding table.
     pub fn load(
         files: &TextEncoderFiles,
         preset: Option<&Config>,
@@ -686,11 +849,19 @@ impl TextEncoder {
         } else {
             None
         };
-        let mut cfg = match (&files.config, preset, &gguf) {
+        let safetensors = match &gguf {
+            Some(_) => None,
+            None => Some(Arc::new(WeightFiles::open_path(&files.weights)?)),
+        };
+        let mut cfg = match (&files.config, &gguf, &safetensors) {
             (Some(path), _, _) => Config::from_file(path)?,
-            (None, _, Some(g)) if g.contains("token_embd.weight") => Config::from_gguf(g)?,
-            (None, Some(p), _) => p.clone(),
-            (None, None, _) => Config::qwen3_4b(),
+            (None, Some(g), _) if g.contains("token_embd.weight") => Config::from_gguf(g)?,
+            (None, _, Some(w)) => match (Config::from_tensors(w.as_ref()), preset) {
+                (Ok(c), _) => c,
+                (Err(_), Some(p)) => p.clone(),
+                (Err(e), None) => return Err(e),
+            },
+            (None, _, _) => preset.cloned().unwrap_or_else(Config::qwen3_4b),
         };
         if let Some(p) = preset {
             cfg.output_layers.clone_from(&p.output_layers);
@@ -703,9 +874,26 @@ impl TextEncoder {
                 .unwrap_or_else(|| files.weights.clone()),
             reason,
         })?;
-        let (tokenizer, pad_id) = load_tokenizer(&files.tokenizer)?;
-        let (store, naming): (Arc<dyn TensorStore>, Naming) = match gguf {
-            Some(g) => {
+        let (tokenizer, pad_id) = match &files.tokenizer {
+            Some(path) => {
+                let (t, pad) = load_tokenizer(path)?;
+                (Arc::new(t), pad)
+            }
+            None => {
+                let builtin = builtin_tokenizer().map_err(|reason| Error::Tokenizer {
+                    path: files.weights.clone(),
+                    reason,
+                })?;
+                let pad = qwen_pad_id(&builtin).map_err(|reason| Error::Tokenizer {
+                    path: files.weights.clone(),
+                    reason,
+                })?;
+                (builtin, pad)
+            }
+        };
+        check_vocab(&tokenizer, files, &cfg)?;
+        let (store, naming): (Arc<dyn TensorStore>, Naming) = match (gguf, safetensors) {
+            (Some(g), _) => {
                 let naming = if g.contains("token_embd.weight") {
                     Naming::LlamaCpp
                 } else if g.contains("model.embed_tokens.weight") {
@@ -721,8 +909,7 @@ impl TextEncoder {
                 };
                 (g, naming)
             }
-            None => {
-                let weights = Arc::new(WeightFiles::open_path(&files.weights)?);
+            (None, Some(weights)) => {
                 // HF files name it `model.embed_tokens`; some exports drop the `model.` prefix.
                 let naming = if weights.contains("model.embed_tokens.weight") {
                     Naming::Hf
@@ -737,6 +924,12 @@ impl TextEncoder {
                 };
                 (weights, naming)
             }
+            (None, None) => {
+                return Err(Error::InvalidInput(format!(
+                    "{}: no weights were opened",
+                    files.weights.display()
+                )))
+            }
         };
         let map = move |n: &str| match naming {
             Naming::Hf => Source::Name(n.to_string()),
@@ -750,7 +943,7 @@ impl TextEncoder {
         })?;
         Ok(Self {
             model,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer,
             pad_id,
         })
     }

@@ -18,6 +18,12 @@
 //! Both BFL names (`decoder.up.0.block.0...`, `encoder.quant_conv`, `decoder.post_quant_conv`) and
 //! diffusers names (`decoder.up_blocks.3.resnets.0...`, top-level `quant_conv`) load; the
 //! diffusers mid-block attention linears are read as BFL's 1x1 convolutions.
+//!
+//! The decoder may be narrower than the encoder: BFL's FLUX.2 small decoder
+//! (`full_encoder_small_decoder.safetensors` in ComfyUI's templates) keeps the full encoder and
+//! a decoder of the same levels with fewer channels (diffusers' `decoder_block_out_channels`;
+//! ComfyUI's `comfy/sd.py` takes the decoder's base width from `decoder.conv_in.weight`). Without a
+//! `config.json` the widths of both are read from the tensor shapes ([`Config::from_tensors`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,7 +42,9 @@ use decoder::{Conv, Decoder};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::placement::{TensorFn, WeightBytes};
-use crate::weights::{build_model_recorded, guess_model_kind, Source, TensorList, WeightFiles};
+use crate::weights::{
+    build_model_recorded, guess_model_kind, Source, TensorIndex, TensorList, WeightFiles,
+};
 
 /// The VAE hyper-parameters (diffusers `config.json` names).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,7 +52,10 @@ use crate::weights::{build_model_recorded, guess_model_kind, Source, TensorList,
 pub struct Config {
     pub in_channels: usize,
     pub out_channels: usize,
+    /// The encoder's width per level (and the decoder's, unless `decoder_block_out_channels`).
     pub block_out_channels: Vec<usize>,
+    /// The decoder's width per level when it differs from the encoder's (a small decoder).
+    pub decoder_block_out_channels: Option<Vec<usize>>,
     pub layers_per_block: usize,
     pub latent_channels: usize,
     pub norm_num_groups: usize,
@@ -64,6 +75,7 @@ impl Config {
             in_channels: 3,
             out_channels: 3,
             block_out_channels: vec![128, 256, 512, 512],
+            decoder_block_out_channels: None,
             layers_per_block: 2,
             latent_channels: 32,
             norm_num_groups: 32,
@@ -83,39 +95,126 @@ impl Config {
         })
     }
 
-    fn validate(&self) -> std::result::Result<ldm::Config, String> {
-        let ch = *self
-            .block_out_channels
-            .first()
-            .ok_or("block_out_channels is empty")?;
+    /// The decoder's width per level.
+    pub fn decoder_channels(&self) -> &[usize] {
+        self.decoder_block_out_channels
+            .as_deref()
+            .unwrap_or(&self.block_out_channels)
+    }
+
+    /// The configuration read from the tensor shapes of a BFL-named or diffusers-named VAE: the
+    /// levels and per-level widths of the encoder (`down.N.block.0.conv1`) and of the decoder
+    /// (`up.N.block.0.conv1`) apart, the resnets per level, the latent, input and output channels.
+    pub fn from_tensors(files: &dyn TensorIndex) -> Result<Self> {
+        let diffusers = files
+            .tensor_shape("decoder.up_blocks.0.resnets.0.conv1.weight")
+            .is_some();
+        let encoder_level = |i: usize| {
+            if diffusers {
+                format!("encoder.down_blocks.{i}.resnets")
+            } else {
+                format!("encoder.down.{i}.block")
+            }
+        };
+        let levels = (0..)
+            .take_while(|&i| {
+                files
+                    .tensor_shape(&format!("{}.0.conv1.weight", encoder_level(i)))
+                    .is_some()
+            })
+            .count();
+        let missing = |name: &str| Error::Config {
+            path: files.first_path().to_path_buf(),
+            reason: format!(
+                "cannot read the VAE's configuration from its tensors: `{name}` is missing or not \
+                 a convolution (found {})",
+                guess_model_kind(files)
+            ),
+        };
+        let dim = |name: String, axis: usize| -> Result<usize> {
+            files
+                .tensor_shape(&name)
+                .filter(|s| s.len() == 4)
+                .map(|s| s[axis])
+                .ok_or_else(|| missing(&name))
+        };
+        if levels == 0 {
+            return Err(missing(&format!("{}.0.conv1.weight", encoder_level(0))));
+        }
+        let encoder = (0..levels)
+            .map(|i| dim(format!("{}.0.conv1.weight", encoder_level(i)), 0))
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..levels)
+            .map(|i| {
+                let name = if diffusers {
+                    format!(
+                        "decoder.up_blocks.{}.resnets.0.conv1.weight",
+                        levels - 1 - i
+                    )
+                } else {
+                    format!("decoder.up.{i}.block.0.conv1.weight")
+                };
+                dim(name, 0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layers_per_block = (0..)
+            .take_while(|&j| {
+                files
+                    .tensor_shape(&format!("{}.{j}.conv1.weight", encoder_level(0)))
+                    .is_some()
+            })
+            .count();
+        Ok(Self {
+            in_channels: dim("encoder.conv_in.weight".into(), 1)?,
+            out_channels: dim("decoder.conv_out.weight".into(), 0)?,
+            decoder_block_out_channels: (decoder != encoder).then_some(decoder),
+            block_out_channels: encoder,
+            layers_per_block,
+            latent_channels: dim("decoder.conv_in.weight".into(), 1)?,
+            ..Self::flux2()
+        })
+    }
+
+    /// candle's configurations of the encoder and of the decoder.
+    fn validate(&self) -> std::result::Result<(ldm::Config, ldm::Config), String> {
         if self.norm_num_groups != 32 {
             return Err(format!(
                 "norm_num_groups {} is not supported (the FLUX VAE uses 32)",
                 self.norm_num_groups
             ));
         }
-        if ch == 0
-            || self
-                .block_out_channels
-                .iter()
-                .any(|c| c % ch != 0 || c % 32 != 0)
-        {
+        let part = |what: &str, widths: &[usize]| {
+            let ch = *widths.first().ok_or_else(|| format!("{what} is empty"))?;
+            if ch == 0 || widths.iter().any(|c| c % ch != 0 || c % 32 != 0) {
+                return Err(format!(
+                    "{what} {widths:?} must be multiples of the first one and of 32"
+                ));
+            }
+            Ok(ldm::Config {
+                resolution: 256,
+                in_channels: self.in_channels,
+                ch,
+                out_ch: self.out_channels,
+                ch_mult: widths.iter().map(|c| c / ch).collect(),
+                num_res_blocks: self.layers_per_block,
+                z_channels: self.latent_channels,
+                scale_factor: 1.0,
+                shift_factor: 0.0,
+            })
+        };
+        let encoder = part("block_out_channels", &self.block_out_channels)?;
+        let decoder = part("decoder_block_out_channels", self.decoder_channels())?;
+        if decoder.ch_mult.len() != encoder.ch_mult.len() {
             return Err(format!(
-                "block_out_channels {:?} must be multiples of the first one and of 32",
+                "the decoder has {} levels and the encoder {}: decoder_block_out_channels {:?} \
+                 must have one width per level of block_out_channels {:?}",
+                decoder.ch_mult.len(),
+                encoder.ch_mult.len(),
+                self.decoder_channels(),
                 self.block_out_channels
             ));
         }
-        Ok(ldm::Config {
-            resolution: 256,
-            in_channels: self.in_channels,
-            ch,
-            out_ch: self.out_channels,
-            ch_mult: self.block_out_channels.iter().map(|c| c / ch).collect(),
-            num_res_blocks: self.layers_per_block,
-            z_channels: self.latent_channels,
-            scale_factor: 1.0,
-            shift_factor: 0.0,
-        })
+        Ok((encoder, decoder))
     }
 }
 
@@ -148,13 +247,13 @@ pub struct Flux2Vae {
 impl Flux2Vae {
     /// Builds from a `VarBuilder` in BFL naming.
     pub fn new(cfg: &Config, parts: Parts, vb: VarBuilder) -> candle_core::Result<Self> {
-        let ldm_cfg = cfg.validate().map_err(candle_core::Error::Msg)?;
+        let (encoder_cfg, decoder_cfg) = cfg.validate().map_err(candle_core::Error::Msg)?;
         let z = cfg.latent_channels;
         let patched = 4 * z;
         let encoder = match parts {
             Parts::Decoder => None,
             Parts::EncoderAndDecoder => Some((
-                ldm::Encoder::new(&ldm_cfg, vb.pp("encoder"))?,
+                ldm::Encoder::new(&encoder_cfg, vb.pp("encoder"))?,
                 conv2d(
                     2 * z,
                     2 * z,
@@ -164,7 +263,7 @@ impl Flux2Vae {
                 )?,
             )),
         };
-        let decoder = Decoder::new(&ldm_cfg, vb.pp("decoder"))?;
+        let decoder = Decoder::new(&decoder_cfg, vb.pp("decoder"))?;
         let post_quant_conv = Conv::new(z, z, 1, 1, 0, vb.pp("decoder.post_quant_conv"))?;
         // Statistics stay in f32 whatever the weights' dtype.
         let bn = vb.pp("bn").set_dtype(DType::F32);
@@ -232,6 +331,11 @@ impl Flux2Vae {
         self
     }
 
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// How many weight tensors the VAE was loaded from.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
@@ -254,7 +358,8 @@ impl Flux2Vae {
     /// An estimate of the device bytes a whole decode of a `(B, 128, h, w)` latent needs beyond
     /// the weights. Convolutions lower to im2col and a matmul, so the widest full-resolution
     /// convolution dominates: the last level's upsampler and first resnet conv read
-    /// `block_out_channels[1]` channels at full resolution, whose im2col buffer holds nine values
+    /// the decoder's `block_out_channels[1]` channels (its own widths: a small decoder's are
+    /// narrower than the encoder's) at full resolution, whose im2col buffer holds nine values
     /// per input channel and pixel; beside it the input, the output and its layout copy, and the
     /// group norm's f32 copies. With a margin of 1.5x. On candle's path a whole 1024² decode in
     /// bf16 peaked at 10.6 GiB on the H200; this gives 11.3 GiB. Our CUDA kernels
@@ -263,7 +368,7 @@ impl Flux2Vae {
     /// the buffer is capped and the norm term goes (not yet measured on the GPU).
     pub fn decode_bytes(&self, batch: usize, h: usize, w: usize) -> u64 {
         let pixels = (batch * h * w * 256) as u64; // 16x upscale on both axes
-        let chans = &self.cfg.block_out_channels;
+        let chans = self.cfg.decoder_channels();
         let c0 = chans.first().copied().unwrap_or(128) as u64;
         let c1 = chans.get(1).copied().unwrap_or(2 * c0 as usize) as u64;
         let s = self.dtype.size_in_bytes() as u64;
@@ -451,9 +556,10 @@ pub fn diffusers_source(name: &str, num_levels: usize) -> Source {
     Source::Name(format!("{part}.{mapped}"))
 }
 
-/// Loads the FLUX.2 VAE from a BFL file (`flux2-vae.safetensors`/`ae.safetensors`) or a diffusers
-/// `vae/` folder, in `dtype` on `device`. `config`: `None` reads `config.json` beside a diffusers
-/// folder or takes [`Config::flux2`].
+/// Loads the FLUX.2 VAE from a BFL file (`flux2-vae.safetensors`/`ae.safetensors`, or the small
+/// decoder's `full_encoder_small_decoder.safetensors`) or a diffusers `vae/` folder, in `dtype` on
+/// `device`. `config`: `None` reads `config.json` in a diffusers folder, else the configuration
+/// is read from the tensor shapes ([`Config::from_tensors`]), else [`Config::flux2`].
 pub fn load_vae(
     path: &Path,
     config: Option<&Config>,
@@ -470,7 +576,7 @@ pub fn load_vae(
             if path.is_dir() && json.is_file() {
                 Config::from_file(&json)?
             } else {
-                Config::flux2()
+                Config::from_tensors(files.as_ref()).unwrap_or_else(|_| Config::flux2())
             }
         }
     };
