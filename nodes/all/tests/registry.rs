@@ -62,6 +62,10 @@ fn node_checks_accept_the_defaults_except_for_files_to_choose() {
     let reg = veetance_nodes::registry();
     let env = RunEnv::default();
     for schema in reg.schemas() {
+        // Registered only to be refused with the reason (see its doc): its check always fails.
+        if schema.type_name == "FluxKVCache" {
+            continue;
+        }
         let def = reg.get(&schema.type_name).unwrap();
         let defaults = Params(
             schema

@@ -178,7 +178,7 @@ pub struct FluxKvCache {
 impl FluxKvCache {
     pub fn new() -> Self {
         FluxKvCache {
-            schema: NodeSchema::new("FluxKVCache", "Flux KV Cache", "")
+            schema: NodeSchema::new("FluxKVCache", "Flux KV Cache", "advanced/model")
                 .doc(
                     "ComfyUI's FluxKVCache (KV cache for reference images). Not supported by \
                      Veetance yet: a graph with it is refused.",
