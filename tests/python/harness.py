@@ -15,9 +15,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,39 @@ MODEL_FILES = {
     "text_encoders/qwen_3_4b.tokenizer.json": TINY / "text_encoders/qwen3-tiny.tokenizer.json",
     "text_encoders/qwen_3_4b.config.json": TINY / "text_encoders/qwen3-tiny.config.json",
     "vae/flux2-vae.safetensors": TINY / "vae/flux2-vae-tiny",
+    # The edit template's scaled-fp8 checkpoint: the tiny transformer in ComfyUI's fp8 format
+    # (`.comfy_quant` per layer, `weight_scale`), made by .verify/files/make_fixtures.py.
+    "diffusion_models/flux-2-klein-4b-fp8.safetensors": REPO
+    / "assets/files/flux2_tiny_fp8_comfy_quant.safetensors",
 }
+
+
+TEMPLATE_PACKAGE = "comfyui-workflow-templates-json==0.1.123"
+TEMPLATE_WHEEL = "comfyui_workflow_templates_json-0.1.123-py3-none-any.whl"
+TEMPLATE_DIR = "comfyui_workflow_templates_json/templates"
+
+
+def published_template(name: str, request, tmp_path_factory) -> Path:
+    """ComfyUI's template `name` as published in comfyui-workflow-templates-json 0.1.123: from
+    $VEETANCE_COMFY_TEMPLATES (the templates folder .ci/run unpacks from the same wheel) when it
+    holds it, else unpacked from the wheel, downloaded once into pytest's cache folder (which git
+    ignores). Never committed: it is a third party's file."""
+    unpacked = Path(os.environ.get("VEETANCE_COMFY_TEMPLATES", "/nonexistent")) / name
+    path = tmp_path_factory.mktemp("template") / name
+    if unpacked.is_file():
+        path.write_bytes(unpacked.read_bytes())
+        return path
+    cache = Path(request.config.cache.mkdir("comfyui-templates"))
+    wheel = cache / TEMPLATE_WHEEL
+    if not wheel.is_file():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "--quiet", TEMPLATE_PACKAGE, "--dest", str(cache)],
+            check=True,
+        )
+    with zipfile.ZipFile(wheel) as archive:
+        path.write_bytes(archive.read(f"{TEMPLATE_DIR}/{name}"))
+    return path
 
 
 def veetance_bin() -> Path:

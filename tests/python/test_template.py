@@ -20,20 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from harness import REPO, http_json, png_pixels, run_headless
+from harness import REPO, http_json, png_pixels, published_template, run_headless
 
-TEMPLATE_PACKAGE = "comfyui-workflow-templates-json==0.1.123"
-TEMPLATE_WHEEL = "comfyui_workflow_templates_json-0.1.123-py3-none-any.whl"
 TEMPLATE_MEMBER = "comfyui_workflow_templates_json/templates/image_flux2_klein_text_to_image.json"
 NATIVE_WORKFLOW = REPO / "workflows" / "flux2-klein-tiny-comfy-equivalent.ron"
 RUN_TIMEOUT = 1800
@@ -41,28 +36,7 @@ RUN_TIMEOUT = 1800
 
 @pytest.fixture(scope="session")
 def template_path(request, tmp_path_factory) -> Path:
-    """The template's JSON as published: from $VEETANCE_COMFY_TEMPLATES (the templates folder
-    .ci/run unpacks from the same wheel) when it holds it, else unpacked from the wheel,
-    downloaded once into pytest's cache folder (which git ignores)."""
-    unpacked = Path(os.environ.get("VEETANCE_COMFY_TEMPLATES", "/nonexistent"))
-    unpacked = unpacked / Path(TEMPLATE_MEMBER).name
-    if unpacked.is_file():
-        path = tmp_path_factory.mktemp("template") / unpacked.name
-        path.write_bytes(unpacked.read_bytes())
-        return path
-    cache = Path(request.config.cache.mkdir("comfyui-templates"))
-    wheel = cache / TEMPLATE_WHEEL
-    if not wheel.is_file():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "--quiet", TEMPLATE_PACKAGE, "--dest", str(cache)],
-            check=True,
-        )
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(TEMPLATE_MEMBER)
-    path = tmp_path_factory.mktemp("template") / Path(TEMPLATE_MEMBER).name
-    path.write_bytes(data)
-    return path
+    return published_template(Path(TEMPLATE_MEMBER).name, request, tmp_path_factory)
 
 
 def post_prompt(server, prompt: dict) -> str:
