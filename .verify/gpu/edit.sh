@@ -11,7 +11,8 @@
 # 1024x1024 and a 768x1024 image made by make_references below (smooth gradients + noise).
 # tiny: on a CPU in f32 (binary: $VEETANCE or target/{release,debug}/veetance, python: $PYTHON).
 # Environment: OUT (/tmp/edit-out), SIZE (1024; tiny 64), ITERS (3; tiny 1), VARIANT_ARGS
-# (our attention/compile flags; default "--attention flash --compiled" on 4b).
+# (our attention/compile flags; default "--attention flash --compiled" on 4b), DIFFUSERS_COMPILE
+# (1: diffusers also under torch.compile; 0: eager only).
 set -uo pipefail
 VARIANT=${1:-4b}
 OUT=${OUT:-/tmp/edit-out}
@@ -23,7 +24,8 @@ case "$VARIANT" in
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     export LD_LIBRARY_PATH=$($PY -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
     [ -x .gpu/veetance ] || { xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance; } || exit 1
-    BIN=${VEETANCE:-.gpu/veetance}; FLAGS=${VARIANT_ARGS:---attention flash --compiled}; COMPILE=
+    BIN=${VEETANCE:-.gpu/veetance}; FLAGS=${VARIANT_ARGS:---attention flash --compiled}
+    COMPILE=; [ "${DIFFUSERS_COMPILE:-1}" = 1 ] || COMPILE=--no-compile
     TRANSFORMER=flux-2-klein-4b; TE=qwen_3_4b; VAE=vae/flux2-vae.safetensors; REFS="1024x1024 768x1024"
     ;;
   tiny)
