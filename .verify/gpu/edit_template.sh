@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: ComfyUI's klein 4B distilled image-edit template (UI JSON as published,
-# carried as .gpu/image_flux2_klein_image_edit_4b_distilled.json) headless on full-size random
+# carried as .gpu/image_flux2_klein_image_edit_4b_distilled.json, with .whl) headless on full-size random
 # klein-4B weights, twice (the second warm), with its input image (a 1024x768 PNG made here) in
 # --input-dir; prints each node's time from the events and the peak device memory. The template's
 # file names are linked to make_full_size_models.py's files (flux-2-klein-4b-fp8.safetensors to
@@ -8,6 +8,7 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/edit-template-out}
 mkdir -p "$OUT/input"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 [ -x .gpu/veetance ] || { xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance; }
 [ -f /tmp/models/vae/flux2-vae.safetensors ] || python3 .verify/gpu/make_full_size_models.py /tmp/models 2>&1 | grep -v "kept in float32"
