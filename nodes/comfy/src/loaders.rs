@@ -71,7 +71,9 @@ impl UnetLoader {
                 .doc(
                     "ComfyUI's UNETLoader for FLUX.2 [klein]: loads the transformer from \
                      <models>/diffusion_models/ (a BFL single file, an fp8 file, a ComfyUI-GGUF \
-                     .gguf file) as LoadDiffusionModel does, on the GPU when there is one.",
+                     .gguf file) as LoadDiffusionModel does, on the GPU when there is one. On a CUDA GPU \
+                     in bf16/f16 it runs our flash attention and fused kernels (what \
+                     PatchAttention(flash) + CompileModel do in a native graph).",
                 )
                 .param(file_param(
                     "unet_name",
@@ -138,7 +140,10 @@ impl NodeDef for UnetLoader {
             .map_err(|m| NodeError::failed(format!("param 'weight_dtype': {m}")))?;
         let device = auto_device()?;
         let dtype = parse_dtype("default", &device);
-        let handle = load_diffusion_model(ctx, path, device, dtype, linears)?;
+        let mut handle = load_diffusion_model(ctx, path, device, dtype, linears)?;
+        // A ComfyUI graph has no PatchAttention/CompileModel nodes: on CUDA in bf16/f16 the model
+        // runs our flash attention and fused kernels, as the native graph with those nodes does.
+        veetance_nodes_flux2::patches::use_fast_kernels_where_available(&mut handle);
         Ok(vec![object(PortType::Model, handle)])
     }
 }

@@ -19,6 +19,19 @@ fn kernels_unavailable(model: &ModelHandle) -> Option<String> {
     }
 }
 
+/// Switches `model` to our flash attention and fused kernels (what `PatchAttention(flash)` and
+/// `CompileModel` do) when they apply: a CUDA build, the model on a CUDA device, bf16 or f16
+/// weights. For graphs that cannot say so themselves (ComfyUI's, which have no such nodes).
+/// Returns whether it did; elsewhere the model is left as it is.
+pub fn use_fast_kernels_where_available(model: &mut ModelHandle) -> bool {
+    if kernels_unavailable(model).is_some() {
+        return false;
+    }
+    model.patches.attention = AttentionImpl::Flash;
+    model.patches.compiled = true;
+    true
+}
+
 fn model_in(ctx: &ExecContext<'_>) -> Result<ModelHandle, NodeError> {
     Ok(input::<ModelHandle>(ctx, "model", PortType::Model)?.clone())
 }
