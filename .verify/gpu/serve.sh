@@ -2,12 +2,13 @@
 # On the GPU machine: `veetance serve` on full-size random klein-4B weights. Queues ComfyUI's klein
 # text-to-image template (UI JSON as published, 1024², 20 steps, CFG 5) through POST /prompt, then
 # reads /system_stats and nvidia-smi before and after POST /free, to show that /free hands the
-# device memory back. Needs, carried: .gpu/veetance (the CUDA build, or .gpu/veetance.xz) and
+# device memory back. Needs, carried: .whl (diffusers wheels), .gpu/veetance (the CUDA build, or .gpu/veetance.xz) and
 # .gpu/image_flux2_klein_text_to_image.json (from PyPI's comfyui-workflow-templates-json).
 # Not yet run: written 2026-12-03, when no GPU machine could be started for it.
 set -euo pipefail
 OUT=${OUT:-/tmp/serve-out}
 mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')
 [ -x .gpu/veetance ] || { xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance; }
 [ -f /tmp/models/vae/flux2-vae.safetensors ] || python3 .verify/gpu/make_full_size_models.py /tmp/models 2>&1 | grep -v "kept in float32"
