@@ -4,7 +4,7 @@
 # reads /system_stats and nvidia-smi before and after POST /free, to show that /free hands the
 # device memory back. Needs, carried: .whl (diffusers wheels), .gpu/veetance (the CUDA build, or .gpu/veetance.xz) and
 # .gpu/image_flux2_klein_text_to_image.json (from PyPI's comfyui-workflow-templates-json).
-# Not yet run: written 2026-12-03, when no GPU machine could be started for it.
+# Run 2026-12-03; the figures are in docs/server.md ("On the H200").
 set -euo pipefail
 OUT=${OUT:-/tmp/serve-out}
 mkdir -p "$OUT"
