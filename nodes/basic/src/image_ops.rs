@@ -6,6 +6,7 @@ use veetance_core::{
 };
 
 use crate::png_io::MAX_SIDE;
+use crate::resample::Method;
 
 /// Rows processed between two cancellation checks.
 pub(crate) const ROWS_PER_CHECK: usize = 64;
@@ -23,6 +24,8 @@ pub(crate) fn side_param(name: &str, doc: &str) -> ParamDef {
     ParamDef::int(name, 512, 1, MAX_SIDE as i64, doc)
 }
 
+/// `ImageResize`'s two methods, by their names there; the resampling is
+/// [`crate::resample`]'s (torch's nearest-exact and bilinear, as ComfyUI scales).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ResizeMethod {
     Nearest,
@@ -44,77 +47,6 @@ impl ResizeMethod {
     }
 }
 
-/// For each destination index along one axis: the two source indices to mix and the weight of
-/// the second. Pixel centres are aligned (`(d + 0.5) * src / dst - 0.5`), as in PIL and torch
-/// without antialiasing; nearest uses weight 0, so it copies values exactly.
-struct Taps {
-    first: Vec<usize>,
-    second: Vec<usize>,
-    weight: Vec<f32>,
-}
-
-fn taps(src: u32, dst: u32, method: ResizeMethod) -> Taps {
-    let n = dst as usize;
-    let last = src as usize - 1;
-    let scale = src as f64 / dst as f64;
-    let mut t = Taps {
-        first: Vec::with_capacity(n),
-        second: Vec::with_capacity(n),
-        weight: Vec::with_capacity(n),
-    };
-    for d in 0..n {
-        match method {
-            ResizeMethod::Nearest => {
-                let i = (((d as f64 + 0.5) * scale).floor() as usize).min(last);
-                t.first.push(i);
-                t.second.push(i);
-                t.weight.push(0.0);
-            }
-            ResizeMethod::Bilinear => {
-                let centre = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
-                let i = (centre.floor() as usize).min(last);
-                t.first.push(i);
-                t.second.push((i + 1).min(last));
-                t.weight.push((centre - i as f64).clamp(0.0, 1.0) as f32);
-            }
-        }
-    }
-    t
-}
-
-/// Resizes one frame (`sh × sw × channels`) into `out` (`dh × dw × channels`).
-pub(crate) fn resize_frame(
-    src: &[f32],
-    (sw, sh): (u32, u32),
-    channels: u32,
-    (dw, dh): (u32, u32),
-    method: ResizeMethod,
-    out: &mut [f32],
-    cancel: &CancelToken,
-) -> Result<(), NodeError> {
-    let c = channels as usize;
-    let src_row = sw as usize * c;
-    let xs = taps(sw, dw, method);
-    let ys = taps(sh, dh, method);
-    for (y, row) in out.chunks_exact_mut(dw as usize * c).enumerate() {
-        if y % ROWS_PER_CHECK == 0 {
-            check_cancel(cancel)?;
-        }
-        let top = &src[ys.first[y] * src_row..][..src_row];
-        let bottom = &src[ys.second[y] * src_row..][..src_row];
-        let wy = ys.weight[y];
-        for (x, px) in row.chunks_exact_mut(c).enumerate() {
-            let (a, b, wx) = (xs.first[x] * c, xs.second[x] * c, xs.weight[x]);
-            for (k, v) in px.iter_mut().enumerate() {
-                let t = top[a + k] + (top[b + k] - top[a + k]) * wx;
-                let u = bottom[a + k] + (bottom[b + k] - bottom[a + k]) * wx;
-                *v = t + (u - t) * wy;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Resizes every image of a batch.
 pub(crate) fn resize_image(
     image: &Image,
@@ -123,29 +55,11 @@ pub(crate) fn resize_image(
     method: ResizeMethod,
     cancel: &CancelToken,
 ) -> Result<Image, NodeError> {
-    if image.width == 0 || image.height == 0 {
-        return Err(NodeError::failed(format!(
-            "cannot resize an empty {}×{} image",
-            image.width, image.height
-        )));
-    }
-    let c = image.channels as usize;
-    let frame_len = width as usize * height as usize * c;
-    let mut data = vec![0.0f32; frame_len * image.batch as usize];
-    for (index, out) in data.chunks_exact_mut(frame_len).enumerate() {
-        resize_frame(
-            image.frame(index as u32),
-            (image.width, image.height),
-            image.channels,
-            (width, height),
-            method,
-            out,
-            cancel,
-        )?;
-    }
-    Image::new(image.batch, height, width, image.channels, data)
-        .map(|img| img.with_meta(image.meta.to_vec()))
-        .map_err(|e| NodeError::failed(format!("resize: {e}")))
+    let method = match method {
+        ResizeMethod::Nearest => Method::NearestExact,
+        ResizeMethod::Bilinear => Method::Bilinear,
+    };
+    crate::resample::resize_image(image, width, height, method, cancel)
 }
 
 pub struct ImageResize {

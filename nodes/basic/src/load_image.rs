@@ -81,13 +81,20 @@ fn file_problem(path: &Path, name: &str) -> Option<String> {
     }
 }
 
-/// The checks both loaders run before and when they execute.
-fn check_image_param(params: &Params, env: &RunEnv) -> Option<String> {
+/// Both loaders' validation of their `image` param: it resolves and looks like a PNG.
+fn check_image_param(params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
     let name = params.str("image").unwrap_or_default();
-    match resolve_image_path(name, env) {
+    let problem = match resolve_image_path(name, env) {
         Err(problem) => Some(problem),
         Ok(path) => file_problem(&path, name),
-    }
+    };
+    problem
+        .map(|message| ParamProblem {
+            param: "image".into(),
+            message,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The file's size and modification time, so that a replaced file is loaded again.
@@ -177,12 +184,6 @@ impl NodeDef for LoadImage {
 
     fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
         check_image_param(params, env)
-            .map(|message| ParamProblem {
-                param: "image".into(),
-                message,
-            })
-            .into_iter()
-            .collect()
     }
 
     fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
@@ -260,12 +261,6 @@ impl NodeDef for LoadImageMask {
 
     fn check(&self, params: &Params, env: &RunEnv) -> Vec<ParamProblem> {
         check_image_param(params, env)
-            .map(|message| ParamProblem {
-                param: "image".into(),
-                message,
-            })
-            .into_iter()
-            .collect()
     }
 
     fn freshness(&self, params: &Params, env: &RunEnv) -> Freshness {
