@@ -58,6 +58,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", default_value = "veetance-state")]
     pub state_dir: PathBuf,
 
+    /// ComfyUI's user folder: the web frontend's settings and saved workflows live in
+    /// `DIR/default/` (ComfyUI's flag).
+    #[arg(long = "user-directory", value_name = "DIR", default_value = "user")]
+    pub user_dir: PathBuf,
+
+    /// Serve ComfyUI's web frontend at `/`: `auto` finds the `comfyui-frontend-package` installed
+    /// in the Python environment (the active virtualenv's python, else python3), or give its
+    /// `static` folder. See docs/web-editor.md.
+    #[arg(long, alias = "front-end-root", value_name = "DIR|auto")]
+    pub frontend: Option<String>,
+
+    /// A folder of workflow templates for the frontend's template browser, served at
+    /// `/templates/` (repeatable). With `--frontend auto`, the `templates` folders of installed
+    /// `comfyui-workflow-templates*` packages are added.
+    #[arg(long = "templates", value_name = "DIR")]
+    pub template_dirs: Vec<PathBuf>,
+
     /// Require `Authorization: Bearer TOKEN` on every route (and `?token=` on the WebSocket
     /// and /view). Prefer --token-file: a token on the command line is visible to other users.
     #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
@@ -128,6 +145,40 @@ fn size_flag(text: &str, flag: &str) -> Result<usize, Failure> {
         .map_err(|e| Failure::invalid(anyhow!("{flag}: {e}")))
 }
 
+/// The frontend folder and the template folders, `--frontend auto` resolved.
+fn frontend_folders(args: &ServeArgs) -> Result<(Option<PathBuf>, Vec<PathBuf>), Failure> {
+    let mut templates = args.template_dirs.clone();
+    let frontend = match args.frontend.as_deref() {
+        None => None,
+        Some("auto") => {
+            let found = veetance_server::frontend::locate_installed(None)
+                .map_err(|e| Failure::invalid(anyhow!(e)))?;
+            let Some(dir) = found.frontend else {
+                return Err(Failure::invalid(anyhow!(
+                    "--frontend auto: comfyui-frontend-package is not installed in this Python \
+                     environment; install it with `pip install comfyui-frontend-package` (see \
+                     docs/web-editor.md for the tested versions), or pass --frontend DIR"
+                )));
+            };
+            eprintln!(
+                "veetance serve: ComfyUI's frontend {} from {}",
+                found.version.as_deref().unwrap_or("(unknown version)"),
+                dir.display()
+            );
+            if found.templates.is_empty() && args.template_dirs.is_empty() {
+                eprintln!(
+                    "veetance serve: no workflow templates installed (`pip install \
+                     comfyui-workflow-templates`); the template browser will be empty"
+                );
+            }
+            templates.extend(found.templates);
+            Some(dir)
+        }
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    Ok((frontend, templates))
+}
+
 pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
     let (config, config_path) =
         ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
@@ -170,6 +221,7 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
         prompt_nodes: args.max_prompt_nodes,
         ..Limits::default()
     };
+    let (frontend, template_dirs) = frontend_folders(args)?;
     let options = ServeOptions {
         listen,
         models_dir: args
@@ -185,6 +237,9 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
         input_dir: args.input_dir.clone(),
         temp_dir: args.temp_dir.clone(),
         state_dir: args.state_dir.clone(),
+        user_dir: args.user_dir.clone(),
+        frontend,
+        template_dirs,
         token,
         budgets,
         device_probe: probe,

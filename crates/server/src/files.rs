@@ -117,7 +117,7 @@ fn plain_name(name: &str) -> Result<(), String> {
 }
 
 /// `path`, with symlinks resolved, inside `root` (already canonical)?
-fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
+pub(crate) fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
     let real = path.canonicalize().ok()?;
     real.starts_with(root).then_some(real)
 }
@@ -386,7 +386,7 @@ fn save_upload(
 
 /// Creates `root/parts…` one folder at a time, checking before each step that what exists so far
 /// (symlinks resolved) is inside `root`, so that nothing is ever created outside it.
-fn make_dir_inside(root: &Path, parts: &[String]) -> Result<PathBuf, String> {
+pub(crate) fn make_dir_inside(root: &Path, parts: &[String]) -> Result<PathBuf, String> {
     let mut dir = root.to_path_buf();
     for part in parts {
         dir.push(part);

@@ -11,6 +11,7 @@
 //! the database, and the engine thread hands WebSocket messages to [`hub`] without blocking.
 
 mod files;
+pub mod frontend;
 mod hub;
 mod jobs;
 mod openai;
@@ -18,6 +19,7 @@ mod preview;
 mod routes;
 mod security;
 mod store;
+mod userdata;
 mod worker;
 mod workflow;
 mod ws;
@@ -97,6 +99,14 @@ pub struct ServeOptions {
     pub temp_dir: PathBuf,
     /// The queue database (`queue.sqlite3`) lives here.
     pub state_dir: PathBuf,
+    /// ComfyUI's `user` folder: settings and saved workflows, `<user_dir>/default/`.
+    pub user_dir: PathBuf,
+    /// ComfyUI's web frontend: the `static` folder of an installed `comfyui-frontend-package`
+    /// (see [`frontend::locate_installed`]); `None`: API only.
+    pub frontend: Option<PathBuf>,
+    /// `templates` folders of installed `comfyui-workflow-templates*` packages, searched in
+    /// order for `/templates/…`.
+    pub template_dirs: Vec<PathBuf>,
     /// Bearer token every route and the WebSocket require; `None`: no authentication.
     pub token: Option<String>,
     pub budgets: Budgets,
@@ -122,6 +132,9 @@ impl std::fmt::Debug for ServeOptions {
             .field("input_dir", &self.input_dir)
             .field("temp_dir", &self.temp_dir)
             .field("state_dir", &self.state_dir)
+            .field("user_dir", &self.user_dir)
+            .field("frontend", &self.frontend)
+            .field("template_dirs", &self.template_dirs)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("budgets", &self.budgets)
             .field("preview", &self.preview)
@@ -140,6 +153,9 @@ impl Default for ServeOptions {
             input_dir: PathBuf::from("input"),
             temp_dir: PathBuf::from("temp"),
             state_dir: PathBuf::from("veetance-state"),
+            user_dir: PathBuf::from("user"),
+            frontend: None,
+            template_dirs: Vec::new(),
             token: None,
             budgets: Budgets::default(),
             device_probe: None,
@@ -157,6 +173,8 @@ impl Default for ServeOptions {
 pub enum ServerError {
     #[error("{path}: {message}")]
     Folder { path: PathBuf, message: String },
+    #[error("{0}")]
+    Frontend(String),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("--default-workflow {path}: {message}")]
@@ -178,6 +196,9 @@ pub(crate) struct Dirs {
     pub input: PathBuf,
     pub temp: PathBuf,
     pub state: PathBuf,
+    pub user: PathBuf,
+    pub frontend: Option<PathBuf>,
+    pub templates: Vec<PathBuf>,
 }
 
 /// What the engine thread is doing, for the routes and the WebSocket.
@@ -364,6 +385,22 @@ impl Server {
             input: resolve_dir(&options.input_dir, "input")?,
             temp: resolve_dir(&options.temp_dir, "temp")?,
             state: resolve_dir(&options.state_dir, "state")?,
+            user: resolve_dir(&options.user_dir, "user")?,
+            frontend: match &options.frontend {
+                Some(dir) => Some(frontend::frontend_dir(dir).map_err(ServerError::Frontend)?),
+                None => None,
+            },
+            templates: options
+                .template_dirs
+                .iter()
+                .filter_map(|d| match d.canonicalize() {
+                    Ok(d) if d.is_dir() => Some(d),
+                    _ => {
+                        tracing::warn!("templates folder '{}' not found; skipped", d.display());
+                        None
+                    }
+                })
+                .collect(),
         };
         if !dirs.models.is_dir() {
             tracing::warn!(

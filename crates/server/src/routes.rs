@@ -3,6 +3,7 @@
 //! `/v1/images/generations`. Every route sits behind [`crate::security::guard`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
@@ -15,7 +16,9 @@ use serde_json::{json, Value as Json};
 use veetance_core::{HostMemory, RunEnv};
 
 use crate::store::{Enqueued, NewPrompt, StoreError};
-use crate::{files, jobs, now_ms, openai, security, ws, AppState, Core, WorkerMsg};
+use crate::{
+    files, frontend, jobs, now_ms, openai, security, userdata, ws, AppState, Core, WorkerMsg,
+};
 
 /// An error answer: a status and a JSON body, by default ComfyUI's error object
 /// `{"error": {"type", "message", "details", "extra_info"}}`.
@@ -165,36 +168,48 @@ fn comfy_routes() -> Router<AppState> {
         .route("/object_info/{class}", get(object_info_one))
         .route("/system_stats", get(system_stats))
         .route("/embeddings", get(|| async { axum::Json(json!([])) }))
-        .route("/extensions", get(|| async { axum::Json(json!([])) }))
         .route("/features", get(features))
         .route("/models", get(models))
         .route("/models/{folder}", get(models_in))
+        .route("/experiment/models", get(experiment_models))
+        .route("/experiment/models/{folder}", get(experiment_models_in))
         .route("/ws", get(ws::handler))
+        .merge(userdata::routes())
+        .merge(frontend::api_routes())
 }
 
 /// Every route, behind the guard.
 pub fn router(core: AppState) -> Router {
     let comfy = comfy_routes();
-    Router::new()
+    let app = Router::new()
         .merge(comfy.clone())
         .nest("/api", comfy.merge(jobs::routes()))
+        .merge(frontend::template_routes())
         .route("/v1/images/generations", post(openai::generations))
-        .route("/", get(root))
-        .fallback(|| async {
+        .route("/", get(frontend::index))
+        .route("/user.css", get(userdata::user_css));
+    // With a frontend, every other path is one of its static files (ComfyUI's
+    // `web.static('/', web_root)`); without one, an unknown route is a JSON 404.
+    let app = match core.dirs.frontend.clone() {
+        Some(dir) => app.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => app.fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
-        })
-        .layer(middleware::from_fn_with_state(
-            core.clone(),
-            security::guard,
-        ))
-        .with_state(core)
+        }),
+    };
+    app.layer(middleware::from_fn_with_state(
+        core.clone(),
+        security::guard,
+    ))
+    .with_state(core)
 }
 
-async fn root() -> Response {
+/// `GET /` without `--frontend`: a line saying what this server is.
+pub fn no_frontend_page() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "Veetance: ComfyUI's HTTP/WebSocket API (see docs/server.md). There is no web frontend \
-         here; point a ComfyUI client at this address.\n",
+         here: start `veetance serve --frontend auto` for ComfyUI's web editor \
+         (docs/web-editor.md), or point a ComfyUI client at this address.\n",
     )
         .into_response()
 }
@@ -738,48 +753,106 @@ const MODEL_EXTENSIONS: [&str; 8] = [
     "bin",
 ];
 
+/// The model files (and top-level folders: a VAE saved as a diffusers folder) in one of the
+/// models folder's subfolders, relative to it and sorted; `None` when it is not a model folder.
+fn model_files(core: &Core, folder: &str) -> Option<Vec<(String, PathBuf)>> {
+    if !model_folders(core).iter().any(|f| f == folder) {
+        return None;
+    }
+    let root = core.dirs.models.join(folder);
+    let mut out = Vec::new();
+    let mut stack = vec![(root.clone(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(&root)
+                .map(|r| r.to_string_lossy().replace('\\', "/"))
+                .unwrap_or_default();
+            if rel.starts_with('.') || rel.contains("/.") {
+                continue;
+            }
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                if depth == 0 {
+                    out.push((rel.clone(), path.clone()));
+                }
+                if depth < 8 {
+                    stack.push((path, depth + 1));
+                }
+            } else if path
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| MODEL_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+            {
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
 async fn models_in(
     State(core): State<AppState>,
     UrlPath(folder): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let list =
-        blocking(&core, move |c| {
-            if !model_folders(c).contains(&folder) {
-                return Ok(None);
-            }
-            let root = c.dirs.models.join(&folder);
-            let mut out = Vec::new();
-            // Top-level folders are candidates too (a VAE saved as a folder).
-            let mut stack = vec![(root.clone(), 0usize)];
-            while let Some((dir, depth)) = stack.pop() {
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for e in entries.flatten() {
-                    let path = e.path();
-                    let rel = path
-                        .strip_prefix(&root)
-                        .map(|r| r.to_string_lossy().replace('\\', "/"))
-                        .unwrap_or_default();
-                    let Ok(kind) = e.file_type() else { continue };
-                    if kind.is_dir() {
-                        if depth == 0 {
-                            out.push(rel.clone());
-                        }
-                        if depth < 8 {
-                            stack.push((path, depth + 1));
-                        }
-                    } else if path.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                        MODEL_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
-                    }) {
-                        out.push(rel);
-                    }
-                }
-            }
-            out.sort();
-            Ok(Some(out))
-        })
-        .await?;
+    let list = blocking(&core, move |c| {
+        Ok(model_files(c, &folder).map(|l| l.into_iter().map(|(rel, _)| rel).collect::<Vec<_>>()))
+    })
+    .await?;
+    match list {
+        Some(list) => Ok(axum::Json(list).into_response()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+/// `/experiment/models`: the frontend's model library asks which folders there are.
+async fn experiment_models(State(core): State<AppState>) -> Result<Response, ApiError> {
+    let list = blocking(&core, |c| {
+        Ok(model_folders(c)
+            .into_iter()
+            .map(|name| {
+                let path = c.dirs.models.join(&name).to_string_lossy().into_owned();
+                json!({ "name": name, "folders": [path] })
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(axum::Json(list).into_response())
+}
+
+/// `/experiment/models/{folder}`: ComfyUI's `{name, pathIndex, modified, created, size}`.
+async fn experiment_models_in(
+    State(core): State<AppState>,
+    UrlPath(folder): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let list = blocking(&core, move |c| {
+        Ok(model_files(c, &folder).map(|files| {
+            files
+                .into_iter()
+                .filter(|(_, path)| path.is_file())
+                .map(|(name, path)| {
+                    let meta = std::fs::metadata(&path).ok();
+                    let secs = |t: Option<std::time::SystemTime>| {
+                        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0.0, |d| d.as_secs_f64())
+                    };
+                    json!({
+                        "name": name,
+                        "pathIndex": 0,
+                        "modified": secs(meta.as_ref().and_then(|m| m.modified().ok())),
+                        "created": secs(meta.as_ref().and_then(|m| m.created().or_else(|_| m.modified()).ok())),
+                        "size": meta.as_ref().map_or(0, |m| m.len()),
+                    })
+                })
+                .collect::<Vec<_>>()
+        }))
+    })
+    .await?;
     match list {
         Some(list) => Ok(axum::Json(list).into_response()),
         None => Ok(StatusCode::NOT_FOUND.into_response()),

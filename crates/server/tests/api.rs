@@ -153,6 +153,7 @@ impl TestServer {
             input_dir: dir.path().join("input"),
             temp_dir: dir.path().join("temp"),
             state_dir: dir.path().join("state"),
+            user_dir: dir.path().join("user"),
             registry: Some(registry()),
             ..ServeOptions::default()
         };
