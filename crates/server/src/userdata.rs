@@ -508,13 +508,15 @@ async fn read_file(
 }
 
 /// What the frontend asks for at every start whether or not the user made it: the user's style
-/// sheet (`user.css`) and the legacy node templates (`comfy.templates.json`). ComfyUI answers
+/// sheet (`user.css`), the legacy node templates (`comfy.templates.json`) and the bookmarked
+/// workflows (`workflows/.index.json`). ComfyUI answers
 /// 404, which the frontend reads as "none" but the browser logs as an error; the empty file says
 /// the same without the noise.
 fn absent_default(file: &str) -> Option<Response> {
     let (kind, body) = match file {
         "user.css" => ("text/css", ""),
         "comfy.templates.json" => ("application/json", "[]"),
+        "workflows/.index.json" => ("application/json", r#"{"favorites":[]}"#),
         _ => return None,
     };
     Some(
