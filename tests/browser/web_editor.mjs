@@ -216,16 +216,17 @@ try {
 
     await step('queue-panel', async () => {
       await page.getByTestId('queue-overlay-toggle').click();
-      // The finished job, with its output as the thumbnail (from /api/jobs' preview_output).
-      const thumb = page.locator('img[src*="Flux2-Klein"]').first();
+      // The finished job in the queue panel's job list, its output as the thumbnail (from
+      // /api/jobs' preview_output). Left open for the screenshot.
+      const thumb = page.getByTestId('queue-progress-overlay').getByTestId('job-assets-list')
+        .locator('img[src*="Flux2-Klein"]').first();
       await thumb.waitFor({ timeout: 30_000 });
       await page.waitForFunction((el) => el.complete && el.naturalWidth > 0, await thumb.elementHandle(), { timeout: 10_000 });
-      const src = await thumb.getAttribute('src');
-      await page.getByTestId('queue-overlay-toggle').click();
-      return { thumbnail: src };
+      return { thumbnail: await thumb.getAttribute('src') };
     });
 
     await step('workflow-saved', async () => {
+      await page.getByTestId('queue-overlay-toggle').click();
       // Focus the canvas (an empty spot), then the save shortcut.
       await page.mouse.click(400, 800);
       const saved = page.waitForResponse((r) => r.request().method() === 'POST' &&
@@ -286,6 +287,26 @@ try {
       await page.getByText(WORKFLOW_NAME, { exact: false }).first().click();
       await page.waitForFunction(() => window.app.graph.nodes.some((n) => n.type === 'SaveImage'), null, { timeout: 20_000 });
       return { nodes: (await graphTypes()).length };
+    });
+
+    await step('node-library', async () => {
+      // Our nodes in the node library, under ComfyUI's categories, with our node docs as the
+      // description the preview shows.
+      await page.getByTestId('node-library-tab-button').click();
+      const search = page.getByPlaceholder(/Search/).first();
+      await search.waitFor({ timeout: 10_000 });
+      await search.fill('Load Diffusion Model');
+      const entry = page.getByText('Load Diffusion Model', { exact: true }).first();
+      await entry.waitFor({ timeout: 10_000 });
+      await entry.hover();
+      const doc = await page.evaluate(() => window.LiteGraph.registered_node_types.UNETLoader?.nodeData?.description ?? '');
+      check(doc.includes('diffusion_models'), `UNETLoader's description is not our node doc: ${doc}`);
+      const shown = page.getByText(doc.slice(0, 40), { exact: false }).first();
+      await shown.waitFor({ timeout: 10_000 });
+      const widget = await page.evaluate(() => window.LiteGraph.registered_node_types.UNETLoader.nodeData.input.required.unet_name);
+      check(Array.isArray(widget[0]) && widget[0].includes('flux-2-klein-4b.safetensors'),
+        `UNETLoader's unet_name combo does not list the models folder: ${JSON.stringify(widget)}`);
+      return { category: await page.evaluate(() => window.LiteGraph.registered_node_types.UNETLoader.nodeData.category), unetNames: widget[0] };
     });
   }
 } catch {

@@ -12,6 +12,54 @@ use veetance_core::{NodeRegistry, NodeSchema};
 
 use crate::types::{comfy_type, input_spec, param_spec};
 
+/// ComfyUI's own node classes that Veetance implements under the same name, inputs and widget
+/// order, with the module ComfyUI defines them in.
+const COMFY_CORE: &[(&str, &str)] = &[
+    ("CLIPLoader", "nodes"),
+    ("CLIPTextEncode", "nodes"),
+    ("ConditioningZeroOut", "nodes"),
+    ("LoadImage", "nodes"),
+    ("LoadImageMask", "nodes"),
+    ("LoraLoaderModelOnly", "nodes"),
+    ("SaveImage", "nodes"),
+    ("PreviewImage", "nodes"),
+    ("SetLatentNoiseMask", "nodes"),
+    ("UNETLoader", "nodes"),
+    ("VAEDecode", "nodes"),
+    ("VAEEncode", "nodes"),
+    ("VAELoader", "nodes"),
+    ("BasicGuider", "comfy_extras.nodes_custom_sampler"),
+    ("CFGGuider", "comfy_extras.nodes_custom_sampler"),
+    ("DisableNoise", "comfy_extras.nodes_custom_sampler"),
+    ("KSamplerSelect", "comfy_extras.nodes_custom_sampler"),
+    ("RandomNoise", "comfy_extras.nodes_custom_sampler"),
+    ("SamplerCustomAdvanced", "comfy_extras.nodes_custom_sampler"),
+    ("EmptyFlux2LatentImage", "comfy_extras.nodes_flux"),
+    ("Flux2Scheduler", "comfy_extras.nodes_flux"),
+    ("FluxKVCache", "comfy_extras.nodes_flux"),
+    ("ReferenceLatent", "comfy_extras.nodes_edit_model"),
+    ("GetImageSize", "comfy_extras.nodes_images"),
+    (
+        "ImageScaleToTotalPixels",
+        "comfy_extras.nodes_post_processing",
+    ),
+    ("PrimitiveBoolean", "comfy_extras.nodes_primitive"),
+    ("PrimitiveFloat", "comfy_extras.nodes_primitive"),
+    ("PrimitiveInt", "comfy_extras.nodes_primitive"),
+    ("PrimitiveString", "comfy_extras.nodes_primitive"),
+    ("PrimitiveStringMultiline", "comfy_extras.nodes_primitive"),
+];
+
+/// `python_module`, which the web frontend reads for a node's source: ComfyUI's module for its
+/// own classes (shown as "Comfy Core"), `custom_nodes.veetance` for Veetance's native nodes
+/// (shown as the `veetance` extension, with that badge).
+pub(crate) fn python_module(type_name: &str) -> &'static str {
+    COMFY_CORE
+        .iter()
+        .find(|(name, _)| *name == type_name)
+        .map_or("custom_nodes.veetance", |(_, module)| module)
+}
+
 pub(crate) fn object_info(registry: &NodeRegistry, models_dir: &Path) -> Json {
     let entries: Map<String, Json> = registry
         .schemas()
@@ -63,7 +111,7 @@ pub(crate) fn entry(schema: &NodeSchema, models_dir: &Path) -> Json {
         "name": schema.type_name,
         "display_name": schema.display_name,
         "description": schema.doc,
-        "python_module": "veetance",
+        "python_module": python_module(&schema.type_name),
         "category": schema.category,
         "output_node": schema.is_output,
         "has_intermediate_output": false,
@@ -73,4 +121,27 @@ pub(crate) fn entry(schema: &NodeSchema, models_dir: &Path) -> Json {
         "api_node": false,
         "search_aliases": [],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_comfy_core_class_listed_is_registered() {
+        let registry = veetance_nodes::registry();
+        for (name, _) in COMFY_CORE {
+            assert!(
+                registry.get(name).is_some(),
+                "{name} is listed as a ComfyUI class but no node has that name"
+            );
+        }
+        assert_eq!(python_module("SaveImage"), "nodes");
+        assert_eq!(
+            python_module("SamplerCustomAdvanced"),
+            "comfy_extras.nodes_custom_sampler"
+        );
+        // Veetance's own nodes: the frontend shows them as the `veetance` extension.
+        assert_eq!(python_module("Sampler"), "custom_nodes.veetance");
+    }
 }

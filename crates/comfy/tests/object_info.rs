@@ -86,7 +86,8 @@ fn entries_describe_inputs_widgets_and_outputs_as_comfyui_does() {
     assert_eq!(save["name"], "SaveImage");
     assert_eq!(save["display_name"], "Save Image");
     assert_eq!(save["category"], "image");
-    assert_eq!(save["python_module"], "veetance");
+    // ComfyUI's own class: the frontend files it under "Comfy Core".
+    assert_eq!(save["python_module"], "nodes");
     assert_eq!(save["deprecated"], false);
     assert_eq!(save["experimental"], false);
     assert_eq!(save["search_aliases"], json!([]));
