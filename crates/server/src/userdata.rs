@@ -59,17 +59,38 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Why a path or the user folder is refused: a status and a plain-text message (kept small, so
+/// that `Result`s carrying it stay cheap; it becomes a response at the route).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.status, self.message)
+    }
+}
+
+fn deny(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
 /// The user's folder, created when missing.
-fn user_root(core: &Core) -> Result<PathBuf, Response> {
+fn user_root(core: &Core) -> Result<PathBuf, Refusal> {
     let root = core.dirs.user.join(DEFAULT_USER);
     std::fs::create_dir_all(&root).map_err(|e| {
-        refuse(
+        deny(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot create the user folder {}: {e}", root.display()),
         )
     })?;
     root.canonicalize().map_err(|e| {
-        refuse(
+        deny(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot resolve the user folder {}: {e}", root.display()),
         )
@@ -78,48 +99,48 @@ fn user_root(core: &Core) -> Result<PathBuf, Response> {
 
 /// A request's path under the user's folder: `(folder it sits in, file name)`, the folder
 /// created when `create` is set. Refused (403, as ComfyUI) when it leaves the folder.
-fn resolve(root: &Path, rel: &str, create: bool) -> Result<(PathBuf, String), Response> {
-    let parts = subfolder_parts(rel).map_err(|e| refuse(StatusCode::FORBIDDEN, e))?;
+fn resolve(root: &Path, rel: &str, create: bool) -> Result<(PathBuf, String), Refusal> {
+    let parts = subfolder_parts(rel).map_err(|e| deny(StatusCode::FORBIDDEN, e))?;
     let Some((name, dirs)) = parts.split_last() else {
-        return Err(refuse(StatusCode::BAD_REQUEST, "the path names no file"));
+        return Err(deny(StatusCode::BAD_REQUEST, "the path names no file"));
     };
     let dirs: Vec<String> = dirs.iter().map(|s| s.to_string()).collect();
     let dir = if create {
-        make_dir_inside(root, &dirs).map_err(|e| refuse(StatusCode::FORBIDDEN, e))?
+        make_dir_inside(root, &dirs).map_err(|e| deny(StatusCode::FORBIDDEN, e))?
     } else {
         let dir = dirs.iter().fold(root.to_path_buf(), |d, p| d.join(p));
         match inside(root, &dir) {
             Some(real) => real,
             None if dir.exists() => {
-                return Err(refuse(
+                return Err(deny(
                     StatusCode::FORBIDDEN,
                     format!("{rel:?} leads outside the user folder"),
                 ))
             }
-            None => return Err(refuse(StatusCode::NOT_FOUND, format!("{rel:?} not found"))),
+            None => return Err(deny(StatusCode::NOT_FOUND, format!("{rel:?} not found"))),
         }
     };
     Ok((dir, name.to_string()))
 }
 
 /// The file at `rel` when it exists and is a plain file (links are not followed out).
-fn existing_file(root: &Path, rel: &str) -> Result<PathBuf, Response> {
+fn existing_file(root: &Path, rel: &str) -> Result<PathBuf, Refusal> {
     let (dir, name) = resolve(root, rel, false)?;
     let path = dir.join(&name);
     match std::fs::symlink_metadata(&path) {
         Ok(m) if m.is_file() => Ok(path),
         Ok(m) if m.file_type().is_symlink() => match inside(root, &path) {
             Some(real) if real.is_file() => Ok(real),
-            _ => Err(refuse(
+            _ => Err(deny(
                 StatusCode::FORBIDDEN,
                 format!("{rel:?} leads outside the user folder"),
             )),
         },
-        Ok(_) => Err(refuse(
+        Ok(_) => Err(deny(
             StatusCode::BAD_REQUEST,
             format!("{rel:?} is a folder"),
         )),
-        Err(_) => Err(refuse(StatusCode::NOT_FOUND, format!("{rel:?} not found"))),
+        Err(_) => Err(deny(StatusCode::NOT_FOUND, format!("{rel:?} not found"))),
     }
 }
 
@@ -231,7 +252,7 @@ fn settings_body(bytes: &[u8]) -> Result<Json, ApiError> {
 async fn all_settings(State(core): State<AppState>) -> Result<Response, ApiError> {
     let settings = blocking(&core, |c| match user_root(c) {
         Ok(root) => Ok(Ok(load_settings(&root))),
-        Err(r) => Ok(Err(r)),
+        Err(r) => Ok(Err(r.into_response())),
     })
     .await?;
     Ok(match settings {
@@ -246,7 +267,7 @@ async fn one_setting(
 ) -> Result<Response, ApiError> {
     let value = blocking(&core, move |c| match user_root(c) {
         Ok(root) => Ok(Ok(load_settings(&root).remove(&id).unwrap_or(Json::Null))),
-        Err(r) => Ok(Err(r)),
+        Err(r) => Ok(Err(r.into_response())),
     })
     .await?;
     Ok(match value {
@@ -269,7 +290,7 @@ async fn merge_settings(State(core): State<AppState>, body: Body) -> Result<Resp
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut settings = load_settings(&root);
@@ -290,7 +311,7 @@ async fn set_setting(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut settings = load_settings(&root);
@@ -353,7 +374,7 @@ async fn list(
         };
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let parts = match subfolder_parts(dir) {
             Ok(p) => p,
@@ -416,7 +437,7 @@ async fn list_v2(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let rel = query.get("path").cloned().unwrap_or_default();
         let parts = match subfolder_parts(&rel) {
@@ -480,11 +501,11 @@ async fn read_file(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let path = match existing_file(&root, &file) {
             Ok(p) => p,
-            Err(r) => return Ok(absent_default(&file).unwrap_or(r)),
+            Err(r) => return Ok(absent_default(&file).unwrap_or_else(|| r.into_response())),
         };
         let bytes = std::fs::read(&path)
             .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
@@ -548,11 +569,11 @@ async fn write_file(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let (dir, name) = match resolve(&root, &file, true) {
             Ok(x) => x,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let path = dir.join(&name);
         let overwrite = query.get("overwrite").is_none_or(|v| v != "false");
@@ -591,11 +612,11 @@ async fn delete_file(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let (dir, name) = match resolve(&root, &file, false) {
             Ok(x) => x,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let path = dir.join(name);
         match std::fs::symlink_metadata(&path) {
@@ -623,15 +644,15 @@ async fn move_file(
     blocking(&core, move |c| {
         let root = match user_root(c) {
             Ok(r) => r,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let source = match existing_file(&root, &file) {
             Ok(p) => p,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let (dir, name) = match resolve(&root, &dest, true) {
             Ok(x) => x,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into_response()),
         };
         let target = dir.join(name);
         let overwrite = query.get("overwrite").is_none_or(|v| v != "false");

@@ -1880,3 +1880,280 @@ fn a_client_that_connects_after_its_prompt_finished_still_hears_it_finish() {
         "progress is not kept for absent clients: {k:?}"
     );
 }
+
+// ------------------------------------------------------------------------- the web frontend's routes
+
+fn post_bytes(server: &TestServer, path: &str, body: &'static [u8]) -> reqwest::blocking::Response {
+    server
+        .http
+        .post(server.url(path))
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn settings_live_in_the_user_folder_and_survive_a_restart() {
+    let users = tempfile::tempdir().unwrap();
+    let user_dir = users.path().to_path_buf();
+    {
+        let server = TestServer::start_with(|o| o.user_dir = user_dir.clone());
+        let who = server.get_json("/api/users");
+        assert_eq!(who["storage"], "server");
+        assert_eq!(server.get_json("/api/settings"), json!({}));
+        let r = post_bytes(&server, "/api/settings/Comfy.EnableTooltips", b"false");
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = server.post("/api/settings", &json!({"a.b": 1, "c": {"d": "e"}}));
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = post_bytes(&server, "/api/settings/x", b"{not json");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = post_bytes(&server, "/api/settings", b"[1, 2]");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(server.get_json("/api/settings/a.b"), json!(1));
+        assert_eq!(server.get_json("/settings/missing"), Json::Null);
+    }
+    let server = TestServer::start_with(|o| o.user_dir = user_dir.clone());
+    assert_eq!(
+        server.get_json("/api/settings"),
+        json!({"Comfy.EnableTooltips": false, "a.b": 1, "c": {"d": "e"}})
+    );
+    assert_eq!(server.get_json("/api/users")["migrated"], true);
+    let file = user_dir.join("default/comfy.settings.json");
+    assert!(file.is_file(), "settings are kept in ComfyUI's file");
+    // A damaged file reads as no settings (and is replaced at the next save), never a 500.
+    std::fs::write(&file, b"{\"half\": ").unwrap();
+    assert_eq!(server.get_json("/api/settings"), json!({}));
+    let r = post_bytes(&server, "/api/settings/k", b"2");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(server.get_json("/api/settings"), json!({"k": 2}));
+}
+
+#[test]
+fn userdata_saves_lists_moves_and_deletes_inside_the_user_folder() {
+    let server = TestServer::start();
+    // Nothing saved yet: an empty list, not an error.
+    assert_eq!(
+        server.get_json("/api/userdata?dir=workflows&recurse=true&split=false&full_info=true"),
+        json!([])
+    );
+    assert_eq!(
+        server.get("/api/userdata").status(),
+        StatusCode::BAD_REQUEST,
+        "dir is required"
+    );
+    let saved = post_bytes(
+        &server,
+        "/api/userdata/workflows%2Fmy%20flow.json?overwrite=false&full_info=true",
+        b"{\"nodes\": []}",
+    );
+    assert_eq!(saved.status(), StatusCode::OK);
+    let info: Json = saved.json().unwrap();
+    assert_eq!(info["path"], "workflows/my flow.json");
+    assert_eq!(info["size"], 13);
+    assert!(info["modified"].as_f64().unwrap() > 1.0e9);
+    // overwrite=false does not replace.
+    let again = post_bytes(
+        &server,
+        "/api/userdata/workflows%2Fmy%20flow.json?overwrite=false",
+        b"other",
+    );
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let r = post_bytes(&server, "/api/userdata/workflows%2Fsub%2Fb.json", b"{}");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Json>().unwrap(), json!("workflows/sub/b.json"));
+
+    let body = server.get("/api/userdata/workflows%2Fmy%20flow.json");
+    assert_eq!(body.status(), StatusCode::OK);
+    assert_eq!(body.text().unwrap(), "{\"nodes\": []}");
+    let listed = server.get_json("/api/userdata?dir=workflows&recurse=true&full_info=true");
+    let paths: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["my flow.json", "sub/b.json"]);
+    assert_eq!(
+        server.get_json("/api/userdata?dir=workflows&recurse=true&split=true"),
+        json!([
+            ["my flow.json", "my flow.json"],
+            ["sub/b.json", "sub", "b.json"]
+        ])
+    );
+    assert_eq!(
+        server.get_json("/api/userdata?dir=workflows"),
+        json!(["my flow.json"]),
+        "without recurse only the folder itself"
+    );
+
+    let moved = server
+        .http
+        .post(server.url(
+            "/api/userdata/workflows%2Fmy%20flow.json/move/workflows%2Frenamed.json?full_info=true",
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    assert_eq!(
+        moved.json::<Json>().unwrap()["path"],
+        "workflows/renamed.json"
+    );
+    assert_eq!(
+        server
+            .get("/api/userdata/workflows%2Fmy%20flow.json")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let gone = server
+        .http
+        .delete(server.url("/api/userdata/workflows%2Frenamed.json"))
+        .send()
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        server
+            .get("/api/userdata/workflows%2Frenamed.json")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Nothing leaves the user folder.
+    for path in [
+        "/api/userdata/..%2Fescape.json",
+        "/api/userdata/workflows%2F..%2F..%2Fescape.json",
+        "/api/userdata/%2Ftmp%2Fescape.json",
+    ] {
+        let r = post_bytes(&server, path, b"x");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "POST {path}");
+        assert_eq!(
+            server.get(path).status(),
+            StatusCode::FORBIDDEN,
+            "GET {path}"
+        );
+    }
+    assert_eq!(
+        server.get("/api/userdata?dir=..").status(),
+        StatusCode::FORBIDDEN
+    );
+    assert!(!server.dir.path().join("escape.json").exists());
+
+    // The files the frontend asks for at every start answer as empty when absent.
+    let css = server.get("/api/userdata/user.css");
+    assert_eq!(css.status(), StatusCode::OK);
+    assert_eq!(css.text().unwrap(), "");
+    assert_eq!(server.get("/user.css").status(), StatusCode::OK);
+    assert_eq!(
+        server.get_json("/api/userdata/comfy.templates.json"),
+        json!([])
+    );
+    assert_eq!(
+        server.get_json("/api/userdata/workflows%2F.index.json"),
+        json!({"favorites": []})
+    );
+}
+
+#[test]
+fn the_frontend_its_extensions_and_the_templates_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("static");
+    std::fs::create_dir_all(site.join("assets")).unwrap();
+    std::fs::create_dir_all(site.join("extensions/core")).unwrap();
+    std::fs::write(
+        site.join("index.html"),
+        "<!doctype html><title>ComfyUI</title>",
+    )
+    .unwrap();
+    std::fs::write(site.join("assets/app.js"), "console.log(1)").unwrap();
+    std::fs::write(site.join("extensions/core/widgets.js"), "export {}").unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(templates.join("index.json"), "[]").unwrap();
+    std::fs::write(dir.path().join("secret.json"), "{}").unwrap();
+
+    let server = TestServer::start_with(|o| {
+        // The package folder: the server finds its static/.
+        o.frontend = Some(dir.path().to_path_buf());
+        o.template_dirs = vec![templates.clone(), dir.path().join("missing")];
+    });
+    let page = server.get("/");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-cache"));
+    assert!(page.text().unwrap().contains("<title>ComfyUI</title>"));
+    assert_eq!(
+        server.get("/assets/app.js").text().unwrap(),
+        "console.log(1)"
+    );
+    assert_eq!(
+        server.get_json("/api/extensions"),
+        json!(["/extensions/core/widgets.js"])
+    );
+    assert_eq!(server.get_json("/templates/index.json"), json!([]));
+    assert_eq!(
+        server.get("/templates/nope.json").status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.get("/templates/..%2Fsecret.json").status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        server.get("/no/such/file.js").status(),
+        StatusCode::NOT_FOUND
+    );
+    // The API is still there, bare and under /api.
+    assert_eq!(server.get_json("/api/i18n"), json!({}));
+    assert_eq!(server.get_json("/api/global_subgraphs"), json!({}));
+    assert_eq!(server.get_json("/api/workflow_templates"), json!({}));
+    assert!(server.get_json("/object_info").get("SaveImage").is_some());
+
+    // A folder without index.html is refused at start with a message that says what to do.
+    let err = Server::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        models_dir: repo().join("assets/tiny-models"),
+        out_dir: dir.path().join("o"),
+        input_dir: dir.path().join("i"),
+        temp_dir: dir.path().join("t"),
+        state_dir: dir.path().join("s"),
+        user_dir: dir.path().join("u"),
+        frontend: Some(templates.clone()),
+        registry: Some(registry()),
+        ..ServeOptions::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no index.html") && err.contains("comfyui-frontend-package"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_frontend_the_root_says_how_to_get_one() {
+    let server = TestServer::start();
+    let text = server.get("/").text().unwrap();
+    assert!(text.contains("--frontend"), "{text}");
+    assert_eq!(server.get("/assets/app.js").status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn the_model_library_lists_folders_and_files() {
+    let server = TestServer::start();
+    let folders = server.get_json("/api/experiment/models");
+    assert!(folders
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "diffusion_models" && f["folders"].as_array().unwrap().len() == 1));
+    let files = server.get_json("/api/experiment/models/diffusion_models");
+    let file = &files.as_array().unwrap()[0];
+    assert_eq!(file["name"], "flux2-klein-tiny.safetensors");
+    assert_eq!(file["pathIndex"], 0);
+    assert!(file["size"].as_u64().unwrap() > 0);
+    assert_eq!(
+        server.get("/api/experiment/models/nope").status(),
+        StatusCode::NOT_FOUND
+    );
+}
