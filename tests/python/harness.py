@@ -193,9 +193,10 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = ()) -> Server:
+def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> Server:
     """Starts `veetance serve` on a free loopback port with its own output, input and state
-    folders under `root`, and waits until it answers."""
+    folders under `root` (and its user folder, `root/user`), and waits until it answers."""
     binary = veetance_bin()
     assert binary.is_file(), (
         f"{binary} does not exist: build it (cargo build -p veetance-cli) or set VEETANCE_BIN"
@@ -229,6 +230,7 @@ def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = ())
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         server = Server(
