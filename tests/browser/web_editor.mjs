@@ -265,6 +265,8 @@ try {
       const response = await posted;
       check(response.status() === 200, `saving the setting answered ${response.status()}`);
       check((await setting(SETTING_ID)) === false, 'the setting did not change');
+      await page.waitForFunction((el) => el.getAttribute('aria-checked') === 'false', await toggle.elementHandle(), { timeout: 5000 });
+      await page.waitForTimeout(500); // the switch's animation, for the screenshot
       return { [SETTING_ID]: false };
     });
   } else {
