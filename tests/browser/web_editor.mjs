@@ -8,6 +8,9 @@
 //                                                 the workflow, reload, change a setting
 //   node web_editor.mjs BASE_URL SHOT_DIR restarted   (after a server restart, in a new browser
 //                                                 profile) the setting and the workflow are back
+//   VEETANCE_TOKEN=… node web_editor.mjs BASE_URL SHOT_DIR token   a server with --token: the
+//                                                 browser signs in at /?token= and the whole
+//                                                 page (API, WebSocket) works with the cookie
 //
 // Every step checks what the user would see (text, images, the graph) and takes a screenshot in
 // SHOT_DIR. Any failed request to our server (status >= 400, or no answer) and any console error
@@ -17,8 +20,8 @@
 import { chromium } from 'playwright-core';
 
 const [base, shotDir, phase] = process.argv.slice(2);
-if (!base || !shotDir || !['first', 'restarted'].includes(phase)) {
-  console.error('usage: node web_editor.mjs BASE_URL SHOT_DIR first|restarted');
+if (!base || !shotDir || !['first', 'restarted', 'token'].includes(phase)) {
+  console.error('usage: node web_editor.mjs BASE_URL SHOT_DIR first|restarted|token');
   process.exit(2);
 }
 
@@ -73,12 +76,13 @@ page.on('console', (message) => {
 page.on('pageerror', (error) => summary.consoleErrors.push(`page error: ${error.message.slice(0, 400)}`));
 
 // ---- WebSocket traffic, as the page sees it ---------------------------------------------------
-const ws = { progress: 0, previews: 0, executed: [], success: 0, errors: [] };
+const ws = { status: 0, progress: 0, previews: 0, executed: [], success: 0, errors: [] };
 page.on('websocket', (socket) => {
   socket.on('framereceived', ({ payload }) => {
     if (typeof payload !== 'string') { ws.previews += 1; return; }
     let msg;
     try { msg = JSON.parse(payload); } catch { return; }
+    if (msg.type === 'status') ws.status += 1;
     if (msg.type === 'progress') ws.progress += 1;
     if (msg.type === 'executed') ws.executed.push(msg.data);
     if (msg.type === 'execution_success') ws.success += 1;
@@ -268,6 +272,26 @@ try {
       await page.waitForFunction((el) => el.getAttribute('aria-checked') === 'false', await toggle.elementHandle(), { timeout: 5000 });
       await page.waitForTimeout(500); // the switch's animation, for the screenshot
       return { [SETTING_ID]: false };
+    });
+  } else if (phase === 'token') {
+    await step('token-sign-in', async () => {
+      const token = process.env.VEETANCE_TOKEN;
+      check(token, 'VEETANCE_TOKEN is not set');
+      // Without signing in, the page itself is refused.
+      const refused = await page.goto(`${base}/`);
+      check(refused.status() === 401, `the page answered ${refused.status()} without the token`);
+      await page.waitForTimeout(500);
+      // That 401 (and the favicon's) was the point: only what follows counts.
+      summary.failedRequests.length = 0;
+      summary.consoleErrors.length = 0;
+      await page.goto(`${base}/?token=${encodeURIComponent(token)}`, { waitUntil: 'networkidle', timeout: 120_000 });
+      check(!page.url().includes('token='), `the token stays in the address bar: ${page.url()}`);
+      await page.waitForFunction(() => window.app?.graph && document.querySelector('canvas'), null, { timeout: 60_000 });
+      await page.waitForTimeout(1500);
+      check(ws.status > 0, 'the WebSocket did not connect with the cookie');
+      const classes = await page.evaluate(() => Object.keys(window.LiteGraph.registered_node_types).length);
+      check(classes > 20, `only ${classes} node classes loaded`);
+      return { nodeClasses: classes };
     });
   } else {
     await step('setting-survives-restart', async () => {

@@ -241,6 +241,9 @@ def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = (),
             try:
                 http_json(f"{server.url}/prompt", timeout=2)
                 return server
+            except AssertionError:
+                # An HTTP error answer (401 from a server started with --token): it is up.
+                return server
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.05)
         server.stop()

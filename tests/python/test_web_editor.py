@@ -102,3 +102,24 @@ def test_comfyuis_frontend_drives_veetance(models_dir, tmp_path, timings):
     assert json.loads(saved.read_text())["nodes"], f"{saved} holds no graph"
     settings = json.loads((root / "user" / "default" / "comfy.settings.json").read_text())
     assert settings["Comfy.EnableTooltips"] is False, settings
+
+
+def test_the_frontend_signs_in_to_a_server_with_a_token(models_dir, tmp_path):
+    """`--token`: the page is refused until the browser signs in at `/?token=`, after which its
+    cookie carries every request and the WebSocket."""
+    assert (BROWSER_DIR / "node_modules" / "playwright-core").is_dir(), (
+        "playwright-core is missing: npm ci --prefix tests/browser (.ci/run does)"
+    )
+    shots = Path(os.environ.get("VEETANCE_SCREENSHOTS") or tmp_path / "shots").resolve()
+    shots.mkdir(parents=True, exist_ok=True)
+    token = "browser-test-token"
+    env = {**os.environ, "VIRTUAL_ENV": sys.prefix}
+    server = start_server(tmp_path / "serve", models_dir,
+                          ("--frontend", "auto", "--token", token), env=env)
+    try:
+        os.environ["VEETANCE_TOKEN"] = token
+        summary = run_browser(server.url, shots, "token")
+    finally:
+        os.environ.pop("VEETANCE_TOKEN", None)
+        server.stop()
+    assert [s["name"] for s in summary["steps"]] == ["token-sign-in"]

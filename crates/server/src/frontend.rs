@@ -7,9 +7,10 @@
 //! Nothing of the frontend is ever copied into this repository: the user installs it with pip,
 //! and the server reads it where pip put it.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -229,7 +230,28 @@ async fn template_file(
 
 /// `GET /` with a frontend: its `index.html`, never cached (a new frontend version must not
 /// meet an old page).
-pub(crate) async fn index(State(core): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn index(
+    State(core): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    // With --token, `/?token=…` signs the browser in (the guard has checked the token): the
+    // token goes into an HttpOnly, SameSite=Strict cookie, which the frontend's requests and
+    // WebSocket then carry, and the page reloads without it in the address bar.
+    if let (Some(token), Some(_)) = (&core.token, query.get("token")) {
+        let cookie = format!(
+            "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+            crate::security::TOKEN_COOKIE
+        );
+        return Ok((
+            StatusCode::SEE_OTHER,
+            [
+                (header::SET_COOKIE, cookie),
+                (header::LOCATION, "./".to_string()),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+        )
+            .into_response());
+    }
     let Some(root) = core.dirs.frontend.clone() else {
         return Ok(crate::routes::no_frontend_page());
     };

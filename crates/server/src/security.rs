@@ -58,10 +58,17 @@ fn authorized(request: &Request, token: &str) -> bool {
     if bearer.is_some_and(|b| same_secret(b.as_bytes(), token.as_bytes())) {
         return true;
     }
+    // The web frontend cannot send a header: a browser signs in once at `/?token=…`, which
+    // sets this cookie (HttpOnly, SameSite=Strict: never sent by another site's page).
+    if let Some(cookie) = token_cookie(request.headers()) {
+        if same_secret(cookie.as_bytes(), token.as_bytes()) {
+            return true;
+        }
+    }
     // Browsers cannot set headers on a WebSocket or an <img>: those two take the token in the
-    // query string.
+    // query string, and so does the frontend's page (to sign in).
     let path = request.uri().path();
-    if matches!(path, "/ws" | "/api/ws" | "/view" | "/api/view") {
+    if matches!(path, "/" | "/ws" | "/api/ws" | "/view" | "/api/view") {
         if let Ok(Query(q)) = Query::<HashMap<String, String>>::try_from_uri(request.uri()) {
             if let Some(t) = q.get("token") {
                 return same_secret(t.as_bytes(), token.as_bytes());
@@ -69,6 +76,21 @@ fn authorized(request: &Request, token: &str) -> bool {
         }
     }
     false
+}
+
+/// The cookie a browser signed in with (`/?token=…`).
+pub const TOKEN_COOKIE: &str = "veetance_token";
+
+/// The value of [`TOKEN_COOKIE`] in a request's `Cookie` headers.
+fn token_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
 }
 
 /// `host[:port]` of a Host header or an Origin's authority, host lowercased and IPv6 brackets

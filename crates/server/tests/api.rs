@@ -854,6 +854,43 @@ fn a_token_guards_every_route_and_the_websocket() {
     assert!(Ws::try_connect(&server, "clientId=c&token=nope", None).is_err());
     let ws = Ws::connect(&server, "clientId=c&token=s3cret", None);
     assert_eq!(ws.next().kind(), "status");
+
+    // A browser signs in at `/?token=` (a wrong token is refused), gets an HttpOnly,
+    // SameSite=Strict cookie and is sent back to the page; the cookie then opens every route.
+    assert_eq!(
+        server.get("/?token=nope").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let no_redirects = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = no_redirects
+        .get(server.url("/?token=s3cret"))
+        .send()
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.headers()["location"], "./");
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.starts_with("veetance_token=s3cret;")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let with_cookie = |value: &str| {
+        no_redirects
+            .get(server.url("/api/settings"))
+            .header("Cookie", format!("theme=dark; veetance_token={value}"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(with_cookie("s3cret"), StatusCode::OK);
+    assert_eq!(with_cookie("nope"), StatusCode::UNAUTHORIZED);
 }
 
 #[test]
