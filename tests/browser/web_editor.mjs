@@ -197,7 +197,14 @@ try {
       const preview = page.locator('img[src^="blob:"]').first();
       await preview.waitFor({ timeout: RUN_TIMEOUT_MS });
       await page.waitForFunction((el) => el.complete && el.naturalWidth > 0, await preview.elementHandle(), { timeout: 10_000 });
-      return { previewFrames: ws.previews, previewEvents: await page.evaluate(() => window.__veetancePreviews) };
+      // The frontend hands the preview to the sampling (subgraph) node on the canvas as its
+      // image. (The canvas does not paint it on this template's subgraph node; the queue
+      // panel's thumbnail, left open for the screenshot, is where a user sees it.)
+      const onCanvas = await page.waitForFunction(() => window.app.graph.nodes
+        .filter((n) => n.imgs?.some((i) => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0))
+        .map((n) => n.type), null, { timeout: RUN_TIMEOUT_MS }).then((h) => h.jsonValue()).catch(() => []);
+      check(onCanvas.length > 0, 'no node on the canvas holds a preview image');
+      return { previewFrames: ws.previews, previewEvents: await page.evaluate(() => window.__veetancePreviews), nodesWithPreview: onCanvas };
     });
 
     await step('image-in-canvas', async () => {
@@ -229,8 +236,19 @@ try {
       return { thumbnail: await thumb.getAttribute('src') };
     });
 
-    await step('workflow-saved', async () => {
+    await step('output-gallery', async () => {
       await page.getByTestId('queue-overlay-toggle').click();
+      // The Media Assets panel's "Generated" tab: the outputs of finished jobs.
+      await page.getByTestId('assets-tab-button').click();
+      const output = page.locator('img[src*="/api/view"][src*="Flux2-Klein"]').first();
+      await output.waitFor({ timeout: 30_000 });
+      await page.waitForFunction((el) => el.complete && el.naturalWidth > 0, await output.elementHandle(), { timeout: 10_000 });
+      await page.getByText('Flux2-Klein_00001').first().waitFor({ timeout: 10_000 });
+      return { output: await output.getAttribute('src') };
+    });
+
+    await step('workflow-saved', async () => {
+      await page.getByTestId('assets-tab-button').click();
       // Focus the canvas (an empty spot), then the save shortcut.
       await page.mouse.click(400, 800);
       const saved = page.waitForResponse((r) => r.request().method() === 'POST' &&

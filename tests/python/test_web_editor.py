@@ -8,7 +8,7 @@ browser is Debian's Chromium, headless, driven by `playwright-core` from npm
 links ComfyUI's file names to the tiny random-weight models.
 
 The server is started, the browser runs the first part (page, template browser, Run, progress,
-previews, the image in the canvas and the queue panel, a saved workflow across a reload, a
+previews, the image in the canvas, the queue panel and the output gallery, a saved workflow across a reload, a
 setting changed in the settings dialog), the server is stopped and started again on the same
 folders, and the browser, in a new profile, finds the setting and the workflow again.
 
@@ -94,7 +94,7 @@ def test_comfyuis_frontend_drives_veetance(models_dir, tmp_path, timings):
     steps = [s["name"] for s in first["steps"] + second["steps"]]
     assert steps == [
         "page-loads", "template-browser", "template-loaded", "progress", "preview",
-        "image-in-canvas", "queue-panel", "workflow-saved", "workflow-after-reload",
+        "image-in-canvas", "queue-panel", "output-gallery", "workflow-saved", "workflow-after-reload",
         "setting-changed", "setting-survives-restart", "workflow-survives-restart",
         "node-library",
     ], steps
