@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -233,15 +233,14 @@ async fn template_file(
 pub(crate) async fn index(
     State(core): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // With --token, `/?token=…` signs the browser in (the guard has checked the token): the
-    // token goes into an HttpOnly, SameSite=Strict cookie, which the frontend's requests and
-    // WebSocket then carry, and the page reloads without it in the address bar.
+    // browser gets an HttpOnly, SameSite=Strict cookie derived from the token, which the
+    // frontend's requests and WebSocket then carry, and the page reloads without the token in
+    // the address bar.
     if let (Some(token), Some(_)) = (&core.token, query.get("token")) {
-        let cookie = format!(
-            "{}={token}; Path=/; HttpOnly; SameSite=Strict",
-            crate::security::TOKEN_COOKIE
-        );
+        let cookie = crate::security::sign_in_cookie(&headers, token);
         return Ok((
             StatusCode::SEE_OTHER,
             [

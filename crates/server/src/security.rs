@@ -60,8 +60,13 @@ fn authorized(request: &Request, token: &str) -> bool {
     }
     // The web frontend cannot send a header: a browser signs in once at `/?token=…`, which
     // sets this cookie (HttpOnly, SameSite=Strict: never sent by another site's page).
+    // The cookie is sent by every page of the same site, other ports included, so it counts
+    // only for requests whose Origin (browsers send one on WebSockets, POSTs and cross-origin
+    // fetches) is this server's own.
     if let Some(cookie) = token_cookie(request.headers()) {
-        if same_secret(cookie.as_bytes(), token.as_bytes()) {
+        if same_secret(cookie.as_bytes(), cookie_value(token).as_bytes())
+            && origin_is_host(request.headers())
+        {
             return true;
         }
     }
@@ -78,19 +83,69 @@ fn authorized(request: &Request, token: &str) -> bool {
     false
 }
 
-/// The cookie a browser signed in with (`/?token=…`).
-pub const TOKEN_COOKIE: &str = "veetance_token";
+/// The name of the cookie a browser signs in with (`/?token=…`): one per port, since cookies
+/// are shared by every port of a host and two servers must not overwrite each other's.
+pub fn cookie_name(headers: &HeaderMap) -> String {
+    let port = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| host_and_port(h.trim()).1)
+        .unwrap_or(80);
+    format!("veetance_token_{port}")
+}
 
-/// The value of [`TOKEN_COOKIE`] in a request's `Cookie` headers.
+/// The cookie's value: derived from the token (never the token itself, which other services on
+/// the host would receive with the cookie), hex.
+pub fn cookie_value(token: &str) -> String {
+    blake3::derive_key("veetance serve 2026-12 sign-in cookie", token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `Set-Cookie` value that signs a browser in.
+pub fn sign_in_cookie(headers: &HeaderMap, token: &str) -> String {
+    format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict",
+        cookie_name(headers),
+        cookie_value(token)
+    )
+}
+
+/// The value of this server's sign-in cookie in a request's `Cookie` headers.
 fn token_cookie(headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(headers);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_string())
+}
+
+/// No Origin, or an Origin naming exactly the Host (name and port), whatever the host.
+fn origin_is_host(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, rest)) = origin.trim().split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    let (origin_name, origin_port) = host_and_port(authority);
+    let (host_name, host_port) = host_and_port(host.trim());
+    origin_name == host_name
+        && origin_port.unwrap_or(default_port) == host_port.unwrap_or(default_port)
 }
 
 /// `host[:port]` of a Host header or an Origin's authority, host lowercased and IPv6 brackets
@@ -182,6 +237,24 @@ mod tests {
         assert!(check_origin(&headers("127.0.0.1:8188", Some("null"))).is_err());
         // Not loopback: left to the token (ComfyUI checks loopback hosts only).
         assert!(check_origin(&headers("gpu-box:8188", Some("https://evil.example"))).is_ok());
+    }
+
+    #[test]
+    fn the_sign_in_cookie_needs_its_own_origin() {
+        let mut h = headers("gpu-box:8188", Some("http://gpu-box:8188"));
+        assert!(origin_is_host(&h));
+        h.insert(header::ORIGIN, "http://gpu-box:8080".parse().unwrap());
+        assert!(!origin_is_host(&h));
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(!origin_is_host(&h));
+        assert!(origin_is_host(&headers("gpu-box", Some("http://gpu-box"))));
+        assert!(origin_is_host(&headers("gpu-box:8188", None)));
+        assert_eq!(
+            cookie_name(&headers("gpu-box:8188", None)),
+            "veetance_token_8188"
+        );
+        assert_ne!(cookie_value("s3cret"), "s3cret");
+        assert_eq!(cookie_value("s3cret").len(), 64);
     }
 
     #[test]

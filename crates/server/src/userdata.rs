@@ -2,9 +2,9 @@
 //! and `/userdata` (saved workflows, subgraphs, `user.css`, templates a user made).
 //!
 //! One user, `default`, as ComfyUI without `--multi-user`: its files live in
-//! `<user dir>/default/`, settings in `comfy.settings.json` there. Paths in requests follow
-//! the upload rules ([`crate::files::subfolder_parts`]): relative, no `..`, no drive or stream
-//! names, never through a link that leads outside the user's folder. Every write goes to a
+//! `<user dir>/default/`, settings in `comfy.settings.json` there. Paths in requests are
+//! relative, hold no `..` (nor, on Windows, drive or stream names), and never lead through a
+//! link outside the user's folder; hidden files are not listed. Every write goes to a
 //! temp file in the same folder first and is renamed over the target, so a crash or a full disk
 //! never leaves half a workflow or half a settings file behind.
 
@@ -97,10 +97,35 @@ fn user_root(core: &Core) -> Result<PathBuf, Refusal> {
     })
 }
 
+/// The components of a path under the user's folder, or why it is refused: relative, no `..`,
+/// no NUL. Unlike upload subfolders, `:` is allowed except on Windows (where it names a drive or
+/// a stream): the frontend saves a workflow called "Flow: v2" as `Flow: v2.json`, as ComfyUI does
+/// on Linux and macOS.
+fn user_parts(rel: &str) -> Result<Vec<&str>, String> {
+    if cfg!(windows) {
+        return subfolder_parts(rel);
+    }
+    if rel.contains('\0') {
+        return Err("the path holds a NUL character".into());
+    }
+    if rel.starts_with(['/', '\\']) {
+        return Err(format!("{rel:?} is an absolute path"));
+    }
+    let mut parts = Vec::new();
+    for part in rel.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("{rel:?} leads outside the user folder")),
+            p => parts.push(p),
+        }
+    }
+    Ok(parts)
+}
+
 /// A request's path under the user's folder: `(folder it sits in, file name)`, the folder
 /// created when `create` is set. Refused (403, as ComfyUI) when it leaves the folder.
 fn resolve(root: &Path, rel: &str, create: bool) -> Result<(PathBuf, String), Refusal> {
-    let parts = subfolder_parts(rel).map_err(|e| deny(StatusCode::FORBIDDEN, e))?;
+    let parts = user_parts(rel).map_err(|e| deny(StatusCode::FORBIDDEN, e))?;
     let Some((name, dirs)) = parts.split_last() else {
         return Err(deny(StatusCode::BAD_REQUEST, "the path names no file"));
     };
@@ -147,16 +172,35 @@ fn existing_file(root: &Path, rel: &str) -> Result<PathBuf, Refusal> {
 /// Writes `bytes` to `dir/name` through a temp file in `dir` and a rename, so a reader sees the
 /// old file or the new one, never a part.
 pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    write_new_or_replace(dir, name, bytes, true).map(|_| ())
+}
+
+/// Writes `bytes` to `dir/name` through a temp file in `dir`: renamed over the target when
+/// `replace`, else linked to the name so that a file there (even one made a moment ago by
+/// another request) is never replaced. `Ok(false)`: the name was taken.
+fn write_new_or_replace(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    replace: bool,
+) -> std::io::Result<bool> {
+    // A short temp name: the target's own name may be near the file system's length limit.
+    let temp = dir.join(format!(".veetance-{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temp, dir.join(name))
+        if replace {
+            std::fs::rename(&temp, dir.join(name))?;
+            return Ok(true);
+        }
+        match std::fs::hard_link(&temp, dir.join(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
+    let _ = std::fs::remove_file(&temp);
     result
 }
 
@@ -210,28 +254,62 @@ async fn add_user() -> Response {
 
 // ---- /settings -----------------------------------------------------------------------------
 
-/// The user's settings; a missing file is `{}`, a damaged one is `{}` too (logged, and left on
-/// disk until the next write replaces it), as ComfyUI.
-fn load_settings(root: &Path) -> Map<String, Json> {
+/// The user's settings as read: a missing file is `{}`; a damaged one (not a JSON object) is
+/// `{}` too for reading, as ComfyUI, and is set aside before the next write replaces it.
+struct Settings {
+    map: Map<String, Json>,
+    damaged: bool,
+}
+
+/// Reads the settings file. An error other than "not found" (permissions, I/O) is an error:
+/// treating it as `{}` would let the next write wipe every setting.
+fn load_settings(root: &Path) -> Result<Settings, ApiError> {
     let path = root.join(SETTINGS_FILE);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Map::new();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Settings {
+                map: Map::new(),
+                damaged: false,
+            })
+        }
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "cannot read the settings file {}: {e}",
+                path.display()
+            )))
+        }
     };
     match serde_json::from_slice::<Json>(&bytes) {
-        Ok(Json::Object(map)) => map,
+        Ok(Json::Object(map)) => Ok(Settings {
+            map,
+            damaged: false,
+        }),
         _ => {
             tracing::error!(
-                "the settings file {} is damaged; the frontend gets defaults until a setting is \
-                 saved",
+                "the settings file {} is damaged; the frontend gets defaults, and the file is \
+                 kept as {SETTINGS_FILE}.damaged when a setting is saved",
                 path.display()
             );
-            Map::new()
+            Ok(Settings {
+                map: Map::new(),
+                damaged: true,
+            })
         }
     }
 }
 
-fn save_settings(root: &Path, settings: &Map<String, Json>) -> Result<(), ApiError> {
-    let text = serde_json::to_vec_pretty(settings).map_err(ApiError::internal)?;
+fn save_settings(root: &Path, settings: &Settings) -> Result<(), ApiError> {
+    if settings.damaged {
+        let kept = root.join(format!("{SETTINGS_FILE}.damaged"));
+        std::fs::rename(root.join(SETTINGS_FILE), &kept).map_err(|e| {
+            ApiError::internal(format!(
+                "cannot set the damaged settings file aside as {}: {e}",
+                kept.display()
+            ))
+        })?;
+    }
+    let text = serde_json::to_vec_pretty(&settings.map).map_err(ApiError::internal)?;
     write_atomically(root, SETTINGS_FILE, &text).map_err(|e| {
         ApiError::internal(format!(
             "cannot save the settings in {}: {e}",
@@ -251,7 +329,7 @@ fn settings_body(bytes: &[u8]) -> Result<Json, ApiError> {
 
 async fn all_settings(State(core): State<AppState>) -> Result<Response, ApiError> {
     let settings = blocking(&core, |c| match user_root(c) {
-        Ok(root) => Ok(Ok(load_settings(&root))),
+        Ok(root) => Ok(Ok(load_settings(&root)?.map)),
         Err(r) => Ok(Err(r.into_response())),
     })
     .await?;
@@ -266,7 +344,10 @@ async fn one_setting(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let value = blocking(&core, move |c| match user_root(c) {
-        Ok(root) => Ok(Ok(load_settings(&root).remove(&id).unwrap_or(Json::Null))),
+        Ok(root) => Ok(Ok(load_settings(&root)?
+            .map
+            .remove(&id)
+            .unwrap_or(Json::Null))),
         Err(r) => Ok(Err(r.into_response())),
     })
     .await?;
@@ -293,8 +374,8 @@ async fn merge_settings(State(core): State<AppState>, body: Body) -> Result<Resp
             Err(r) => return Ok(r.into_response()),
         };
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut settings = load_settings(&root);
-        settings.extend(new);
+        let mut settings = load_settings(&root)?;
+        settings.map.extend(new);
         save_settings(&root, &settings)?;
         Ok(StatusCode::OK.into_response())
     })
@@ -314,8 +395,8 @@ async fn set_setting(
             Err(r) => return Ok(r.into_response()),
         };
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut settings = load_settings(&root);
-        settings.insert(id, value);
+        let mut settings = load_settings(&root)?;
+        settings.map.insert(id, value);
         save_settings(&root, &settings)?;
         Ok(StatusCode::OK.into_response())
     })
@@ -324,7 +405,7 @@ async fn set_setting(
 
 // ---- /userdata -----------------------------------------------------------------------------
 
-/// Every plain file under `dir` (recursively when asked), hidden temp files left out.
+/// Every plain file under `dir` (recursively when asked), hidden ones left out.
 fn walk(dir: &Path, recurse: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -333,9 +414,9 @@ fn walk(dir: &Path, recurse: bool) -> Vec<PathBuf> {
             continue;
         };
         for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".tmp") {
+            // Hidden files and folders are not listed (ComfyUI's glob skips them): the
+            // frontend's own `workflows/.index.json`, temp files.
+            if e.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             let Ok(kind) = e.file_type() else { continue };
@@ -376,7 +457,7 @@ async fn list(
             Ok(r) => r,
             Err(r) => return Ok(r.into_response()),
         };
-        let parts = match subfolder_parts(dir) {
+        let parts = match user_parts(dir) {
             Ok(p) => p,
             Err(e) => return Ok(refuse(StatusCode::FORBIDDEN, e)),
         };
@@ -440,7 +521,7 @@ async fn list_v2(
             Err(r) => return Ok(r.into_response()),
         };
         let rel = query.get("path").cloned().unwrap_or_default();
-        let parts = match subfolder_parts(&rel) {
+        let parts = match user_parts(&rel) {
             Ok(p) => p,
             Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e)),
         };
@@ -457,12 +538,15 @@ async fn list_v2(
         let mut dirs = Vec::new();
         let mut files = Vec::new();
         let mut stack = vec![target];
-        while let Some(d) = stack.pop() {
+        'walk: while let Some(d) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&d) else {
                 continue;
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
                 let Ok(kind) = e.file_type() else { continue };
                 let path = e.path();
                 if kind.is_dir() {
@@ -470,7 +554,7 @@ async fn list_v2(
                         json!({"name": name, "path": relative(&path, &root), "type": "directory"}),
                     );
                     stack.push(path);
-                } else if kind.is_file() && !(name.starts_with('.') && name.ends_with(".tmp")) {
+                } else if kind.is_file() {
                     let meta = e.metadata().ok();
                     files.push(json!({
                         "name": name,
@@ -481,7 +565,7 @@ async fn list_v2(
                     }));
                 }
                 if dirs.len() + files.len() >= MAX_LISTED {
-                    break;
+                    break 'walk;
                 }
             }
         }
@@ -583,14 +667,15 @@ async fn write_file(
                 format!("{file:?} is a folder"),
             ));
         }
-        if !overwrite && std::fs::symlink_metadata(&path).is_ok() {
-            return Ok(refuse(StatusCode::CONFLICT, "File already exists"));
-        }
-        if let Err(e) = write_atomically(&dir, &name, &bytes) {
-            return Ok(refuse(
-                StatusCode::BAD_REQUEST,
-                format!("cannot save {file:?}: {e}"),
-            ));
+        match write_new_or_replace(&dir, &name, &bytes, overwrite) {
+            Ok(true) => {}
+            Ok(false) => return Ok(refuse(StatusCode::CONFLICT, "File already exists")),
+            Err(e) => {
+                return Ok(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot save {file:?}: {e}"),
+                ))
+            }
         }
         Ok(saved_answer(&path, &root, flag(&query, "full_info")))
     })
@@ -656,17 +741,32 @@ async fn move_file(
         };
         let target = dir.join(name);
         let overwrite = query.get("overwrite").is_none_or(|v| v != "false");
-        if !overwrite && std::fs::symlink_metadata(&target).is_ok() {
-            return Ok(refuse(StatusCode::CONFLICT, "File already exists"));
-        }
         if target.is_dir() {
             return Ok(refuse(
                 StatusCode::CONFLICT,
                 format!("{dest:?} is a folder"),
             ));
         }
-        std::fs::rename(&source, &target)
-            .map_err(|e| ApiError::internal(format!("moving {file:?} to {dest:?}: {e}")))?;
+        if overwrite {
+            std::fs::rename(&source, &target)
+                .map_err(|e| ApiError::internal(format!("moving {file:?} to {dest:?}: {e}")))?;
+        } else {
+            // A link fails when the name is taken, even by a file made a moment ago: the
+            // destination is never replaced.
+            match std::fs::hard_link(&source, &target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Ok(refuse(StatusCode::CONFLICT, "File already exists"))
+                }
+                Err(e) => {
+                    return Err(ApiError::internal(format!(
+                        "moving {file:?} to {dest:?}: {e}"
+                    )))
+                }
+            }
+            std::fs::remove_file(&source)
+                .map_err(|e| ApiError::internal(format!("moving {file:?} to {dest:?}: {e}")))?;
+        }
         Ok(saved_answer(&target, &root, flag(&query, "full_info")))
     })
     .await
@@ -702,6 +802,31 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret.json"), root.join("link.json"))
             .unwrap();
         assert!(existing_file(&root, "link.json").is_err());
+    }
+
+    #[test]
+    fn colons_are_names_except_on_windows() {
+        let parts = user_parts("workflows/Flow: v2.json");
+        if cfg!(windows) {
+            assert!(parts.is_err());
+        } else {
+            assert_eq!(parts.unwrap(), ["workflows", "Flow: v2.json"]);
+        }
+        assert!(user_parts("a/../../b").is_err());
+        assert!(user_parts("/abs").is_err());
+        assert!(user_parts("a\0b").is_err());
+    }
+
+    #[test]
+    fn no_overwrite_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_new_or_replace(dir.path(), "a.json", b"one", false).unwrap());
+        assert!(!write_new_or_replace(dir.path(), "a.json", b"two", false).unwrap());
+        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"one");
+        // A name near the file system's limit still saves (the temp name is short).
+        let long = format!("{}.json", "w".repeat(250));
+        assert!(write_new_or_replace(dir.path(), &long, b"x", true).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

@@ -875,22 +875,58 @@ fn a_token_guards_every_route_and_the_websocket() {
         .to_str()
         .unwrap()
         .to_string();
+    let port = server.handle.as_ref().unwrap().addr().port();
+    let (pair, attributes) = cookie.split_once(';').unwrap();
+    let (name, value) = pair.split_once('=').unwrap();
+    assert_eq!(
+        name,
+        format!("veetance_token_{port}"),
+        "one cookie per port"
+    );
     assert!(
-        cookie.starts_with("veetance_token=s3cret;")
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Strict"),
+        value.len() == 64 && !value.contains("s3cret"),
+        "the token itself is never sent: {cookie}"
+    );
+    assert!(
+        attributes.contains("HttpOnly") && attributes.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let with_cookie = |value: &str| {
+    let with_cookie = |value: &str, origin: Option<&str>| {
+        let mut request = no_redirects
+            .post(server.url("/api/settings/Comfy.X"))
+            .header("Cookie", format!("theme=dark; {name}={value}"))
+            .body("1");
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        request.send().unwrap().status()
+    };
+    let own = format!("http://127.0.0.1:{port}");
+    assert_eq!(with_cookie(value, None), StatusCode::OK);
+    assert_eq!(with_cookie(value, Some(&own)), StatusCode::OK);
+    assert_eq!(with_cookie("nope", Some(&own)), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        with_cookie(value, Some("http://127.0.0.1:1")),
+        StatusCode::FORBIDDEN,
+        "another port's page (refused by the loopback Origin check first)"
+    );
+    // On a non-loopback name, where the Origin check leaves requests to the token, a page on
+    // another port of the same host still cannot use the cookie.
+    let as_lan_host = |origin: &str| {
         no_redirects
             .get(server.url("/api/settings"))
-            .header("Cookie", format!("theme=dark; veetance_token={value}"))
+            .header("Host", format!("gpu-box:{port}"))
+            .header("Origin", origin)
+            .header("Cookie", format!("veetance_token_{port}={value}"))
             .send()
             .unwrap()
             .status()
     };
-    assert_eq!(with_cookie("s3cret"), StatusCode::OK);
-    assert_eq!(with_cookie("nope"), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        as_lan_host(&format!("http://gpu-box:{port}")),
+        StatusCode::OK
+    );
+    assert_eq!(as_lan_host("http://gpu-box:8080"), StatusCode::UNAUTHORIZED);
 }
 
 #[test]
@@ -1963,6 +1999,11 @@ fn settings_live_in_the_user_folder_and_survive_a_restart() {
     let r = post_bytes(&server, "/api/settings/k", b"2");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(server.get_json("/api/settings"), json!({"k": 2}));
+    assert_eq!(
+        std::fs::read(user_dir.join("default/comfy.settings.json.damaged")).unwrap(),
+        b"{\"half\": ",
+        "the damaged file is set aside, not lost"
+    );
 }
 
 #[test]
@@ -2010,6 +2051,39 @@ fn userdata_saves_lists_moves_and_deletes_inside_the_user_folder() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["my flow.json", "sub/b.json"]);
+    // The frontend's bookmarks file is hidden (never listed as a workflow); a name with a colon
+    // saves, as in ComfyUI on Linux; a move onto a taken name with overwrite=false is refused.
+    let r = post_bytes(
+        &server,
+        "/api/userdata/workflows%2F.index.json",
+        b"{\"favorites\":[]}",
+    );
+    assert_eq!(r.status(), StatusCode::OK);
+    #[cfg(not(windows))]
+    {
+        let r = post_bytes(
+            &server,
+            "/api/userdata/workflows%2FFlow%3A%20v2.json",
+            b"{}",
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = server
+            .http
+            .post(server.url(
+                "/api/userdata/workflows%2FFlow%3A%20v2.json/move/workflows%2Fsub%2Fb.json?overwrite=false",
+            ))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let gone = server
+            .http
+            .delete(server.url("/api/userdata/workflows%2FFlow%3A%20v2.json"))
+            .send()
+            .unwrap();
+        assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    }
+    let listed = server.get_json("/api/userdata?dir=workflows&recurse=true");
+    assert_eq!(listed, json!(["my flow.json", "sub/b.json"]));
     assert_eq!(
         server.get_json("/api/userdata?dir=workflows&recurse=true&split=true"),
         json!([
