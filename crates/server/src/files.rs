@@ -122,7 +122,9 @@ pub(crate) fn inside(root: &Path, path: &Path) -> Option<PathBuf> {
     real.starts_with(root).then_some(real)
 }
 
-fn content_type(name: &str) -> &'static str {
+/// The type `/view` and `/templates/` serve a file as; anything a browser would run or
+/// render as a page is a download.
+pub(crate) fn content_type(name: &str) -> &'static str {
     let ext = Path::new(name)
         .extension()
         .and_then(|e| e.to_str())

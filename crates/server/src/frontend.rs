@@ -185,24 +185,6 @@ fn plain_relative(path: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty() && !path.contains('\\')).then_some(out)
 }
 
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "json" => "application/json",
-        "webp" => "image/webp",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "svg" => "image/svg+xml",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "mp3" => "audio/mpeg",
-        "flac" => "audio/flac",
-        "wav" => "audio/wav",
-        "glb" => "model/gltf-binary",
-        _ => "application/octet-stream",
-    }
-}
-
 async fn template_file(
     State(core): State<AppState>,
     UrlPath(file): UrlPath<String>,
@@ -220,7 +202,8 @@ async fn template_file(
             if real.is_file() {
                 let bytes = std::fs::read(&real)
                     .map_err(|e| ApiError::internal(format!("reading {}: {e}", real.display())))?;
-                return Ok(([(header::CONTENT_TYPE, content_type(&real))], bytes).into_response());
+                let kind = crate::files::content_type(&real.to_string_lossy());
+                return Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response());
             }
         }
         Ok(StatusCode::NOT_FOUND.into_response())

@@ -309,6 +309,14 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A file time as seconds since the Unix epoch (ComfyUI's `os.path.getmtime`); 0 when the file
+/// system has none.
+pub(crate) fn unix_seconds(time: std::io::Result<std::time::SystemTime>) -> f64 {
+    time.ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Creates a folder if needed and returns its absolute, symlink-free path.
 fn resolve_dir(path: &Path, what: &str) -> Result<PathBuf, ServerError> {
     std::fs::create_dir_all(path).map_err(|e| ServerError::Folder {

@@ -65,6 +65,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ApiError> for Box<Response> {
+    fn from(e: ApiError) -> Box<Response> {
+        Box::new(e.into_response())
+    }
+}
+
 /// Runs store (or other blocking) work off the async threads.
 pub async fn blocking<T: Send + 'static>(
     core: &AppState,
@@ -837,15 +843,11 @@ async fn experiment_models_in(
                 .filter(|(_, path)| path.is_file())
                 .map(|(name, path)| {
                     let meta = std::fs::metadata(&path).ok();
-                    let secs = |t: Option<std::time::SystemTime>| {
-                        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map_or(0.0, |d| d.as_secs_f64())
-                    };
                     json!({
                         "name": name,
                         "pathIndex": 0,
-                        "modified": secs(meta.as_ref().and_then(|m| m.modified().ok())),
-                        "created": secs(meta.as_ref().and_then(|m| m.created().or_else(|_| m.modified()).ok())),
+                        "modified": meta.as_ref().map_or(0.0, |m| crate::unix_seconds(m.modified())),
+                        "created": meta.as_ref().map_or(0.0, |m| crate::unix_seconds(m.created().or_else(|_| m.modified()))),
                         "size": meta.as_ref().map_or(0, |m| m.len()),
                     })
                 })

@@ -73,6 +73,28 @@ impl IntoResponse for Refusal {
     }
 }
 
+impl From<Refusal> for Box<Response> {
+    fn from(r: Refusal) -> Box<Response> {
+        Box::new(r.into_response())
+    }
+}
+
+/// Runs a route's file work off the async threads, in the user's folder (created when
+/// missing). `Err` is the answer to give: a refusal or a server error, made one by `?`
+/// (boxed: a `Response` is large).
+async fn in_user_folder(
+    core: &AppState,
+    work: impl FnOnce(&Path) -> Result<Response, Box<Response>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    blocking(core, move |c| {
+        Ok(user_root(c)
+            .map_err(Box::<Response>::from)
+            .and_then(|root| work(&root))
+            .unwrap_or_else(|answer| *answer))
+    })
+    .await
+}
+
 fn deny(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
@@ -204,12 +226,6 @@ fn write_new_or_replace(
     result
 }
 
-fn seconds(time: std::io::Result<std::time::SystemTime>) -> f64 {
-    time.ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// ComfyUI's `FileInfo`: `{path, size, modified, created}`, times in seconds.
 fn file_info(path: &Path, relative_to: &Path) -> Json {
     let meta = std::fs::metadata(path).ok();
@@ -220,8 +236,8 @@ fn file_info(path: &Path, relative_to: &Path) -> Json {
     json!({
         "path": rel,
         "size": meta.as_ref().map_or(0, |m| m.len()),
-        "modified": meta.as_ref().map_or(0.0, |m| seconds(m.modified())),
-        "created": meta.as_ref().map_or(0.0, |m| seconds(m.created().or_else(|_| m.modified()))),
+        "modified": meta.as_ref().map_or(0.0, |m| crate::unix_seconds(m.modified())),
+        "created": meta.as_ref().map_or(0.0, |m| crate::unix_seconds(m.created().or_else(|_| m.modified()))),
     })
 }
 
@@ -328,33 +344,21 @@ fn settings_body(bytes: &[u8]) -> Result<Json, ApiError> {
 }
 
 async fn all_settings(State(core): State<AppState>) -> Result<Response, ApiError> {
-    let settings = blocking(&core, |c| match user_root(c) {
-        Ok(root) => Ok(Ok(load_settings(&root)?.map)),
-        Err(r) => Ok(Err(r.into_response())),
+    in_user_folder(&core, |root| {
+        Ok(axum::Json(Json::Object(load_settings(root)?.map)).into_response())
     })
-    .await?;
-    Ok(match settings {
-        Ok(s) => axum::Json(Json::Object(s)).into_response(),
-        Err(r) => r,
-    })
+    .await
 }
 
 async fn one_setting(
     State(core): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let value = blocking(&core, move |c| match user_root(c) {
-        Ok(root) => Ok(Ok(load_settings(&root)?
-            .map
-            .remove(&id)
-            .unwrap_or(Json::Null))),
-        Err(r) => Ok(Err(r.into_response())),
+    in_user_folder(&core, move |root| {
+        let value = load_settings(root)?.map.remove(&id).unwrap_or(Json::Null);
+        Ok(axum::Json(value).into_response())
     })
-    .await?;
-    Ok(match value {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(r) => r,
-    })
+    .await
 }
 
 /// Serialises read-modify-write of the settings file (two tabs saving at once).
@@ -368,15 +372,11 @@ async fn merge_settings(State(core): State<AppState>, body: Body) -> Result<Resp
             "POST /settings takes a JSON object of setting id → value",
         ));
     };
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut settings = load_settings(&root)?;
+        let mut settings = load_settings(root)?;
         settings.map.extend(new);
-        save_settings(&root, &settings)?;
+        save_settings(root, &settings)?;
         Ok(StatusCode::OK.into_response())
     })
     .await
@@ -389,15 +389,11 @@ async fn set_setting(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, core.limits.body_bytes).await?;
     let value = settings_body(&bytes)?;
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut settings = load_settings(&root)?;
+        let mut settings = load_settings(root)?;
         settings.map.insert(id, value);
-        save_settings(&root, &settings)?;
+        save_settings(root, &settings)?;
         Ok(StatusCode::OK.into_response())
     })
     .await
@@ -446,23 +442,19 @@ async fn list(
     State(core): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    blocking(&core, move |c| {
+    in_user_folder(&core, move |root| {
         let Some(dir) = query.get("dir").filter(|d| !d.is_empty()) else {
             return Ok(refuse(
                 StatusCode::BAD_REQUEST,
                 "Directory not provided: add ?dir=",
             ));
         };
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
         let parts = match user_parts(dir) {
             Ok(p) => p,
             Err(e) => return Ok(refuse(StatusCode::FORBIDDEN, e)),
         };
-        let path = parts.iter().fold(root.clone(), |d, p| d.join(p));
-        let path = match inside(&root, &path) {
+        let path = parts.iter().fold(root.to_path_buf(), |d, p| d.join(p));
+        let path = match inside(root, &path) {
             Some(p) if p.is_dir() => p,
             Some(_) => {
                 return Ok(refuse(
@@ -515,18 +507,14 @@ async fn list_v2(
     State(core): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
         let rel = query.get("path").cloned().unwrap_or_default();
         let parts = match user_parts(&rel) {
             Ok(p) => p,
             Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e)),
         };
-        let target = parts.iter().fold(root.clone(), |d, p| d.join(p));
-        let Some(target) = inside(&root, &target) else {
+        let target = parts.iter().fold(root.to_path_buf(), |d, p| d.join(p));
+        let Some(target) = inside(root, &target) else {
             return Ok(refuse(StatusCode::NOT_FOUND, format!("{rel:?} not found")));
         };
         if !target.is_dir() {
@@ -551,17 +539,17 @@ async fn list_v2(
                 let path = e.path();
                 if kind.is_dir() {
                     dirs.push(
-                        json!({"name": name, "path": relative(&path, &root), "type": "directory"}),
+                        json!({"name": name, "path": relative(&path, root), "type": "directory"}),
                     );
                     stack.push(path);
                 } else if kind.is_file() {
                     let meta = e.metadata().ok();
                     files.push(json!({
                         "name": name,
-                        "path": relative(&path, &root),
+                        "path": relative(&path, root),
                         "type": "file",
                         "size": meta.as_ref().map_or(0, |m| m.len()),
-                        "modified": meta.as_ref().map_or(0.0, |m| seconds(m.modified())),
+                        "modified": meta.as_ref().map_or(0.0, |m| crate::unix_seconds(m.modified())),
                     }));
                 }
                 if dirs.len() + files.len() >= MAX_LISTED {
@@ -582,12 +570,8 @@ async fn read_file(
     State(core): State<AppState>,
     UrlPath(file): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
-        let path = match existing_file(&root, &file) {
+    in_user_folder(&core, move |root| {
+        let path = match existing_file(root, &file) {
             Ok(p) => p,
             Err(r) => return Ok(absent_default(&file).unwrap_or_else(|| r.into_response())),
         };
@@ -650,15 +634,8 @@ async fn write_file(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, core.limits.body_bytes).await?;
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
-        let (dir, name) = match resolve(&root, &file, true) {
-            Ok(x) => x,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
+        let (dir, name) = resolve(root, &file, true)?;
         let path = dir.join(&name);
         let overwrite = query.get("overwrite").is_none_or(|v| v != "false");
         if path.is_dir() {
@@ -677,7 +654,7 @@ async fn write_file(
                 ))
             }
         }
-        Ok(saved_answer(&path, &root, flag(&query, "full_info")))
+        Ok(saved_answer(&path, root, flag(&query, "full_info")))
     })
     .await
 }
@@ -694,15 +671,8 @@ async fn delete_file(
     State(core): State<AppState>,
     UrlPath(file): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
-        let (dir, name) = match resolve(&root, &file, false) {
-            Ok(x) => x,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
+        let (dir, name) = resolve(root, &file, false)?;
         let path = dir.join(name);
         match std::fs::symlink_metadata(&path) {
             Ok(m) if !m.is_dir() => {
@@ -726,19 +696,9 @@ async fn move_file(
     UrlPath((file, dest)): UrlPath<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    blocking(&core, move |c| {
-        let root = match user_root(c) {
-            Ok(r) => r,
-            Err(r) => return Ok(r.into_response()),
-        };
-        let source = match existing_file(&root, &file) {
-            Ok(p) => p,
-            Err(r) => return Ok(r.into_response()),
-        };
-        let (dir, name) = match resolve(&root, &dest, true) {
-            Ok(x) => x,
-            Err(r) => return Ok(r.into_response()),
-        };
+    in_user_folder(&core, move |root| {
+        let source = existing_file(root, &file)?;
+        let (dir, name) = resolve(root, &dest, true)?;
         let target = dir.join(name);
         let overwrite = query.get("overwrite").is_none_or(|v| v != "false");
         if target.is_dir() {
@@ -759,15 +719,15 @@ async fn move_file(
                     return Ok(refuse(StatusCode::CONFLICT, "File already exists"))
                 }
                 Err(e) => {
-                    return Err(ApiError::internal(format!(
-                        "moving {file:?} to {dest:?}: {e}"
-                    )))
+                    return Err(
+                        ApiError::internal(format!("moving {file:?} to {dest:?}: {e}")).into(),
+                    )
                 }
             }
             std::fs::remove_file(&source)
                 .map_err(|e| ApiError::internal(format!("moving {file:?} to {dest:?}: {e}")))?;
         }
-        Ok(saved_answer(&target, &root, flag(&query, "full_info")))
+        Ok(saved_answer(&target, root, flag(&query, "full_info")))
     })
     .await
 }
