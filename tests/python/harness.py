@@ -194,7 +194,7 @@ class Server:
 
 
 def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> Server:
+                 env: dict[str, str] | None = None, port: int | None = None) -> Server:
     """Starts `veetance serve` on a free loopback port with its own output, input and state
     folders under `root` (and its user folder, `root/user`), and waits until it answers."""
     binary = veetance_bin()
@@ -205,8 +205,9 @@ def start_server(root: Path, models_dir: Path, extra_args: tuple[str, ...] = (),
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     log_path = root / "server.log"
+    fixed_port = port
     for attempt in range(3):
-        port = free_port()
+        port = fixed_port or free_port()
         log = open(log_path, "wb")
         proc = subprocess.Popen(
             [

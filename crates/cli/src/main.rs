@@ -157,6 +157,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Serve ComfyUI's HTTP/WebSocket API (and OpenAI's image route) with a durable queue.
     Serve(Box<serve::ServeArgs>),
+    /// Run jobs of a shared queue (NATS JetStream) that `veetance serve --queue` front doors
+    /// fill; see docs/distributed.md.
+    Worker(Box<serve::WorkerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Some(Command::Nodes { json }) => load::nodes_command(json),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Serve(args)) => serve::run(&args, &cli.common),
+        Some(Command::Worker(args)) => serve::run_worker(&args, &cli.common),
         None if cli.headless => headless::run(cli.workflow.as_deref(), &cli.run, &cli.common),
         None => editor(cli.workflow, &cli.run, &cli.common),
     };

@@ -113,6 +113,109 @@ pub struct ServeArgs {
     /// docs/server.md says which nodes get the prompt, size and seed.
     #[arg(long, value_name = "FILE")]
     pub default_workflow: Option<PathBuf>,
+
+    /// Be a front door of a shared queue (`nats://HOST:4222`, a `nats-server -js`): prompts go
+    /// to the `veetance worker`s behind it, and this server runs none itself. See
+    /// docs/distributed.md.
+    #[arg(long, value_name = "nats://HOST:PORT")]
+    pub queue: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The shared queue to take jobs from: a `nats-server -js` (`nats://HOST:4222`).
+    #[arg(long, value_name = "nats://HOST:PORT")]
+    pub queue: String,
+
+    /// This worker's name in job records and logs (its process id is added; default: the
+    /// host name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Folder of model files, in ComfyUI's layout (default: `models`, or `paths.models_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// Where runs write their outputs before they go to the queue's object store (default:
+    /// `out`, or `paths.out_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// ComfyUI's input folder: LoadImage's names (share it with the front doors' for
+    /// uploads).
+    #[arg(long, value_name = "DIR", default_value = "input")]
+    pub input_dir: PathBuf,
+
+    /// ComfyUI's temp folder.
+    #[arg(long, value_name = "DIR", default_value = "temp")]
+    pub temp_dir: PathBuf,
+
+    /// The worker's journal of the job it runs (one per worker process).
+    #[arg(long, value_name = "DIR", default_value = "veetance-worker-state")]
+    pub state_dir: PathBuf,
+
+    /// As for headless runs: GPU memory in use the engine keeps under (`16GiB`, `80%`).
+    #[arg(long, value_name = "SIZE|N%")]
+    pub vram_budget: Option<String>,
+
+    /// As for headless runs: host memory cached values may hold (`8GiB`, `50%`).
+    #[arg(long, value_name = "SIZE|N%")]
+    pub ram_budget: Option<String>,
+
+    /// Latent previews for the clients of jobs that do not say (`none` or `auto`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub preview_method: PreviewArg,
+}
+
+/// `veetance worker`: runs jobs of a shared queue until Ctrl-C or SIGTERM.
+pub fn run_worker(args: &WorkerArgs, common: &CommonArgs) -> Result<(), Failure> {
+    let (config, config_path) =
+        ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
+    let probe = veetance_nodes::device_probe();
+    let run_args = RunArgs {
+        vram_budget: args.vram_budget.clone(),
+        ram_budget: args.ram_budget.clone(),
+        ..RunArgs::default()
+    };
+    let budgets = headless::budgets(
+        &run_args,
+        &config.cache,
+        config_path.as_deref(),
+        probe.as_ref().and_then(|p| p.memory()),
+        &HostMemory::read(),
+    )
+    .map_err(Failure::invalid)?;
+    let options = veetance_server::nats::WorkerOptions {
+        queue: args.queue.clone(),
+        name: args.name.clone(),
+        models_dir: args
+            .models_dir
+            .clone()
+            .or(config.paths.models_dir)
+            .unwrap_or_else(|| PathBuf::from("models")),
+        out_dir: args
+            .out
+            .clone()
+            .or(config.paths.out_dir)
+            .unwrap_or_else(|| PathBuf::from("out")),
+        input_dir: args.input_dir.clone(),
+        temp_dir: args.temp_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        budgets,
+        device_probe: probe,
+        preview: match args.preview_method {
+            PreviewArg::None => PreviewMethod::None,
+            PreviewArg::Auto => PreviewMethod::Auto,
+        },
+        registry: None,
+    };
+    eprintln!("veetance worker: taking jobs from {}; Ctrl-C stops", args.queue);
+    veetance_server::nats::run_worker(options).map_err(|e| match e {
+        veetance_server::ServerError::Store(_) | veetance_server::ServerError::Folder { .. } => {
+            Failure::invalid(e)
+        }
+        other => Failure::run_failed(other),
+    })
 }
 
 /// `ADDR[:PORT]`, a host name or an IP address, with `port` overriding.
@@ -252,8 +355,12 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
         registry: None,
         history_max: 10_000,
         handle_signals: true,
+        queue: args.queue.clone(),
     };
-    let state = options.state_dir.display().to_string();
+    let state = match &options.queue {
+        Some(url) => format!("the shared queue {url}"),
+        None => options.state_dir.display().to_string(),
+    };
     let handle = Server::start(options).map_err(|e| match e {
         veetance_server::ServerError::Listen { .. } | veetance_server::ServerError::Runtime(_) => {
             Failure::run_failed(e)

@@ -202,6 +202,13 @@ pub async fn view(
     // Like ComfyUI, a name with a separator stands for its last part.
     let name = name.rsplit(['/', '\\']).next().unwrap_or(name).to_string();
     let found = blocking(&core, move |core| {
+        // Behind a shared queue, outputs live in its object store (workers wrote them on
+        // other machines); this server's own folders are the fallback (uploads, inputs).
+        if let (Some(remote), Folder::Output | Folder::Temp) = (&core.remote, folder) {
+            if let Some(bytes) = remote.output_file(folder.name(), &parts.join("/"), &name)? {
+                return Ok(Ok((name, bytes)));
+            }
+        }
         let root = folder.dir(core).to_path_buf();
         let mut path = root.clone();
         path.extend(&parts);

@@ -94,6 +94,25 @@ pub struct Hub {
     limits: ClientLimits,
     /// Clients disconnected for being too slow, since start.
     pub dropped_slow: AtomicU64,
+    /// A worker of a shared queue (`veetance worker`) has no sockets: every message goes here
+    /// instead, to be published for the front doors.
+    forward: std::sync::OnceLock<Box<dyn Fn(Forwarded) + Send + Sync>>,
+}
+
+/// A message a worker hands to its front doors instead of a socket.
+#[derive(Debug)]
+pub enum Forwarded {
+    Json {
+        client: Option<String>,
+        kind: String,
+        data: Json,
+    },
+    Preview {
+        client: String,
+        node: String,
+        prompt_id: String,
+        png: Vec<u8>,
+    },
 }
 
 impl std::fmt::Debug for Hub {
@@ -117,6 +136,14 @@ impl Hub {
             next_conn: AtomicU64::new(0),
             limits,
             dropped_slow: AtomicU64::new(0),
+            forward: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sends every message to `forward` instead of sockets (a worker of a shared queue).
+    pub fn forward_to(&self, forward: Box<dyn Fn(Forwarded) + Send + Sync>) {
+        if self.forward.set(forward).is_err() {
+            tracing::error!("the WebSocket hub was already forwarding");
         }
     }
 
@@ -189,7 +216,8 @@ impl Hub {
     }
 
     pub fn is_connected(&self, sid: &str) -> bool {
-        self.lock().contains_key(sid)
+        // A worker cannot know: the client is at a front door.
+        self.forward.get().is_some() || self.lock().contains_key(sid)
     }
 
     /// Whether the client asked for previews with metadata (binary type 4).
@@ -232,6 +260,14 @@ impl Hub {
 
     /// Sends a JSON message to one client (`Some(sid)`) or to every client (`None`).
     pub fn send_json(&self, sid: Option<&str>, kind: &str, data: Json) {
+        if let Some(forward) = self.forward.get() {
+            forward(Forwarded::Json {
+                client: sid.map(str::to_string),
+                kind: kind.to_string(),
+                data,
+            });
+            return;
+        }
         let text = envelope(kind, data);
         let mut clients = self.lock();
         match sid {
@@ -283,6 +319,29 @@ impl Hub {
     pub fn send_binary(&self, sid: &str, frame: Vec<u8>) {
         let mut clients = self.lock();
         self.offer(&mut clients, sid, Outgoing::Binary(frame));
+    }
+
+    /// Sends a latent preview (PNG bytes) to one client, in the frame it asked for: with the
+    /// node and prompt (`supports_preview_metadata`) or without.
+    pub fn send_preview(&self, sid: &str, node: &str, prompt_id: &str, png: Vec<u8>) {
+        if let Some(forward) = self.forward.get() {
+            forward(Forwarded::Preview {
+                client: sid.to_string(),
+                node: node.to_string(),
+                prompt_id: prompt_id.to_string(),
+                png,
+            });
+            return;
+        }
+        if !self.is_connected(sid) {
+            return;
+        }
+        let frame = if self.wants_preview_metadata(sid) {
+            crate::preview::frame_with_metadata(node, prompt_id, &png)
+        } else {
+            crate::preview::frame(&png)
+        };
+        self.send_binary(sid, frame);
     }
 }
 

@@ -135,6 +135,9 @@ fn job_of_row(row: &JobRow, running: Option<&crate::Running>) -> Json {
             if let Some(r) = running.filter(|r| r.prompt_id == row.prompt_id) {
                 job["progress"] = progress(r);
             }
+            if let Some(w) = &row.worker {
+                job["worker"] = json!(w);
+            }
             prune(job)
         }
         RowState::Done => {
@@ -232,7 +235,7 @@ async fn list(
     };
     let workflow_id = q.get("workflow_id").cloned().filter(|w| !w.is_empty());
 
-    let rows = blocking(&core, |c| Ok(c.store.job_rows()?)).await?;
+    let rows = blocking(&core, |c| Ok(c.queue.job_rows()?)).await?;
     let running = core.running().clone();
     // ComfyUI's order before sorting: running, pending (queue order), history (oldest first).
     let rank = |r: &JobRow| match r.state {
@@ -299,6 +302,7 @@ fn job_of_history(entry: &HistoryEntry) -> Json {
         workflow_id: workflow_id(&entry.item),
         outputs: entry.outputs.clone(),
         status: entry.status.clone(),
+        worker: None,
     };
     let mut job = job_of_row(&row, None);
     job["outputs"] = entry.outputs.clone();
@@ -320,10 +324,17 @@ async fn one(
 ) -> Result<Response, ApiError> {
     let id = job_id.clone();
     let found = blocking(&core, move |c| {
-        if let Some(entry) = c.store.history_one(&id)? {
-            return Ok(Some(job_of_history(&entry)));
+        let worker = c.queue.worker_of(&id);
+        let with_worker = |mut job: Json| {
+            if let Some(w) = &worker {
+                job["worker"] = json!(w);
+            }
+            job
+        };
+        if let Some(entry) = c.queue.history_one(&id)? {
+            return Ok(Some(with_worker(job_of_history(&entry))));
         }
-        let Some((state, item)) = c.store.queued_item(&id)? else {
+        let Some((state, item)) = c.queue.queued_item(&id)? else {
             return Ok(None);
         };
         let created = item
@@ -339,11 +350,12 @@ async fn one(
             workflow_id: workflow_id(&item),
             outputs: json!({}),
             status: Json::Null,
+            worker: None,
         };
         let running = c.running().clone();
         let mut job = job_of_row(&row, running.as_ref());
         job["workflow"] = json!({ "prompt": item.prompt, "extra_data": item.extra_data });
-        Ok(Some(job))
+        Ok(Some(with_worker(job)))
     })
     .await?;
     match found {
@@ -358,7 +370,7 @@ fn cancel(core: &Core, id: &str) -> Result<bool, ApiError> {
     if interrupt(core, Some(id)) {
         return Ok(true);
     }
-    if !core.store.delete_pending(&[id.to_string()])?.is_empty() {
+    if !core.queue.delete_pending(&[id.to_string()])?.is_empty() {
         core.notify_done(id);
         core.broadcast_status();
         return Ok(true);

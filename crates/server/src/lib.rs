@@ -14,8 +14,10 @@ mod files;
 pub mod frontend;
 mod hub;
 mod jobs;
+pub mod nats;
 mod openai;
 mod preview;
+mod queue;
 mod routes;
 mod security;
 mod store;
@@ -121,6 +123,9 @@ pub struct ServeOptions {
     pub history_max: usize,
     /// Stop on Ctrl-C / SIGTERM (the CLI); tests stop through [`ServerHandle::shutdown`].
     pub handle_signals: bool,
+    /// A shared queue (`nats://HOST:4222`): this server becomes a front door that publishes
+    /// prompts for `veetance worker`s and runs none itself; `None`: the embedded queue.
+    pub queue: Option<String>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -140,6 +145,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("preview", &self.preview)
             .field("limits", &self.limits)
             .field("default_workflow", &self.default_workflow)
+            .field("queue", &self.queue)
             .finish()
     }
 }
@@ -165,6 +171,7 @@ impl Default for ServeOptions {
             registry: None,
             history_max: 10_000,
             handle_signals: false,
+            queue: None,
         }
     }
 }
@@ -232,7 +239,12 @@ pub(crate) struct Core {
     pub token: Option<String>,
     pub preview: PreviewMethod,
     pub limits: Limits,
-    pub store: store::Store,
+    /// The embedded queue's database; behind a shared queue, only uploads are recorded in it.
+    pub store: Arc<store::Store>,
+    /// What the routes queue prompts in and read the history from: `store`, or `remote`.
+    pub queue: Arc<dyn queue::JobQueue>,
+    /// The shared queue this server is a front door of (`serve --queue`).
+    pub remote: Option<Arc<nats::FrontDoor>>,
     pub hub: hub::Hub,
     pub registry: Arc<NodeRegistry>,
     pub probe: Option<Arc<dyn DeviceProbe>>,
@@ -262,6 +274,14 @@ impl Core {
         self.tell_worker(WorkerMsg::Shutdown);
     }
 
+    /// A prompt was queued: the engine thread looks (behind a shared queue, the front door
+    /// woke the workers already).
+    pub fn wake(&self) {
+        if self.remote.is_none() {
+            self.tell_worker(WorkerMsg::Wake);
+        }
+    }
+
     pub fn tell_worker(&self, msg: WorkerMsg) {
         let tx = self.worker.lock().unwrap_or_else(|e| e.into_inner());
         if tx.send(msg).is_err() {
@@ -271,7 +291,7 @@ impl Core {
 
     /// Broadcasts the queue size (`status`), as ComfyUI does on every queue change.
     pub fn broadcast_status(&self) {
-        match self.store.remaining() {
+        match self.queue.remaining() {
             Ok(n) => self.hub.send_json(
                 None,
                 "status",
@@ -317,8 +337,53 @@ pub(crate) fn unix_seconds(time: std::io::Result<std::time::SystemTime>) -> f64 
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What [`new_core`] puts together.
+pub(crate) struct CoreParts {
+    pub dirs: Dirs,
+    pub token: Option<String>,
+    pub preview: PreviewMethod,
+    pub limits: Limits,
+    pub store: Arc<store::Store>,
+    pub remote: Option<Arc<nats::FrontDoor>>,
+    pub registry: Arc<NodeRegistry>,
+    pub probe: Option<Arc<dyn DeviceProbe>>,
+    pub default_workflow: Option<workflow::DefaultWorkflow>,
+    pub worker_tx: mpsc::Sender<WorkerMsg>,
+}
+
+/// The state of a server or a worker.
+pub(crate) fn new_core(parts: CoreParts) -> Arc<Core> {
+    let queue: Arc<dyn queue::JobQueue> = match &parts.remote {
+        Some(remote) => remote.clone(),
+        None => parts.store.clone(),
+    };
+    let core = Arc::new(Core {
+        dirs: parts.dirs,
+        token: parts.token,
+        preview: parts.preview,
+        limits: parts.limits,
+        store: parts.store,
+        queue,
+        remote: parts.remote.clone(),
+        hub: hub::Hub::new(parts.limits.ws_client),
+        registry: parts.registry,
+        probe: parts.probe,
+        running: Mutex::new(None),
+        waiters: Mutex::new(HashMap::new()),
+        worker: Mutex::new(parts.worker_tx),
+        default_workflow: parts.default_workflow,
+        cache_device_bytes: AtomicU64::new(0),
+        cache_host_bytes: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+    });
+    if let Some(remote) = &parts.remote {
+        remote.attach(&core);
+    }
+    core
+}
+
 /// Creates a folder if needed and returns its absolute, symlink-free path.
-fn resolve_dir(path: &Path, what: &str) -> Result<PathBuf, ServerError> {
+pub(crate) fn resolve_dir(path: &Path, what: &str) -> Result<PathBuf, ServerError> {
     std::fs::create_dir_all(path).map_err(|e| ServerError::Folder {
         path: path.to_path_buf(),
         message: format!("cannot create the {what} folder: {e}"),
@@ -416,8 +481,17 @@ impl Server {
                 dirs.models.display()
             );
         }
-        let store = store::Store::open(&dirs.state.join("queue.sqlite3"), options.history_max)?;
-        worker::recover(&store, &dirs)?;
+        let store = Arc::new(store::Store::open(
+            &dirs.state.join("queue.sqlite3"),
+            options.history_max,
+        )?);
+        let remote = match &options.queue {
+            Some(url) => Some(nats::FrontDoor::connect(url, options.history_max)?),
+            None => {
+                worker::recover(&store, &dirs)?;
+                None
+            }
+        };
 
         let registry = Arc::new(options.registry.unwrap_or_else(veetance_nodes::registry));
         let default_workflow = match &options.default_workflow {
@@ -435,27 +509,30 @@ impl Server {
         };
 
         let (worker_tx, worker_rx) = mpsc::channel();
-        let core = Arc::new(Core {
+        let front_door = remote.is_some();
+        let core = new_core(CoreParts {
             dirs,
             token: options.token.filter(|t| !t.is_empty()),
             preview: options.preview,
             limits: options.limits,
             store,
-            hub: hub::Hub::new(options.limits.ws_client),
+            remote,
             registry: registry.clone(),
             probe: options.device_probe.clone(),
-            running: Mutex::new(None),
-            waiters: Mutex::new(HashMap::new()),
-            worker: Mutex::new(worker_tx),
             default_workflow,
-            cache_device_bytes: AtomicU64::new(0),
-            cache_host_bytes: AtomicU64::new(0),
-            shutting_down: AtomicBool::new(false),
+            worker_tx,
         });
 
-        let engine_thread = worker::spawn(core.clone(), worker_rx, options.budgets)
-            .map_err(|e| ServerError::Runtime(format!("cannot start the engine thread: {e}")))?;
-
+        // A front door runs nothing itself: the workers behind the queue do.
+        let engine_thread = if front_door {
+            None
+        } else {
+            Some(
+                worker::spawn(core.clone(), worker_rx, options.budgets).map_err(|e| {
+                    ServerError::Runtime(format!("cannot start the engine thread: {e}"))
+                })?,
+            )
+        };
         let listener =
             std::net::TcpListener::bind(options.listen).map_err(|source| ServerError::Listen {
                 addr: options.listen,
@@ -515,7 +592,7 @@ impl Server {
                     core.stop_worker();
                     result
                 });
-                if engine_thread.join().is_err() {
+                if engine_thread.is_some_and(|t| t.join().is_err()) {
                     tracing::error!("the engine thread panicked");
                 }
                 runtime.shutdown_timeout(Duration::from_secs(1));
@@ -531,7 +608,7 @@ impl Server {
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

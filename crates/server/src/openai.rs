@@ -210,12 +210,12 @@ pub async fn generations(State(core): State<AppState>, headers: HeaderMap, body:
     for (prompt_id, rx) in ids {
         // A prompt that finished before the waiter was seen: the history says so.
         let id = prompt_id.clone();
-        let done = blocking(&core, move |c| Ok(c.store.history_one(&id)?)).await;
+        let done = blocking(&core, move |c| Ok(c.queue.history_one(&id)?)).await;
         if !matches!(done, Ok(Some(_))) {
             let _ = rx.await;
         }
         let id = prompt_id.clone();
-        let entry = match blocking(&core, move |c| Ok(c.store.history_one(&id)?)).await {
+        let entry = match blocking(&core, move |c| Ok(c.queue.history_one(&id)?)).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 return error(

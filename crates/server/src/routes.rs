@@ -55,7 +55,14 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            // The shared queue is down or unreachable: try again later, as for a busy server.
+            StoreError::Queue(message) => {
+                tracing::error!("{message}");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -233,7 +240,7 @@ async fn features(State(core): State<AppState>) -> Response {
 }
 
 async fn get_prompt(State(core): State<AppState>) -> Result<Response, ApiError> {
-    let n = blocking(&core, |c| Ok(c.store.remaining()?)).await?;
+    let n = blocking(&core, |c| Ok(c.queue.remaining()?)).await?;
     Ok(axum::Json(json!({ "exec_info": { "queue_remaining": n } })).into_response())
 }
 
@@ -324,7 +331,7 @@ pub async fn submit(
         }
         let node_errors = serde_json::to_value(&node_errors)
             .map_err(|e| ApiError::internal(format!("node_errors: {e}")))?;
-        let enqueued = core.store.enqueue(NewPrompt {
+        let enqueued = core.queue.enqueue(NewPrompt {
             prompt_id: prompt_id.clone(),
             number,
             front,
@@ -335,7 +342,7 @@ pub async fn submit(
         })?;
         let number = match enqueued {
             Enqueued::New(n) => {
-                core.tell_worker(WorkerMsg::Wake);
+                core.wake();
                 core.broadcast_status();
                 n
             }
@@ -517,7 +524,7 @@ fn string_list(v: Option<&Json>) -> Vec<String> {
 }
 
 async fn get_queue(State(core): State<AppState>) -> Result<Response, ApiError> {
-    let (running, pending) = blocking(&core, |c| Ok(c.store.queue()?)).await?;
+    let (running, pending) = blocking(&core, |c| Ok(c.queue.queue()?)).await?;
     Ok(axum::Json(json!({
         "queue_running": running.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
         "queue_pending": pending.iter().map(|i| i.to_json()).collect::<Vec<_>>(),
@@ -530,11 +537,11 @@ async fn post_queue(State(core): State<AppState>, body: Body) -> Result<Response
     blocking(&core, move |c| {
         let mut removed = Vec::new();
         if request.get("clear").is_some_and(truthy) {
-            removed.extend(c.store.clear_pending()?);
+            removed.extend(c.queue.clear_pending()?);
         }
         let delete = string_list(request.get("delete"));
         if !delete.is_empty() {
-            removed.extend(c.store.delete_pending(&delete)?);
+            removed.extend(c.queue.delete_pending(&delete)?);
         }
         for id in &removed {
             // Callers waiting for it (the OpenAI route) learn that it will not run.
@@ -566,6 +573,9 @@ async fn post_interrupt(State(core): State<AppState>, body: Body) -> Result<Resp
 
 /// Cancels the running prompt (any, or only `prompt_id`); whether one was cancelled.
 pub fn interrupt(core: &Core, prompt_id: Option<&str>) -> bool {
+    if let Some(remote) = &core.remote {
+        return remote.interrupt(prompt_id);
+    }
     match core.running().as_ref() {
         Some(r) if prompt_id.is_none_or(|id| id == r.prompt_id) => {
             tracing::info!("interrupting prompt {}", r.prompt_id);
@@ -580,7 +590,9 @@ async fn post_free(State(core): State<AppState>, body: Body) -> Result<Response,
     let request = read_object(&core, body).await?;
     let unload_models = request.get("unload_models").is_some_and(truthy);
     let free_memory = request.get("free_memory").is_some_and(truthy);
-    if unload_models || free_memory {
+    if let (true, Some(remote)) = (unload_models || free_memory, &core.remote) {
+        remote.free(unload_models, free_memory);
+    } else if unload_models || free_memory {
         core.tell_worker(WorkerMsg::Free {
             unload_models,
             free_memory,
@@ -607,7 +619,7 @@ async fn get_history(
 ) -> Result<Response, ApiError> {
     let max_items = parse_query_int(&q, "max_items")?.map(|m| m.max(0) as usize);
     let offset = parse_query_int(&q, "offset")?;
-    let entries = blocking(&core, move |c| Ok(c.store.history(max_items, offset)?)).await?;
+    let entries = blocking(&core, move |c| Ok(c.queue.history(max_items, offset)?)).await?;
     Ok(ordered_object(
         entries
             .into_iter()
@@ -619,7 +631,7 @@ async fn get_history_one(
     State(core): State<AppState>,
     UrlPath(prompt_id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let entry = blocking(&core, move |c| Ok(c.store.history_one(&prompt_id)?)).await?;
+    let entry = blocking(&core, move |c| Ok(c.queue.history_one(&prompt_id)?)).await?;
     Ok(ordered_object(
         entry.map(|e| (e.item.prompt_id.clone(), e.to_json())),
     ))
@@ -629,11 +641,11 @@ async fn post_history(State(core): State<AppState>, body: Body) -> Result<Respon
     let request = read_object(&core, body).await?;
     blocking(&core, move |c| {
         if request.get("clear").is_some_and(truthy) {
-            c.store.clear_history()?;
+            c.queue.clear_history()?;
         }
         let delete = string_list(request.get("delete"));
         if !delete.is_empty() {
-            c.store.delete_history(&delete)?;
+            c.queue.delete_history(&delete)?;
         }
         Ok(())
     })

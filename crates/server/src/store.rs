@@ -35,6 +35,18 @@ pub enum StoreError {
     },
     #[error("queue database '{path}': {message}")]
     Open { path: PathBuf, message: String },
+    /// The shared queue (NATS JetStream) failed or cannot be reached.
+    #[error("{0}")]
+    Queue(String),
+}
+
+/// Drops the keys of `extra_data` that ComfyUI never stores (API keys for its cloud nodes).
+pub(crate) fn scrub_extra_data(extra_data: &mut Json) {
+    if let Some(map) = extra_data.as_object_mut() {
+        for key in SENSITIVE_EXTRA_DATA_KEYS {
+            map.remove(key);
+        }
+    }
 }
 
 /// A queue priority as ComfyUI answers it: the server's counter (an integer) or the client's
@@ -166,6 +178,8 @@ pub struct JobRow {
     pub workflow_id: Option<String>,
     pub outputs: Json,
     pub status: Json,
+    /// The worker running or that ran it (a shared queue only).
+    pub worker: Option<String>,
 }
 
 pub struct Store {
@@ -386,11 +400,7 @@ impl Store {
             }
         };
         let mut extra_data = new.extra_data;
-        if let Some(map) = extra_data.as_object_mut() {
-            for key in SENSITIVE_EXTRA_DATA_KEYS {
-                map.remove(key);
-            }
-        }
+        scrub_extra_data(&mut extra_data);
         let workflow_id = extra_data
             .pointer("/extra_pnginfo/workflow/id")
             .and_then(Json::as_str)
@@ -741,6 +751,7 @@ impl Store {
                     Some(t) => parse(&t, "status")?,
                     None => Json::Null,
                 },
+                worker: None,
             });
         }
         Ok(out)

@@ -836,12 +836,9 @@ impl RunSink<'_> {
         let Some(png) = preview::encode_png(image, preview::MAX_PREVIEW_SIDE) else {
             return;
         };
-        let frame = if self.core.hub.wants_preview_metadata(client) {
-            preview::frame_with_metadata(node, self.prompt_id, &png)
-        } else {
-            preview::frame(&png)
-        };
-        self.core.hub.send_binary(client, frame);
+        self.core
+            .hub
+            .send_preview(client, node, self.prompt_id, png);
     }
 }
 

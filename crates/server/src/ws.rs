@@ -40,7 +40,7 @@ pub async fn handler(
 async fn session(core: AppState, sid: String, socket: WebSocket) {
     let remaining = {
         let c = core.clone();
-        tokio::task::spawn_blocking(move || c.store.remaining())
+        tokio::task::spawn_blocking(move || c.queue.remaining())
             .await
             .ok()
             .and_then(Result::ok)
