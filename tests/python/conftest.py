@@ -3,6 +3,8 @@ output, input and state folders and a ComfyUI models folder mapped to the tiny m
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import harness
@@ -15,6 +17,17 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, models_dir):
+    """`veetance serve`; with VEETANCE_TEST_QUEUE=nats, a front door (`serve --queue`) with two
+    `veetance worker`s behind it on a local `nats-server -js`, sharing its folders (the same
+    client tests then run against the cluster, unchanged)."""
+    if os.environ.get("VEETANCE_TEST_QUEUE") == "nats":
+        from cluster import start_cluster
+
+        cluster = start_cluster(tmp_path_factory.mktemp("cluster"), models_dir, workers=2)
+        yield cluster.front
+        cluster.stop()
+        print(f"\n--- cluster logs (last lines) ---\n{cluster.logs()}")
+        return
     srv = harness.start_server(tmp_path_factory.mktemp("serve"), models_dir)
     yield srv
     srv.stop()

@@ -182,3 +182,34 @@ def test_a_job_that_stops_every_worker_fails_after_max_deliver(cluster3):
     for pid in others:
         assert done[pid]["status"]["status_str"] == "success"
         the_one_image(cluster3, done[pid])
+
+
+def test_workers_prefer_jobs_for_the_models_they_hold(tmp_path, models_dir):
+    """Two models (two file names: different subjects, different consumers), jobs submitted
+    alternating A, B, A, B, ... With plain FIFO every job would switch a worker's model; with
+    affinity a worker stays on the model it holds while its jobs last (looking elsewhere after
+    8 in a row, so neither model starves)."""
+    cluster = start_cluster(tmp_path / "cluster", models_dir, workers=2)
+    try:
+        ids = {}
+        for seed in range(4000, 4024):
+            p = prompt(seed)
+            model = "flux-2-klein-4b.safetensors" if seed % 2 else "flux-2-klein-base-4b.safetensors"
+            p["1"]["inputs"]["unet_name"] = model
+            answer = harness.http_json(f"{cluster.front.url}/prompt", {"prompt": p})
+            ids[answer["prompt_id"]] = model
+        done = wait_all(cluster, list(ids), timeout=300)
+        runs = collections.defaultdict(list)
+        for pid, model in ids.items():
+            assert done[pid]["status"]["status_str"] == "success"
+            j = job(cluster, pid)
+            runs[j["worker"]].append((j["execution_start_time"], model))
+        switches = 0
+        for worker, jobs in runs.items():
+            models = [m for _, m in sorted(jobs)]
+            switches += sum(a != b for a, b in zip(models, models[1:]))
+        print(f"model switches: {switches}; jobs per worker: {[len(j) for j in runs.values()]}")
+        # FIFO would give ~23 switches; affinity a handful (streak checks, the tail).
+        assert switches <= 8, f"{switches} model switches: {dict(runs)}"
+    finally:
+        cluster.stop()

@@ -209,7 +209,10 @@ pub fn run_worker(args: &WorkerArgs, common: &CommonArgs) -> Result<(), Failure>
         },
         registry: None,
     };
-    eprintln!("veetance worker: taking jobs from {}; Ctrl-C stops", args.queue);
+    eprintln!(
+        "veetance worker: taking jobs from {}; Ctrl-C stops",
+        args.queue
+    );
     veetance_server::nats::run_worker(options).map_err(|e| match e {
         veetance_server::ServerError::Store(_) | veetance_server::ServerError::Folder { .. } => {
             Failure::invalid(e)

@@ -155,6 +155,8 @@ fn job_of_row(row: &JobRow, running: Option<&crate::Running>) -> Json {
                 "previewable_outputs_count": previewable,
                 "preview_output": preview,
                 "workflow_id": row.workflow_id,
+                // Behind a shared queue: the worker that ran it (an addition to ComfyUI).
+                "worker": row.worker,
             }))
         }
     }

@@ -283,6 +283,11 @@ impl Core {
     }
 
     pub fn tell_worker(&self, msg: WorkerMsg) {
+        if self.remote.is_some() {
+            // A front door has no engine thread; the workers get /free and /interrupt
+            // through the queue.
+            return;
+        }
         let tx = self.worker.lock().unwrap_or_else(|e| e.into_inner());
         if tx.send(msg).is_err() {
             tracing::error!("the engine thread has stopped; the queue is not being run");

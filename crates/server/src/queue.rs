@@ -2,7 +2,9 @@
 //! ([`Store`], SQLite, run by this process's engine thread) or a NATS JetStream queue shared
 //! by front doors and workers ([`crate::nats::FrontDoor`], `veetance serve --queue`).
 
-use crate::store::{Enqueued, HistoryEntry, JobRow, NewPrompt, QueueItem, State, Store, StoreError};
+use crate::store::{
+    Enqueued, HistoryEntry, JobRow, NewPrompt, QueueItem, State, Store, StoreError,
+};
 
 /// The queue and history behind the HTTP API. Every method is synchronous and short; the
 /// routes call them from blocking tasks.

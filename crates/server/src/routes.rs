@@ -59,7 +59,11 @@ impl From<StoreError> for ApiError {
             // The shared queue is down or unreachable: try again later, as for a busy server.
             StoreError::Queue(message) => {
                 tracing::error!("{message}");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    message,
+                )
             }
             e => ApiError::internal(e),
         }

@@ -109,7 +109,8 @@ impl FrontDoor {
     /// WebSocket clients; workers' events are relayed.
     pub(crate) fn attach(self: &Arc<Self>, core: &Arc<Core>) {
         let _ = self.core.set(Arc::downgrade(core));
-        self.rt().spawn(relay(Arc::downgrade(self), self.queue.client.clone()));
+        self.rt()
+            .spawn(relay(Arc::downgrade(self), self.queue.client.clone()));
     }
 
     fn rt(&self) -> &tokio::runtime::Runtime {
@@ -240,8 +241,18 @@ impl FrontDoor {
             .map_err(|e| StoreError::Queue(format!("cannot encode the job record: {e}")))?
             .into();
         let written = match cancelled_revision {
-            Some(rev) => self.queue.jobs.update(&key, bytes, rev).await.map_err(|e| e.to_string()),
-            None => self.queue.jobs.create(&key, bytes).await.map_err(|e| e.to_string()),
+            Some(rev) => self
+                .queue
+                .jobs
+                .update(&key, bytes, rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self
+                .queue
+                .jobs
+                .create(&key, bytes)
+                .await
+                .map_err(|e| e.to_string()),
         };
         match written {
             Ok(revision) => self.apply(&key, revision, Some(record)),
@@ -290,11 +301,9 @@ impl FrontDoor {
                 .is_some_and(|h| h.record.state == JobState::Done);
             if done {
                 let key = job_key(&id);
-                self.queue
-                    .jobs
-                    .delete(&key)
-                    .await
-                    .map_err(|e| queue_error("cannot delete a history entry", &self.queue.url, e))?;
+                self.queue.jobs.delete(&key).await.map_err(|e| {
+                    queue_error("cannot delete a history entry", &self.queue.url, e)
+                })?;
                 let mut view = self.view();
                 view.jobs.remove(&id);
                 view.keys.remove(&key);
@@ -519,7 +528,10 @@ async fn watch(front: Weak<FrontDoor>, jobs: kv::Store, ready: std::sync::mpsc::
 /// Relays the workers' events (`veetance.events.>`) to this server's WebSocket clients.
 async fn relay(front: Weak<FrontDoor>, client: async_nats::Client) {
     let mut events = loop {
-        match client.subscribe(format!("{}.>", super::EVENTS_PREFIX)).await {
+        match client
+            .subscribe(format!("{}.>", super::EVENTS_PREFIX))
+            .await
+        {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!("queue: cannot subscribe to job events ({e}); retrying");
@@ -568,8 +580,16 @@ impl JobQueue for FrontDoor {
     }
 
     fn queue(&self) -> Result<(Vec<QueueItem>, Vec<QueueItem>), StoreError> {
-        let running = self.records(JobState::Running).iter().map(JobRecord::item).collect();
-        let pending = self.records(JobState::Pending).iter().map(JobRecord::item).collect();
+        let running = self
+            .records(JobState::Running)
+            .iter()
+            .map(JobRecord::item)
+            .collect();
+        let pending = self
+            .records(JobState::Pending)
+            .iter()
+            .map(JobRecord::item)
+            .collect();
         Ok((running, pending))
     }
 

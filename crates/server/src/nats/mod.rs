@@ -340,7 +340,10 @@ impl JobRecord {
     pub fn history(&self) -> Option<HistoryEntry> {
         (self.state == JobState::Done).then(|| HistoryEntry {
             item: self.item(),
-            outputs: self.outputs.clone().unwrap_or_else(|| serde_json::json!({})),
+            outputs: self
+                .outputs
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
             status: self.status.clone().unwrap_or(Json::Null),
             meta: self.meta.clone().unwrap_or_else(|| serde_json::json!({})),
             created_ms: self.created_ms,
@@ -364,7 +367,10 @@ impl JobRecord {
                 .pointer("/extra_pnginfo/workflow/id")
                 .and_then(Json::as_str)
                 .map(str::to_string),
-            outputs: self.outputs.clone().unwrap_or_else(|| serde_json::json!({})),
+            outputs: self
+                .outputs
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
             status: self.status.clone().unwrap_or(Json::Null),
             worker: self.worker.clone(),
         })

@@ -30,8 +30,8 @@ use veetance_core::{Budgets, DeviceProbe, NodeRegistry};
 
 use super::{
     file_key, job_key, JobMessage, JobRecord, JobState, Queue, EVENTS_PREFIX, FREE_SUBJECT,
-    INTERRUPT_SUBJECT, MAX_DELIVER, PREVIEW_CLIENT, PREVIEW_NODE, PREVIEW_PROMPT,
-    PROGRESS_EVERY, WAKE_PREFIX,
+    INTERRUPT_SUBJECT, MAX_DELIVER, PREVIEW_CLIENT, PREVIEW_NODE, PREVIEW_PROMPT, PROGRESS_EVERY,
+    WAKE_PREFIX,
 };
 use crate::hub::Forwarded;
 use crate::store::{NewPrompt, Store, StoreError, MAX_ATTEMPTS};
@@ -132,7 +132,10 @@ pub fn run_worker(options: WorkerOptions) -> Result<(), ServerError> {
         .build()
         .map_err(|e| ServerError::Runtime(format!("cannot start tokio: {e}")))?;
     let queue = runtime
-        .block_on(Queue::connect(&options.queue, &format!("veetance worker {id}")))
+        .block_on(Queue::connect(
+            &options.queue,
+            &format!("veetance worker {id}"),
+        ))
         .map_err(ServerError::Store)?;
 
     // Messages of the engine thread -> the job's events subject.
@@ -278,19 +281,18 @@ impl Worker {
                 .collect()
         };
         for (name, preferred) in order {
-            let consumer = match self.consumers.get(&name) {
-                Some(c) => c.clone(),
-                None => {
-                    let c: consumer::Consumer<consumer::pull::Config> = self
-                        .queue
-                        .stream
-                        .get_consumer(&name)
-                        .await
-                        .map_err(|e| super::queue_error("cannot open a consumer", &url, e))?;
-                    self.consumers.insert(name.clone(), c.clone());
-                    c
-                }
-            };
+            let consumer =
+                match self.consumers.get(&name) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c: consumer::Consumer<consumer::pull::Config> =
+                            self.queue.stream.get_consumer(&name).await.map_err(|e| {
+                                super::queue_error("cannot open a consumer", &url, e)
+                            })?;
+                        self.consumers.insert(name.clone(), c.clone());
+                        c
+                    }
+                };
             let mut batch = match consumer.fetch().max_messages(1).messages().await {
                 Ok(b) => b,
                 Err(e) => {
@@ -327,20 +329,30 @@ impl Worker {
         };
         let key = job_key(&job.prompt_id);
         let previous = match self.queue.jobs.entry(key.clone()).await {
-            Ok(e) => e.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
-                serde_json::from_slice::<JobRecord>(&e.value)
-                    .ok()
-                    .map(|r| (e.revision, r))
-            }),
+            Ok(e) => e
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| {
+                    serde_json::from_slice::<JobRecord>(&e.value)
+                        .ok()
+                        .map(|r| (e.revision, r))
+                }),
             Err(e) => {
-                tracing::warn!("queue: cannot read job {}: {e}; handing it back", job.prompt_id);
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                tracing::warn!(
+                    "queue: cannot read job {}: {e}; handing it back",
+                    job.prompt_id
+                );
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
                 return Outcome::Acked;
             }
         };
         match previous.as_ref().map(|(_, r)| r.state) {
             Some(JobState::Done) => {
-                tracing::info!("job {}: already done (a redelivery); not run again", job.prompt_id);
+                tracing::info!(
+                    "job {}: already done (a redelivery); not run again",
+                    job.prompt_id
+                );
                 let _ = message.double_ack().await;
                 return Outcome::Acked;
             }
@@ -379,7 +391,9 @@ impl Worker {
         record.attempts = delivered;
         if let Err(e) = self.put(&key, &record).await {
             tracing::warn!("job {}: {e}; handing it back", job.prompt_id);
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return Outcome::Acked;
         }
 
@@ -411,8 +425,13 @@ impl Worker {
         })
         .await;
         if !matches!(queued, Ok(Ok(_))) {
-            tracing::error!("job {}: the local journal refused it; handing it back", job.prompt_id);
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            tracing::error!(
+                "job {}: the local journal refused it; handing it back",
+                job.prompt_id
+            );
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return Outcome::Acked;
         }
         self.core.tell_worker(WorkerMsg::Wake);
@@ -484,7 +503,10 @@ impl Worker {
         record: &mut JobRecord,
     ) -> Outcome {
         self.core.stop_worker();
-        tracing::info!("job {}: handed back to the queue (this worker is stopping)", record.prompt_id);
+        tracing::info!(
+            "job {}: handed back to the queue (this worker is stopping)",
+            record.prompt_id
+        );
         record.state = JobState::Pending;
         record.worker = None;
         record.started_ms = None;
@@ -568,7 +590,9 @@ impl Worker {
         let mut outputs = entry.outputs.clone();
         if let Err(e) = self.store_outputs(&mut outputs).await {
             tracing::error!("job {}: {e}; handing it back", record.prompt_id);
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             return;
         }
         record.state = JobState::Done;
@@ -618,7 +642,9 @@ impl Worker {
                 };
                 for file in files {
                     let (Some(name), Some(kind)) = (
-                        file.get("filename").and_then(Json::as_str).map(str::to_string),
+                        file.get("filename")
+                            .and_then(Json::as_str)
+                            .map(str::to_string),
                         file.get("type").and_then(Json::as_str).map(str::to_string),
                     ) else {
                         continue;
@@ -645,7 +671,9 @@ impl Worker {
                             .await
                             .map_err(|e| super::queue_error("cannot store an output", url, e))?;
                     }
-                    let final_name = self.name_output(&kind, &subfolder, &name, &hash, bytes.len()).await?;
+                    let final_name = self
+                        .name_output(&kind, &subfolder, &name, &hash, bytes.len())
+                        .await?;
                     if final_name != name {
                         file["filename"] = json!(final_name);
                     }
