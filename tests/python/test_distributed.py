@@ -159,7 +159,9 @@ def test_a_job_that_stops_every_worker_fails_after_max_deliver(cluster3):
     poison = submit(cluster3.front, 13, long=True)
     others = [submit(cluster3.front, seed) for seed in range(3000, 3010)]
     killed = []
+    deadline = time.monotonic() + 240
     while len(killed) < 3:
+        assert time.monotonic() < deadline, f"killed {killed} so far\n{cluster3.logs()}"
         running = wait_running(cluster3, poison, timeout=180)
         if running["worker"] in killed:
             time.sleep(0.05)
