@@ -275,7 +275,25 @@ pub async fn generations(State(core): State<AppState>, headers: HeaderMap, body:
                 let mut path = core.dirs.output.clone();
                 path.extend(subfolder.split('/').filter(|p| !p.is_empty()));
                 path.push(filename);
-                match tokio::fs::read(&path).await {
+                // Behind a shared queue the image is in the queue's object store.
+                let stored = match core.remote.clone() {
+                    Some(remote) => {
+                        let (sub, name) = (subfolder.to_string(), filename.to_string());
+                        tokio::task::spawn_blocking(move || {
+                            remote.output_file("output", &sub, &name)
+                        })
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                    }
+                    None => None,
+                };
+                let read = match stored {
+                    Some(bytes) => Ok(bytes),
+                    None => tokio::fs::read(&path).await,
+                };
+                match read {
                     Ok(bytes) => data.push(json!({
                         "b64_json": base64::engine::general_purpose::STANDARD.encode(bytes)
                     })),

@@ -222,6 +222,11 @@ impl FrontDoor {
             outputs_to_execute: new.outputs_to_execute,
             created_ms: new.created_ms,
             model: model.clone(),
+            previews: self
+                .core
+                .get()
+                .and_then(Weak::upgrade)
+                .is_some_and(|c| c.preview == crate::PreviewMethod::Auto),
         };
         let payload = serde_json::to_vec(&message)
             .map_err(|e| StoreError::Queue(format!("cannot encode the job: {e}")))?;
@@ -701,6 +706,7 @@ mod tests {
             outputs_to_execute: vec![],
             created_ms: 0,
             model: "none".into(),
+            previews: false,
         };
         let mut r = JobRecord::new(&message, 7);
         r.state = state;

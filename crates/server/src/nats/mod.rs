@@ -220,6 +220,9 @@ pub(crate) struct JobMessage {
     pub outputs_to_execute: Vec<String>,
     pub created_ms: i64,
     pub model: String,
+    /// The front door sends previews to prompts that do not choose (`--preview-method auto`).
+    #[serde(default)]
+    pub previews: bool,
 }
 
 impl JobMessage {

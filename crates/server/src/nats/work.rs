@@ -407,12 +407,18 @@ impl Worker {
             .or_default()
             .push(done_tx);
         let store = self.core.store.clone();
+        let mut extra_data = job.extra_data.clone();
+        if let (true, Some(map)) = (job.previews, extra_data.as_object_mut()) {
+            // The front door's --preview-method auto, for this run only (the record keeps
+            // the client's extra_data).
+            map.entry("preview_method").or_insert_with(|| json!("auto"));
+        }
         let new = NewPrompt {
             prompt_id: job.prompt_id.clone(),
             number: Some(record.number),
             front: false,
             prompt: job.prompt.clone(),
-            extra_data: job.extra_data.clone(),
+            extra_data,
             outputs_to_execute: job.outputs_to_execute.clone(),
             created_ms: job.created_ms,
         };
