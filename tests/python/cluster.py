@@ -60,6 +60,10 @@ class Cluster:
     front: harness.Server | None = None
     workers: list[Worker] = field(default_factory=list)
     started: int = 0
+    # Workers write into the front door's output folder (one host, or a shared disk), or each
+    # into its own (outputs reach the front door only through the queue's object store).
+    shared_out: bool = True
+    front_args: tuple[str, ...] = ()
 
     @property
     def queue_url(self) -> str:
@@ -69,7 +73,8 @@ class Cluster:
         """A front door with the cluster's folders (the output folder is the workers', as on
         one host or a shared disk, so that clients that look on disk find the files)."""
         self.front = harness.start_server(
-            self.root / "front", self.models_dir, ("--queue", self.queue_url), port=port
+            self.root / "front", self.models_dir, ("--queue", self.queue_url, *self.front_args),
+            port=port,
         )
         return self.front
 
@@ -83,8 +88,9 @@ class Cluster:
             [
                 str(harness.veetance_bin()), "worker", "--queue", self.queue_url,
                 "--name", name, "--models-dir", str(self.models_dir),
-                "--out", str(front / "out"), "--input-dir", str(front / "input"),
-                "--temp-dir", str(front / "temp"),
+                "--out", str(front / "out" if self.shared_out else self.root / f"out-{name}"),
+                "--input-dir", str(front / "input"),
+                "--temp-dir", str(front / "temp" if self.shared_out else self.root / f"temp-{name}"),
                 "--state-dir", str(self.root / f"state-{name}"),
             ],
             cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -124,7 +130,8 @@ class Cluster:
             self.nats.kill()
 
 
-def start_cluster(root: Path, models_dir: Path, workers: int) -> Cluster:
+def start_cluster(root: Path, models_dir: Path, workers: int, shared_out: bool = True,
+                  front_args: tuple[str, ...] = ()) -> Cluster:
     """nats-server -js on loopback, one front door and `workers` workers."""
     root.mkdir(parents=True, exist_ok=True)
     port = harness.free_port()
@@ -137,7 +144,7 @@ def start_cluster(root: Path, models_dir: Path, workers: int) -> Cluster:
     )
     log.close()
     wait_port(port, nats, log_path)
-    cluster = Cluster(root, models_dir, nats, port)
+    cluster = Cluster(root, models_dir, nats, port, shared_out=shared_out, front_args=front_args)
     cluster.start_front()
     for _ in range(workers):
         cluster.start_worker()

@@ -93,7 +93,10 @@ def _view(cluster, img: dict) -> bytes:
 
 @pytest.fixture
 def cluster3(tmp_path, models_dir):
-    c = start_cluster(tmp_path / "cluster", models_dir, workers=3)
+    # Each worker has its own output folder: /view and the OpenAI route can only find outputs
+    # through the queue's object store, and the workers' counters give clashing names.
+    c = start_cluster(tmp_path / "cluster", models_dir, workers=3, shared_out=False,
+                      front_args=("--default-workflow", str(harness.FIXTURES / "klein_tiny_api.json")))
     yield c
     c.stop()
 
@@ -117,8 +120,19 @@ def test_three_workers_run_sixty_prompts_each_with_one_output(cluster3, timings)
         by_worker[job(cluster3, pid)["worker"].split(":")[0]] += 1
     assert len(names) == 60, "two prompts share an output name"
     assert len(by_worker) >= 2, f"one worker ran everything: {by_worker}"
+    assert not any((cluster3.root / "front" / "out").iterdir()), "outputs went to the front door"
     queue = harness.http_json(f"{cluster3.front.url}/queue")
     assert queue == {"queue_running": [], "queue_pending": []}
+
+
+def test_the_openai_route_answers_from_the_object_store(cluster3):
+    import base64
+
+    answer = harness.http_json(f"{cluster3.front.url}/v1/images/generations",
+                               {"prompt": "a lighthouse", "n": 2, "size": "64x64"}, timeout=300)
+    assert len(answer["data"]) == 2
+    for item in answer["data"]:
+        assert harness.png_pixels(base64.b64decode(item["b64_json"]))[0] == (64, 64)
 
 
 def test_a_worker_killed_mid_job_has_its_job_finished_by_another(cluster3):
