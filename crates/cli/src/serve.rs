@@ -167,24 +167,42 @@ pub struct WorkerArgs {
     pub preview_method: PreviewArg,
 }
 
+/// The engine's budgets from `--vram-budget`/`--ram-budget` and the config file, as for
+/// headless runs (serve and worker alike).
+fn engine_budgets(
+    vram_budget: &Option<String>,
+    ram_budget: &Option<String>,
+    config: &ConfigFile,
+    config_path: Option<&std::path::Path>,
+    probe: &Option<std::sync::Arc<dyn veetance_core::DeviceProbe>>,
+) -> Result<veetance_core::Budgets, Failure> {
+    let run_args = RunArgs {
+        vram_budget: vram_budget.clone(),
+        ram_budget: ram_budget.clone(),
+        ..RunArgs::default()
+    };
+    headless::budgets(
+        &run_args,
+        &config.cache,
+        config_path,
+        probe.as_ref().and_then(|p| p.memory()),
+        &HostMemory::read(),
+    )
+    .map_err(Failure::invalid)
+}
+
 /// `veetance worker`: runs jobs of a shared queue until Ctrl-C or SIGTERM.
 pub fn run_worker(args: &WorkerArgs, common: &CommonArgs) -> Result<(), Failure> {
     let (config, config_path) =
         ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
     let probe = veetance_nodes::device_probe();
-    let run_args = RunArgs {
-        vram_budget: args.vram_budget.clone(),
-        ram_budget: args.ram_budget.clone(),
-        ..RunArgs::default()
-    };
-    let budgets = headless::budgets(
-        &run_args,
-        &config.cache,
+    let budgets = engine_budgets(
+        &args.vram_budget,
+        &args.ram_budget,
+        &config,
         config_path.as_deref(),
-        probe.as_ref().and_then(|p| p.memory()),
-        &HostMemory::read(),
-    )
-    .map_err(Failure::invalid)?;
+        &probe,
+    )?;
     let options = veetance_server::nats::WorkerOptions {
         queue: args.queue.clone(),
         name: args.name.clone(),
@@ -308,19 +326,13 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
         );
     }
     let probe = veetance_nodes::device_probe();
-    let run_args = RunArgs {
-        vram_budget: args.vram_budget.clone(),
-        ram_budget: args.ram_budget.clone(),
-        ..RunArgs::default()
-    };
-    let budgets = headless::budgets(
-        &run_args,
-        &config.cache,
+    let budgets = engine_budgets(
+        &args.vram_budget,
+        &args.ram_budget,
+        &config,
         config_path.as_deref(),
-        probe.as_ref().and_then(|p| p.memory()),
-        &HostMemory::read(),
-    )
-    .map_err(Failure::invalid)?;
+        &probe,
+    )?;
     let limits = Limits {
         body_bytes: size_flag(&args.max_body_size, "--max-body-size")?,
         upload_bytes: size_flag(&args.max_upload_size, "--max-upload-size")?,

@@ -83,18 +83,7 @@ pub(crate) fn recover(store: &Store, dirs: &Dirs) -> Result<(), StoreError> {
             );
             store.forget_files(&lost.prompt_id)?;
             let now = now_ms();
-            let error = json!({
-                "prompt_id": lost.prompt_id,
-                "node_id": null,
-                "node_type": null,
-                "executed": [],
-                "exception_message": message,
-                "exception_type": "ServerStopped",
-                "traceback": [],
-                "current_inputs": {},
-                "current_outputs": [],
-                "timestamp": now,
-            });
+            let error = stopped_error(&lost.prompt_id, &message, "ServerStopped", now);
             store.finish(
                 &lost.prompt_id,
                 &Finished {
@@ -117,6 +106,23 @@ pub(crate) fn recover(store: &Store, dirs: &Dirs) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// ComfyUI's `execution_error` for a prompt whose process stopped under it every time it ran
+/// (no node to blame): the embedded server's crash recovery and a shared queue's write-off.
+pub(crate) fn stopped_error(prompt_id: &str, message: &str, kind: &str, now: i64) -> Json {
+    json!({
+        "prompt_id": prompt_id,
+        "node_id": null,
+        "node_type": null,
+        "executed": [],
+        "exception_message": message,
+        "exception_type": kind,
+        "traceback": [],
+        "current_inputs": {},
+        "current_outputs": [],
+        "timestamp": now,
+    })
 }
 
 /// Removes files under `dir` modified since `started_ms` (less a second, for file-system

@@ -341,9 +341,7 @@ impl Worker {
                     "queue: cannot read job {}: {e}; handing it back",
                     job.prompt_id
                 );
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                retry_soon(&message).await;
                 return Outcome::Acked;
             }
         };
@@ -391,9 +389,7 @@ impl Worker {
         record.attempts = delivered;
         if let Err(e) = self.put(&key, &record).await {
             tracing::warn!("job {}: {e}; handing it back", job.prompt_id);
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            retry_soon(&message).await;
             return Outcome::Acked;
         }
 
@@ -435,9 +431,7 @@ impl Worker {
                 "job {}: the local journal refused it; handing it back",
                 job.prompt_id
             );
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            retry_soon(&message).await;
             return Outcome::Acked;
         }
         self.core.tell_worker(WorkerMsg::Wake);
@@ -535,18 +529,7 @@ impl Worker {
         );
         tracing::error!("job {}: {text}", record.prompt_id);
         let now = now_ms();
-        let error = json!({
-            "prompt_id": record.prompt_id,
-            "node_id": null,
-            "node_type": null,
-            "executed": [],
-            "exception_message": text,
-            "exception_type": "WorkerStopped",
-            "traceback": [],
-            "current_inputs": {},
-            "current_outputs": [],
-            "timestamp": now,
-        });
+        let error = crate::worker::stopped_error(&record.prompt_id, &text, "WorkerStopped", now);
         record.state = JobState::Done;
         record.attempts = runs;
         record.outputs = Some(json!({}));
@@ -596,9 +579,7 @@ impl Worker {
         let mut outputs = entry.outputs.clone();
         if let Err(e) = self.store_outputs(&mut outputs).await {
             tracing::error!("job {}: {e}; handing it back", record.prompt_id);
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            retry_soon(message).await;
             return;
         }
         record.state = JobState::Done;
@@ -756,6 +737,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// Gives a job back to the queue, to be delivered again (here or elsewhere) in a second.
+async fn retry_soon(message: &jetstream::Message) {
+    let _ = message
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+        .await;
 }
 
 fn local_path(root: &Path, subfolder: &str, name: &str) -> PathBuf {
