@@ -4,7 +4,8 @@
 # - core and models do not depend on each other, and core pulls in no candle;
 # - workflow does not depend on models or any node crate;
 # - comfy (ComfyUI's formats) depends on no nodes, models, HTTP stack or UI;
-# - server links no UI.
+# - server links no UI;
+# - kernels (our CUDA kernels) depend on no other veetance crate and no UI.
 # Exit 0 when every rule holds, 1 with the offending paths otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,5 @@ forbid veetance-workflow 'veetance-models|veetance-nodes|veetance-nodes-basic|ca
 forbid veetance-comfy 'veetance-models|veetance-nodes|veetance-nodes-basic|veetance-nodes-flux2|veetance-nodes-comfy|candle-core|axum|tokio' "ComfyUI's formats are translated without nodes, models or HTTP"
 forbid veetance-comfy "$ui" "ComfyUI's formats build without a UI"
 forbid veetance-server "$ui" "the server links no UI"
+forbid veetance-kernels "veetance-(core|workflow|models|comfy|server|cli|gui|nodes[a-z-]*)|$ui" "the kernels build and test alone, under the model code"
 exit $fail

@@ -11,8 +11,11 @@
 # tiny: on a CPU, small shapes, in f32, to test this script and its helpers (binary: $VEETANCE or
 # target/{release,debug}/veetance; python: $PYTHON).
 #
-# Environment: BENCH_VARIANTS  our variants, "attention[+compiled]" each (default "plain chunked:1024";
-#                              attention as `veetance bench --attention` takes it)
+# Environment: BENCH_VARIANTS  our variants, "attention[+compiled][@weights]" each (default
+#                              "plain chunked:1024"; attention as `veetance bench --attention` takes
+#                              it; weights: fp8 (a ComfyUI scaled-fp8 file made by make_fp8.py; FP8
+#                              GEMMs on Hopper), Q8_0 or Q4_K (GGUF, made by .gpu/quantize_gguf);
+#                              default the bf16 file)
 #              SIZE (1024; tiny 64), ITERS (10; tiny 2), WARMUP (2; tiny 1), GEN_ITERS (3; tiny 1),
 #              DIFFUSERS_COMPILE (1; tiny 0), OUT (/tmp/bench-out), MODELS_DIR, TOL (2e-2)
 # Full logs, JSON and velocities under $OUT; the tables come last.
@@ -73,12 +76,24 @@ smi_stop
 [ "$status" = 0 ] || { echo "diffusers failed ($status); see $OUT/diffusers.log" >&2; exit 1; }
 
 for v in $VARIANTS; do
-  name=$(echo "$v" | tr ':+' '-_')
+  name=$(echo "$v" | tr ':+@' '-__')
+  weights=; [ "$v" != "${v%@*}" ] && weights=${v##*@}
+  v=${v%@*}
   attention=${v%%+*}
   extra=; [ "$v" != "${v%+compiled}" ] && extra=--compiled
+  file="$MODELS/diffusion_models/$TRANSFORMER.safetensors"
+  case "$weights" in
+    "") ;;
+    fp8) file="$MODELS/diffusion_models/$TRANSFORMER-fp8_scaled.safetensors"
+         [ -f "$file" ] || $PY $HERE/make_fp8.py "$MODELS/diffusion_models/$TRANSFORMER.safetensors" "$file" > "$OUT/make_fp8.log" 2>&1 ;;
+    Q8_0|Q4_K) file="$MODELS/diffusion_models/$TRANSFORMER-$weights.gguf"
+         [ -x .gpu/quantize_gguf ] || { xz -dkc .gpu/quantize_gguf.xz > .gpu/quantize_gguf && chmod +x .gpu/quantize_gguf; }
+         [ -f "$file" ] || .gpu/quantize_gguf flux "$MODELS/diffusion_models/$TRANSFORMER.safetensors" "$file" "$weights" > "$OUT/quantize_$weights.log" 2>&1 ;;
+    *) echo "unknown weights '$weights' in variant $v (fp8, Q8_0 or Q4_K)" >&2; exit 2 ;;
+  esac
   echo "== veetance $v"
   smi_start "$name"
-  "$BIN" bench --transformer "$MODELS/diffusion_models/$TRANSFORMER.safetensors" \
+  "$BIN" bench --transformer "$file" \
       --text-encoder "$MODELS/text_encoders/$TE.safetensors" --vae "$MODELS/$VAE" \
       --device "$DEVICE" --dtype "$DTYPE" --width "$SIZE" --height "$SIZE" --steps 4 \
       --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" --attention "$attention" $extra \

@@ -19,7 +19,7 @@ GIB = float(1 << 30)
 
 
 def safe_name(variant):
-    return variant.replace(":", "-").replace("+", "_")
+    return variant.replace(":", "-").replace("+", "_").replace("@", "_")
 
 
 def rel_err(a, b):

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use veetance_kernels as kernels;
 use veetance_models::flux2::{AttentionBackend, Config, Flux2Transformer, ForwardOptions};
-use veetance_models::kernels;
 use veetance_models::qlinear::{LinearFormat, WeightBuilder};
 
 fn sync(dev: &Device) -> candle_core::Result<()> {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use veetance_models::kernels::{self, ConvGeom};
+use veetance_kernels::{self as kernels, ConvGeom};
 use veetance_models::vae::{Config as VaeConfig, Flux2Vae, Parts, StageTimer};
 
 type R<T> = candle_core::Result<T>;

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+
+use crate::qlinear::QLinear;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -502,6 +504,25 @@ impl GgufFile {
         let bytes = self.bytes(name, info, ty)?;
         let storage = QStorage::from_data(Cow::Borrowed(bytes), device, ty)?;
         Ok(QTensor::new(storage, info.shape.as_slice())?)
+    }
+
+    /// A block-quantized 2-D weight as a linear layer on `device` computing in `dtype`: raw
+    /// blocks our CUDA kernels dequantize per matmul where they can, else a candle `QTensor`
+    /// (see [`QLinear::gguf_blocks`]).
+    pub fn quantized_linear(&self, name: &str, dtype: DType, device: &Device) -> Result<QLinear> {
+        let (info, ty) = self.info(name)?;
+        let shape = match info.shape.as_slice() {
+            &[rows, cols] if !matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                (rows, cols)
+            }
+            _ => return Ok(QLinear::ggml(self.qtensor(name, device)?)),
+        };
+        if shape.1 % ty.block_size() != 0 {
+            // qtensor names the problem.
+            return Ok(QLinear::ggml(self.qtensor(name, device)?));
+        }
+        let bytes = self.bytes(name, info, ty)?;
+        Ok(QLinear::gguf_blocks(bytes, ty, shape, dtype, device)?)
     }
 
     /// A tensor dequantized to `dtype` on `device`, in its logical shape.

@@ -6,7 +6,6 @@
 //! * [`sampling`]: schedule, packing, position ids, seeded noise, the Euler loop with CFG.
 //! * [`torch_rng`]: PyTorch's CPU `manual_seed` + `randn` bit for bit, and ComfyUI's noise.
 //! * [`preview`]: latent-to-RGB previews for every step.
-//! * [`kernels`]: our CUDA kernels (flash attention, fused ops) with their reference paths.
 //! * [`weights`]: memory-mapped, validated safetensors loading.
 //! * [`gguf`]: memory-mapped, validated GGUF files (ComfyUI-GGUF / llama.cpp).
 //! * [`qlinear`]: linear layers kept dense, GGUF-quantized or fp8.
@@ -15,13 +14,15 @@
 //! * [`staging`]: streamed blocks copied to the GPU one ahead of use, from page-locked memory.
 //! * [`profile`]: opt-in stage timing with CUDA events.
 //!
+//! Our CUDA kernels live in `veetance-kernels` (crates/kernels); this crate calls them where a
+//! tensor qualifies and keeps candle's ops as the reference path.
+//!
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod device;
 pub mod error;
 pub mod flux2;
 pub mod gguf;
-pub mod kernels;
 pub mod lora;
 pub mod placement;
 pub mod preview;

@@ -5,19 +5,25 @@
 //!
 //! * dense (safetensors f32/f16/bf16, or GGUF F32/F16/BF16): loaded in the compute dtype, a plain
 //!   matmul, exactly `candle_nn::Linear`;
-//! * GGUF block-quantized (Q8_0, Q4_K, ...): kept as a candle `QTensor`, multiplied by candle's
-//!   quantized kernels (CPU: activations quantized to 8 bits per block, llama.cpp's `vec_dot`;
-//!   CUDA: llama.cpp's MMQ/MMVQ kernels), output in the input's dtype;
+//! * GGUF block-quantized (Q8_0, Q4_K, ...): on the CPU kept as a candle `QTensor`, multiplied by
+//!   candle's quantized kernels (activations quantized to 8 bits per block, llama.cpp's
+//!   `vec_dot`); on CUDA the types our kernels read (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) are kept as
+//!   their raw blocks ([`QLinear::Blocks`]) and dequantized into the compute dtype right before
+//!   each matmul (one pass at memory bandwidth, then cuBLAS at bf16 speed), the others as a
+//!   candle `QTensor` (llama.cpp's MMQ/MMVQ kernels); output in the input's dtype;
 //! * fp8 e4m3 (ComfyUI's fp8 files, or any checkpoint loaded with [`LinearFormat::Fp8E4M3`]):
-//!   kept in fp8 with a per-row (or per-tensor) scale, cast to the compute dtype in `forward` and
-//!   the output scaled per output channel (on CUDA, our kernel casts and scales the weight in one
-//!   pass: candle's own fp8 casts fail there, see kernels/quant.cu).
+//!   kept in fp8 with a per-row (or per-tensor) scale. On Hopper, `forward` quantizes the
+//!   activations to fp8 one scale a row and runs an FP8 GEMM through cuBLASLt with both scale
+//!   vectors (`veetance_kernels::fp8_linear`; `VEETANCE_FP8_GEMM=0` turns it off); on other GPUs
+//!   our kernel casts the weight to the compute dtype with its scales folded in, one pass, before
+//!   a bf16 GEMM (candle's own fp8 casts fail there, see crates/kernels/cuda/quant.cu); on the
+//!   CPU candle casts it and the output is scaled per output channel.
 //!
 //! Small tensors (norms, embeddings) always load dense in the compute dtype, dequantized at load.
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -43,6 +49,15 @@ pub enum LinearFormat {
 pub enum QLinear {
     Dense(candle_nn::Linear),
     Ggml(QMatMul),
+    /// GGUF blocks as the file stores them, `(rows, cols)` whole blocks of `kind`: a 1-D u8
+    /// tensor, dequantized into `dtype` by our kernel before each matmul on CUDA (see
+    /// `veetance_kernels::gguf_dequant`), through candle's quantized matmul elsewhere.
+    Blocks {
+        data: Tensor,
+        kind: GgmlDType,
+        shape: (usize, usize),
+        dtype: DType,
+    },
     Fp8 {
         /// `(out, in)` in `DType::F8E4M3`.
         weight: Tensor,
@@ -79,6 +94,17 @@ impl QLinear {
             Self::Ggml(QMatMul::QTensor(_)) => candle_core::bail!(
                 "GGUF-quantized weights cannot be moved between devices yet; reload the model instead"
             ),
+            Self::Blocks {
+                data,
+                kind,
+                shape,
+                dtype,
+            } => Self::Blocks {
+                data: f(data)?,
+                kind: *kind,
+                shape: *shape,
+                dtype: *dtype,
+            },
             Self::Fp8 {
                 weight,
                 scale,
@@ -108,6 +134,7 @@ impl QLinear {
                 t.device().clone()
             }
             Self::Fp8 { weight, .. } => weight.device().clone(),
+            Self::Blocks { data, .. } => data.device().clone(),
             Self::LowRank { base, .. } => base.device(),
         }
     }
@@ -115,6 +142,28 @@ impl QLinear {
     /// A GGUF-quantized weight (candle's quantized matmul).
     pub fn ggml(weight: QTensor) -> Self {
         Self::Ggml(QMatMul::QTensor(Arc::new(weight)))
+    }
+
+    /// GGUF blocks of `kind` for a `(rows, cols)` weight, kept as raw bytes on `device` when our
+    /// kernels read the type there (a CUDA device), else a candle `QTensor` ([`Self::ggml`]).
+    pub fn gguf_blocks(
+        bytes: &[u8],
+        kind: GgmlDType,
+        shape: (usize, usize),
+        dtype: DType,
+        device: &Device,
+    ) -> CResult<Self> {
+        if device.is_cuda() && veetance_kernels::gguf_supported(kind) {
+            let data = Tensor::from_raw_buffer(bytes, DType::U8, &[bytes.len()], device)?;
+            return Ok(Self::Blocks {
+                data,
+                kind,
+                shape,
+                dtype,
+            });
+        }
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, kind)?;
+        Ok(Self::ggml(QTensor::new(storage, shape)?))
     }
 
     /// A stored fp8 weight with its optional scale (one value, or one per output row).
@@ -145,7 +194,7 @@ impl QLinear {
         let w = weight.to_dtype(DType::F32)?;
         if w.device().is_cuda() {
             // candle's fp8 casts fail on CUDA; our kernel computes the same per-row scale.
-            let (q, scale) = crate::kernels::fp8_quantize_rows(&w)?;
+            let (q, scale) = veetance_kernels::fp8_quantize_rows(&w)?;
             return Ok(Self::Fp8 {
                 weight: q,
                 scale: Some(scale.to_dtype(dtype)?),
@@ -166,13 +215,40 @@ impl QLinear {
         match self {
             Self::Dense(linear) => linear.forward(xs),
             Self::Ggml(qmm) => qmm.forward(&xs.contiguous()?),
+            Self::Blocks {
+                data,
+                kind,
+                shape,
+                dtype,
+            } if data.device().is_cuda() => {
+                let w = veetance_kernels::gguf_dequant(data, *kind, *shape, *dtype)?;
+                candle_nn::Linear::new(w, None).forward(xs)
+            }
+            Self::Blocks {
+                data, kind, shape, ..
+            } => {
+                // Moved off the GPU (an offload): candle's quantized matmul on the bytes.
+                let bytes = data.to_vec1::<u8>()?;
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Owned(bytes), data.device(), *kind)?;
+                QMatMul::from_qtensor(QTensor::new(storage, *shape)?)?.forward(&xs.contiguous()?)
+            }
             Self::Fp8 {
                 weight,
                 scale,
                 dtype,
             } if weight.device().is_cuda() => {
+                let (out, inp) = weight.dims2()?;
+                if fp8_gemm_enabled()
+                    && out % 16 == 0
+                    && inp % 16 == 0
+                    && veetance_kernels::fp8_linear_supported(xs)
+                {
+                    // Hopper: activations quantized per row, an FP8 GEMM with both row scales.
+                    return veetance_kernels::fp8_linear(xs, weight, scale.as_ref());
+                }
                 // The weight times its row scales in one pass (candle's fp8 casts fail on CUDA).
-                let w = crate::kernels::fp8_dequant(weight, scale.as_ref(), *dtype)?;
+                let w = veetance_kernels::fp8_dequant(weight, scale.as_ref(), *dtype)?;
                 candle_nn::Linear::new(w, None).forward(xs)
             }
             Self::Fp8 {
@@ -204,6 +280,7 @@ impl QLinear {
             Self::Dense(l) => format!("dense {:?}", l.weight().dtype()),
             Self::Ggml(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
             Self::Ggml(_) => "dequantized".into(),
+            Self::Blocks { kind, .. } => format!("{kind:?}"),
             Self::Fp8 { .. } => "fp8 e4m3".into(),
             Self::LowRank { base, down, .. } => format!(
                 "{} + rank-{} side path",
@@ -212,6 +289,13 @@ impl QLinear {
             ),
         }
     }
+}
+
+/// Whether fp8 layers may run FP8 GEMMs (on Hopper): on unless `VEETANCE_FP8_GEMM=0`, which
+/// makes them dequantize to the compute dtype and run a bf16 GEMM as on other GPUs.
+fn fp8_gemm_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VEETANCE_FP8_GEMM").map_or(true, |v| v != "0"))
 }
 
 /// A scale tensor as `(out,)`: one value broadcast, or one per row (`(out,)` or `(out, 1)`).

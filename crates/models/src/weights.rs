@@ -573,7 +573,7 @@ impl TensorStore for GgufFile {
         &self,
         name: &str,
         (out, inp): (usize, usize),
-        _dtype: DType,
+        dtype: DType,
         device: &Device,
     ) -> Result<Option<QLinear>> {
         let Some(ty) = self.ggml_type(name) else {
@@ -593,7 +593,7 @@ impl TensorStore for GgufFile {
                 });
             }
         }
-        Ok(Some(QLinear::ggml(self.qtensor(name, device)?)))
+        Ok(Some(self.quantized_linear(name, dtype, device)?))
     }
 }
 

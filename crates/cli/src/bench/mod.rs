@@ -643,10 +643,9 @@ impl Setup {
                 if !cfg!(feature = "cuda") {
                     bail!("--device cuda: this veetance was built without CUDA (build with --features cuda)");
                 }
-                (
-                    Device::new_cuda(0).context("cannot open CUDA device 0")?,
-                    "cuda",
-                )
+                let dev = Device::new_cuda(0).context("cannot open CUDA device 0")?;
+                veetance_models::device::warm_up_kernels(&dev);
+                (dev, "cuda")
             }
         };
         let dtype = args
@@ -756,10 +755,20 @@ impl Setup {
             inputs.text_tokens() as u64,
         );
         let mut velocity = None;
+        let mut first_forward_ms = None;
         for _ in 0..args.warmup {
+            let t0 = Instant::now();
             velocity = Some(self.options.forward(&model, &inputs)?);
+            if first_forward_ms.is_none() {
+                sync(dev)?;
+                first_forward_ms = Some(ms_since(t0));
+            }
         }
         sync(dev)?;
+        if let Some(ms) = first_forward_ms {
+            // Module loads, and the driver's JIT for PTX, happen here in a fresh process.
+            println!("first forward of this process: {ms:.1} ms");
+        }
         let mut forward_ms = Vec::with_capacity(args.iters);
         for _ in 0..args.iters {
             sync(dev)?;
@@ -851,6 +860,7 @@ impl Setup {
             "iters": args.iters,
             "gen_iters": pipeline.as_ref().map(|_| args.gen_iters.unwrap_or(args.iters).max(1)),
             "load_ms": {"transformer": load_transformer_ms, "text_encoder_and_vae": pipeline.as_ref().map(|_| load_pipeline_ms)},
+            "first_forward_ms": first_forward_ms,
             "forward": {
                 "inputs": args.inputs.as_ref().map(|p| p.display().to_string()),
                 "image_tokens": image_tokens,

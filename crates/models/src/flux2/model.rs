@@ -7,10 +7,10 @@ use candle_core::{DType, Device, Tensor, TensorId, D};
 use crate::qlinear::{linear_no_bias, QLinear, WeightBuilder};
 
 use super::config::Config;
-use crate::kernels;
 use crate::profile;
 use crate::sampling::VelocityModel;
 use crate::staging::{stream_parts, HostStage};
+use veetance_kernels as kernels;
 
 #[path = "stream.rs"]
 mod stream;

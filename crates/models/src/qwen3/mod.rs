@@ -369,8 +369,8 @@ impl Attention {
         let rep = self.heads / self.kv_heads;
         let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
         let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        if d == 128 && crate::kernels::supported(&q) {
-            let out = crate::kernels::flash_attention(&q, &k, &v, true, Some(num_real))?;
+        if d == 128 && veetance_kernels::supported(&q) {
+            let out = veetance_kernels::flash_attention(&q, &k, &v, true, Some(num_real))?;
             return self.o_proj.forward(&out);
         }
         let scale = 1.0 / (d as f64).sqrt();

@@ -3,7 +3,7 @@
 //! * the reference: candle's ops exactly as `candle_transformers::models::flux::autoencoder`'s
 //!   `Decoder` runs them (`candle_nn` `Conv2d`, `GroupNorm`, `Activation::Swish`,
 //!   `upsample_nearest2d`, plain attention); the CPU path and any dtype other than bf16/f16;
-//! * the fast path on CUDA in bf16/f16 (our kernels, [`crate::kernels`]): convolutions as a
+//! * the fast path on CUDA in bf16/f16 (our kernels, [`veetance_kernels`]): convolutions as a
 //!   transposed im2col + one cuBLAS GEMM whose output is already NCHW, with the bias, the
 //!   residual add and the nearest 2x upsample folded in; GroupNorm + SiLU in one pass with f32
 //!   statistics; the mid-block attention without the transposes and the scaled score copy.
@@ -17,7 +17,7 @@ use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{conv2d, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::flux::autoencoder::Config;
 
-use crate::kernels;
+use veetance_kernels as kernels;
 
 /// Wall-clock times of a decode's stages, the device synchronised at every mark.
 #[derive(Debug)]

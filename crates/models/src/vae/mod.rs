@@ -12,7 +12,7 @@
 //! decoder. `encode` = encoder -> `quant_conv` -> mean of the Gaussian -> patchify -> normalise.
 //!
 //! The decoder is our own copy of candle's (`decoder.rs`, same weights and names) so that on CUDA
-//! in bf16/f16 it runs our kernels (`crate::kernels::conv2d`, `crate::kernels::group_norm`); the
+//! in bf16/f16 it runs our kernels (`veetance_kernels::conv2d`, `veetance_kernels::group_norm`); the
 //! candle ops stay its reference and CPU path ([`Flux2Vae::decode_with`] chooses).
 //!
 //! Both BFL names (`decoder.up.0.block.0...`, `encoder.quant_conv`, `decoder.post_quant_conv`) and
@@ -40,11 +40,11 @@ pub use decoder::StageTimer;
 use decoder::{Conv, Decoder};
 
 use crate::error::{Error, Result};
-use crate::kernels;
 use crate::placement::{TensorFn, WeightBytes};
 use crate::weights::{
     build_model_recorded, guess_model_kind, Source, TensorIndex, TensorList, WeightFiles,
 };
+use veetance_kernels as kernels;
 
 /// The VAE hyper-parameters (diffusers `config.json` names).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -1,13 +1,13 @@
-//! Our own CUDA kernels (kernels/flux2.cu), with the candle-op paths they replace as reference.
+//! Our own CUDA kernels (cuda/flux2.cu), with the candle-op paths they replace as reference.
 //!
 //! * [`flash_attention`]: fused softmax attention for head dim 128 in bf16/f16: online softmax,
 //!   the `L × L` score matrix never exists; optional causal and key-length masks. Two kernels
-//!   ([`FlashKernel`]): `wgmma` on Hopper (kernels/flash_sm90.cu), `mma.sync` elsewhere.
+//!   ([`FlashKernel`]): `wgmma` on Hopper (cuda/flash_sm90.cu), `mma.sync` elsewhere.
 //! * [`qkv_norm_rope`]: QK RMSNorm + interleaved RoPE + the `(B, L, 3, H, D) → (B, H, L, D)`
 //!   split, for one or several token ranges (the double block's text and image streams).
 //! * [`modulate`], [`gated_residual`], [`swiglu`]: the elementwise work around the matmuls.
 //!
-//! For the VAE decoder (kernels/vae.cu):
+//! For the VAE decoder (cuda/vae.cu):
 //!
 //! * [`conv2d`]: a convolution as a transposed im2col (`col[k][m]`) + one cuBLAS GEMM per image
 //!   and row chunk, `W (Cout, Cin·kh·kw) @ col` being NCHW already; the bias, a residual add and a
@@ -18,7 +18,7 @@
 //!
 //! Each function runs the kernel when [`supported`] says the tensor qualifies (a CUDA build, a
 //! CUDA tensor, bf16 or f16) and errors otherwise; callers keep the reference path for the rest.
-//! `tests/cuda_kernels.rs` compares every kernel with its reference on the GPU.
+//! `tests/gpu.rs` compares every kernel with its reference on the GPU.
 
 use candle_core::{Result, Tensor};
 
@@ -51,9 +51,9 @@ pub enum FlashKernel {
     /// `Wgmma` on a device of compute capability 9.0 (Hopper), `MmaSync` elsewhere.
     #[default]
     Auto,
-    /// The `mma.sync` kernel of kernels/flux2.cu (any GPU the build targets).
+    /// The `mma.sync` kernel of cuda/flux2.cu (any GPU the build targets).
     MmaSync,
-    /// The Hopper kernel of kernels/flash_sm90.cu (`wgmma`, sm_90a only; an error elsewhere).
+    /// The Hopper kernel of cuda/flash_sm90.cu (`wgmma`, sm_90a only; an error elsewhere).
     Wgmma,
 }
 
@@ -183,7 +183,7 @@ pub fn group_norm(
 
 /// The weight of an fp8 e4m3 linear layer in `dtype` (bf16, f16 or f32): `w: (out, in)` fp8,
 /// times `scale` per output row (`(out,)` in `dtype`) when given. candle's own fp8 casts fail on
-/// CUDA (kernels/quant.cu says why).
+/// CUDA (cuda/quant.cu says why).
 pub fn fp8_dequant(
     w: &Tensor,
     scale: Option<&Tensor>,
@@ -194,9 +194,43 @@ pub fn fp8_dequant(
 
 /// A 2-D f32 weight `(rows, cols)` in fp8 e4m3 with one f32 scale per row, `scale = max|row| /
 /// 448` (at least `f32::MIN_POSITIVE`), rounded to nearest even and saturated: what
-/// [`crate::qlinear::QLinear::quantize_fp8`] computes on the CPU. Returns `(q, scale)`.
+/// `veetance_models::qlinear::QLinear::quantize_fp8` computes on the CPU. Returns `(q, scale)`.
 pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
     imp::fp8_quantize_rows(w)
+}
+
+/// Whether [`gguf_dequant`] takes this GGUF block type: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K.
+pub fn gguf_supported(kind: candle_core::quantized::GgmlDType) -> bool {
+    use candle_core::quantized::GgmlDType as G;
+    matches!(kind, G::Q4_0 | G::Q8_0 | G::Q4K | G::Q5K | G::Q6K)
+}
+
+/// A GGUF block-quantized weight of `shape` (rows whole blocks) in `dtype` (bf16, f16 or f32):
+/// `blocks` holds its blocks as the file stores them (a 1-D u8 tensor on the GPU). The f32
+/// result equals candle's CPU dequantization bit for bit.
+pub fn gguf_dequant(
+    blocks: &Tensor,
+    kind: candle_core::quantized::GgmlDType,
+    shape: (usize, usize),
+    dtype: candle_core::DType,
+) -> Result<Tensor> {
+    imp::gguf_dequant(blocks, kind, shape, dtype)
+}
+
+/// `y = x · wᵀ` on Hopper's FP8 tensor cores (cuBLASLt): `x: (.., K)` bf16/f16 is quantized to
+/// fp8 e4m3 one scale a row (`max|row| / 448`, our kernel), `w: (N, K)` is an fp8 e4m3 weight with
+/// `w_scale` one f32 a row (`(N,)`) or one value (`()`/`(1,)`), or none; both scale vectors are
+/// applied by cuBLASLt (`OUTER_VEC_32F`), f32 accumulation, output `(.., N)` in `x`'s dtype.
+/// Needs compute capability 9.0 and cuBLASLt 12.9 or newer; an error elsewhere (callers
+/// dequantize and run a bf16 GEMM instead, see [`fp8_linear_supported`]).
+pub fn fp8_linear(x: &Tensor, w: &Tensor, w_scale: Option<&Tensor>) -> Result<Tensor> {
+    imp::fp8_linear(x, w, w_scale)
+}
+
+/// Whether [`fp8_linear`] can run on `t`'s device: a CUDA build, a CUDA device of compute
+/// capability 9.0, and cuBLASLt's FP8 row scaling answering there (checked once a device).
+pub fn fp8_linear_supported(t: &Tensor) -> bool {
+    imp::fp8_linear_supported(t)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -252,6 +286,20 @@ mod imp {
     pub fn fp8_quantize_rows(_w: &Tensor) -> Result<(Tensor, Tensor)> {
         bail!("our fp8 kernels need a build with the `cuda` feature")
     }
+    pub fn fp8_linear(_x: &Tensor, _w: &Tensor, _s: Option<&Tensor>) -> Result<Tensor> {
+        bail!("fp8 matmuls need a build with the `cuda` feature")
+    }
+    pub fn fp8_linear_supported(_t: &Tensor) -> bool {
+        false
+    }
+    pub fn gguf_dequant(
+        _blocks: &Tensor,
+        _kind: candle_core::quantized::GgmlDType,
+        _shape: (usize, usize),
+        _dtype: candle_core::DType,
+    ) -> Result<Tensor> {
+        bail!("our GGUF kernels need a build with the `cuda` feature")
+    }
     pub fn group_norm(
         _x: &Tensor,
         _gamma: &Tensor,
@@ -277,11 +325,20 @@ mod imp {
     use candle_core::{bail, CudaDevice, DType, Layout, Result, Shape, Storage, Tensor};
     use half::{bf16, f16};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flux2.ptx"));
-    const MODULE: &str = "veetance_flux2";
-    /// The Hopper flash kernel, compiled for compute_90a whatever the build's compute capability.
-    const SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_sm90.ptx"));
-    const SM90_MODULE: &str = "veetance_flash_sm90";
+    use super::loader::{load, module, Module};
+
+    /// The transformer's kernels (flux2.cu).
+    const MODULE: Module = module!("flux2");
+    /// The Hopper flash kernel (flash_sm90.cu), compiled for sm_90a only.
+    const SM90_MODULE: Module = module!("flash_sm90");
+    /// Every module, for [`super::loader::warm_up`].
+    pub(super) const MODULES: &[&Module] = &[
+        &MODULE,
+        &SM90_MODULE,
+        &VAE_MODULE,
+        &QUANT_MODULE,
+        &GGUF_MODULE,
+    ];
 
     /// The CUDA storage and layout of a tensor, with a check that names the argument.
     fn cuda_of<'a>(guard: &'a candle_core::StorageRef<'a>, what: &str) -> Result<&'a CudaStorage> {
@@ -408,7 +465,7 @@ mod imp {
             let (bc, wgs, stages) = (64u32, 1u32, 3u32);
             let smem = 1024 + 64 * wgs * 256 + stages * bc * 512;
             let name = format!("flash_sm90_{}_b{bc}_w{wgs}_s{stages}", suffix(q.dtype())?);
-            let func = dev.get_or_load_custom_func(&name, SM90_MODULE, SM90_PTX)?;
+            let func = load(&dev, &SM90_MODULE, &name)?;
             func.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
@@ -428,7 +485,7 @@ mod imp {
                 (4, 64)
             };
             let name = format!("flash_attn_{}_w{warps}", suffix(q.dtype())?);
-            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let func = load(&dev, &MODULE, &name)?;
             let cfg = LaunchConfig {
                 grid_dim: (lq.div_ceil(rows) as u32, (b * h) as u32, 1),
                 block_dim: (warps * 32, 1, 1),
@@ -553,7 +610,7 @@ mod imp {
             n,
         ]);
         let (name, cfg) = elementwise("swiglu", dtype, aligned, rows, n)?;
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = load(dev, &MODULE, &name)?;
         let (a, bo, oc, ni, ri) = (
             a_off as i32,
             b_off as i32,
@@ -662,8 +719,7 @@ mod imp {
         // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp writes
         // all 128 elements of its q, k and v rows.
         let out = unsafe { dev.alloc::<T>(3 * plane) }?;
-        let func =
-            dev.get_or_load_custom_func(&format!("qkv_norm_rope_{}", suffix(dtype)?), MODULE, PTX)?;
+        let func = load(&dev, &MODULE, &format!("qkv_norm_rope_{}", suffix(dtype)?))?;
         let mut tok_off = 0usize;
         for (i, part) in parts.iter().enumerate() {
             let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
@@ -773,8 +829,7 @@ mod imp {
         } else {
             ("modulate_ln", 256)
         };
-        let func =
-            dev.get_or_load_custom_func(&format!("{name}_{}", suffix(x.dtype())?), MODULE, PTX)?;
+        let func = load(&dev, &MODULE, &format!("{name}_{}", suffix(x.dtype())?))?;
         let cfg = LaunchConfig {
             grid_dim: ((b * l) as u32, 1, 1),
             block_dim: (threads, 1, 1),
@@ -831,7 +886,7 @@ mod imp {
             gbs as usize,
         ]);
         let (name, cfg) = elementwise("gated_residual", x.dtype(), aligned, b * l, n)?;
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = load(&dev, &MODULE, &name)?;
         let (rpb, ni, ri) = (l as i32, n as i32, (b * l) as i32);
         let mut builder = func.builder();
         builder.arg(&xv);
@@ -851,10 +906,9 @@ mod imp {
     }
 
     // ------------------------------------------------------------------------------------------
-    // VAE decoder kernels (kernels/vae.cu)
+    // VAE decoder kernels (cuda/vae.cu)
 
-    const VAE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vae.ptx"));
-    const VAE_MODULE: &str = "veetance_vae";
+    const VAE_MODULE: Module = module!("vae");
     const THREADS: u32 = 256;
 
     fn grid_for(items: usize) -> LaunchConfig {
@@ -942,10 +996,10 @@ mod imp {
         let out = unsafe { dev.alloc::<T>(b * cout * m) }?;
         let sfx = suffix(dtype)?;
         let v8 = wo % 8 == 0;
-        let im2col = dev.get_or_load_custom_func(
+        let im2col = load(
+            &dev,
+            &VAE_MODULE,
             &format!("im2col_t_{}_{sfx}", if v8 { "v8" } else { "v1" }),
-            VAE_MODULE,
-            VAE_PTX,
         )?;
         for bi in 0..b {
             let mut r0 = 0;
@@ -1048,14 +1102,14 @@ mod imp {
             && (gl.start_offset() % 8 == 0)
             && res_aligned;
         let per = if v8 { 8 } else { 1 };
-        let func = dev.get_or_load_custom_func(
+        let func = load(
+            dev,
+            &VAE_MODULE,
             &format!(
                 "conv_epilogue_{}_{}",
                 if v8 { "v8" } else { "v1" },
                 suffix(g.dtype())?
             ),
-            VAE_MODULE,
-            VAE_PTX,
         )?;
         let cfg = grid_for((cout * mc).div_ceil(per));
         let (has_bias, has_res) = (i32::from(bv.is_some()), i32::from(rv.is_some()));
@@ -1134,10 +1188,10 @@ mod imp {
         // SAFETY: every block writes its two partial sums; every group thread its two stats.
         let part = unsafe { dev.alloc::<f32>(ng * splits * 2) }?;
         let stats = unsafe { dev.alloc::<f32>(ng * 2) }?;
-        let func = dev.get_or_load_custom_func(
+        let func = load(
+            &dev,
+            &VAE_MODULE,
             &format!("gn_stats_{}_{sfx}", if v8 { "v8" } else { "v1" }),
-            VAE_MODULE,
-            VAE_PTX,
         )?;
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, ng as u32, 1),
@@ -1153,8 +1207,7 @@ mod imp {
         // SAFETY: arguments match the kernel's signature; each group's range lies in x.
         unsafe { builder.launch(cfg) }.w()?;
 
-        let func =
-            dev.get_or_load_custom_func(&format!("gn_finalize_{sfx}"), VAE_MODULE, VAE_PTX)?;
+        let func = load(&dev, &VAE_MODULE, &format!("gn_finalize_{sfx}"))?;
         let cfg = LaunchConfig {
             grid_dim: (ng.div_ceil(128) as u32, 1, 1),
             block_dim: (128, 1, 1),
@@ -1177,10 +1230,10 @@ mod imp {
         let per = if v8 { 8 } else { 1 };
         // SAFETY: the apply kernel writes all `total` elements.
         let out = unsafe { dev.alloc::<T>(total) }?;
-        let func = dev.get_or_load_custom_func(
+        let func = load(
+            &dev,
+            &VAE_MODULE,
             &format!("gn_apply_{}_{sfx}", if v8 { "v8" } else { "v1" }),
-            VAE_MODULE,
-            VAE_PTX,
         )?;
         let cfg = grid_for(total.div_ceil(per));
         let (total_i, hw_i, c_i, cpg_i, silu_i) = (
@@ -1208,10 +1261,9 @@ mod imp {
     }
 
     // ------------------------------------------------------------------------------------------
-    // fp8 weights (kernels/quant.cu)
+    // fp8 weights (cuda/quant.cu)
 
-    const QUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/quant.ptx"));
-    const QUANT_MODULE: &str = "veetance_quant";
+    const QUANT_MODULE: Module = module!("quant");
 
     pub fn fp8_dequant(w: &Tensor, scale: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
         match dtype {
@@ -1260,8 +1312,7 @@ mod imp {
         let vec4 = (cols % 4 == 0) && (wl.start_offset() % 4 == 0);
         // SAFETY: the kernel writes all `rows · cols` elements.
         let out = unsafe { dev.alloc::<T>(n) }?;
-        let func =
-            dev.get_or_load_custom_func(&format!("fp8_dequant_{sfx}"), QUANT_MODULE, QUANT_PTX)?;
+        let func = load(&dev, &QUANT_MODULE, &format!("fp8_dequant_{sfx}"))?;
         let cfg = grid_for(if vec4 { n / 4 } else { n });
         let (has_scale, rows_i, cols_i, vec4_i) = (
             i32::from(sv.is_some()),
@@ -1297,7 +1348,7 @@ mod imp {
         // SAFETY: one block per row writes the row's scale and all its `cols` elements.
         let q = unsafe { dev.alloc::<float8::F8E4M3>(rows * cols) }?;
         let scale = unsafe { dev.alloc::<f32>(rows) }?;
-        let func = dev.get_or_load_custom_func("fp8_quant_rows", QUANT_MODULE, QUANT_PTX)?;
+        let func = load(&dev, &QUANT_MODULE, "fp8_quant_rows")?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -1313,5 +1364,563 @@ mod imp {
         unsafe { builder.launch(cfg) }.w()?;
         drop(ws);
         Ok((wrap(q, &dev, (rows, cols)), wrap(scale, &dev, rows)))
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // GGUF block-quantized weights (cuda/gguf.cu)
+
+    const GGUF_MODULE: Module = module!("gguf");
+
+    pub fn gguf_dequant(
+        blocks: &Tensor,
+        kind: candle_core::quantized::GgmlDType,
+        (rows, cols): (usize, usize),
+        dtype: DType,
+    ) -> Result<Tensor> {
+        match dtype {
+            DType::BF16 => gguf_dequant_t::<bf16>(blocks, kind, rows, cols, "bf16"),
+            DType::F16 => gguf_dequant_t::<f16>(blocks, kind, rows, cols, "f16"),
+            DType::F32 => gguf_dequant_t::<f32>(blocks, kind, rows, cols, "f32"),
+            d => bail!("GGUF weights dequantize to bf16, f16 or f32, not {d:?}"),
+        }
+    }
+
+    fn gguf_dequant_t<T: CudaDType + DeviceRepr>(
+        blocks: &Tensor,
+        kind: candle_core::quantized::GgmlDType,
+        rows: usize,
+        cols: usize,
+        sfx: &str,
+    ) -> Result<Tensor> {
+        use candle_core::quantized::GgmlDType as G;
+        let name = match kind {
+            G::Q8_0 => "q8_0",
+            G::Q4_0 => "q4_0",
+            G::Q4K => "q4_k",
+            G::Q5K => "q5_k",
+            G::Q6K => "q6_k",
+            k => bail!("our GGUF kernels take Q4_0, Q8_0, Q4_K, Q5_K and Q6_K, not {k:?}"),
+        };
+        let (bs, ts) = (kind.block_size(), kind.type_size());
+        if cols % bs != 0 {
+            bail!("GGUF {kind:?}: rows of {cols} are not whole blocks of {bs}")
+        }
+        let bytes = rows * (cols / bs) * ts;
+        let blocks = check(blocks, DType::U8, &[bytes], "GGUF blocks")?;
+        let (gs, gl) = blocks.storage_and_layout();
+        let gc = cuda_of(&gs, "GGUF blocks")?;
+        let dev = gc.device().clone();
+        let gv = view::<u8>(gc, gl)?;
+        let n = rows * cols;
+        // SAFETY: each of the `n / 8` items writes its 8 elements (block sizes are multiples of 8).
+        let out = unsafe { dev.alloc::<T>(n) }?;
+        let func = load(&dev, &GGUF_MODULE, &format!("gguf_{name}_{sfx}"))?;
+        let items = (n / 8) as i64;
+        let mut builder = func.builder();
+        builder.arg(&gv);
+        builder.arg(&out);
+        builder.arg(&items);
+        // SAFETY: arguments match the kernel's signature; `items` bounds every block and output.
+        unsafe { builder.launch(grid_for(n / 8)) }.w()?;
+        drop(gs);
+        Ok(wrap(out, &dev, (rows, cols)))
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // FP8 GEMMs through cuBLASLt
+
+    use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys as lts};
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+
+    /// A cuBLASLt handle and workspace for one context (created on first use, kept for the
+    /// process like the context), and whether FP8 row-scaled GEMMs work there.
+    struct LtState {
+        handle: lts::cublasLtHandle_t,
+        workspace: CudaSlice<u8>,
+        fp8_ok: Option<bool>,
+    }
+    // SAFETY: the handle is only used under the mutex below, on the context's own stream.
+    unsafe impl Send for LtState {}
+
+    const LT_WORKSPACE: usize = 32 << 20;
+
+    fn with_lt<R>(dev: &CudaDevice, f: impl FnOnce(&mut LtState) -> Result<R>) -> Result<R> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static STATES: OnceLock<Mutex<HashMap<usize, LtState>>> = OnceLock::new();
+        let stream = dev.cuda_stream();
+        let key = std::sync::Arc::as_ptr(stream.context()) as usize;
+        let mut map = STATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let state = match map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                stream.context().bind_to_thread().w()?;
+                let handle = lt::create_handle().map_err(|e| lt_err("handle", e))?;
+                // SAFETY: scratch memory cuBLASLt may use as it likes.
+                let workspace = unsafe { dev.alloc::<u8>(LT_WORKSPACE) }?;
+                slot.insert(LtState {
+                    handle,
+                    workspace,
+                    fp8_ok: None,
+                })
+            }
+        };
+        f(state)
+    }
+
+    fn lt_err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
+        candle_core::Error::Msg(format!("cuBLASLt {what}: {e:?}"))
+    }
+
+    pub fn fp8_linear_supported(t: &Tensor) -> bool {
+        let candle_core::Device::Cuda(dev) = t.device() else {
+            return false;
+        };
+        if !super::supported(t) || !is_sm90(dev).unwrap_or(false) {
+            return false;
+        }
+        let known = with_lt(dev, |s| Ok(s.fp8_ok)).ok().flatten();
+        if let Some(ok) = known {
+            return ok;
+        }
+        // One tiny GEMM tells whether this cuBLASLt takes FP8 with row scales here.
+        let probe = (|| -> Result<()> {
+            let x = Tensor::ones((16, 32), DType::BF16, t.device())?;
+            let (wq, ws) = fp8_quantize_rows(&Tensor::ones((16, 32), DType::F32, t.device())?)?;
+            fp8_linear(&x, &wq, Some(&ws))?;
+            Ok(())
+        })();
+        let ok = probe.is_ok();
+        let _ = with_lt(dev, |s| {
+            s.fp8_ok = Some(ok);
+            Ok(())
+        });
+        ok
+    }
+
+    /// Each row of a `(rows, cols)` bf16/f16 matrix in fp8 e4m3 with its f32 scale.
+    fn fp8_quantize_act(x: &Tensor) -> Result<(Tensor, Tensor)> {
+        dispatch!(x.dtype(), fp8_quantize_act_t, x)
+    }
+
+    fn fp8_quantize_act_t<T: CudaDType + DeviceRepr>(x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (rows, cols) = x.dims2()?;
+        let x = x.contiguous()?;
+        let sfx = suffix(x.dtype())?;
+        let (xs, xl) = x.storage_and_layout();
+        let xc = cuda_of(&xs, "fp8 activation")?;
+        let dev = xc.device().clone();
+        let (q, scale) = (
+            // SAFETY: one block per row writes the row's scale and all its `cols` elements.
+            unsafe { dev.alloc::<float8::F8E4M3>(rows * cols) }?,
+            unsafe { dev.alloc::<f32>(rows) }?,
+        );
+        let func = load(&dev, &QUANT_MODULE, &format!("fp8_quant_rows_{sfx}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let cols_i = cols as i64;
+        let xv = view::<T>(xc, xl)?;
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&q);
+        builder.arg(&scale);
+        builder.arg(&cols_i);
+        // SAFETY: arguments match the kernel's signature; `cols` bounds every row's index.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop(xs);
+        Ok((wrap(q, &dev, (rows, cols)), wrap(scale, &dev, rows)))
+    }
+
+    pub fn fp8_linear(x: &Tensor, w: &Tensor, w_scale: Option<&Tensor>) -> Result<Tensor> {
+        dispatch!(x.dtype(), fp8_linear_t, x, w, w_scale)
+    }
+
+    fn fp8_linear_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        w: &Tensor,
+        w_scale: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if w.dtype() != DType::F8E4M3 {
+            bail!("fp8 linear: the weight is {:?}, not fp8 e4m3", w.dtype())
+        }
+        let (n, k) = w.dims2()?;
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&k) {
+            bail!("fp8 linear: input {dims:?} does not end in the weight's {k} columns")
+        }
+        if k % 16 != 0 || n % 16 != 0 {
+            bail!("fp8 linear: cuBLASLt's FP8 GEMM needs K and N multiples of 16, not {k} and {n}")
+        }
+        let m = x.elem_count() / k;
+        let out_dtype = x.dtype();
+        let (xq, xs) = fp8_quantize_act(&x.reshape((m, k))?)?;
+        let ws = match w_scale {
+            None => Tensor::ones(n, DType::F32, w.device())?,
+            Some(s) if s.elem_count() == 1 => s
+                .to_dtype(DType::F32)?
+                .reshape(1)?
+                .broadcast_as(n)?
+                .contiguous()?,
+            Some(s) => check(
+                &s.to_dtype(DType::F32)?,
+                DType::F32,
+                &[n],
+                "fp8 weight scale",
+            )?,
+        };
+        let w = w.contiguous()?;
+        let (wst, wl) = w.storage_and_layout();
+        let wc = cuda_of(&wst, "fp8 weight")?;
+        let dev = wc.device().clone();
+        let stream = dev.cuda_stream();
+        let wv = match &wc.slice {
+            candle_core::cuda_backend::CudaStorageSlice::F8E4M3(s) => s.slice(wl.start_offset()..),
+            _ => bail!("fp8 linear: the weight's storage is not fp8"),
+        };
+        let (xqs, _) = xq.storage_and_layout();
+        let xqv = match &cuda_of(&xqs, "fp8 activation")?.slice {
+            candle_core::cuda_backend::CudaStorageSlice::F8E4M3(s) => s.slice(0..),
+            _ => bail!("fp8 linear: the quantized activation is not fp8"),
+        };
+        let (xss, _) = xs.storage_and_layout();
+        let xsv = view::<f32>(cuda_of(&xss, "activation scale")?, &Layout::contiguous(m))?;
+        let (wss, wsl) = ws.storage_and_layout();
+        let wsv = view::<f32>(cuda_of(&wss, "weight scale")?, wsl)?;
+        // SAFETY: cuBLASLt writes all of D (beta = 0).
+        let out = unsafe { dev.alloc::<T>(m * n) }?;
+
+        let (a_ptr, _ga) = wv.device_ptr(&stream);
+        let (b_ptr, _gb) = xqv.device_ptr(&stream);
+        let (sa_ptr, _gsa) = wsv.device_ptr(&stream);
+        let (sb_ptr, _gsb) = xsv.device_ptr(&stream);
+        let (d_ptr, _gd) = out.device_ptr(&stream);
+        let d_type = match out_dtype {
+            DType::BF16 => lts::cudaDataType::CUDA_R_16BF,
+            _ => lts::cudaDataType::CUDA_R_16F,
+        };
+        with_lt(&dev, |st| {
+            let (ws_ptr, _gw) = st.workspace.device_ptr(&stream);
+            // SAFETY: descriptors are created, used and destroyed here; every pointer is a live
+            // device allocation of the size its layout states, used on candle's stream.
+            unsafe {
+                let desc = lt::create_matmul_desc(
+                    lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    lts::cudaDataType::CUDA_R_32F,
+                )
+                .map_err(|e| lt_err("matmul descriptor", e))?;
+                let guard = DescGuard(desc);
+                let set = |attr, ptr: *const std::ffi::c_void, size: usize| {
+                    lt::set_matmul_desc_attribute(guard.0, attr, ptr, size)
+                        .map_err(|e| lt_err("matmul attribute", e))
+                };
+                use lts::cublasLtMatmulDescAttributes_t as A;
+                let t =
+                    candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T;
+                let nop =
+                    candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+                set(A::CUBLASLT_MATMUL_DESC_TRANSA, &t as *const _ as _, 4)?;
+                set(A::CUBLASLT_MATMUL_DESC_TRANSB, &nop as *const _ as _, 4)?;
+                let mode =
+                    lts::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+                set(
+                    A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                    &mode as *const _ as _,
+                    4,
+                )?;
+                set(
+                    A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                    &mode as *const _ as _,
+                    4,
+                )?;
+                set(
+                    A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                    &sa_ptr as *const _ as _,
+                    8,
+                )?;
+                set(
+                    A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                    &sb_ptr as *const _ as _,
+                    8,
+                )?;
+                let layout = |ty, rows: usize, cols: usize, ld: usize| {
+                    lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
+                        .map(LayoutGuard)
+                        .map_err(|e| lt_err("matrix layout", e))
+                };
+                let fp8 = lts::cudaDataType::CUDA_R_8F_E4M3;
+                // Column-major views: A = wᵀ-ready (K × N, ld K) with op T; B = x (K × M, ld K);
+                // D = y (N × M, ld N), which is y (M, N) row-major.
+                let a = layout(fp8, k, n, k)?;
+                let b = layout(fp8, k, m, k)?;
+                let d = layout(d_type, n, m, n)?;
+                let pref = lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?;
+                let pref = PrefGuard(pref);
+                let wsize = LT_WORKSPACE as u64;
+                lt::set_matmul_pref_attribute(
+                    pref.0,
+                    lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &wsize as *const _ as _,
+                    8,
+                )
+                .map_err(|e| lt_err("preference attribute", e))?;
+                let heur =
+                    lt::get_matmul_algo_heuristic(st.handle, guard.0, a.0, b.0, d.0, d.0, pref.0)
+                        .map_err(|e| lt_err("no FP8 algorithm for this shape", e))?;
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                lt::matmul(
+                    st.handle,
+                    guard.0,
+                    &alpha as *const _ as _,
+                    &beta as *const _ as _,
+                    a_ptr as _,
+                    a.0,
+                    b_ptr as _,
+                    b.0,
+                    d_ptr as _,
+                    d.0,
+                    d_ptr as _,
+                    d.0,
+                    &heur.algo,
+                    ws_ptr as _,
+                    LT_WORKSPACE,
+                    stream.cu_stream() as _,
+                )
+                .map_err(|e| lt_err("FP8 matmul", e))?;
+            }
+            Ok(())
+        })?;
+        drop((_ga, _gb, _gsa, _gsb, _gd));
+        drop((wst, xqs, xss, wss));
+        let out = wrap(out, &dev, (m, n));
+        let mut shape = dims;
+        *shape.last_mut().expect("rank ≥ 1") = n;
+        out.reshape(shape)
+    }
+
+    struct DescGuard(lts::cublasLtMatmulDesc_t);
+    impl Drop for DescGuard {
+        fn drop(&mut self) {
+            // SAFETY: created by create_matmul_desc and dropped once.
+            let _ = unsafe { lt::destroy_matmul_desc(self.0) };
+        }
+    }
+    struct LayoutGuard(lts::cublasLtMatrixLayout_t);
+    impl Drop for LayoutGuard {
+        fn drop(&mut self) {
+            // SAFETY: created by create_matrix_layout and dropped once.
+            let _ = unsafe { lt::destroy_matrix_layout(self.0) };
+        }
+    }
+    struct PrefGuard(lts::cublasLtMatmulPreference_t);
+    impl Drop for PrefGuard {
+        fn drop(&mut self) {
+            // SAFETY: created by create_matmul_pref and dropped once.
+            let _ = unsafe { lt::destroy_matmul_pref(self.0) };
+        }
+    }
+}
+
+/// Loads our fat binaries into a device's context once and hands out their functions.
+#[cfg(feature = "cuda")]
+mod loader {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaFunction, CudaModule, CudaStream, LaunchArgs,
+    };
+    use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, Result};
+
+    /// One of our fat binaries (build.rs: a cubin per built architecture, PTX as the fallback).
+    pub struct Module {
+        pub name: &'static str,
+        pub image: &'static [u8],
+    }
+
+    /// `module!("flux2")`: the fat binary build.rs made from cuda/flux2.cu.
+    macro_rules! module {
+        ($name:literal) => {
+            $crate::loader::Module {
+                name: $name,
+                image: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".fatbin")),
+            }
+        };
+    }
+    pub(crate) use module;
+
+    /// A kernel and the stream it launches on (what candle's `CudaFunc` is for its own kernels).
+    pub struct Func {
+        func: CudaFunction,
+        stream: Arc<CudaStream>,
+    }
+
+    impl Func {
+        pub fn builder(&self) -> LaunchArgs<'_> {
+            self.stream.launch_builder(&self.func)
+        }
+    }
+
+    impl std::ops::Deref for Func {
+        type Target = CudaFunction;
+        fn deref(&self) -> &CudaFunction {
+            &self.func
+        }
+    }
+
+    /// Loaded modules, by context and module name. A context lives as long as the process here
+    /// (candle never destroys one), so its address is a stable key.
+    type Loaded = HashMap<(usize, &'static str), Arc<CudaModule>>;
+    fn loaded() -> &'static Mutex<Loaded> {
+        static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
+        LOADED.get_or_init(Default::default)
+    }
+
+    fn module_of(dev: &CudaDevice, m: &Module) -> Result<Arc<CudaModule>> {
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        let key = (Arc::as_ptr(ctx) as usize, m.name);
+        let mut map = loaded().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = map.get(&key) {
+            return Ok(module.clone());
+        }
+        // The driver picks the cubin of the device's architecture, or JIT-compiles the PTX.
+        let module = ctx.load_module(Ptx::from_binary(m.image.to_vec())).w()?;
+        map.insert(key, module.clone());
+        Ok(module)
+    }
+
+    /// Function `name` of module `m` on the device.
+    pub fn load(dev: &CudaDevice, m: &Module, name: &str) -> Result<Func> {
+        let func = module_of(dev, m)?.load_function(name).w()?;
+        Ok(Func {
+            func,
+            stream: dev.cuda_stream(),
+        })
+    }
+
+    /// Loads our modules that fit the device (cubins: no JIT), and has the driver JIT-compile
+    /// candle's common PTX modules, each on a thread of its own, into its compute cache, from
+    /// which candle's own first load of each then reads the machine code. candle loads modules
+    /// under one lock, so loading them through candle here would make the weights' loading wait;
+    /// these loads go to modules of our own, dropped once compiled. With the compute cache turned
+    /// off (`CUDA_CACHE_DISABLE=1`) that would be wasted work, and only our modules load. Errors
+    /// are ignored: a module that fails here fails again, with its error, where it is used.
+    pub fn warm_up(dev: &CudaDevice) {
+        use candle_core::cuda_backend::kernels as ck;
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        let sm90 = ctx
+            .compute_capability()
+            .map(|cc| cc == (9, 0))
+            .unwrap_or(false);
+        for m in super::imp::MODULES {
+            if m.name == "flash_sm90" && !sm90 {
+                continue;
+            }
+            let _ = module_of(dev, m);
+        }
+        if std::env::var("CUDA_CACHE_DISABLE").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let candle: [&'static ck::Module; 9] = [
+            &ck::AFFINE,
+            &ck::BINARY,
+            &ck::CAST,
+            &ck::CONV,
+            &ck::FILL,
+            &ck::INDEXING,
+            &ck::REDUCE,
+            &ck::TERNARY,
+            &ck::UNARY,
+        ];
+        let jobs: Vec<_> = candle
+            .into_iter()
+            .filter_map(|m| {
+                let ctx = ctx.clone();
+                std::thread::Builder::new()
+                    .name("veetance-cuda-jit".into())
+                    .spawn(move || drop(ctx.load_module(Ptx::from_src(m.ptx()))))
+                    .ok()
+            })
+            .collect();
+        for job in jobs {
+            let _ = job.join();
+        }
+    }
+}
+
+/// On background threads: loads our kernels into `device`'s context, and has the driver
+/// JIT-compile candle's common PTX modules into its compute cache in parallel, so that the first
+/// image waits for neither (call it when a model starts loading). Once a device; does nothing for a CPU device, a build
+/// without the `cuda` feature, or when `VEETANCE_NO_WARM_UP` is set (to measure without it).
+pub fn warm_up_in_background(device: &candle_core::Device) {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        // Once a device: a loader calls this each time it resolves its device.
+        static STARTED: std::sync::Mutex<Vec<candle_core::cuda_backend::DeviceId>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+        if started.contains(&dev.id()) {
+            return;
+        }
+        started.push(dev.id());
+        if std::env::var_os("VEETANCE_NO_WARM_UP").is_some() {
+            return;
+        }
+        let dev = dev.clone();
+        let _ = std::thread::Builder::new()
+            .name("veetance-cuda-warm-up".into())
+            .spawn(move || loader::warm_up(&dev));
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
+/// Helpers the GPU tests of this crate and of the model crate share.
+#[doc(hidden)]
+pub mod testing {
+    use candle_core::{DType, Device, Result, Tensor};
+
+    /// CUDA device 0, or `None` (and a note on stderr) where there is none: the GPU tests then
+    /// return early.
+    pub fn gpu() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("no CUDA device ({e}); skipping");
+                None
+            }
+        }
+    }
+
+    /// ‖a − b‖ / ‖b‖ in f32.
+    pub fn rel(a: &Tensor, b: &Tensor) -> Result<f32> {
+        let a = a.to_dtype(DType::F32)?;
+        let b = b.to_dtype(DType::F32)?;
+        let num = (&a - &b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let den = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        Ok(num / den.max(1e-30))
+    }
+
+    /// The bit patterns of a bf16 tensor, for exact comparisons.
+    pub fn bf16_bits(t: &Tensor) -> Result<Vec<u16>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<half::bf16>()?
+            .into_iter()
+            .map(|v| v.to_bits())
+            .collect())
+    }
+
+    /// Standard normal values of `shape` in `dtype`.
+    pub fn randn(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+        Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype)
     }
 }

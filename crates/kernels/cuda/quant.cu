@@ -7,12 +7,13 @@
 // * fp8_dequant_<T>: `out[r][c] = float(w[r][c]) * scale[r]` (scale optional: one value per row,
 //   or none), the weight in the compute dtype for one matmul. Four elements per thread when the
 //   rows allow aligned 4-byte loads.
-// * fp8_quant_rows: one block per row of an f32 `(rows, cols)` weight: `scale = max(|row|) / 448`
+// * fp8_quant_rows(_bf16, _f16): one block per row of a `(rows, cols)` matrix (an f32 weight at
+//   load; bf16/f16 activations before an fp8 GEMM, `fp8_linear`): `scale = max(|row|) / 448`
 //   (at least FLT_MIN; `amax · (1/448)` as candle computes it), `q = fp8(w / scale)` rounded to nearest even and saturated to ±448, which
 //   is what the CPU path (candle + the float8 crate) computes.
 //
-// Compiled to PTX by crates/models/build.rs with the `cuda` feature; tests/cuda_kernels.rs compares
-// both with the CPU path.
+// Compiled by crates/kernels/build.rs with the `cuda` feature; tests/gpu.rs and the models'
+// tests/cuda_models.rs compare them with the CPU path.
 
 #include "common.cuh"
 #include <cuda_fp8.h>
@@ -61,13 +62,15 @@ DEQUANT(__nv_bfloat16, fp8_dequant_bf16)
 DEQUANT(__half, fp8_dequant_f16)
 DEQUANT(float, fp8_dequant_f32)
 
-// One block of 256 threads per row.
-extern "C" __global__ void fp8_quant_rows(const float* __restrict__ w, uint8_t* __restrict__ q,
-                                          float* __restrict__ scale, long long cols) {
+// One block of 256 threads per row of a `(rows, cols)` matrix in T (f32 weights at load, bf16/f16
+// activations before an fp8 GEMM).
+template <typename T>
+__device__ void quant_rows(const T* __restrict__ w, uint8_t* __restrict__ q,
+                           float* __restrict__ scale, long long cols) {
     const long long r = blockIdx.x;
-    const float* row = w + r * cols;
+    const T* row = w + r * cols;
     float amax = 0.0f;
-    for (long long c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(row[c]));
+    for (long long c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(to_f<T>(row[c])));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     __shared__ float warp_max[32];
@@ -86,6 +89,18 @@ extern "C" __global__ void fp8_quant_rows(const float* __restrict__ w, uint8_t* 
     if (threadIdx.x == 0) scale[r] = s;
     uint8_t* qrow = q + r * cols;
     for (long long c = threadIdx.x; c < cols; c += blockDim.x) {
-        qrow[c] = (uint8_t)__nv_cvt_float_to_fp8(row[c] / s, __NV_SATFINITE, __NV_E4M3);
+        qrow[c] = (uint8_t)__nv_cvt_float_to_fp8(to_f<T>(row[c]) / s, __NV_SATFINITE, __NV_E4M3);
     }
+}
+
+extern "C" __global__ void fp8_quant_rows(const float* w, uint8_t* q, float* scale, long long cols) {
+    quant_rows<float>(w, q, scale, cols);
+}
+extern "C" __global__ void fp8_quant_rows_bf16(const __nv_bfloat16* w, uint8_t* q, float* scale,
+                                               long long cols) {
+    quant_rows<__nv_bfloat16>(w, q, scale, cols);
+}
+extern "C" __global__ void fp8_quant_rows_f16(const __half* w, uint8_t* q, float* scale,
+                                              long long cols) {
+    quant_rows<__half>(w, q, scale, cols);
 }
