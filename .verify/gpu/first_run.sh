@@ -5,11 +5,8 @@
 # Seeded random klein-4B weights (no files), 1024², bf16, flash + compiled; `--warmup 0 --iters 1`
 # makes the one timed forward the process's first. Rows:
 #   before:   VEETANCE_BEFORE (a binary whose kernels ship as PTX), if given
-#   no-warm:  this build (our kernels as cubins), VEETANCE_NO_WARM_UP=1: candle's PTX modules
-#             JIT-compile at their first use
-#   warm:     this build as it runs by default: our modules load, and candle's JIT-compile in
-#             parallel into the compute cache, on background threads while the model loads
-#   cached:   this build again, with the compute cache the `warm` row filled (a second process)
+#   fresh:    this build (our kernels as cubins; candle's PTX modules JIT-compile at first use)
+#   cached:   this build again, with the compute cache the `fresh` row filled (a second process)
 # Usage (device run tool, carry [".gpu"]): OUT=$OUT [VEETANCE_BEFORE=.gpu/veetance-before] bash .verify/gpu/first_run.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/first-run}
@@ -31,8 +28,7 @@ run() { # name, binary, env...
 : > "$OUT/table.txt"
 rm -rf "$OUT"/cache-*
 if [ -n "${VEETANCE_BEFORE:-}" ]; then run before "$VEETANCE_BEFORE" CUDA_CACHE_PATH="$OUT/cache-before"; fi
-run no-warm "$BIN" CUDA_CACHE_PATH="$OUT/cache-no-warm" VEETANCE_NO_WARM_UP=1
-run warm "$BIN" CUDA_CACHE_PATH="$OUT/cache-warm"
-run cached "$BIN" CUDA_CACHE_PATH="$OUT/cache-warm"
+run fresh "$BIN" CUDA_CACHE_PATH="$OUT/cache-fresh"
+run cached "$BIN" CUDA_CACHE_PATH="$OUT/cache-fresh"
 du -sh "$OUT"/cache-* | tee -a "$OUT/table.txt"
 rm -rf "$OUT"/cache-*

@@ -19,26 +19,11 @@ __device__ __forceinline__ float h2f(const uint8_t* p) {
     return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
 }
 
-template <typename T> __device__ __forceinline__ void store8(T* dst, const float* v);
+// common.cuh's store8 packs 8 bf16/f16 into one 16-byte store; f32 outputs take two.
 template <> __device__ __forceinline__ void store8<float>(float* dst, const float* v) {
     float4* d = reinterpret_cast<float4*>(dst);
     d[0] = make_float4(v[0], v[1], v[2], v[3]);
     d[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-template <typename T> __device__ __forceinline__ void store8_16(T* dst, const float* v) {
-    union {
-        uint4 u;
-        T h[8];
-    } pack;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) pack.h[i] = from_f<T>(v[i]);
-    *reinterpret_cast<uint4*>(dst) = pack.u;
-}
-template <> __device__ __forceinline__ void store8<__nv_bfloat16>(__nv_bfloat16* dst, const float* v) {
-    store8_16<__nv_bfloat16>(dst, v);
-}
-template <> __device__ __forceinline__ void store8<__half>(__half* dst, const float* v) {
-    store8_16<__half>(dst, v);
 }
 
 // llama.cpp's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7).

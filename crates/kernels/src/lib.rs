@@ -331,14 +331,6 @@ mod imp {
     const MODULE: Module = module!("flux2");
     /// The Hopper flash kernel (flash_sm90.cu), compiled for sm_90a only.
     const SM90_MODULE: Module = module!("flash_sm90");
-    /// Every module, for [`super::loader::warm_up`].
-    pub(super) const MODULES: &[&Module] = &[
-        &MODULE,
-        &SM90_MODULE,
-        &VAE_MODULE,
-        &QUANT_MODULE,
-        &GGUF_MODULE,
-    ];
 
     /// The CUDA storage and layout of a tensor, with a check that names the argument.
     fn cuda_of<'a>(guard: &'a candle_core::StorageRef<'a>, what: &str) -> Result<&'a CudaStorage> {
@@ -1805,83 +1797,6 @@ mod loader {
             stream: dev.cuda_stream(),
         })
     }
-
-    /// Loads our modules that fit the device (cubins: no JIT), and has the driver JIT-compile
-    /// candle's common PTX modules, each on a thread of its own, into its compute cache, from
-    /// which candle's own first load of each then reads the machine code. candle loads modules
-    /// under one lock, so loading them through candle here would make the weights' loading wait;
-    /// these loads go to modules of our own, dropped once compiled. With the compute cache turned
-    /// off (`CUDA_CACHE_DISABLE=1`) that would be wasted work, and only our modules load. Errors
-    /// are ignored: a module that fails here fails again, with its error, where it is used.
-    pub fn warm_up(dev: &CudaDevice) {
-        use candle_core::cuda_backend::kernels as ck;
-        let stream = dev.cuda_stream();
-        let ctx = stream.context();
-        let sm90 = ctx
-            .compute_capability()
-            .map(|cc| cc == (9, 0))
-            .unwrap_or(false);
-        for m in super::imp::MODULES {
-            if m.name == "flash_sm90" && !sm90 {
-                continue;
-            }
-            let _ = module_of(dev, m);
-        }
-        if std::env::var("CUDA_CACHE_DISABLE").is_ok_and(|v| v == "1") {
-            return;
-        }
-        let candle: [&'static ck::Module; 9] = [
-            &ck::AFFINE,
-            &ck::BINARY,
-            &ck::CAST,
-            &ck::CONV,
-            &ck::FILL,
-            &ck::INDEXING,
-            &ck::REDUCE,
-            &ck::TERNARY,
-            &ck::UNARY,
-        ];
-        let jobs: Vec<_> = candle
-            .into_iter()
-            .filter_map(|m| {
-                let ctx = ctx.clone();
-                std::thread::Builder::new()
-                    .name("veetance-cuda-jit".into())
-                    .spawn(move || drop(ctx.load_module(Ptx::from_src(m.ptx()))))
-                    .ok()
-            })
-            .collect();
-        for job in jobs {
-            let _ = job.join();
-        }
-    }
-}
-
-/// On background threads: loads our kernels into `device`'s context, and has the driver
-/// JIT-compile candle's common PTX modules into its compute cache in parallel, so that the first
-/// image waits for neither (call it when a model starts loading). Once a device; does nothing for a CPU device, a build
-/// without the `cuda` feature, or when `VEETANCE_NO_WARM_UP` is set (to measure without it).
-pub fn warm_up_in_background(device: &candle_core::Device) {
-    #[cfg(feature = "cuda")]
-    if let candle_core::Device::Cuda(dev) = device {
-        // Once a device: a loader calls this each time it resolves its device.
-        static STARTED: std::sync::Mutex<Vec<candle_core::cuda_backend::DeviceId>> =
-            std::sync::Mutex::new(Vec::new());
-        let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-        if started.contains(&dev.id()) {
-            return;
-        }
-        started.push(dev.id());
-        if std::env::var_os("VEETANCE_NO_WARM_UP").is_some() {
-            return;
-        }
-        let dev = dev.clone();
-        let _ = std::thread::Builder::new()
-            .name("veetance-cuda-warm-up".into())
-            .spawn(move || loader::warm_up(&dev));
-    }
-    #[cfg(not(feature = "cuda"))]
-    let _ = device;
 }
 
 /// Helpers the GPU tests of this crate and of the model crate share.

@@ -58,13 +58,6 @@ fn trim_pool(cuda: &candle_core::CudaDevice) -> Result<(), String> {
     Ok(())
 }
 
-/// Loads the CUDA kernels every run needs (ours and candle's) into `device` on a background
-/// thread, once a device, so that the first image does not wait for module loads or the driver's
-/// JIT compile of candle's PTX. Call it when a model starts loading; a no-op on the CPU.
-pub fn warm_up_kernels(device: &Device) {
-    veetance_kernels::warm_up_in_background(device);
-}
-
 /// A probe over the first CUDA GPU: a closure giving its `(free, total)` bytes, for the
 /// engine's `with_device_probe`. `None` without the `cuda` feature, without a GPU, or when the
 /// driver does not answer.

@@ -122,13 +122,6 @@ pub const DEVICES: [&str; 3] = ["auto", "cpu", "cuda"];
 /// The device a loader's `device` param names; `auto` takes the first CUDA GPU when this build has
 /// CUDA and one is present, else the CPU.
 pub fn device(name: &str) -> Result<Device, String> {
-    let device = pick_device(name)?;
-    // Our kernels and candle's load (and JIT-compile, for candle's PTX) while the weights load.
-    veetance_models::device::warm_up_kernels(&device);
-    Ok(device)
-}
-
-fn pick_device(name: &str) -> Result<Device, String> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| {

@@ -643,9 +643,10 @@ impl Setup {
                 if !cfg!(feature = "cuda") {
                     bail!("--device cuda: this veetance was built without CUDA (build with --features cuda)");
                 }
-                let dev = Device::new_cuda(0).context("cannot open CUDA device 0")?;
-                veetance_models::device::warm_up_kernels(&dev);
-                (dev, "cuda")
+                (
+                    Device::new_cuda(0).context("cannot open CUDA device 0")?,
+                    "cuda",
+                )
             }
         };
         let dtype = args
