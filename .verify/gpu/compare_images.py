@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Relative L2 error of each PNG against a reference PNG (same size): ||a - ref|| / ||ref||
-over pixel values mapped to [-1, 1]. Usage: compare_images.py <ref.png> <other.png>..."""
+over pixel values mapped to [-1, 1], and the PSNR over 8-bit pixel values (RGB).
+Usage: compare_images.py <ref.png> <other.png>..."""
 
+import math
 import sys
 import zlib
 
@@ -52,8 +54,11 @@ def main(ref, others):
     norm = sum(v * v for v in r) ** 0.5
     for o in others:
         x = read_png_rgb(o)
-        err = sum((a - b) ** 2 for a, b in zip(x, r)) ** 0.5 / norm
-        print(f"  image rel err vs bf16: {err:.3e}  ({o})")
+        sq = sum((a - b) ** 2 for a, b in zip(x, r))
+        err = sq**0.5 / norm
+        mse = sq / len(r) / 4.0  # [-1, 1] back to [0, 1]
+        psnr = float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+        print(f"  image rel err vs bf16: {err:.3e}, PSNR {psnr:.2f} dB  ({o})")
 
 
 if __name__ == "__main__":
