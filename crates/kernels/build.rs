@@ -14,6 +14,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cuda");
     println!("cargo:rerun-if-env-changed=VEETANCE_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_ROOT");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

@@ -1301,6 +1301,10 @@ mod imp {
             None => None,
         };
         let n = rows * cols;
+        if n == 0 {
+            // Nothing to launch (a zero-size grid is a launch error).
+            return Tensor::zeros((rows, cols), dtype, w.device());
+        }
         let vec4 = (cols % 4 == 0) && (wl.start_offset() % 4 == 0);
         // SAFETY: the kernel writes all `rows · cols` elements.
         let out = unsafe { dev.alloc::<T>(n) }?;
@@ -1332,6 +1336,9 @@ mod imp {
 
     pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
         let (rows, cols) = w.dims2()?;
+        if rows * cols == 0 {
+            bail!("fp8 quantize: the weight {:?} is empty", w.dims())
+        }
         let w = check(w, DType::F32, &[rows, cols], "fp8 quantize")?;
         let (ws, wl) = w.storage_and_layout();
         let wc = cuda_of(&ws, "fp8 quantize input")?;
@@ -1369,6 +1376,9 @@ mod imp {
         (rows, cols): (usize, usize),
         dtype: DType,
     ) -> Result<Tensor> {
+        if rows * cols == 0 && matches!(dtype, DType::BF16 | DType::F16 | DType::F32) {
+            return Tensor::zeros((rows, cols), dtype, blocks.device());
+        }
         match dtype {
             DType::BF16 => gguf_dequant_t::<bf16>(blocks, kind, rows, cols, "bf16"),
             DType::F16 => gguf_dequant_t::<f16>(blocks, kind, rows, cols, "f16"),
@@ -1422,14 +1432,14 @@ mod imp {
     // FP8 GEMMs through cuBLASLt
 
     use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys as lts};
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
 
-    /// A cuBLASLt handle and workspace for one context (created on first use, kept for the
-    /// process like the context), and whether FP8 row-scaled GEMMs work there.
+    /// A cuBLASLt handle and workspace for one stream (created on first use, kept for the
+    /// process like the stream): GEMMs on different streams may run at once, so each stream has
+    /// a workspace of its own.
     struct LtState {
         handle: lts::cublasLtHandle_t,
         workspace: CudaSlice<u8>,
-        fp8_ok: Option<bool>,
     }
     // SAFETY: the handle is only used under the mutex below, on the context's own stream.
     unsafe impl Send for LtState {}
@@ -1441,7 +1451,7 @@ mod imp {
         use std::sync::{Mutex, OnceLock};
         static STATES: OnceLock<Mutex<HashMap<usize, LtState>>> = OnceLock::new();
         let stream = dev.cuda_stream();
-        let key = std::sync::Arc::as_ptr(stream.context()) as usize;
+        let key = stream.cu_stream() as usize;
         let mut map = STATES
             .get_or_init(Default::default)
             .lock()
@@ -1453,11 +1463,7 @@ mod imp {
                 let handle = lt::create_handle().map_err(|e| lt_err("handle", e))?;
                 // SAFETY: scratch memory cuBLASLt may use as it likes.
                 let workspace = unsafe { dev.alloc::<u8>(LT_WORKSPACE) }?;
-                slot.insert(LtState {
-                    handle,
-                    workspace,
-                    fp8_ok: None,
-                })
+                slot.insert(LtState { handle, workspace })
             }
         };
         f(state)
@@ -1474,11 +1480,17 @@ mod imp {
         if !super::supported(t) || !is_sm90(dev).unwrap_or(false) {
             return false;
         }
-        let known = with_lt(dev, |s| Ok(s.fp8_ok)).ok().flatten();
-        if let Some(ok) = known {
+        // One tiny GEMM a context tells whether this cuBLASLt takes FP8 with row scales here;
+        // the answer is kept whatever it is (callers fall back to a bf16 GEMM on `false`, and on
+        // an error of a later call too).
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static PROBED: OnceLock<Mutex<HashMap<usize, bool>>> = OnceLock::new();
+        let key = std::sync::Arc::as_ptr(dev.cuda_stream().context()) as usize;
+        let probed = PROBED.get_or_init(Default::default);
+        if let Some(&ok) = probed.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return ok;
         }
-        // One tiny GEMM tells whether this cuBLASLt takes FP8 with row scales here.
         let probe = (|| -> Result<()> {
             let x = Tensor::ones((16, 32), DType::BF16, t.device())?;
             let (wq, ws) = fp8_quantize_rows(&Tensor::ones((16, 32), DType::F32, t.device())?)?;
@@ -1486,10 +1498,10 @@ mod imp {
             Ok(())
         })();
         let ok = probe.is_ok();
-        let _ = with_lt(dev, |s| {
-            s.fp8_ok = Some(ok);
-            Ok(())
-        });
+        probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, ok);
         ok
     }
 
@@ -1551,6 +1563,12 @@ mod imp {
         }
         let m = x.elem_count() / k;
         let out_dtype = x.dtype();
+        if m == 0 {
+            // No rows: nothing to launch (a zero-size grid is a launch error).
+            let mut shape = dims;
+            *shape.last_mut().expect("rank ≥ 1") = n;
+            return Tensor::zeros(shape, out_dtype, x.device());
+        }
         let (xq, xs) = fp8_quantize_act(&x.reshape((m, k))?)?;
         let ws = match w_scale {
             None => Tensor::ones(n, DType::F32, w.device())?,
@@ -1585,13 +1603,13 @@ mod imp {
         let (wss, wsl) = ws.storage_and_layout();
         let wsv = view::<f32>(cuda_of(&wss, "weight scale")?, wsl)?;
         // SAFETY: cuBLASLt writes all of D (beta = 0).
-        let out = unsafe { dev.alloc::<T>(m * n) }?;
+        let mut out = unsafe { dev.alloc::<T>(m * n) }?;
 
         let (a_ptr, _ga) = wv.device_ptr(&stream);
         let (b_ptr, _gb) = xqv.device_ptr(&stream);
         let (sa_ptr, _gsa) = wsv.device_ptr(&stream);
         let (sb_ptr, _gsb) = xsv.device_ptr(&stream);
-        let (d_ptr, _gd) = out.device_ptr(&stream);
+        let (d_ptr, _gd) = out.device_ptr_mut(&stream);
         let d_type = match out_dtype {
             DType::BF16 => lts::cudaDataType::CUDA_R_16BF,
             _ => lts::cudaDataType::CUDA_R_16F,

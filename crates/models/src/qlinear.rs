@@ -78,8 +78,10 @@ pub enum QLinear {
 
 impl QLinear {
     /// This layer with every tensor replaced by `f(tensor)` (a move between devices, a count).
-    /// GGUF-quantized weights are not candle `Tensor`s and cannot be walked: that is an error,
-    /// and callers (the cache's offload, block streaming) fall back to dropping or keeping them.
+    /// GGUF blocks kept raw ([`Self::Blocks`], on CUDA) are a u8 tensor and move like any other;
+    /// a candle `QTensor` ([`Self::Ggml`]: the CPU, or types our kernels do not read) cannot be
+    /// walked: that is an error, and callers (the cache's offload, block streaming) fall back to
+    /// dropping or keeping it.
     pub fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> CResult<Tensor>) -> CResult<Self> {
         Ok(match self {
             Self::Dense(l) => {
@@ -245,7 +247,10 @@ impl QLinear {
                     && veetance_kernels::fp8_linear_supported(xs)
                 {
                     // Hopper: activations quantized per row, an FP8 GEMM with both row scales.
-                    return veetance_kernels::fp8_linear(xs, weight, scale.as_ref());
+                    // A shape cuBLASLt turns down falls back to the bf16 GEMM below.
+                    if let Ok(y) = veetance_kernels::fp8_linear(xs, weight, scale.as_ref()) {
+                        return Ok(y);
+                    }
                 }
                 // The weight times its row scales in one pass (candle's fp8 casts fail on CUDA).
                 let w = veetance_kernels::fp8_dequant(weight, scale.as_ref(), *dtype)?;
