@@ -7,7 +7,7 @@
 // * fp8_dequant_<T>: `out[r][c] = float(w[r][c]) * scale[r]` (scale optional: one value per row,
 //   or none), the weight in the compute dtype for one matmul. Four elements per thread when the
 //   rows allow aligned 4-byte loads.
-// * fp8_quant_rows(_bf16, _f16): one block per row of a `(rows, cols)` matrix (an f32 weight at
+// * fp8_quant_rows_<f32|bf16|f16>: one block per row of a `(rows, cols)` matrix (an f32 weight at
 //   load; bf16/f16 activations before an fp8 GEMM, `fp8_linear`): `scale = max(|row|) / 448`
 //   (at least FLT_MIN; `amax · (1/448)` as candle computes it), `q = fp8(w / scale)` rounded to nearest even and saturated to ±448, which
 //   is what the CPU path (candle + the float8 crate) computes.
@@ -116,7 +116,7 @@ __device__ void quant_rows(const T* __restrict__ w, uint8_t* __restrict__ q,
     }
 }
 
-extern "C" __global__ void fp8_quant_rows(const float* w, uint8_t* q, float* scale, long long cols) {
+extern "C" __global__ void fp8_quant_rows_f32(const float* w, uint8_t* q, float* scale, long long cols) {
     quant_rows<float>(w, q, scale, cols);
 }
 extern "C" __global__ void fp8_quant_rows_bf16(const __nv_bfloat16* w, uint8_t* q, float* scale,

@@ -192,8 +192,9 @@ pub fn fp8_dequant(
     imp::fp8_dequant(w, scale, dtype)
 }
 
-/// A 2-D f32 weight `(rows, cols)` in fp8 e4m3 with one f32 scale per row, `scale = max|row| /
-/// 448` (at least `f32::MIN_POSITIVE`), rounded to nearest even and saturated: what
+/// A 2-D `(rows, cols)` matrix, f32 (a weight at load) or bf16/f16 (activations before an FP8
+/// GEMM), in fp8 e4m3 with one f32 scale per row, `scale = max|row| / 448` (at least
+/// `f32::MIN_POSITIVE`), rounded to nearest even and saturated: for an f32 weight, what
 /// `veetance_models::qlinear::QLinear::quantize_fp8` computes on the CPU. Returns `(q, scale)`.
 pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
     imp::fp8_quantize_rows(w)
@@ -1334,20 +1335,34 @@ mod imp {
         Ok(wrap(out, &dev, (rows, cols)))
     }
 
+    /// Each row of a `(rows, cols)` f32 (a weight at load) or bf16/f16 (activations before an
+    /// FP8 GEMM) matrix in fp8 e4m3 with its f32 scale.
     pub fn fp8_quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+        match w.dtype() {
+            DType::F32 => fp8_quantize_rows_t::<f32>(w, "f32"),
+            DType::BF16 => fp8_quantize_rows_t::<bf16>(w, "bf16"),
+            DType::F16 => fp8_quantize_rows_t::<f16>(w, "f16"),
+            d => bail!("fp8 quantize takes f32, bf16 or f16, not {d:?}"),
+        }
+    }
+
+    fn fp8_quantize_rows_t<T: CudaDType + DeviceRepr>(
+        w: &Tensor,
+        sfx: &str,
+    ) -> Result<(Tensor, Tensor)> {
         let (rows, cols) = w.dims2()?;
         if rows * cols == 0 {
-            bail!("fp8 quantize: the weight {:?} is empty", w.dims())
+            bail!("fp8 quantize: the matrix {:?} is empty", w.dims())
         }
-        let w = check(w, DType::F32, &[rows, cols], "fp8 quantize")?;
+        let w = w.contiguous()?;
         let (ws, wl) = w.storage_and_layout();
         let wc = cuda_of(&ws, "fp8 quantize input")?;
         let dev = wc.device().clone();
-        let wv = view::<f32>(wc, wl)?;
+        let wv = view::<T>(wc, wl)?;
         // SAFETY: one block per row writes the row's scale and all its `cols` elements.
         let q = unsafe { dev.alloc::<float8::F8E4M3>(rows * cols) }?;
         let scale = unsafe { dev.alloc::<f32>(rows) }?;
-        let func = load(&dev, &QUANT_MODULE, "fp8_quant_rows")?;
+        let func = load(&dev, &QUANT_MODULE, &format!("fp8_quant_rows_{sfx}"))?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -1505,42 +1520,6 @@ mod imp {
         ok
     }
 
-    /// Each row of a `(rows, cols)` bf16/f16 matrix in fp8 e4m3 with its f32 scale.
-    fn fp8_quantize_act(x: &Tensor) -> Result<(Tensor, Tensor)> {
-        dispatch!(x.dtype(), fp8_quantize_act_t, x)
-    }
-
-    fn fp8_quantize_act_t<T: CudaDType + DeviceRepr>(x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (rows, cols) = x.dims2()?;
-        let x = x.contiguous()?;
-        let sfx = suffix(x.dtype())?;
-        let (xs, xl) = x.storage_and_layout();
-        let xc = cuda_of(&xs, "fp8 activation")?;
-        let dev = xc.device().clone();
-        let (q, scale) = (
-            // SAFETY: one block per row writes the row's scale and all its `cols` elements.
-            unsafe { dev.alloc::<float8::F8E4M3>(rows * cols) }?,
-            unsafe { dev.alloc::<f32>(rows) }?,
-        );
-        let func = load(&dev, &QUANT_MODULE, &format!("fp8_quant_rows_{sfx}"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let cols_i = cols as i64;
-        let xv = view::<T>(xc, xl)?;
-        let mut builder = func.builder();
-        builder.arg(&xv);
-        builder.arg(&q);
-        builder.arg(&scale);
-        builder.arg(&cols_i);
-        // SAFETY: arguments match the kernel's signature; `cols` bounds every row's index.
-        unsafe { builder.launch(cfg) }.w()?;
-        drop(xs);
-        Ok((wrap(q, &dev, (rows, cols)), wrap(scale, &dev, rows)))
-    }
-
     pub fn fp8_linear(x: &Tensor, w: &Tensor, w_scale: Option<&Tensor>) -> Result<Tensor> {
         dispatch!(x.dtype(), fp8_linear_t, x, w, w_scale)
     }
@@ -1569,7 +1548,7 @@ mod imp {
             *shape.last_mut().expect("rank ≥ 1") = n;
             return Tensor::zeros(shape, out_dtype, x.device());
         }
-        let (xq, xs) = fp8_quantize_act(&x.reshape((m, k))?)?;
+        let (xq, xs) = fp8_quantize_rows(&x.reshape((m, k))?)?;
         let ws = match w_scale {
             None => Tensor::ones(n, DType::F32, w.device())?,
             Some(s) if s.elem_count() == 1 => s

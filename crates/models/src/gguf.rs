@@ -511,18 +511,23 @@ impl GgufFile {
     /// (see [`QLinear::gguf_blocks`]).
     pub fn quantized_linear(&self, name: &str, dtype: DType, device: &Device) -> Result<QLinear> {
         let (info, ty) = self.info(name)?;
-        let shape = match info.shape.as_slice() {
-            &[rows, cols] if !matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
-                (rows, cols)
+        match *info.shape.as_slice() {
+            [rows, cols]
+                if cols % ty.block_size() == 0
+                    && !matches!(ty, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+            {
+                let bytes = self.bytes(name, info, ty)?;
+                Ok(QLinear::gguf_blocks(
+                    bytes,
+                    ty,
+                    (rows, cols),
+                    dtype,
+                    device,
+                )?)
             }
-            _ => return Ok(QLinear::ggml(self.qtensor(name, device)?)),
-        };
-        if shape.1 % ty.block_size() != 0 {
-            // qtensor names the problem.
-            return Ok(QLinear::ggml(self.qtensor(name, device)?));
+            // A float tensor, or not a matrix of whole blocks (`qtensor` says what is wrong).
+            _ => Ok(QLinear::ggml(self.qtensor(name, device)?)),
         }
-        let bytes = self.bytes(name, info, ty)?;
-        Ok(QLinear::gguf_blocks(bytes, ty, shape, dtype, device)?)
     }
 
     /// A tensor dequantized to `dtype` on `device`, in its logical shape.

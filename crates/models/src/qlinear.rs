@@ -240,14 +240,9 @@ impl QLinear {
                 scale,
                 dtype,
             } if weight.device().is_cuda() => {
-                let (out, inp) = weight.dims2()?;
-                if fp8_gemm_enabled()
-                    && out % 16 == 0
-                    && inp % 16 == 0
-                    && veetance_kernels::fp8_linear_supported(xs)
-                {
+                if fp8_gemm_enabled() && veetance_kernels::fp8_linear_supported(xs) {
                     // Hopper: activations quantized per row, an FP8 GEMM with both row scales.
-                    // A shape cuBLASLt turns down falls back to the bf16 GEMM below.
+                    // A shape it refuses (sides not multiples of 16) takes the bf16 GEMM below.
                     if let Ok(y) = veetance_kernels::fp8_linear(xs, weight, scale.as_ref()) {
                         return Ok(y);
                     }
