@@ -15,7 +15,8 @@
 #                              "plain chunked:1024"; attention as `veetance bench --attention` takes
 #                              it; weights: fp8 (a ComfyUI scaled-fp8 file made by make_fp8.py; FP8
 #                              GEMMs on Hopper), Q8_0 or Q4_K (GGUF, made by .gpu/quantize_gguf);
-#                              default the bf16 file)
+#                              default the bf16 file; a trailing "-ours": without cuDNN, see
+#                              VEETANCE_CUDNN in docs/ARCHITECTURE.md)
 #              SIZE (1024; tiny 64), ITERS (10; tiny 2), WARMUP (2; tiny 1), GEN_ITERS (3; tiny 1),
 #              DIFFUSERS_COMPILE (1; tiny 0), OUT (/tmp/bench-out), MODELS_DIR, TOL (2e-2)
 # Full logs, JSON and velocities under $OUT; the tables come last.
@@ -77,6 +78,8 @@ smi_stop
 
 for v in $VARIANTS; do
   name=$(echo "$v" | tr ':+@' '-__')
+  # "-ours": our attention and convolution kernels only, cuDNN not loaded (VEETANCE_CUDNN=0).
+  cudnn=${VEETANCE_CUDNN:-}; [ "$v" != "${v%-ours}" ] && { cudnn=0; v=${v%-ours}; }
   weights=; [ "$v" != "${v%@*}" ] && weights=${v##*@}
   v=${v%@*}
   attention=${v%%+*}
@@ -93,7 +96,7 @@ for v in $VARIANTS; do
   esac
   echo "== veetance $v"
   smi_start "$name"
-  "$BIN" bench --transformer "$file" \
+  VEETANCE_CUDNN=$cudnn "$BIN" bench --transformer "$file" \
       --text-encoder "$MODELS/text_encoders/$TE.safetensors" --vae "$MODELS/$VAE" \
       --device "$DEVICE" --dtype "$DTYPE" --width "$SIZE" --height "$SIZE" --steps 4 \
       --warmup "$WARMUP" --iters "$ITERS" --gen-iters "$GEN_ITERS" --attention "$attention" $extra \

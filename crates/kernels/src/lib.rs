@@ -48,13 +48,17 @@ pub fn flash_attention(
 /// Which flash-attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FlashKernel {
-    /// `Wgmma` on a device of compute capability 9.0 (Hopper), `MmaSync` elsewhere.
+    /// cuDNN's fused attention when it is loaded and takes the shape (no mask), else `Wgmma` on
+    /// a device of compute capability 9.0 (Hopper), `MmaSync` elsewhere.
     #[default]
     Auto,
     /// The `mma.sync` kernel of cuda/flux2.cu (any GPU the build targets).
     MmaSync,
     /// The Hopper kernel of cuda/flash_sm90.cu (`wgmma`, sm_90a only; an error elsewhere).
     Wgmma,
+    /// cuDNN's fused attention (`SDPA_FWD`), loaded at run time: an error when cuDNN is absent
+    /// or has no engine for the shape, and for masks (causal or `kv_len`), which it is not given.
+    Cudnn,
 }
 
 /// [`flash_attention`] with the kernel chosen explicitly (to compare the two).
@@ -152,10 +156,59 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     geom: ConvGeom,
 ) -> Result<Tensor> {
-    imp::conv2d(x, weight, bias, residual, geom, CONV_COL_LIMIT)
+    imp::conv2d(
+        x,
+        weight,
+        bias,
+        residual,
+        geom,
+        CONV_COL_LIMIT,
+        ConvPath::Auto,
+    )
 }
 
-/// [`conv2d`] with im2col chunks of at most `col_limit` elements (tests use small ones).
+/// Which convolution runs: cuDNN's when it is loaded and has an engine for the shape (`Auto`),
+/// or our im2col + GEMM kernels only (`Ours`), or cuDNN's only (`Cudnn`, an error without it).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    Auto,
+    Ours,
+    Cudnn,
+}
+
+/// [`conv2d`] on a chosen path (to compare them).
+#[doc(hidden)]
+pub fn conv2d_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    geom: ConvGeom,
+    path: ConvPath,
+) -> Result<Tensor> {
+    imp::conv2d(x, weight, bias, residual, geom, CONV_COL_LIMIT, path)
+}
+
+/// Whether cuDNN is loaded (its version and file) or why not; see `VEETANCE_CUDNN` in
+/// ARCHITECTURE.md ("GPU kernels").
+pub fn cudnn_status() -> String {
+    #[cfg(feature = "cuda")]
+    {
+        cudnn::describe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        "cuDNN not in use: not a CUDA build".to_string()
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // a C library opened at run time: its symbols, descriptors and buffers
+mod cudnn;
+
+/// [`conv2d`] through our kernels with im2col chunks of at most `col_limit` elements (tests use
+/// small ones).
 #[doc(hidden)]
 pub fn conv2d_with_limit(
     x: &Tensor,
@@ -165,7 +218,7 @@ pub fn conv2d_with_limit(
     geom: ConvGeom,
     col_limit: usize,
 ) -> Result<Tensor> {
-    imp::conv2d(x, weight, bias, residual, geom, col_limit)
+    imp::conv2d(x, weight, bias, residual, geom, col_limit, ConvPath::Ours)
 }
 
 /// GroupNorm of `x: (B, C, ...)` contiguous-able, `groups` dividing C, affine `gamma`, `beta`:
@@ -274,6 +327,7 @@ mod imp {
         _res: Option<&Tensor>,
         _geom: super::ConvGeom,
         _col_limit: usize,
+        _path: super::ConvPath,
     ) -> Result<Tensor> {
         bail!("our conv2d needs a build with the `cuda` feature")
     }
@@ -438,9 +492,35 @@ mod imp {
         let (qv, kv, vv) = (view::<T>(qc, ql)?, view::<T>(kc, kl)?, view::<T>(vc, vl)?);
         // SAFETY: every element is written: the attention kernel fills columns 0..H·128 of each
         // row and, when `mlp` is given, the SwiGLU kernel fills the remaining `extra` columns.
-        let out = unsafe { dev.alloc::<T>(b * lq * width) }?;
+        let mut out = unsafe { dev.alloc::<T>(b * lq * width) }?;
 
+        let unmasked = !causal && kv_len == lk;
+        if matches!(kernel, super::FlashKernel::Auto | super::FlashKernel::Cudnn) && unmasked {
+            let stream = dev.cuda_stream();
+            let (qp, _gq) = qv.device_ptr(&stream);
+            let (kp, _gk) = kv.device_ptr(&stream);
+            let (vp, _gv) = vv.device_ptr(&stream);
+            let (op, _go) = out.device_ptr_mut(&stream);
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            let ran = super::cudnn::sdpa(
+                &dev,
+                q.dtype(),
+                (b, h, lq, lk, d),
+                width,
+                scale,
+                [qp as _, kp as _, vp as _, op as _],
+            )?;
+            drop((_gq, _gk, _gv, _go));
+            if ran {
+                return finish_attention::<T>(&dev, out, (b, h, lq, d, width), mlp, q.dtype());
+            }
+        }
         let wgmma = match kernel {
+            super::FlashKernel::Cudnn => bail!(
+                "cuDNN attention did not run {:?} (causal {causal}, kv_len {kv_len} of {lk}; {})",
+                q.dims(),
+                super::cudnn::describe()
+            ),
             super::FlashKernel::Auto => is_sm90(&dev)?,
             super::FlashKernel::MmaSync => false,
             super::FlashKernel::Wgmma => {
@@ -510,7 +590,19 @@ mod imp {
         builder.arg(&ors);
         // SAFETY: arguments match the kernel's signature; buffers hold what the grid touches.
         unsafe { builder.launch(cfg) }.w()?;
+        drop((qs, ks, vs));
+        finish_attention::<T>(&dev, out, (b, h, lq, d, width), mlp, q.dtype())
+    }
 
+    /// The attention output `(B, L, width)` as a tensor, its columns past H·D filled with the
+    /// SwiGLU of `mlp` first when given.
+    fn finish_attention<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        out: CudaSlice<T>,
+        (b, h, lq, d, width): (usize, usize, usize, usize, usize),
+        mlp: Option<(&Tensor, usize, usize, usize)>,
+        dtype: DType,
+    ) -> Result<Tensor> {
         if let Some((hsrc, a_off, b_off, n)) = mlp {
             let (hb, hl, hw, hbs, hrs) = rows3(hsrc, "swiglu input")?;
             if hb != b || hl != lq || a_off + n > hw || b_off + n > hw {
@@ -525,7 +617,7 @@ mod imp {
             let (hs, hlay) = hsrc.storage_and_layout();
             let hv = view::<T>(cuda_of(&hs, "swiglu input")?, hlay)?;
             launch_swiglu::<T>(
-                &dev,
+                dev,
                 &hv,
                 hlay.start_offset(),
                 hrs,
@@ -536,11 +628,10 @@ mod imp {
                 h * d,
                 n,
                 b * lq,
-                q.dtype(),
+                dtype,
             )?;
         }
-        drop((qs, ks, vs));
-        Ok(wrap(out, &dev, (b, lq, width)))
+        Ok(wrap(out, dev, (b, lq, width)))
     }
 
     /// Whether every offset, stride and width is a multiple of 8 elements, so that the `_v8`
@@ -931,10 +1022,12 @@ mod imp {
         res: Option<&Tensor>,
         geom: super::ConvGeom,
         col_limit: usize,
+        path: super::ConvPath,
     ) -> Result<Tensor> {
-        dispatch!(x.dtype(), conv2d_t, x, w, bias, res, geom, col_limit)
+        dispatch!(x.dtype(), conv2d_t, x, w, bias, res, geom, col_limit, path)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv2d_t<T: CudaDType + DeviceRepr>(
         x: &Tensor,
         w: &Tensor,
@@ -942,6 +1035,7 @@ mod imp {
         res: Option<&Tensor>,
         geom: super::ConvGeom,
         col_limit: usize,
+        path: super::ConvPath,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         let (b, c, h, wd) = x.dims4()?;
@@ -987,6 +1081,65 @@ mod imp {
         };
         // SAFETY: the epilogue writes every (image, channel, pixel): the chunks cover all rows.
         let out = unsafe { dev.alloc::<T>(b * cout * m) }?;
+        if !direct && path != super::ConvPath::Ours {
+            // cuDNN's convolution into a scratch (B, Cout, M), then our epilogue adds bias and
+            // residual as it does to each im2col chunk's GEMM.
+            let xin = if up == 2 {
+                x.upsample_nearest2d(h * 2, wd * 2)?
+            } else {
+                x.clone()
+            };
+            let wc = w.contiguous()?;
+            // SAFETY: cuDNN writes every element of the (B, Cout, Ho, Wo) result when it runs;
+            // when it does not, the buffer is dropped unread.
+            let mut g = unsafe { dev.alloc::<T>(b * cout * m) }?;
+            let ran = {
+                let stream = dev.cuda_stream();
+                let (xs, xl) = xin.storage_and_layout();
+                let (ws, wl) = wc.storage_and_layout();
+                let xv = view::<T>(cuda_of(&xs, "x")?, xl)?;
+                let wv = view::<T>(cuda_of(&ws, "conv2d weight")?, wl)?;
+                let (xp, _gx) = xv.device_ptr(&stream);
+                let (wp, _gw) = wv.device_ptr(&stream);
+                let (gp, _gg) = g.device_ptr_mut(&stream);
+                super::cudnn::conv2d(
+                    &dev,
+                    dtype,
+                    (b, c, h * up, wd * up),
+                    (cout, kh, kw),
+                    (ho, wo),
+                    stride,
+                    pad,
+                    [xp as _, wp as _, gp as _],
+                )?
+            };
+            if ran {
+                let g = wrap(g, &dev, (b, cout, m));
+                for bi in 0..b {
+                    conv_epilogue::<T>(
+                        &dev,
+                        &g.get(bi)?,
+                        bias.as_ref(),
+                        res.as_ref(),
+                        &out,
+                        (bi * cout * m) as i64,
+                        cout,
+                        m,
+                        0,
+                        m,
+                    )?;
+                }
+                return Ok(wrap(out, &dev, (b, cout, ho, wo)));
+            }
+            if path == super::ConvPath::Cudnn {
+                bail!(
+                    "conv2d: cuDNN did not run {:?} * {:?} ({})",
+                    x.dims(),
+                    w.dims(),
+                    super::cudnn::describe()
+                )
+            }
+        }
         let sfx = suffix(dtype)?;
         let v8 = wo % 8 == 0;
         let im2col = load(

@@ -34,6 +34,14 @@ fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, kv_len: usize
     p.matmul(&vf)?.transpose(1, 2)?.reshape((b, lq, h * d))
 }
 
+/// Whether cuDNN was found (`VEETANCE_CUDNN`, the loader's path); its tests are skipped, and say
+/// so, when it was not.
+fn cudnn_loaded() -> bool {
+    let status = kernels::cudnn_status();
+    println!("{status}");
+    !status.contains("not in use")
+}
+
 #[test]
 fn flash_attention_matches_reference() -> R<()> {
     let Some(dev) = gpu() else { return Ok(()) };
@@ -51,7 +59,11 @@ fn flash_attention_matches_reference() -> R<()> {
             let k = randn(&[b, h, lk, 128], dtype, &dev)?;
             let v = randn(&[b, h, lk, 128], dtype, &dev)?;
             let want = attention_ref(&q, &k, &v, causal, kv_len)?;
-            for kernel in [FlashKernel::MmaSync, FlashKernel::Wgmma] {
+            let masked = causal || kv_len < lk;
+            for kernel in [FlashKernel::MmaSync, FlashKernel::Wgmma, FlashKernel::Cudnn] {
+                if kernel == FlashKernel::Cudnn && (masked || !cudnn_loaded()) {
+                    continue;
+                }
                 let got =
                     match kernels::flash_attention_with(&q, &k, &v, causal, Some(kv_len), kernel) {
                         Err(e) if kernel == FlashKernel::Wgmma && e.to_string().contains("9.0") => {
@@ -266,6 +278,20 @@ fn vae_conv2d_matches_candle() -> R<()> {
                 "conv {dtype:?} b{b} {cin}->{cout} {h}x{w} k{k} s{stride} p{pad} up{up}: {e:.2e}"
             );
             assert!(e < 1e-2, "{e}");
+            if cudnn_loaded() {
+                let got = kernels::conv2d_with(
+                    &x,
+                    &wt,
+                    Some(&bias),
+                    res.as_ref(),
+                    geom,
+                    kernels::ConvPath::Cudnn,
+                )?;
+                assert_eq!(got.dims(), want.dims());
+                let e = rel(&got, &want)?;
+                eprintln!("  cuDNN: {e:.2e}");
+                assert!(e < 1e-2, "cuDNN conv rel err {e}");
+            }
         }
         // no bias, no residual
         let x = randn(&[1, 32, 16, 16], dtype, &dev)?;

@@ -65,7 +65,12 @@ fn main() -> candle_core::Result<()> {
     let v = Tensor::randn(0f32, 1f32, (1, heads, l, 128), &dev)?.to_dtype(DType::BF16)?;
     let flops = 4.0 * (l * l * 128 * heads) as f64;
     let mut t_flash = f64::NAN;
-    for kernel in [kernels::FlashKernel::MmaSync, kernels::FlashKernel::Wgmma] {
+    println!("{}", kernels::cudnn_status());
+    for kernel in [
+        kernels::FlashKernel::MmaSync,
+        kernels::FlashKernel::Wgmma,
+        kernels::FlashKernel::Cudnn,
+    ] {
         let t = time(&dev, iters, || {
             kernels::flash_attention_with(&q, &k, &v, false, None, kernel)
         });

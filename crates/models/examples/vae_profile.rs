@@ -62,6 +62,7 @@ fn main() -> R<()> {
         .unwrap_or(5)
         .max(1);
     let dev = Device::new_cuda(0)?;
+    println!("{}", kernels::cudnn_status());
     let dt = DType::BF16;
     let t_start = Instant::now();
 
@@ -153,10 +154,18 @@ fn main() -> R<()> {
             padding: pad,
             upsample: if up { 2 } else { 1 },
         };
-        let ours = || kernels::conv2d(&x, &w, Some(&b), None, geom);
+        let ours = || kernels::conv2d_with(&x, &w, Some(&b), None, geom, kernels::ConvPath::Ours);
+        let cudnn = || kernels::conv2d_with(&x, &w, Some(&b), None, geom, kernels::ConvPath::Cudnn);
         let err = rel(&ours()?, &candle()?)?;
         let tc = time(&dev, 1, iters.min(3), &candle)?;
         let to = time(&dev, 2, iters, &ours)?;
+        match cudnn().and_then(|y| rel(&y, &candle()?)) {
+            Ok(e) => {
+                let td = time(&dev, 2, iters, &cudnn)?;
+                println!("  cuDNN: {td:.2} ms, rel err {e:.2e}");
+            }
+            Err(e) => println!("  cuDNN: {e}"),
+        }
         let kk = cin * k * k;
         let w2 = w.reshape((cout, kk))?;
         let col = randn(&[kk, size * size], 1.0, dt, &dev)?;

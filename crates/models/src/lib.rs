@@ -20,6 +20,9 @@
 //! The crate knows nothing of graphs; nodes call it. Errors: one [`Error`] enum.
 
 pub mod device;
+
+/// Whether cuDNN's attention and convolutions are in use here (its version), or why not.
+pub use veetance_kernels::cudnn_status;
 pub mod error;
 pub mod flux2;
 pub mod gguf;

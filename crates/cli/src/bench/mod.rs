@@ -770,6 +770,8 @@ impl Setup {
             // Module loads, and the driver's JIT for PTX, happen here in a fresh process.
             println!("first forward of this process: {ms:.1} ms");
         }
+        let cudnn = veetance_models::cudnn_status();
+        println!("{cudnn}");
         let mut forward_ms = Vec::with_capacity(args.iters);
         for _ in 0..args.iters {
             sync(dev)?;
@@ -862,6 +864,7 @@ impl Setup {
             "gen_iters": pipeline.as_ref().map(|_| args.gen_iters.unwrap_or(args.iters).max(1)),
             "load_ms": {"transformer": load_transformer_ms, "text_encoder_and_vae": pipeline.as_ref().map(|_| load_pipeline_ms)},
             "first_forward_ms": first_forward_ms,
+            "cudnn": cudnn,
             "forward": {
                 "inputs": args.inputs.as_ref().map(|p| p.display().to_string()),
                 "image_tokens": image_tokens,

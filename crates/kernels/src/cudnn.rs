@@ -1,0 +1,626 @@
+//! cuDNN's fused attention (`SDPA_FWD`) and convolutions through its backend graph API, with
+//! libcudnn opened at run time, never linked: a machine without cuDNN (or with a cuDNN that has no
+//! engine for a shape) runs our own kernels instead.
+//!
+//! `VEETANCE_CUDNN`: unset → `libcudnn.so.9` (then `libcudnn.so`) from the loader's search path;
+//! `0` or `off` → never load it; anything else → the path of the library to load.
+//!
+//! An operation is described once per shape (tensor descriptors, the operation, its graph), cuDNN's
+//! heuristics (mode A) rank engine configurations, and the first one that finalizes into an
+//! execution plan with a workspace of at most [`WORKSPACE_CAP`] is kept for that shape and stream.
+//! A shape without a plan is remembered too, so that it falls back at once the next time.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{bail, CudaDevice, DType, Result};
+
+type Status = i32;
+type Handle = *mut c_void;
+type Desc = *mut c_void;
+
+// Values of cudnn_backend.h / cudnn_graph.h (cuDNN 9).
+const DESC_CONVOLUTION: u32 = 1;
+const DESC_ENGINECFG: u32 = 3;
+const DESC_ENGINEHEUR: u32 = 4;
+const DESC_EXECUTION_PLAN: u32 = 5;
+const DESC_OP_CONV_FWD: u32 = 10;
+const DESC_OPERATIONGRAPH: u32 = 15;
+const DESC_VARIANT_PACK: u32 = 16;
+const DESC_TENSOR: u32 = 17;
+const DESC_OP_SDPA_FWD: u32 = 41;
+
+const T_HANDLE: u32 = 0;
+const T_DATA_TYPE: u32 = 1;
+const T_BOOLEAN: u32 = 2;
+const T_INT64: u32 = 3;
+const T_FLOAT: u32 = 4;
+const T_VOID_PTR: u32 = 6;
+const T_CONVOLUTION_MODE: u32 = 7;
+const T_HEUR_MODE: u32 = 8;
+const T_DESCRIPTOR: u32 = 15;
+
+const A_CONV_COMP_TYPE: u32 = 100;
+const A_CONV_MODE: u32 = 101;
+const A_CONV_DILATIONS: u32 = 102;
+const A_CONV_FILTER_STRIDES: u32 = 103;
+const A_CONV_POST_PADDINGS: u32 = 104;
+const A_CONV_PRE_PADDINGS: u32 = 105;
+const A_CONV_SPATIAL_DIMS: u32 = 106;
+const A_HEUR_MODE: u32 = 200;
+const A_HEUR_GRAPH: u32 = 201;
+const A_HEUR_RESULTS: u32 = 202;
+const A_PLAN_HANDLE: u32 = 400;
+const A_PLAN_ENGINE_CONFIG: u32 = 401;
+const A_PLAN_WORKSPACE_SIZE: u32 = 402;
+const A_CONV_FWD_ALPHA: u32 = 700;
+const A_CONV_FWD_BETA: u32 = 701;
+const A_CONV_FWD_CONV_DESC: u32 = 702;
+const A_CONV_FWD_W: u32 = 703;
+const A_CONV_FWD_X: u32 = 704;
+const A_CONV_FWD_Y: u32 = 705;
+const A_GRAPH_HANDLE: u32 = 800;
+const A_GRAPH_OPS: u32 = 801;
+const A_TENSOR_BYTE_ALIGNMENT: u32 = 900;
+const A_TENSOR_DATA_TYPE: u32 = 901;
+const A_TENSOR_DIMENSIONS: u32 = 902;
+const A_TENSOR_STRIDES: u32 = 903;
+const A_TENSOR_UNIQUE_ID: u32 = 906;
+const A_TENSOR_IS_BY_VALUE: u32 = 908;
+const A_VP_UNIQUE_IDS: u32 = 1000;
+const A_VP_DATA_POINTERS: u32 = 1001;
+const A_VP_WORKSPACE: u32 = 1003;
+const A_SDPA_Q: u32 = 2800;
+const A_SDPA_K: u32 = 2801;
+const A_SDPA_V: u32 = 2802;
+const A_SDPA_O: u32 = 2803;
+const A_SDPA_SCALE: u32 = 2805;
+
+const DATA_FLOAT: u32 = 0;
+const DATA_HALF: u32 = 2;
+const DATA_BFLOAT16: u32 = 9;
+const CROSS_CORRELATION: u32 = 1;
+const HEUR_MODE_A: u32 = 3;
+
+/// The largest workspace a plan may ask for (1.5 GiB); configurations that want more are skipped.
+/// The 1024² VAE decode's largest convolution (256→256 at 1024², after the upsample) asks for
+/// 1.07 GB, its layout transforms. With the upsampled input and the result, that stays below one
+/// im2col chunk of our own path ([`crate::CONV_COL_LIMIT`] elements), which is what the VAE's
+/// memory estimate counts.
+pub const WORKSPACE_CAP: usize = 3 << 29;
+/// How many of the heuristics' configurations are tried, best first.
+const CONFIGS_TRIED: usize = 16;
+
+struct Api {
+    create: unsafe extern "C" fn(*mut Handle) -> Status,
+    set_stream: unsafe extern "C" fn(Handle, *mut c_void) -> Status,
+    error_string: unsafe extern "C" fn(Status) -> *const c_char,
+    last_error: Option<unsafe extern "C" fn(*mut c_char, usize)>,
+    create_desc: unsafe extern "C" fn(u32, *mut Desc) -> Status,
+    destroy_desc: unsafe extern "C" fn(Desc) -> Status,
+    finalize: unsafe extern "C" fn(Desc) -> Status,
+    set_attr: unsafe extern "C" fn(Desc, u32, u32, i64, *const c_void) -> Status,
+    get_attr: unsafe extern "C" fn(Desc, u32, u32, i64, *mut i64, *mut c_void) -> Status,
+    execute: unsafe extern "C" fn(Handle, Desc, Desc) -> Status,
+    version: usize,
+    from: String,
+    _lib: libloading::Library,
+}
+
+/// The loaded library, or why there is none.
+fn api() -> std::result::Result<&'static Api, &'static str> {
+    static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load).as_ref().map_err(|e| e.as_str())
+}
+
+fn load() -> std::result::Result<Api, String> {
+    let setting = std::env::var("VEETANCE_CUDNN").unwrap_or_default();
+    let candidates: Vec<String> = match setting.trim() {
+        "" => vec!["libcudnn.so.9".into(), "libcudnn.so".into()],
+        "0" | "off" | "false" => return Err("turned off by VEETANCE_CUDNN".into()),
+        path => vec![path.to_string()],
+    };
+    let mut why = Vec::new();
+    for name in &candidates {
+        // SAFETY: loading libcudnn runs its initialisers, which have no preconditions.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => return bind(lib, name).map_err(|e| format!("{name}: {e}")),
+            Err(e) => why.push(format!("{name}: {e}")),
+        }
+    }
+    Err(format!(
+        "no cuDNN library could be opened ({})",
+        why.join("; ")
+    ))
+}
+
+fn bind(lib: libloading::Library, from: &str) -> std::result::Result<Api, String> {
+    macro_rules! sym {
+        ($name:literal) => {
+            // SAFETY: the symbol has the signature of cudnn_graph.h's declaration, which the
+            // field's type spells out.
+            *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
+                .map_err(|e| format!("symbol {}: {e}", $name))?
+        };
+    }
+    let get_version: unsafe extern "C" fn() -> usize = sym!("cudnnGetVersion");
+    // SAFETY: no arguments, no preconditions.
+    let version = unsafe { get_version() };
+    if version < 90000 {
+        return Err(format!(
+            "cuDNN {version} is older than 9.0, which the graph API here needs"
+        ));
+    }
+    let last_error = unsafe { lib.get(b"cudnnGetLastErrorString\0") }
+        .ok()
+        .map(|s| *s);
+    Ok(Api {
+        create: sym!("cudnnCreate"),
+        set_stream: sym!("cudnnSetStream"),
+        error_string: sym!("cudnnGetErrorString"),
+        last_error,
+        create_desc: sym!("cudnnBackendCreateDescriptor"),
+        destroy_desc: sym!("cudnnBackendDestroyDescriptor"),
+        finalize: sym!("cudnnBackendFinalize"),
+        set_attr: sym!("cudnnBackendSetAttribute"),
+        get_attr: sym!("cudnnBackendGetAttribute"),
+        execute: sym!("cudnnBackendExecute"),
+        version,
+        from: from.to_string(),
+        _lib: lib,
+    })
+}
+
+/// Whether cuDNN is loaded, with its version and file, or why not (for logs and benches).
+pub fn describe() -> String {
+    match api() {
+        Ok(a) => format!(
+            "cuDNN {}.{}.{} ({})",
+            a.version / 10000,
+            (a.version / 100) % 100,
+            a.version % 100,
+            a.from
+        ),
+        Err(e) => format!("cuDNN not in use: {e}"),
+    }
+}
+
+fn check(api: &Api, status: Status, what: &str) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: cuDNN returns a static NUL-terminated string for any status.
+    let name = unsafe { CStr::from_ptr((api.error_string)(status)) }
+        .to_string_lossy()
+        .into_owned();
+    let mut detail = String::new();
+    if let Some(last) = api.last_error {
+        let mut buf = [0 as c_char; 512];
+        // SAFETY: the buffer's size is passed; cuDNN writes a NUL-terminated message into it.
+        unsafe { last(buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: NUL-terminated by cuDNN (the buffer starts zeroed).
+        let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+        if !msg.is_empty() {
+            detail = format!(": {msg}");
+        }
+    }
+    bail!("cuDNN {what}: {name} ({status}){detail}")
+}
+
+/// A backend descriptor, destroyed on drop.
+struct D {
+    api: &'static Api,
+    raw: Desc,
+}
+
+impl D {
+    fn new(api: &'static Api, kind: u32) -> Result<D> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `raw` receives a new descriptor of a valid kind.
+        check(
+            api,
+            unsafe { (api.create_desc)(kind, &mut raw) },
+            "create descriptor",
+        )?;
+        Ok(D { api, raw })
+    }
+    fn set(&self, name: u32, ty: u32, n: usize, p: *const c_void, what: &str) -> Result<()> {
+        // SAFETY: `p` points at `n` elements of the C type `ty` names (the callers below).
+        let s = unsafe { (self.api.set_attr)(self.raw, name, ty, n as i64, p) };
+        check(self.api, s, what)
+    }
+    fn i64s(&self, name: u32, v: &[i64], what: &str) -> Result<()> {
+        self.set(name, T_INT64, v.len(), v.as_ptr().cast(), what)
+    }
+    fn u32_of(&self, name: u32, ty: u32, v: u32, what: &str) -> Result<()> {
+        self.set(name, ty, 1, (&v as *const u32).cast(), what)
+    }
+    fn descs(&self, name: u32, v: &[&D], what: &str) -> Result<()> {
+        let raws: Vec<Desc> = v.iter().map(|d| d.raw).collect();
+        self.set(name, T_DESCRIPTOR, raws.len(), raws.as_ptr().cast(), what)
+    }
+    fn finalize(&self, what: &str) -> Result<()> {
+        // SAFETY: a descriptor of ours whose attributes are set.
+        check(self.api, unsafe { (self.api.finalize)(self.raw) }, what)
+    }
+}
+
+impl Drop for D {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_desc`, destroyed once.
+        unsafe { (self.api.destroy_desc)(self.raw) };
+    }
+}
+
+fn data_type(dtype: DType) -> Result<u32> {
+    Ok(match dtype {
+        DType::BF16 => DATA_BFLOAT16,
+        DType::F16 => DATA_HALF,
+        DType::F32 => DATA_FLOAT,
+        d => bail!("cuDNN paths take bf16, f16 or f32, not {d:?}"),
+    })
+}
+
+fn tensor(api: &'static Api, uid: i64, dt: u32, dims: &[i64], strides: &[i64]) -> Result<D> {
+    tensor_with(api, uid, dt, dims, strides, false)
+}
+
+/// A tensor descriptor; `by_value`: a host scalar passed in the variant pack (the scale).
+fn tensor_with(
+    api: &'static Api,
+    uid: i64,
+    dt: u32,
+    dims: &[i64],
+    strides: &[i64],
+    by_value: bool,
+) -> Result<D> {
+    let t = D::new(api, DESC_TENSOR)?;
+    t.u32_of(A_TENSOR_DATA_TYPE, T_DATA_TYPE, dt, "tensor data type")?;
+    t.i64s(A_TENSOR_DIMENSIONS, dims, "tensor dimensions")?;
+    t.i64s(A_TENSOR_STRIDES, strides, "tensor strides")?;
+    t.i64s(A_TENSOR_UNIQUE_ID, &[uid], "tensor id")?;
+    // Device buffers are 256-byte aligned and every offset we pass keeps 16; a host scalar is 4.
+    let align = if by_value { 4 } else { 16 };
+    t.i64s(A_TENSOR_BYTE_ALIGNMENT, &[align], "tensor alignment")?;
+    if by_value {
+        t.set(
+            A_TENSOR_IS_BY_VALUE,
+            T_BOOLEAN,
+            1,
+            (&by_value as *const bool).cast(),
+            "tensor by value",
+        )?;
+    }
+    t.finalize("tensor")?;
+    Ok(t)
+}
+
+/// An execution plan for one shape, and the descriptors it was made from.
+struct Plan {
+    plan: D,
+    workspace: usize,
+    _keep: Vec<D>,
+}
+
+// SAFETY: descriptors are only used under `STATES`' mutex.
+unsafe impl Send for Plan {}
+
+fn plan_for(api: &'static Api, handle: Handle, ops: &[&D]) -> Result<Plan> {
+    let graph = D::new(api, DESC_OPERATIONGRAPH)?;
+    graph.set(
+        A_GRAPH_HANDLE,
+        T_HANDLE,
+        1,
+        (&handle as *const Handle).cast(),
+        "graph handle",
+    )?;
+    graph.descs(A_GRAPH_OPS, ops, "graph operations")?;
+    graph.finalize("operation graph")?;
+    let heur = D::new(api, DESC_ENGINEHEUR)?;
+    heur.descs(A_HEUR_GRAPH, &[&graph], "heuristics graph")?;
+    heur.u32_of(A_HEUR_MODE, T_HEUR_MODE, HEUR_MODE_A, "heuristics mode")?;
+    heur.finalize("heuristics")?;
+    let cfgs = (0..CONFIGS_TRIED)
+        .map(|_| D::new(api, DESC_ENGINECFG))
+        .collect::<Result<Vec<_>>>()?;
+    let mut raws: Vec<Desc> = cfgs.iter().map(|d| d.raw).collect();
+    let mut found = 0i64;
+    // SAFETY: `raws` holds CONFIGS_TRIED engine-config descriptors for cuDNN to fill.
+    let s = unsafe {
+        (api.get_attr)(
+            heur.raw,
+            A_HEUR_RESULTS,
+            T_DESCRIPTOR,
+            raws.len() as i64,
+            &mut found,
+            raws.as_mut_ptr().cast(),
+        )
+    };
+    check(api, s, "heuristics results")?;
+    let mut tried = Vec::new();
+    for cfg in cfgs.into_iter().take(found.max(0) as usize) {
+        let plan = D::new(api, DESC_EXECUTION_PLAN)?;
+        plan.set(
+            A_PLAN_HANDLE,
+            T_HANDLE,
+            1,
+            (&handle as *const Handle).cast(),
+            "plan handle",
+        )?;
+        plan.descs(A_PLAN_ENGINE_CONFIG, &[&cfg], "plan engine config")?;
+        if let Err(e) = plan.finalize("execution plan") {
+            tried.push(e.to_string());
+            continue;
+        }
+        let (mut n, mut ws) = (0i64, 0i64);
+        // SAFETY: one int64 out.
+        let s = unsafe {
+            (api.get_attr)(
+                plan.raw,
+                A_PLAN_WORKSPACE_SIZE,
+                T_INT64,
+                1,
+                &mut n,
+                (&mut ws as *mut i64).cast(),
+            )
+        };
+        check(api, s, "plan workspace size")?;
+        if ws as usize > WORKSPACE_CAP {
+            tried.push(format!("workspace {ws} bytes"));
+            continue;
+        }
+        return Ok(Plan {
+            plan,
+            workspace: ws.max(0) as usize,
+            _keep: vec![graph, heur, cfg],
+        });
+    }
+    bail!(
+        "cuDNN has no engine for this graph ({found} configurations; {})",
+        tried.join("; ")
+    )
+}
+
+/// A handle and workspace for one stream, and the plans made on it.
+struct State {
+    handle: Handle,
+    workspace: Option<CudaSlice<u8>>,
+    plans: HashMap<String, Option<Plan>>,
+    /// The first reason a shape had no plan (reported once).
+    first_failure: Option<String>,
+}
+
+// SAFETY: the handle and plans are only used under `STATES`' mutex, on their own stream.
+unsafe impl Send for State {}
+
+static STATES: OnceLock<Mutex<HashMap<usize, State>>> = OnceLock::new();
+
+/// Runs the plan `key` (built by `build` the first time) with `ptrs` bound to `uids`. Returns
+/// `Ok(false)`, having run nothing, when cuDNN is absent or has no plan for this shape.
+fn run(
+    dev: &CudaDevice,
+    key: String,
+    build: impl FnOnce(&'static Api, Handle) -> Result<Plan>,
+    uids: &[i64],
+    ptrs: &[*mut c_void],
+) -> Result<bool> {
+    let Ok(api) = api() else {
+        return Ok(false);
+    };
+    let stream = dev.cuda_stream();
+    let mut map = STATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let state = match map.entry(stream.cu_stream() as usize) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            stream.context().bind_to_thread().w()?;
+            let mut handle = std::ptr::null_mut();
+            // SAFETY: a new handle on the current context.
+            check(api, unsafe { (api.create)(&mut handle) }, "create handle")?;
+            // SAFETY: the stream outlives the handle (both live for the process).
+            check(
+                api,
+                unsafe { (api.set_stream)(handle, stream.cu_stream().cast()) },
+                "set stream",
+            )?;
+            slot.insert(State {
+                handle,
+                workspace: None,
+                plans: HashMap::new(),
+                first_failure: None,
+            })
+        }
+    };
+    if !state.plans.contains_key(&key) {
+        stream.context().bind_to_thread().w()?;
+        let plan = match build(api, state.handle) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if state.first_failure.is_none() {
+                    let msg = format!("{key}: {e}");
+                    eprintln!("veetance: cuDNN fallback to our own kernels for {msg}");
+                    state.first_failure = Some(msg);
+                }
+                None
+            }
+        };
+        state.plans.insert(key.clone(), plan);
+    }
+    let Some(plan) = state.plans.get(&key).and_then(|p| p.as_ref()) else {
+        return Ok(false);
+    };
+    let need = plan.workspace;
+    if need > 0 && state.workspace.as_ref().map_or(0, |w| w.len()) < need {
+        state.workspace = None;
+        // SAFETY: scratch memory cuDNN may use as it likes.
+        state.workspace = Some(unsafe { dev.alloc::<u8>(need) }?);
+    }
+    execute(api, state, &stream, uids, ptrs, &key)?;
+    Ok(true)
+}
+
+fn execute(
+    api: &'static Api,
+    state: &State,
+    stream: &std::sync::Arc<CudaStream>,
+    uids: &[i64],
+    ptrs: &[*mut c_void],
+    key: &str,
+) -> Result<()> {
+    let plan = state.plans[key].as_ref().expect("checked by the caller");
+    let (ws_ptr, _guard) = match (&state.workspace, plan.workspace) {
+        (Some(w), n) if n > 0 => {
+            let (p, g) = w.device_ptr(stream);
+            (p as *mut c_void, Some(g))
+        }
+        _ => (std::ptr::null_mut(), None),
+    };
+    let vp = D::new(api, DESC_VARIANT_PACK)?;
+    vp.i64s(A_VP_UNIQUE_IDS, uids, "variant pack ids")?;
+    vp.set(
+        A_VP_DATA_POINTERS,
+        T_VOID_PTR,
+        ptrs.len(),
+        ptrs.as_ptr().cast(),
+        "variant pack pointers",
+    )?;
+    vp.set(
+        A_VP_WORKSPACE,
+        T_VOID_PTR,
+        1,
+        (&ws_ptr as *const *mut c_void).cast(),
+        "variant pack workspace",
+    )?;
+    vp.finalize("variant pack")?;
+    // SAFETY: the plan's tensors are bound to live device buffers of the shapes it was built for.
+    let s = unsafe { (api.execute)(state.handle, plan.plan.raw, vp.raw) };
+    check(api, s, "execute")
+}
+
+/// Whether every device pointer keeps the 16-byte alignment the tensor descriptors state.
+fn aligned(ptrs: &[*mut c_void]) -> bool {
+    ptrs.iter().all(|p| (*p as usize) % 16 == 0)
+}
+
+/// `softmax(scale · q kᵀ) v` for `q: (b, h, lq, d)`, `k`, `v: (b, h, lk, d)`, each contiguous,
+/// written to `o` as `(b, lq, h·d)` rows of `o_row` elements. Pointers are device addresses of
+/// `dtype` elements. Returns `Ok(false)` when cuDNN cannot run it (nothing was written).
+#[allow(clippy::too_many_arguments)]
+pub fn sdpa(
+    dev: &CudaDevice,
+    dtype: DType,
+    (b, h, lq, lk, d): (usize, usize, usize, usize, usize),
+    o_row: usize,
+    scale: f32,
+    ptrs: [*mut c_void; 4],
+) -> Result<bool> {
+    if !aligned(&ptrs) {
+        return Ok(false);
+    }
+    let dt = data_type(dtype)?;
+    let [b, h, lq, lk, d, o_row] = [b, h, lq, lk, d, o_row].map(|v| v as i64);
+    let key = format!("sdpa {dtype:?} b{b} h{h} q{lq} k{lk} d{d} o{o_row}");
+    let build = move |api: &'static Api, handle: Handle| -> Result<Plan> {
+        let q = tensor(api, 1, dt, &[b, h, lq, d], &[h * lq * d, lq * d, d, 1])?;
+        let k = tensor(api, 2, dt, &[b, h, lk, d], &[h * lk * d, lk * d, d, 1])?;
+        let v = tensor(api, 3, dt, &[b, h, lk, d], &[h * lk * d, lk * d, d, 1])?;
+        let o = tensor(api, 4, dt, &[b, h, lq, d], &[lq * o_row, d, o_row, 1])?;
+        let s = tensor_with(api, 5, DATA_FLOAT, &[1, 1, 1, 1], &[1, 1, 1, 1], true)?;
+        let op = D::new(api, DESC_OP_SDPA_FWD)?;
+        op.descs(A_SDPA_Q, &[&q], "sdpa q")?;
+        op.descs(A_SDPA_K, &[&k], "sdpa k")?;
+        op.descs(A_SDPA_V, &[&v], "sdpa v")?;
+        op.descs(A_SDPA_O, &[&o], "sdpa o")?;
+        op.descs(A_SDPA_SCALE, &[&s], "sdpa scale")?;
+        op.finalize("sdpa operation")?;
+        let mut plan = plan_for(api, handle, &[&op])?;
+        plan._keep.extend([q, k, v, o, s, op]);
+        Ok(plan)
+    };
+    let mut scale = scale;
+    let ptrs = [
+        ptrs[0],
+        ptrs[1],
+        ptrs[2],
+        ptrs[3],
+        (&mut scale as *mut f32).cast(),
+    ];
+    run(dev, key, build, &[1, 2, 3, 4, 5], &ptrs)
+}
+
+/// A 2-D cross-correlation `y = conv(x, w)` over NCHW `x: (n, c, h, w)`, `w: (k, c, r, s)`,
+/// `y: (n, k, p, q)`, all contiguous `dtype`, f32 accumulation. Returns `Ok(false)` when cuDNN
+/// cannot run it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    dev: &CudaDevice,
+    dtype: DType,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (k, r, s): (usize, usize, usize),
+    (p, q): (usize, usize),
+    stride: usize,
+    pad: usize,
+    ptrs: [*mut c_void; 3],
+) -> Result<bool> {
+    if !aligned(&ptrs) {
+        return Ok(false);
+    }
+    let dt = data_type(dtype)?;
+    let [n, c, h, w, k, r, s, p, q, stride, pad] =
+        [n, c, h, w, k, r, s, p, q, stride, pad].map(|v| v as i64);
+    let key = format!("conv {dtype:?} x{n}x{c}x{h}x{w} w{k}x{r}x{s} s{stride} p{pad}");
+    let build = move |api: &'static Api, handle: Handle| -> Result<Plan> {
+        let x = tensor(api, 1, dt, &[n, c, h, w], &[c * h * w, h * w, w, 1])?;
+        let wt = tensor(api, 2, dt, &[k, c, r, s], &[c * r * s, r * s, s, 1])?;
+        let y = tensor(api, 3, dt, &[n, k, p, q], &[k * p * q, p * q, q, 1])?;
+        let conv = D::new(api, DESC_CONVOLUTION)?;
+        conv.u32_of(
+            A_CONV_COMP_TYPE,
+            T_DATA_TYPE,
+            DATA_FLOAT,
+            "conv compute type",
+        )?;
+        conv.u32_of(
+            A_CONV_MODE,
+            T_CONVOLUTION_MODE,
+            CROSS_CORRELATION,
+            "conv mode",
+        )?;
+        conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
+        conv.i64s(A_CONV_DILATIONS, &[1, 1], "conv dilations")?;
+        conv.i64s(A_CONV_FILTER_STRIDES, &[stride, stride], "conv strides")?;
+        conv.i64s(A_CONV_PRE_PADDINGS, &[pad, pad], "conv pre-padding")?;
+        conv.i64s(A_CONV_POST_PADDINGS, &[pad, pad], "conv post-padding")?;
+        conv.finalize("convolution")?;
+        let op = D::new(api, DESC_OP_CONV_FWD)?;
+        op.descs(A_CONV_FWD_X, &[&x], "conv x")?;
+        op.descs(A_CONV_FWD_W, &[&wt], "conv w")?;
+        op.descs(A_CONV_FWD_Y, &[&y], "conv y")?;
+        op.descs(A_CONV_FWD_CONV_DESC, &[&conv], "conv descriptor")?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        op.set(
+            A_CONV_FWD_ALPHA,
+            T_FLOAT,
+            1,
+            (&alpha as *const f32).cast(),
+            "conv alpha",
+        )?;
+        op.set(
+            A_CONV_FWD_BETA,
+            T_FLOAT,
+            1,
+            (&beta as *const f32).cast(),
+            "conv beta",
+        )?;
+        op.finalize("conv operation")?;
+        let mut plan = plan_for(api, handle, &[&op])?;
+        plan._keep.extend([x, wt, y, conv, op]);
+        Ok(plan)
+    };
+    run(dev, key, build, &[1, 2, 3], &ptrs)
+}
