@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use egui::emath::TSTransform;
 use egui::{Key, Modifiers, Pos2};
 use egui_snarl::ui::{get_selected_nodes, SnarlStyle, SnarlWidget};
+
+use crate::layout::ViewCommand;
 use egui_snarl::NodeId;
 use veetance_core::{CancelToken, Event, Image, NodeRegistry, Place, RunEnv};
 use veetance_workflow::WorkflowFile;
@@ -118,6 +120,12 @@ pub struct VeetanceApp {
     pub frames: u64,
     title: String,
     pub(crate) noise: Option<egui::TextureHandle>,
+    /// Each node's rectangle in graph coordinates, as drawn in the last frame.
+    pub(crate) node_rects: std::collections::HashMap<egui_snarl::NodeId, (egui::Rect, u32)>,
+    /// A fit / zoom / arrange the canvas applies once every node is measured.
+    pub(crate) view_cmd: Option<ViewCommand>,
+    /// The canvas area on screen in the last frame.
+    pub(crate) viewport: egui::Rect,
 }
 
 impl VeetanceApp {
@@ -175,6 +183,9 @@ impl VeetanceApp {
             frames: 0,
             title: String::new(),
             noise: None,
+            node_rects: Default::default(),
+            view_cmd: Some(ViewCommand::Open),
+            viewport: egui::Rect::NOTHING,
         };
         if let Some(path) = &options.workflow {
             if let Err(e) = app.open_path(path) {
@@ -252,6 +263,7 @@ impl VeetanceApp {
     pub fn open_path(&mut self, path: &Path) -> Result<(), String> {
         let (file, origin, save_path) = read_workflow(path, &self.registry)?;
         self.doc = Document::from_file(file, save_path, origin, &self.registry);
+        self.opened_new_document();
         self.settings.push_recent(path);
         self.reset_run_view();
         self.problems.clear();
@@ -259,6 +271,41 @@ impl VeetanceApp {
         self.notice = Some(format!("opened {}", path.display()));
         self.validate_document();
         Ok(())
+    }
+
+    /// After the document was replaced: measure its nodes afresh, then arrange them if their
+    /// positions overlap (or there were none) and fit the view (`ViewCommand::Open`).
+    pub(crate) fn opened_new_document(&mut self) {
+        self.node_rects.clear();
+        self.view_cmd = Some(ViewCommand::Open);
+    }
+
+    /// Asks the canvas for a fit, zoom or arrange at its next frame.
+    pub fn request_view(&mut self, cmd: ViewCommand) {
+        self.view_cmd = Some(cmd);
+    }
+
+    /// Whether a requested view change is still waiting for the canvas.
+    pub fn view_pending(&self) -> bool {
+        self.view_cmd.is_some()
+    }
+
+    /// Each node's id and rectangle in graph coordinates as drawn in the last frame, in document
+    /// order (`canvas_transform() * rect` is where it is on screen).
+    pub fn node_layout(&self) -> Vec<(String, egui::Rect)> {
+        self.doc
+            .snarl
+            .nodes_pos_ids()
+            .filter_map(|(nid, pos, view)| {
+                let (r, _) = self.node_rects.get(&nid)?;
+                Some((view.id.clone(), r.translate(pos - r.min)))
+            })
+            .collect()
+    }
+
+    /// The canvas area on screen in the last frame.
+    pub fn canvas_viewport(&self) -> egui::Rect {
+        self.viewport
     }
 
     /// Saves the document as `path` (canonical `.ron`, positions in the layout section).
@@ -328,6 +375,7 @@ impl VeetanceApp {
         match action {
             PendingAction::New => {
                 self.doc = Document::new(&self.registry);
+                self.opened_new_document();
                 self.reset_run_view();
                 self.problems.clear();
                 self.general_problems.clear();
@@ -350,6 +398,7 @@ impl VeetanceApp {
     pub fn restore_recovery(&mut self) {
         if let Some(file) = self.recovery.take() {
             self.doc.restore(file, &self.registry);
+            self.opened_new_document();
             self.notice = Some("restored the autosaved workflow".into());
         }
     }
@@ -581,11 +630,33 @@ impl VeetanceApp {
         p + egui::vec2((n % 5.0) * 24.0, (n % 5.0) * 24.0) - egui::vec2(120.0, 60.0)
     }
 
-    /// Adds a node of `type_name` in view; returns its id.
+    /// Adds a node of `type_name` in view, on a free spot near the middle (nodes do not land on
+    /// each other; a file saved afterwards then reopens as it was); returns its id.
     pub fn add_node_in_view(&mut self, ctx: &egui::Context, type_name: &str) -> String {
-        let pos = self.view_center(ctx);
+        let pos = self.free_spot(self.view_center(ctx));
         let (_, id) = self.doc.add_node(type_name, pos);
         id
+    }
+
+    /// The first position from `start` downwards (then rightwards) where a node of a typical size
+    /// overlaps none of the nodes drawn in the last frame.
+    fn free_spot(&self, start: Pos2) -> Pos2 {
+        let size = egui::vec2(320.0, 200.0);
+        let taken: Vec<egui::Rect> = self
+            .node_layout()
+            .into_iter()
+            .map(|(_, r)| r.expand(crate::layout::ROW_GAP / 2.0))
+            .collect();
+        for col in 0..8 {
+            for row in 0..16 {
+                let p = start + egui::vec2(col as f32 * 360.0, row as f32 * 60.0);
+                let r = egui::Rect::from_min_size(p, size);
+                if !taken.iter().any(|t| t.intersects(r)) {
+                    return p;
+                }
+            }
+        }
+        start
     }
 
     pub fn selected_nodes(&self, ctx: &egui::Context) -> Vec<NodeId> {
@@ -698,6 +769,10 @@ impl VeetanceApp {
                 }
             }
             Key::Delete | Key::Backspace => self.delete_selected(ctx),
+            Key::Period if m.shift => self.request_view(ViewCommand::FitSelection),
+            Key::Period | Key::Home => self.request_view(ViewCommand::FitAll),
+            Key::Num0 if cmd => self.request_view(ViewCommand::Zoom100),
+            Key::L if cmd && m.shift => self.request_view(ViewCommand::Arrange),
             _ => {}
         }
     }
@@ -773,6 +848,8 @@ impl VeetanceApp {
             egui::vec2(40.0, 40.0),
             0.0,
         ));
+        self.viewport = ui.available_rect_before_wrap();
+        let selected = get_selected_nodes(egui::Id::new(CANVAS_ID), ui.ctx());
         let mut viewer = CanvasViewer {
             registry: &self.registry,
             node_runs: &self.run.nodes,
@@ -784,6 +861,10 @@ impl VeetanceApp {
             transform: &mut self.transform,
             menu_search: &mut self.menu_search,
             dice: &mut self.dice,
+            rects: &mut self.node_rects,
+            view_cmd: &mut self.view_cmd,
+            viewport: self.viewport,
+            selected: &selected,
         };
         viewer.begin_frame();
         SnarlWidget::new()

@@ -19,6 +19,7 @@ use egui_snarl::{InPin, NodeId, OutPin, Snarl};
 use veetance_core::{NodeRegistry, NodeSchema, ParamDef, ParamKind, PortType, Value};
 
 use crate::document::{add_node, input_slots, InputSlot, NodeView};
+use crate::layout::{self, ViewCommand};
 
 /// The colour of a port type's pins and wires.
 pub fn type_color(ty: PortType) -> Color32 {
@@ -190,6 +191,15 @@ pub struct CanvasViewer<'a> {
     pub menu_search: &'a mut String,
     /// Seeds for the seed widget's dice button.
     pub dice: &'a mut u64,
+    /// Each node's rectangle in graph coordinates as drawn in the last frame, and for how many
+    /// frames before that its size has not changed.
+    pub rects: &'a mut HashMap<NodeId, (egui::Rect, u32)>,
+    /// A fit / zoom / arrange waiting for every node to be measured.
+    pub view_cmd: &'a mut Option<ViewCommand>,
+    /// The canvas area on screen.
+    pub viewport: egui::Rect,
+    /// The selected nodes (for zoom to selection).
+    pub selected: &'a [NodeId],
 }
 
 impl CanvasViewer<'_> {
@@ -512,7 +522,34 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
         }
     }
 
-    fn current_transform(&mut self, to_global: &mut TSTransform, _snarl: &mut Snarl<NodeView>) {
+    fn final_node_rect(
+        &mut self,
+        node: NodeId,
+        rect: egui::Rect,
+        _ui: &mut Ui,
+        _snarl: &mut Snarl<NodeView>,
+    ) {
+        let steady = match self.rects.get(&node) {
+            Some((old, n)) if (old.size() - rect.size()).length() < 0.5 => n + 1,
+            _ => 0,
+        };
+        self.rects.insert(node, (rect, steady));
+    }
+
+    fn current_transform(&mut self, to_global: &mut TSTransform, snarl: &mut Snarl<NodeView>) {
+        if let Some(cmd) = *self.view_cmd {
+            if let Some(t) = apply_view_command(
+                cmd,
+                snarl,
+                self.rects,
+                self.selected,
+                self.viewport,
+                *to_global,
+            ) {
+                *to_global = t;
+                *self.view_cmd = None;
+            }
+        }
         *self.transform = *to_global;
     }
 }
@@ -669,4 +706,82 @@ pub fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Scales the fit may use: never above 100% (text at its normal size), never below snarl's floor.
+const FIT_SCALES: (f32, f32) = (0.2, 1.0);
+
+/// Carries out `cmd` once every node has a measured rectangle (`None` until then: the caller
+/// keeps the command for the next frame). Arranging moves the nodes in `snarl` and their
+/// rectangles in `rects`; the result is the new canvas transform.
+pub fn apply_view_command(
+    cmd: ViewCommand,
+    snarl: &mut Snarl<NodeView>,
+    rects: &mut HashMap<NodeId, (egui::Rect, u32)>,
+    selected: &[NodeId],
+    viewport: egui::Rect,
+    current: TSTransform,
+) -> Option<TSTransform> {
+    let nodes: Vec<(NodeId, Pos2)> = snarl
+        .nodes_pos_ids()
+        .map(|(id, pos, _)| (id, pos))
+        .collect();
+    // Sizes settle over a frame or two after a node first shows: wait until none changed.
+    if viewport.width() < 1.0
+        || nodes
+            .iter()
+            .any(|(id, _)| rects.get(id).is_none_or(|(_, n)| *n < 1))
+    {
+        return None;
+    }
+    // A measured rectangle, moved to where its node is now (positions may have changed since).
+    let rect_at = |id: NodeId, pos: Pos2, rects: &HashMap<NodeId, (egui::Rect, u32)>| {
+        let r = rects[&id].0;
+        r.translate(pos - r.min)
+    };
+    let arrange = match cmd {
+        ViewCommand::Arrange => true,
+        ViewCommand::Open => {
+            let all: Vec<egui::Rect> = nodes.iter().map(|&(id, p)| rect_at(id, p, rects)).collect();
+            layout::any_overlap(&all, 1.0)
+        }
+        _ => false,
+    };
+    if arrange && !nodes.is_empty() {
+        let sizes: Vec<(NodeId, egui::Vec2)> = nodes
+            .iter()
+            .map(|&(id, _)| (id, rects[&id].0.size()))
+            .collect();
+        let edges: Vec<(NodeId, NodeId)> = snarl.wires().map(|(o, i)| (o.node, i.node)).collect();
+        let origin = nodes
+            .iter()
+            .map(|(_, p)| *p)
+            .fold(Pos2::new(f32::MAX, f32::MAX), |a, p| a.min(p));
+        // Columns no taller than the view shows at 100%, so the graph reads at its normal size
+        // when it fits at all.
+        let max_height = (viewport.height() - 2.0 * layout::FIT_MARGIN).max(200.0);
+        let placed = layout::layered(&sizes, &edges, origin, max_height, viewport.size());
+        for (id, pos) in placed {
+            if let Some(info) = snarl.get_node_info_mut(id) {
+                info.pos = pos;
+            }
+            if let Some((r, _)) = rects.get_mut(&id) {
+                *r = r.translate(pos - r.min);
+            }
+        }
+    }
+    let pick: Vec<egui::Rect> = snarl
+        .nodes_pos_ids()
+        .filter(|(id, _, _)| cmd != ViewCommand::FitSelection || selected.contains(id))
+        .map(|(id, pos, _)| rect_at(id, pos, rects))
+        .collect();
+    let (min, max) = FIT_SCALES;
+    Some(match cmd {
+        ViewCommand::Zoom100 => {
+            let centre = current.inverse() * viewport.center();
+            layout::centred(centre, viewport.center(), 1.0)
+        }
+        _ if pick.is_empty() => current,
+        _ => layout::fit(layout::bounds(pick), viewport, min, max),
+    })
 }

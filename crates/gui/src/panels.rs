@@ -9,6 +9,7 @@ use veetance_core::NodeSchema;
 use crate::app::{PendingAction, VeetanceApp};
 use crate::canvas::matches_search;
 use crate::files::{DialogMode, DialogOutcome};
+use crate::layout::ViewCommand;
 use crate::telemetry::{format_bytes, usage_text};
 
 const ERROR_RED: Color32 = Color32::from_rgb(0xef, 0x53, 0x50);
@@ -71,6 +72,21 @@ impl VeetanceApp {
                     ui.label("Shift+drag on the canvas selects a box of nodes");
                 });
                 ui.menu_button("View", |ui| {
+                    for (label, keys, cmd) in [
+                        ("Fit View", ". or Home", ViewCommand::FitAll),
+                        ("Zoom to Selection", "Shift+.", ViewCommand::FitSelection),
+                        ("Zoom 100%", "Ctrl+0", ViewCommand::Zoom100),
+                        ("Auto-arrange", "Ctrl+Shift+L", ViewCommand::Arrange),
+                    ] {
+                        if ui
+                            .add(egui::Button::new(label).shortcut_text(keys))
+                            .clicked()
+                        {
+                            self.request_view(cmd);
+                            ui.close();
+                        }
+                    }
+                    ui.separator();
                     if ui.button("Settings…").clicked() {
                         self.show_settings = true;
                         ui.close();

@@ -672,3 +672,171 @@ fn opening_a_comfyui_workflow_shows_its_graph_where_it_was_laid_out() {
     // Saving writes a .ron elsewhere, never over the ComfyUI file.
     assert!(h.state().doc.path.is_none());
 }
+
+// ---- readable on open (fit, arrange)
+
+/// What a user sees of the canvas after opening: each node's screen rectangle, the viewport, and
+/// the node text height (the body font at the canvas's zoom) in pixels.
+fn view_report(h: &Harness<'_, VeetanceApp>) -> (Vec<(String, egui::Rect)>, egui::Rect, f32) {
+    let app = h.state();
+    let t = app.canvas_transform();
+    let rects = app
+        .node_layout()
+        .into_iter()
+        .map(|(id, r)| (id, t * r))
+        .collect();
+    let body = h.ctx.global_style().text_styles[&egui::TextStyle::Body].size;
+    (rects, app.canvas_viewport(), body * t.scaling)
+}
+
+/// Asserts: every node measured, no two node rectangles intersect, all inside the view, and the
+/// graph as large as the view allows (100%, or filling the view's width or height up to the fit
+/// margin); returns the text height.
+fn assert_readable(h: &Harness<'_, VeetanceApp>, what: &str, nodes: usize) -> f32 {
+    let (rects, view, text) = view_report(h);
+    assert_eq!(rects.len(), nodes, "{what}: every node drawn and measured");
+    let only: Vec<egui::Rect> = rects.iter().map(|(_, r)| *r).collect();
+    for (i, (a_id, a)) in rects.iter().enumerate() {
+        for (b_id, b) in &rects[i + 1..] {
+            assert!(
+                !a.intersects(*b),
+                "{what}: nodes {a_id} {a:?} and {b_id} {b:?} overlap"
+            );
+        }
+        assert!(
+            view.contains_rect(*a),
+            "{what}: node {a_id} {a:?} is outside the view {view:?}"
+        );
+    }
+    assert!(!veetance_gui::layout::any_overlap(&only, 0.0));
+    let bb = veetance_gui::layout::bounds(only.iter().copied());
+    let margin = 2.0 * veetance_gui::layout::FIT_MARGIN + 2.0;
+    let scale = h.state().canvas_transform().scaling;
+    assert!(
+        scale == 1.0
+            || bb.width() >= view.width() - margin
+            || bb.height() >= view.height() - margin,
+        "{what}: fitted at {scale} but the graph {bb:?} does not fill the view {view:?}"
+    );
+    text
+}
+
+fn open_in_window(fx: &Fixture, path: PathBuf) -> Harness<'static, VeetanceApp> {
+    let mut h = Harness::builder()
+        .with_size([1600.0, 1000.0])
+        .with_step_dt(1.0 / 60.0)
+        .build_ui_state(|ui, app: &mut VeetanceApp| app.ui(ui), fx.app(Some(path)));
+    let mut frames = 0;
+    while h.state().view_pending() && frames < 30 {
+        h.step();
+        frames += 1;
+    }
+    h.run_steps(2);
+    assert!(!h.state().view_pending(), "the view was never fitted");
+    h
+}
+
+#[test]
+fn bundled_workflows_and_a_klein_template_open_readable() {
+    let fx = Fixture::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ron"))
+        .collect();
+    files.sort();
+    match std::env::var_os("VEETANCE_COMFY_TEMPLATES") {
+        Some(dir) => files.push(PathBuf::from(dir).join("image_flux2_klein_text_to_image.json")),
+        None => eprintln!("ComfyUI klein template skipped: VEETANCE_COMFY_TEMPLATES is not set"),
+    }
+    assert!(files.len() >= 6, "{files:?}");
+    for path in files {
+        let h = open_in_window(&fx, path.clone());
+        let nodes = h.state().workflow().nodes.len();
+        let what = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = assert_readable(&h, &what, nodes);
+        // Issue 19 asks for 12 px; the nodes' sizes do not allow it yet (docs/editor.md).
+        eprintln!(
+            "{what}: {nodes} nodes, node text {text:.1} px, canvas {:?}",
+            h.state().canvas_viewport()
+        );
+    }
+}
+
+#[test]
+fn overlapping_positions_are_arranged_on_open_and_auto_arrange_keeps_a_60_node_graph_apart() {
+    let fx = Fixture::new();
+    // 20 chains seed → noise → save, every node saved at the same spot.
+    let mut nodes = String::new();
+    let mut links = String::new();
+    let mut pos = String::new();
+    for i in 0..20 {
+        nodes += &format!(
+            "(id: \"seed{i}\", type: \"Seed\", params: {{\"seed\": {i}}}),\n\
+             (id: \"noise{i}\", type: \"NoiseImage\", params: {{\"width\": 64, \"height\": 64}}),\n\
+             (id: \"save{i}\", type: \"SaveImage\", params: {{\"filename_prefix\": \"n{i}\"}}),\n"
+        );
+        links += &format!(
+            "(from: (\"seed{i}\", \"seed\"), to: (\"noise{i}\", \"seed\")),\n\
+             (from: (\"noise{i}\", \"image\"), to: (\"save{i}\", \"images\")),\n"
+        );
+        for n in ["seed", "noise", "save"] {
+            pos += &format!("\"{n}{i}\": (100.0, 100.0), ");
+        }
+    }
+    let text = format!(
+        "(version: 1, nodes: [{nodes}], links: [{links}], layout: Some((positions: {{{pos}}})))"
+    );
+    let path = fx.write("sixty.ron", &text);
+    let mut h = open_in_window(&fx, path);
+    let t_open = assert_readable(&h, "60 nodes on open", 60);
+    // Auto-arrange again (Ctrl+Shift+L) after moving a node onto another: apart again.
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::L);
+    let mut frames = 0;
+    while h.state().view_pending() && frames < 30 {
+        h.step();
+        frames += 1;
+    }
+    h.run_steps(2);
+    let t_arranged = assert_readable(&h, "60 nodes arranged", 60);
+    eprintln!("60 nodes: node text {t_open:.1} px on open, {t_arranged:.1} px after arranging");
+}
+
+#[test]
+fn view_shortcuts_fit_zoom_and_zoom_to_selection() {
+    let fx = Fixture::new();
+    let path = fx.write("hello.ron", HELLO);
+    let mut h = open_in_window(&fx, path);
+    let fitted = h.state().canvas_transform();
+    // Ctrl+0: 100%.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Num0);
+    h.run_steps(3);
+    assert_eq!(h.state().canvas_transform().scaling, 1.0);
+    // Zoom out with the wheel, then "." fits again.
+    h.event(egui::Event::Zoom(0.5));
+    h.run_steps(3);
+    h.key_press(Key::Period);
+    h.run_steps(3);
+    let again = h.state().canvas_transform();
+    assert!(
+        (again.scaling - fitted.scaling).abs() < 1e-3,
+        "{again:?} vs {fitted:?}"
+    );
+    // Zoom to selection: a box around one node, then Shift+.
+    let (rects, _, _) = view_report(&h);
+    let save = rects.iter().find(|(id, _)| id == "save").unwrap().1;
+    box_select(
+        &mut h,
+        save.min - egui::vec2(8.0, 8.0),
+        save.max + egui::vec2(8.0, 8.0),
+    );
+    h.key_press_modifiers(Modifiers::SHIFT, Key::Period);
+    h.run_steps(3);
+    let (rects, view, _) = view_report(&h);
+    let save = rects.iter().find(|(id, _)| id == "save").unwrap().1;
+    assert!(
+        (save.center() - view.center()).length() < 2.0,
+        "{save:?} not centred in {view:?}"
+    );
+}
