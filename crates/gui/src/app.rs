@@ -849,7 +849,12 @@ impl VeetanceApp {
             0.0,
         ));
         self.viewport = ui.available_rect_before_wrap();
-        let selected = get_selected_nodes(egui::Id::new(CANVAS_ID), ui.ctx());
+        // Only zoom to selection reads the selection.
+        let selected = if self.view_cmd == Some(ViewCommand::FitSelection) {
+            self.selected_nodes(ui.ctx())
+        } else {
+            Vec::new()
+        };
         let mut viewer = CanvasViewer {
             registry: &self.registry,
             node_runs: &self.run.nodes,

@@ -177,51 +177,49 @@ pub fn layered<K: Copy + Eq + std::hash::Hash + Ord>(
     // A long chain of ranks is wide and low; a wide view shows it small. Wrap the ranks into
     // bands stacked top to bottom (data still flows left to right within a band, and on from the
     // end of one band to the start of the next) when that lets the whole show larger in `aspect`.
-    let per_band = best_band_width(
-        &columns_placed.iter().map(|c| c.1).collect::<Vec<_>>(),
-        aspect,
-    );
+    let extents: Vec<Vec2> = columns_placed.iter().map(|c| c.1).collect();
+    let (offsets, _) = bands(&extents, best_band_width(&extents, aspect));
     let mut out = HashMap::new();
-    let (mut x, mut y, mut band_height) = (origin.x, origin.y, 0f32);
-    for (items, extent) in &columns_placed {
-        if x > origin.x && x - origin.x + extent.x > per_band + 1.0 {
-            y += band_height + 2.0 * ROW_GAP;
-            x = origin.x;
-            band_height = 0.0;
-        }
+    for ((items, _), at) in columns_placed.iter().zip(offsets) {
         for (k, off) in items {
-            out.insert(*k, Pos2::new(x + off.x, y + off.y));
+            out.insert(*k, origin + at + *off);
         }
-        x += extent.x + COLUMN_GAP;
-        band_height = band_height.max(extent.y);
     }
     out
 }
 
-/// The band width (columns are added to a band while it stays within it) that shows the whole
-/// largest in a view of `aspect` (width, height; only the ratio counts), given each column's
-/// width and height. One band unless wrapping gains more than 5%.
+/// Columns (`extents`: each one's width and height) placed left to right in bands of at most
+/// `band_width` (a column wider than that gets a band of its own), the bands stacked downwards:
+/// each column's offset, and the size of the whole.
+fn bands(extents: &[Vec2], band_width: f32) -> (Vec<Vec2>, Vec2) {
+    let (mut x, mut y, mut band_h, mut width) = (0f32, 0f32, 0f32, 0f32);
+    let mut offsets = Vec::with_capacity(extents.len());
+    for e in extents {
+        if x > 0.0 && x + e.x > band_width + 1.0 {
+            width = width.max(x - COLUMN_GAP);
+            y += band_h + 2.0 * ROW_GAP;
+            x = 0.0;
+            band_h = 0.0;
+        }
+        offsets.push(Vec2::new(x, y));
+        x += e.x + COLUMN_GAP;
+        band_h = band_h.max(e.y);
+    }
+    (offsets, Vec2::new(width.max(x - COLUMN_GAP), y + band_h))
+}
+
+/// The band width for [`bands`] that shows the whole largest in a view of `aspect` (width,
+/// height; only the ratio counts): the total width split in 1, 2, … bands, one band unless
+/// wrapping gains more than 5%.
 fn best_band_width(extents: &[Vec2], aspect: Vec2) -> f32 {
     let total: f32 = extents.iter().map(|e| e.x + COLUMN_GAP).sum();
     let mut best = (0f32, total);
-    for bands in 1..=extents.len().max(1) {
-        let per_band = total / bands as f32;
-        let (mut w, mut h, mut x, mut band_h) = (0f32, 0f32, 0f32, 0f32);
-        for e in extents {
-            if x > 0.0 && x + e.x > per_band + 1.0 {
-                h += band_h + 2.0 * ROW_GAP;
-                w = w.max(x - COLUMN_GAP);
-                x = 0.0;
-                band_h = 0.0;
-            }
-            x += e.x + COLUMN_GAP;
-            band_h = band_h.max(e.y);
-        }
-        w = w.max(x - COLUMN_GAP);
-        h += band_h;
-        let scale = (aspect.x / w.max(1.0)).min(aspect.y / h.max(1.0));
+    for n in 1..=extents.len().max(1) {
+        let band_width = total / n as f32;
+        let (_, size) = bands(extents, band_width);
+        let scale = (aspect.x / size.x.max(1.0)).min(aspect.y / size.y.max(1.0));
         if scale > best.0 * 1.05 {
-            best = (scale, per_band);
+            best = (scale, band_width);
         }
     }
     best.1

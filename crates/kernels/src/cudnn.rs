@@ -235,8 +235,10 @@ impl D {
     fn i64s(&self, name: u32, v: &[i64], what: &str) -> Result<()> {
         self.set(name, T_INT64, v.len(), v.as_ptr().cast(), what)
     }
-    fn u32_of(&self, name: u32, ty: u32, v: u32, what: &str) -> Result<()> {
-        self.set(name, ty, 1, (&v as *const u32).cast(), what)
+    /// One value of the C type `ty` names (`T` must be that type: u32 for enums, f32, bool,
+    /// a handle or a pointer).
+    fn scalar<T>(&self, name: u32, ty: u32, v: &T, what: &str) -> Result<()> {
+        self.set(name, ty, 1, (v as *const T).cast(), what)
     }
     fn descs(&self, name: u32, v: &[&D], what: &str) -> Result<()> {
         let raws: Vec<Desc> = v.iter().map(|d| d.raw).collect();
@@ -278,7 +280,7 @@ fn tensor_with(
     by_value: bool,
 ) -> Result<D> {
     let t = D::new(api, DESC_TENSOR)?;
-    t.u32_of(A_TENSOR_DATA_TYPE, T_DATA_TYPE, dt, "tensor data type")?;
+    t.scalar(A_TENSOR_DATA_TYPE, T_DATA_TYPE, &dt, "tensor data type")?;
     t.i64s(A_TENSOR_DIMENSIONS, dims, "tensor dimensions")?;
     t.i64s(A_TENSOR_STRIDES, strides, "tensor strides")?;
     t.i64s(A_TENSOR_UNIQUE_ID, &[uid], "tensor id")?;
@@ -286,11 +288,10 @@ fn tensor_with(
     let align = if by_value { 4 } else { 16 };
     t.i64s(A_TENSOR_BYTE_ALIGNMENT, &[align], "tensor alignment")?;
     if by_value {
-        t.set(
+        t.scalar(
             A_TENSOR_IS_BY_VALUE,
             T_BOOLEAN,
-            1,
-            (&by_value as *const bool).cast(),
+            &by_value,
             "tensor by value",
         )?;
     }
@@ -310,18 +311,12 @@ unsafe impl Send for Plan {}
 
 fn plan_for(api: &'static Api, handle: Handle, ops: &[&D]) -> Result<Plan> {
     let graph = D::new(api, DESC_OPERATIONGRAPH)?;
-    graph.set(
-        A_GRAPH_HANDLE,
-        T_HANDLE,
-        1,
-        (&handle as *const Handle).cast(),
-        "graph handle",
-    )?;
+    graph.scalar(A_GRAPH_HANDLE, T_HANDLE, &handle, "graph handle")?;
     graph.descs(A_GRAPH_OPS, ops, "graph operations")?;
     graph.finalize("operation graph")?;
     let heur = D::new(api, DESC_ENGINEHEUR)?;
     heur.descs(A_HEUR_GRAPH, &[&graph], "heuristics graph")?;
-    heur.u32_of(A_HEUR_MODE, T_HEUR_MODE, HEUR_MODE_A, "heuristics mode")?;
+    heur.scalar(A_HEUR_MODE, T_HEUR_MODE, &HEUR_MODE_A, "heuristics mode")?;
     heur.finalize("heuristics")?;
     let cfgs = (0..CONFIGS_TRIED)
         .map(|_| D::new(api, DESC_ENGINECFG))
@@ -343,13 +338,7 @@ fn plan_for(api: &'static Api, handle: Handle, ops: &[&D]) -> Result<Plan> {
     let mut tried = Vec::new();
     for cfg in cfgs.into_iter().take(found.max(0) as usize) {
         let plan = D::new(api, DESC_EXECUTION_PLAN)?;
-        plan.set(
-            A_PLAN_HANDLE,
-            T_HANDLE,
-            1,
-            (&handle as *const Handle).cast(),
-            "plan handle",
-        )?;
+        plan.scalar(A_PLAN_HANDLE, T_HANDLE, &handle, "plan handle")?;
         plan.descs(A_PLAN_ENGINE_CONFIG, &[&cfg], "plan engine config")?;
         if let Err(e) = plan.finalize("execution plan") {
             tried.push(e.to_string());
@@ -384,13 +373,24 @@ fn plan_for(api: &'static Api, handle: Handle, ops: &[&D]) -> Result<Plan> {
     )
 }
 
-/// A handle and workspace for one stream, and the plans made on it.
+/// What a plan is for: the operation and every size its descriptors hold. Hashed on every call,
+/// so it is plain data, not text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// dtype, (b, h, lq, lk, d), the output's row length.
+    Sdpa(DType, [i64; 5], i64),
+    /// dtype, x (n, c, h, w), w (k, r, s), stride, padding.
+    Conv(DType, [i64; 4], [i64; 3], i64, i64),
+}
+
+/// A handle and workspace for one stream, and the plans made on it (`None`: that shape has no
+/// plan and runs our kernels).
 struct State {
     handle: Handle,
     workspace: Option<CudaSlice<u8>>,
-    plans: HashMap<String, Option<Plan>>,
-    /// The first reason a shape had no plan (reported once).
-    first_failure: Option<String>,
+    plans: HashMap<Key, Option<Plan>>,
+    /// Whether a shape without a plan was reported (once a stream, on stderr).
+    reported_failure: bool,
 }
 
 // SAFETY: the handle and plans are only used under `STATES`' mutex, on their own stream.
@@ -402,7 +402,7 @@ static STATES: OnceLock<Mutex<HashMap<usize, State>>> = OnceLock::new();
 /// `Ok(false)`, having run nothing, when cuDNN is absent or has no plan for this shape.
 fn run(
     dev: &CudaDevice,
-    key: String,
+    key: Key,
     build: impl FnOnce(&'static Api, Handle) -> Result<Plan>,
     uids: &[i64],
     ptrs: &[*mut c_void],
@@ -432,49 +432,55 @@ fn run(
                 handle,
                 workspace: None,
                 plans: HashMap::new(),
-                first_failure: None,
+                reported_failure: false,
             })
         }
     };
-    if !state.plans.contains_key(&key) {
-        stream.context().bind_to_thread().w()?;
-        let plan = match build(api, state.handle) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                if state.first_failure.is_none() {
-                    let msg = format!("{key}: {e}");
-                    eprintln!("veetance: cuDNN fallback to our own kernels for {msg}");
-                    state.first_failure = Some(msg);
+    let State {
+        handle,
+        workspace,
+        plans,
+        reported_failure,
+    } = state;
+    let plan = plans.entry(key).or_insert_with(|| {
+        let built = stream
+            .context()
+            .bind_to_thread()
+            .w()
+            .and_then(|()| build(api, *handle));
+        built
+            .map_err(|e| {
+                if !*reported_failure {
+                    eprintln!("veetance: cuDNN fallback to our own kernels for {key:?}: {e}");
+                    *reported_failure = true;
                 }
-                None
-            }
-        };
-        state.plans.insert(key.clone(), plan);
-    }
-    let Some(plan) = state.plans.get(&key).and_then(|p| p.as_ref()) else {
+            })
+            .ok()
+    });
+    let Some(plan) = plan.as_ref() else {
         return Ok(false);
     };
-    let need = plan.workspace;
-    if need > 0 && state.workspace.as_ref().map_or(0, |w| w.len()) < need {
-        state.workspace = None;
+    if plan.workspace > workspace.as_ref().map_or(0, |w| w.len()) {
+        *workspace = None;
         // SAFETY: scratch memory cuDNN may use as it likes.
-        state.workspace = Some(unsafe { dev.alloc::<u8>(need) }?);
+        *workspace = Some(unsafe { dev.alloc::<u8>(plan.workspace) }?);
     }
-    execute(api, state, &stream, uids, ptrs, &key)?;
+    execute(api, *handle, plan, workspace.as_ref(), &stream, uids, ptrs)?;
     Ok(true)
 }
 
+/// Runs `plan` once with `ptrs` bound to `uids` (a variant pack a call: the pointers change).
 fn execute(
     api: &'static Api,
-    state: &State,
+    handle: Handle,
+    plan: &Plan,
+    workspace: Option<&CudaSlice<u8>>,
     stream: &std::sync::Arc<CudaStream>,
     uids: &[i64],
     ptrs: &[*mut c_void],
-    key: &str,
 ) -> Result<()> {
-    let plan = state.plans[key].as_ref().expect("checked by the caller");
-    let (ws_ptr, _guard) = match (&state.workspace, plan.workspace) {
-        (Some(w), n) if n > 0 => {
+    let (ws_ptr, _guard) = match workspace {
+        Some(w) if plan.workspace > 0 => {
             let (p, g) = w.device_ptr(stream);
             (p as *mut c_void, Some(g))
         }
@@ -489,16 +495,15 @@ fn execute(
         ptrs.as_ptr().cast(),
         "variant pack pointers",
     )?;
-    vp.set(
+    vp.scalar(
         A_VP_WORKSPACE,
         T_VOID_PTR,
-        1,
-        (&ws_ptr as *const *mut c_void).cast(),
+        &ws_ptr,
         "variant pack workspace",
     )?;
     vp.finalize("variant pack")?;
     // SAFETY: the plan's tensors are bound to live device buffers of the shapes it was built for.
-    let s = unsafe { (api.execute)(state.handle, plan.plan.raw, vp.raw) };
+    let s = unsafe { (api.execute)(handle, plan.plan.raw, vp.raw) };
     check(api, s, "execute")
 }
 
@@ -524,7 +529,7 @@ pub fn sdpa(
     }
     let dt = data_type(dtype)?;
     let [b, h, lq, lk, d, o_row] = [b, h, lq, lk, d, o_row].map(|v| v as i64);
-    let key = format!("sdpa {dtype:?} b{b} h{h} q{lq} k{lk} d{d} o{o_row}");
+    let key = Key::Sdpa(dtype, [b, h, lq, lk, d], o_row);
     let build = move |api: &'static Api, handle: Handle| -> Result<Plan> {
         let q = tensor(api, 1, dt, &[b, h, lq, d], &[h * lq * d, lq * d, d, 1])?;
         let k = tensor(api, 2, dt, &[b, h, lk, d], &[h * lk * d, lk * d, d, 1])?;
@@ -573,22 +578,22 @@ pub fn conv2d(
     let dt = data_type(dtype)?;
     let [n, c, h, w, k, r, s, p, q, stride, pad] =
         [n, c, h, w, k, r, s, p, q, stride, pad].map(|v| v as i64);
-    let key = format!("conv {dtype:?} x{n}x{c}x{h}x{w} w{k}x{r}x{s} s{stride} p{pad}");
+    let key = Key::Conv(dtype, [n, c, h, w], [k, r, s], stride, pad);
     let build = move |api: &'static Api, handle: Handle| -> Result<Plan> {
         let x = tensor(api, 1, dt, &[n, c, h, w], &[c * h * w, h * w, w, 1])?;
         let wt = tensor(api, 2, dt, &[k, c, r, s], &[c * r * s, r * s, s, 1])?;
         let y = tensor(api, 3, dt, &[n, k, p, q], &[k * p * q, p * q, q, 1])?;
         let conv = D::new(api, DESC_CONVOLUTION)?;
-        conv.u32_of(
+        conv.scalar(
             A_CONV_COMP_TYPE,
             T_DATA_TYPE,
-            DATA_FLOAT,
+            &DATA_FLOAT,
             "conv compute type",
         )?;
-        conv.u32_of(
+        conv.scalar(
             A_CONV_MODE,
             T_CONVOLUTION_MODE,
-            CROSS_CORRELATION,
+            &CROSS_CORRELATION,
             "conv mode",
         )?;
         conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
@@ -602,21 +607,8 @@ pub fn conv2d(
         op.descs(A_CONV_FWD_W, &[&wt], "conv w")?;
         op.descs(A_CONV_FWD_Y, &[&y], "conv y")?;
         op.descs(A_CONV_FWD_CONV_DESC, &[&conv], "conv descriptor")?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        op.set(
-            A_CONV_FWD_ALPHA,
-            T_FLOAT,
-            1,
-            (&alpha as *const f32).cast(),
-            "conv alpha",
-        )?;
-        op.set(
-            A_CONV_FWD_BETA,
-            T_FLOAT,
-            1,
-            (&beta as *const f32).cast(),
-            "conv beta",
-        )?;
+        op.scalar(A_CONV_FWD_ALPHA, T_FLOAT, &1.0f32, "conv alpha")?;
+        op.scalar(A_CONV_FWD_BETA, T_FLOAT, &0.0f32, "conv beta")?;
         op.finalize("conv operation")?;
         let mut plan = plan_for(api, handle, &[&op])?;
         plan._keep.extend([x, wt, y, conv, op]);
