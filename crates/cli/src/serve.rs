@@ -165,6 +165,27 @@ pub struct WorkerArgs {
     /// Latent previews for the clients of jobs that do not say (`none` or `auto`).
     #[arg(long, value_enum, default_value = "none")]
     pub preview_method: PreviewArg,
+
+    /// The GPU this worker runs on: `cuda:N` (GPU N as `nvidia-smi` numbers them; sets
+    /// CUDA_VISIBLE_DEVICES=N for this process, replacing any value it had) or `cpu` (hides every
+    /// GPU). Default: what CUDA_VISIBLE_DEVICES leaves visible, the first of it.
+    #[arg(long, value_name = "cuda:N|cpu")]
+    pub device: Option<String>,
+}
+
+/// CUDA_VISIBLE_DEVICES for `--device` (`cuda:N` → `N`, `cpu` → empty), or why the value is
+/// not one.
+fn visible_devices(device: &str) -> Result<String, String> {
+    let d = device.trim();
+    if d.eq_ignore_ascii_case("cpu") {
+        return Ok(String::new());
+    }
+    match d.strip_prefix("cuda:").map(str::parse::<u32>) {
+        Some(Ok(n)) => Ok(n.to_string()),
+        _ => Err(format!(
+            "--device {device:?}: expected cuda:N (a GPU number, as nvidia-smi lists them) or cpu"
+        )),
+    }
 }
 
 /// The engine's budgets from `--vram-budget`/`--ram-budget` and the config file, as for
@@ -193,6 +214,13 @@ fn engine_budgets(
 
 /// `veetance worker`: runs jobs of a shared queue until Ctrl-C or SIGTERM.
 pub fn run_worker(args: &WorkerArgs, common: &CommonArgs) -> Result<(), Failure> {
+    if let Some(device) = &args.device {
+        // Before anything touches CUDA (the probe below is the first), while the process has
+        // one thread.
+        let visible =
+            visible_devices(device).map_err(|e| Failure::invalid(anyhow::anyhow!(e)))?;
+        std::env::set_var("CUDA_VISIBLE_DEVICES", visible);
+    }
     let (config, config_path) =
         ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
     let probe = veetance_nodes::device_probe();
@@ -391,6 +419,15 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn device_flag_maps_to_visible_devices() {
+        assert_eq!(super::visible_devices("cuda:1").unwrap(), "1");
+        assert_eq!(super::visible_devices("CPU").unwrap(), "");
+        for bad in ["cuda", "cuda:x", "1", "gpu:0", "cuda:-1"] {
+            let e = super::visible_devices(bad).unwrap_err();
+            assert!(e.contains("--device") && e.contains("cuda:N"), "{e}");
+        }
+    }
     use super::*;
 
     #[test]
