@@ -217,8 +217,7 @@ pub fn run_worker(args: &WorkerArgs, common: &CommonArgs) -> Result<(), Failure>
     if let Some(device) = &args.device {
         // Before anything touches CUDA (the probe below is the first), while the process has
         // one thread.
-        let visible =
-            visible_devices(device).map_err(|e| Failure::invalid(anyhow::anyhow!(e)))?;
+        let visible = visible_devices(device).map_err(|e| Failure::invalid(anyhow::anyhow!(e)))?;
         std::env::set_var("CUDA_VISIBLE_DEVICES", visible);
     }
     let (config, config_path) =
