@@ -11,10 +11,13 @@
 //   the output with the bias and an optional residual), one rounding.
 // * gn_stats / gn_finalize / gn_apply: GroupNorm over contiguous NCHW (a group is one contiguous
 //   range), statistics in f32/f64 around a shift, normalise + affine + optional SiLU in f32.
+// * softmax_rows: softmax(x · scale) over each row (the mid-block attention's score rows).
 //
 // Conventions: `T` is __nv_bfloat16 or __half; arithmetic in f32; all tensors contiguous.
 
 #include "common.cuh"
+
+#define SOFTMAX_THREADS 512
 
 // ---------------------------------------------------------------------------------------------
 // im2col, transposed. grid: (ceil(rows·wo / PER / blockDim), K); one image.
@@ -215,6 +218,74 @@ __device__ __forceinline__ void gn_apply(const T* __restrict__ x, const float* _
     }
 }
 
+// softmax_rows: softmax(x · scale) over each row of `cols` (the mid-block attention's 16384-wide
+// score rows), one block a row. Pass 1 keeps a running (max, sum of exp) per thread and merges
+// them across the block; pass 2 reads the row again (from L2: one row is 32 KB) and writes
+// exp(x · scale - max) / sum. f32 arithmetic; one read of the scores from memory and one write.
+__device__ __forceinline__ void softmax_merge(float& m, float& s, float om, float os) {
+    if (om == -INFINITY) return;
+    if (m == -INFINITY) {
+        m = om;
+        s = os;
+        return;
+    }
+    const float nm = fmaxf(m, om);
+    s = s * __expf(m - nm) + os * __expf(om - nm);
+    m = nm;
+}
+
+template <typename T, int PER>
+__device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restrict__ y,
+                                             long long cols, float scale) {
+    __shared__ float red[2][SOFTMAX_THREADS / 32];
+    const T* xr = x + (long long)blockIdx.x * cols;
+    T* yr = y + (long long)blockIdx.x * cols;
+    const long long step = (long long)SOFTMAX_THREADS * PER;
+    float m = -INFINITY, s = 0.f;
+    for (long long i = (long long)threadIdx.x * PER; i < cols; i += step) {
+        float v[PER];
+        if constexpr (PER == 8) {
+            load8<T>(xr + i, v);
+        } else {
+            v[0] = to_f<T>(xr[i]);
+        }
+        float lm = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) lm = fmaxf(lm, v[j] * scale);
+        float ls = 0.f;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) ls += __expf(v[j] * scale - lm);
+        softmax_merge(m, s, lm, ls);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffff, m, off);
+        const float os = __shfl_xor_sync(0xffffffff, s, off);
+        softmax_merge(m, s, om, os);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        red[0][threadIdx.x >> 5] = m;
+        red[1][threadIdx.x >> 5] = s;
+    }
+    __syncthreads();
+    m = -INFINITY;
+    s = 0.f;
+#pragma unroll
+    for (int w = 0; w < SOFTMAX_THREADS / 32; ++w) softmax_merge(m, s, red[0][w], red[1][w]);
+    const float inv = 1.f / s;
+    for (long long i = (long long)threadIdx.x * PER; i < cols; i += step) {
+        float v[PER];
+        if constexpr (PER == 8) {
+            load8<T>(xr + i, v);
+#pragma unroll
+            for (int j = 0; j < PER; ++j) v[j] = __expf(v[j] * scale - m) * inv;
+            store8<T>(yr + i, v);
+        } else {
+            yr[i] = from_f<T>(__expf(to_f<T>(xr[i]) * scale - m) * inv);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // entry points
 
@@ -266,6 +337,14 @@ __device__ __forceinline__ void gn_apply(const T* __restrict__ x, const float* _
                                                  const T* beta, T* y, long long total, long long hw, \
                                                  int c_total, int cpg, int silu) {                   \
         gn_apply<T, 1>(x, stats, gamma, beta, y, total, hw, c_total, cpg, silu);                     \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(SOFTMAX_THREADS)                                    \
+        softmax_rows_v8_##SFX(const T* x, T* y, long long cols, float scale) {                       \
+        softmax_rows<T, 8>(x, y, cols, scale);                                                       \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(SOFTMAX_THREADS)                                    \
+        softmax_rows_v1_##SFX(const T* x, T* y, long long cols, float scale) {                       \
+        softmax_rows<T, 1>(x, y, cols, scale);                                                       \
     }
 
 VAE_KERNELS(__nv_bfloat16, bf16)

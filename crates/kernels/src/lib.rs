@@ -234,6 +234,13 @@ pub fn group_norm(
     imp::group_norm(x, gamma, beta, groups, eps, silu)
 }
 
+/// `softmax(x · scale)` over the last dimension of `x` (bf16 or f16, any leading shape), in f32
+/// arithmetic, one block a row: one read of `x` from memory and one write (candle's softmax runs
+/// one warp a row, slow on the VAE attention's 16384-wide rows).
+pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    imp::softmax_last_dim(x, scale)
+}
+
 /// The weight of an fp8 e4m3 linear layer in `dtype` (bf16, f16 or f32): `w: (out, in)` fp8,
 /// times `scale` per output row (`(out,)` in `dtype`) when given. candle's own fp8 casts fail on
 /// CUDA (cuda/quant.cu says why).
@@ -364,6 +371,9 @@ mod imp {
         _silu: bool,
     ) -> Result<Tensor> {
         bail!("our group norm needs a build with the `cuda` feature")
+    }
+    pub fn softmax_last_dim(_x: &Tensor, _scale: f64) -> Result<Tensor> {
+        bail!("our softmax needs a build with the `cuda` feature")
     }
 }
 
@@ -994,6 +1004,8 @@ mod imp {
 
     const VAE_MODULE: Module = module!("vae");
     const THREADS: u32 = 256;
+    /// Threads of a `softmax_rows` block (SOFTMAX_THREADS in cuda/vae.cu).
+    const SOFTMAX_THREADS: u32 = 512;
 
     fn grid_for(items: usize) -> LaunchConfig {
         LaunchConfig {
@@ -1403,6 +1415,51 @@ mod imp {
         // SAFETY: arguments match the kernel's signature; `total` bounds every index.
         unsafe { builder.launch(cfg) }.w()?;
         drop((xs, gs, bs));
+        Ok(wrap(out, &dev, dims))
+    }
+
+    pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+        dispatch!(x.dtype(), softmax_t, x, scale)
+    }
+
+    fn softmax_t<T: CudaDType + DeviceRepr>(x: &Tensor, scale: f64) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / cols.max(1);
+        if cols == 0 || rows == 0 || rows > i32::MAX as usize {
+            bail!("softmax: input {dims:?} is empty or has too many rows")
+        }
+        let x = x.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let v8 = xl.start_offset() % 8 == 0 && cols % 8 == 0;
+        // SAFETY: the kernel writes every element of every row.
+        let out = unsafe { dev.alloc::<T>(rows * cols) }?;
+        let func = load(
+            &dev,
+            &VAE_MODULE,
+            &format!(
+                "softmax_rows_{}_{}",
+                if v8 { "v8" } else { "v1" },
+                suffix(x.dtype())?
+            ),
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (SOFTMAX_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (cols_i, scale_f) = (cols as i64, scale as f32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&out);
+        builder.arg(&cols_i);
+        builder.arg(&scale_f);
+        // SAFETY: arguments match the kernel's signature; `cols` bounds every row.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop(xs);
         Ok(wrap(out, &dev, dims))
     }
 

@@ -349,6 +349,34 @@ fn vae_group_norm_matches_candle() -> R<()> {
     Ok(())
 }
 
+/// Our row softmax (the VAE attention's) against candle's f32 softmax of the scaled input:
+/// 16384-wide rows as in the decode, a row narrower than one pass of a block, a width that is
+/// no multiple of 8 (the scalar path), and large scores (the running max must keep exp finite).
+#[test]
+fn softmax_rows_match_candle() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    for dtype in [DType::BF16, DType::F16] {
+        for &(rows, cols, std, scale) in &[
+            (64usize, 16384usize, 1.0, 1.0 / 512f64.sqrt()),
+            (300, 40, 1.0, 1.0),
+            (33, 1001, 2.0, 0.7),
+            (16, 8192, 30.0, 1.0),
+        ] {
+            let x = (randn(&[rows, cols], DType::F32, &dev)? * std)?.to_dtype(dtype)?;
+            let want = candle_nn::ops::softmax_last_dim(&(x.to_dtype(DType::F32)? * scale)?)?;
+            let got = kernels::softmax_last_dim(&x, scale)?;
+            assert_eq!(got.dims(), &[rows, cols]);
+            let e = rel(&got, &want)?;
+            let sums = got.to_dtype(DType::F32)?.sum(D::Minus1)?;
+            let worst = (sums - 1.0)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            eprintln!("softmax {dtype:?} {rows}x{cols} std {std}: rel err {e:.2e}, worst |row sum - 1| {worst:.2e}");
+            assert!(e < 1e-2, "{e}");
+            assert!(worst < 2e-2, "{worst}");
+        }
+    }
+    Ok(())
+}
+
 // ---- GGUF blocks
 
 /// Our GGUF dequantization against candle's on the CPU, for every type we take: f32 bit for bit,

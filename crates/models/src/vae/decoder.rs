@@ -225,13 +225,14 @@ impl AttnBlock {
         let (b, c, hh, ww) = q.dims4()?;
         let attn = if fast && kernels::supported(xs) {
             // Single head, d = c, over the (c, L) channel-major maps as they are:
-            // S = (q·scale)ᵀ k (L×L), out = v Pᵀ (c×L), which is NCHW again.
+            // S = qᵀ k (L×L), P = softmax(S·scale) (our row kernel, the scale folded in),
+            // out = v Pᵀ (c×L), which is NCHW again.
             let l = hh * ww;
-            let q = (q.reshape((b, c, l))? * (1.0 / (c as f64).sqrt()))?;
+            let q = q.reshape((b, c, l))?;
             let k = k.reshape((b, c, l))?;
             let v = v.reshape((b, c, l))?;
             let s = q.transpose(1, 2)?.matmul(&k)?;
-            let p = candle_nn::ops::softmax_last_dim(&s)?;
+            let p = kernels::softmax_last_dim(&s, 1.0 / (c as f64).sqrt())?;
             v.matmul(&p.transpose(1, 2)?)?.reshape((b, c, hh, ww))?
         } else {
             // candle's AttnBlock, as it is.
