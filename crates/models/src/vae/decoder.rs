@@ -243,7 +243,7 @@ impl AttnBlock {
             let kt = k.t()?;
             let rows = |q: &Tensor| -> Result<Tensor> {
                 let w = (q.matmul(&kt)? * scale)?;
-                Ok(candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)?)
+                candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)
             };
             // Query rows in chunks when the L × L scores would pass the plain attention's
             // limit (a 16384² image: 4M latent pixels, 64 TiB of scores); same result.
