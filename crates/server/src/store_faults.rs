@@ -116,22 +116,18 @@ fn sigkill_during_queue_writes_keeps_every_accepted_prompt() {
         )
         .spawn()
         .unwrap();
-        let stdout = proc.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
-        });
+        let mut stdout = BufReader::new(proc.stdout.take().unwrap()).lines();
+        assert!(
+            stdout.any(|l| l.is_ok_and(|l| l == READY)),
+            "round {round}: the child did not start"
+        );
+        let reader =
+            std::thread::spawn(move || stdout.map_while(Result::ok).collect::<Vec<String>>());
         // Kill at a different point each round, after the child opened the database.
-        std::thread::sleep(Duration::from_millis(40 + round * 23));
+        std::thread::sleep(Duration::from_millis(5 + round * 23));
         proc.kill().unwrap(); // SIGKILL
         proc.wait().unwrap();
         let lines = reader.join().unwrap();
-        assert!(
-            lines.iter().any(|l| l == READY),
-            "round {round}: the child did not start: {lines:?}"
-        );
         for line in &lines {
             if let Some(id) = line.strip_prefix("accepted ") {
                 accepted.insert(id.to_string());
