@@ -369,6 +369,27 @@ impl OutputCache {
         }
     }
 
+    /// Drops the entry with the highest score holding host bytes (with the entries sharing its
+    /// storage, which would otherwise keep it alive), never one of `keep` or sharing storage
+    /// with one: to give a node about to run room in host memory. Returns what was dropped,
+    /// empty when nothing can go.
+    pub fn drop_best_host(&mut self, keep: &[CacheKey]) -> Vec<Eviction> {
+        let Some(victim) = self.best_victim(Tier::Host, keep) else {
+            return Vec::new();
+        };
+        let storage = self.entries[&victim].storage;
+        let group: Vec<CacheKey> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| **k == victim || storage.is_some() && e.storage == storage)
+            .map(|(k, _)| *k)
+            .collect();
+        group
+            .into_iter()
+            .filter_map(|k| self.drop_entry(k))
+            .collect()
+    }
+
     /// The entry with the highest score holding bytes in `tier`, outside `pinned`.
     fn best_victim(&self, tier: Tier, pinned: &[CacheKey]) -> Option<CacheKey> {
         let now = Instant::now();

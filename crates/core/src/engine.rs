@@ -123,26 +123,71 @@ pub enum RunError {
     },
     #[error("run cancelled{}", .node.as_ref().map(|n| format!(" at node '{n}'")).unwrap_or_default())]
     Cancelled { node: Option<String> },
-    /// The node ran out of device memory twice: once as planned, once more after every other
-    /// cached value had left the device.
-    #[error(
-        "node '{node}' ({node_type}) ran out of device memory{}{}: {message}. Lower the \
-         resolution or batch size, use a tiled decode, close other programs using the GPU, or \
-         raise --vram-budget if it is below the card's memory",
-        .needed.map(|n| format!(": it needed {}", format_bytes(n))).unwrap_or_default(),
-        .free.map(|f| format!(", {} was free after moving every other cached value off the device", format_bytes(f))).unwrap_or_default()
-    )]
+    /// The node does not fit in memory. On the device: it ran out twice, once as planned, once
+    /// more after every other cached value had left the device. In host memory: the working
+    /// memory it declared ([`NodeDef::host_need`]) passes what the system has available (or the
+    /// engine's host limit), so it was not started.
+    #[error("{}", oom_message(.memory, .node, .node_type, .needed, .free, .message))]
     OutOfMemory {
         node: String,
         node_type: String,
+        /// Which memory: the device's (the node ran and failed) or the host's (refused before).
+        memory: MemoryKind,
         /// Bytes the node needed, as far as known: what it asked for, or its measured peak on an
         /// earlier run, whichever is larger.
         needed: Option<u64>,
-        /// Device bytes free to it when it failed the second time (the smaller of the driver's
-        /// free memory and what the budget leaves).
+        /// Bytes free to it: on the device when it failed the second time (the smaller of the
+        /// driver's free memory and what the budget leaves); in host memory, what the system
+        /// had available (or the host limit, if smaller).
         free: Option<u64>,
         message: String,
     },
+}
+
+/// Which memory a node ran out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    Device,
+    Host,
+}
+
+fn oom_message(
+    memory: &MemoryKind,
+    node: &str,
+    node_type: &str,
+    needed: &Option<u64>,
+    free: &Option<u64>,
+    message: &str,
+) -> String {
+    match memory {
+        MemoryKind::Device => format!(
+            "node '{node}' ({node_type}) ran out of device memory{}{}: {message}. Lower the \
+             resolution or batch size, use a tiled decode, close other programs using the GPU, \
+             or raise --vram-budget if it is below the card's memory",
+            needed
+                .map(|n| format!(": it needed {}", format_bytes(n)))
+                .unwrap_or_default(),
+            free.map(|f| format!(
+                ", {} was free after moving every other cached value off the device",
+                format_bytes(f)
+            ))
+            .unwrap_or_default()
+        ),
+        MemoryKind::Host => format!(
+            "node '{node}' ({node_type}) does not fit in host memory: it needs about {} of \
+             working memory{}{}; it was not started. Lower the resolution or batch size, use \
+             chunked attention or a tiled decode, or close other programs",
+            needed.map(format_bytes).unwrap_or_else(|| "?".into()),
+            free.map(|f| format!(" and {} is available", format_bytes(f)))
+                .unwrap_or_default(),
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({message})")
+            }
+        ),
+    }
 }
 
 impl RunError {
@@ -191,6 +236,9 @@ pub struct Engine {
     runs: u64,
     probe: Option<Arc<dyn DeviceProbe>>,
     peaks: PeakBook,
+    /// The most host bytes one node may declare as working memory ([`NodeDef::host_need`]),
+    /// on top of the system's available memory; `None`: only what is available counts.
+    host_limit: Option<u64>,
 }
 
 /// Device bytes nodes added at their peak, learned as they run.
@@ -256,6 +304,24 @@ impl Engine {
             runs: 0,
             probe: None,
             peaks: PeakBook::default(),
+            host_limit: None,
+        }
+    }
+
+    /// Caps the host working memory one node may declare ([`NodeDef::host_need`]): a node that
+    /// needs more is refused with [`RunError::OutOfMemory`] before it starts, as one that needs
+    /// more than the system has available always is.
+    pub fn with_host_limit(mut self, bytes: Option<u64>) -> Self {
+        self.host_limit = bytes;
+        self
+    }
+
+    /// Host bytes a node may allocate now: what the system has available (`MemAvailable`) and
+    /// the host limit, whichever is smaller; `None` when neither is known.
+    pub fn host_room(&self) -> Option<u64> {
+        match (HostMemory::read().available, self.host_limit) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, l) => a.or(l),
         }
     }
 
@@ -741,6 +807,7 @@ impl Engine {
         tally: &mut Tally,
     ) -> Result<(Arc<[Value]>, Duration), RunError> {
         let node = &graph.petgraph()[ix];
+        self.host_fit(ix, node, slots, tally)?;
         let plan = self.memory_plan(ix, graph, slots);
         let mut credit = self.make_room(plan.need, &plan.pinned, &plan.streamable, slots, tally);
 
@@ -788,6 +855,7 @@ impl Engine {
                 Err(RunError::OutOfMemory {
                     node,
                     node_type,
+                    memory,
                     needed,
                     message,
                     ..
@@ -801,6 +869,7 @@ impl Engine {
                     return Err(RunError::OutOfMemory {
                         node,
                         node_type,
+                        memory,
                         needed,
                         free: self.room(credit),
                         message,
@@ -809,6 +878,65 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Checks the host working memory the node declares ([`NodeDef::host_need`]) against the
+    /// room in host memory, dropping values from the cache's host tier (best score first, never
+    /// one this run still holds) while it does not fit. A node that still does not fit is not
+    /// started: an allocation the system cannot give would abort the whole process.
+    fn host_fit(
+        &mut self,
+        ix: NodeIndex,
+        node: &crate::graph::NodeInstance,
+        slots: &mut [Option<Slot<'_>>],
+        tally: &mut Tally,
+    ) -> Result<(), RunError> {
+        let Some(need) = self.declared_host_need(ix, slots).filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        loop {
+            let room = self.host_room();
+            if room.is_none_or(|room| need <= room) {
+                return Ok(());
+            }
+            // Dropping cached values helps only when the system's memory is what binds.
+            let over_limit = self.host_limit.is_some_and(|limit| need > limit);
+            let dropped = if over_limit {
+                Vec::new()
+            } else {
+                self.cache.drop_best_host(&held_keys(slots))
+            };
+            if dropped.is_empty() {
+                let available = HostMemory::read().available;
+                let message = match (self.host_limit, available) {
+                    (Some(limit), Some(a)) if limit < a => {
+                        format!("the engine's host limit is {}", format_bytes(limit))
+                    }
+                    (_, Some(_)) => "what the system has available".into(),
+                    _ => String::new(),
+                };
+                return Err(RunError::OutOfMemory {
+                    node: node.id.clone(),
+                    node_type: node.type_name.clone(),
+                    memory: MemoryKind::Host,
+                    needed: Some(need),
+                    free: room,
+                    message,
+                });
+            }
+            apply_moves(&dropped, slots, tally);
+        }
+    }
+
+    /// The node's own estimate of its host working memory ([`NodeDef::host_need`]); a panic in
+    /// it counts as no estimate (the node's `execute` will report its own trouble).
+    fn declared_host_need(&self, ix: NodeIndex, slots: &[Option<Slot<'_>>]) -> Option<u64> {
+        let slot = slots[ix.index()].as_ref().expect("planned");
+        let def = slot.def.as_ref()?;
+        let (params, inputs) = gather_inputs(ix, slots).ok()?;
+        std::panic::catch_unwind(AssertUnwindSafe(|| def.host_need(&params, &inputs)))
+            .ok()
+            .flatten()
     }
 
     /// What the node about to run needs on the device, and which of its inputs must stay there.
@@ -979,6 +1107,7 @@ impl Engine {
                                 RunError::OutOfMemory {
                                     node: node.id.clone(),
                                     node_type: node.type_name.clone(),
+                                    memory: MemoryKind::Device,
                                     needed: Some(object_host_bytes(&values)),
                                     free: None,
                                     message,
@@ -1083,7 +1212,8 @@ impl Engine {
         });
         let t0 = Instant::now();
         let mut ctx = ExecContext::new(&node.id, params, inputs, env, &options.cancel, events)
-            .with_device_room(device_room);
+            .with_device_room(device_room)
+            .with_host_room(self.host_room());
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| def.execute(&mut ctx)));
         let elapsed = t0.elapsed();
         let values = match outcome {
@@ -1101,6 +1231,7 @@ impl Engine {
                 return Err(RunError::OutOfMemory {
                     node: node.id.clone(),
                     node_type: node.type_name.clone(),
+                    memory: MemoryKind::Device,
                     needed,
                     free: None,
                     message,

@@ -16,7 +16,7 @@ pub mod value;
 
 pub use cache::{Budgets, CacheKey, CacheStats, OutputCache};
 pub use cancel::CancelToken;
-pub use engine::{Engine, MemoryReport, RunError, RunOptions, RunReport};
+pub use engine::{Engine, MemoryKind, MemoryReport, RunError, RunOptions, RunReport};
 pub use events::{CollectSink, Event, EventSink, FnSink, MemoryPoint, NullSink};
 pub use graph::{Graph, GraphError, Link, NodeInstance, PortRef};
 pub use memory::{DeviceMemory, DeviceProbe, HostMemory, SimulatedDevice};

@@ -181,6 +181,16 @@ pub trait NodeDef: Send + Sync + 'static {
     fn device_need(&self, _params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
         None
     }
+
+    /// Host (RAM) bytes the node will allocate while it runs, its outputs included, beyond its
+    /// inputs: the pixels of an image it makes, a sampler's activations when the model runs on
+    /// the CPU. Called before `execute`; the engine refuses to start a node whose need passes
+    /// what the system has available (and the engine's host limit, when one is set), with
+    /// [`crate::RunError::OutOfMemory`], instead of letting an allocation abort the process.
+    /// `None` (the default): small or unknown.
+    fn host_need(&self, _params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        None
+    }
 }
 
 /// The text of a caught panic, for the error that reports it.
@@ -201,6 +211,7 @@ pub struct ExecContext<'a> {
     inputs: Vec<(&'a str, Value)>,
     events: &'a dyn EventSink,
     device_room: Option<u64>,
+    host_room: Option<u64>,
 }
 
 impl<'a> ExecContext<'a> {
@@ -220,6 +231,7 @@ impl<'a> ExecContext<'a> {
             inputs,
             events,
             device_room: None,
+            host_room: None,
         }
     }
 
@@ -227,6 +239,19 @@ impl<'a> ExecContext<'a> {
     pub fn with_device_room(mut self, bytes: Option<u64>) -> Self {
         self.device_room = bytes;
         self
+    }
+
+    /// Sets the host bytes this node may use (see [`ExecContext::host_room`]).
+    pub fn with_host_room(mut self, bytes: Option<u64>) -> Self {
+        self.host_room = bytes;
+        self
+    }
+
+    /// Host memory this node may allocate: what the system had available when it started, or
+    /// the engine's host limit if smaller; `None` when unknown. Nodes that run on the CPU and can
+    /// trade speed for memory (a tiled decode) choose their path by it.
+    pub fn host_room(&self) -> Option<u64> {
+        self.host_room
     }
 
     /// Device memory this node may allocate without leaving the run's VRAM budget, after the

@@ -16,6 +16,10 @@ pub struct PortDef {
     pub doc: String,
 }
 
+/// The longest text a string or path param holds, in bytes (1 MiB): a prompt is encoded to at
+/// most a few hundred tokens, and the tokenizer's work and memory grow with the text.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
 /// What a param holds, with its default and limits.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -97,6 +101,15 @@ impl ParamKind {
                 }
             }
             (ParamKind::Bool { .. }, Value::Bool(v)) => Ok(Value::Bool(*v)),
+            (ParamKind::String { .. } | ParamKind::Path { .. }, Value::String(s))
+                if s.len() > MAX_TEXT_BYTES =>
+            {
+                Err(format!(
+                    "the text is {} bytes long; text params hold at most {} (1 MiB)",
+                    s.len(),
+                    MAX_TEXT_BYTES
+                ))
+            }
             (ParamKind::String { .. } | ParamKind::Path { .. }, Value::String(s)) => {
                 Ok(Value::String(s.clone()))
             }
@@ -370,5 +383,31 @@ impl NodeSchema {
         self.param_def(port)
             .filter(|p| p.linkable)
             .map(|p| p.kind.port_type())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_params_are_limited_to_a_mebibyte() {
+        let kind = ParamKind::String {
+            default: String::new(),
+            multiline: true,
+        };
+        let at_limit = Value::string("a".repeat(MAX_TEXT_BYTES));
+        assert!(kind.check(&at_limit).is_ok());
+        let over = Value::string("a".repeat(MAX_TEXT_BYTES + 1));
+        let err = kind.check(&over).unwrap_err();
+        assert!(
+            err.contains("1048577 bytes long") && err.contains("1 MiB"),
+            "{err}"
+        );
+        let path = ParamKind::Path {
+            default: String::new(),
+            folder: None,
+        };
+        assert!(path.check(&over).is_err());
     }
 }

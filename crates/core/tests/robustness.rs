@@ -62,6 +62,18 @@ fn panicking_node_fails_the_run_and_the_engine_keeps_working() {
 }
 
 #[test]
+fn node_returning_an_error_mid_run_fails_the_run_and_the_next_run_works() {
+    // What a device out-of-memory in the middle of a sampler looks like to the engine when it is
+    // not recognised as one: an error returned from `execute` after upstream nodes ran.
+    let h = Harness::new();
+    let mut engine = h.engine();
+    let message = fails_at_guard(&h, &mut engine, Fault::Error);
+    assert!(message.contains("failed on purpose"), "{message}");
+    assert_eq!(h.log.take(), ids(&["c", "guard"]), "nothing runs after it");
+    engine_recovers(&h, &mut engine);
+}
+
+#[test]
 fn node_returning_too_many_outputs_is_a_node_failure() {
     let h = Harness::new();
     let mut engine = h.engine();

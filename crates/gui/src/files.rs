@@ -55,15 +55,8 @@ impl Autosave {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self
-            .path
-            .with_extension(format!("{}.tmp", std::process::id()));
         let text = format!("{HEADER}{origin}\n{}", doc.to_ron());
-        let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        veetance_workflow::write_atomic(&self.path, text.as_bytes())
     }
 
     /// Removes the recovery file (after a save, or when the user discards it).

@@ -28,6 +28,49 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use veetance_core::{Graph, GraphError, Link, PortRef, Value};
 
+/// Writes `bytes` to `path` so that `path` is always either what it was or all of `bytes`: they
+/// go to a new hidden temporary file beside it (`.<name>.<pid>.<n>.tmp`), are synced to disk,
+/// and the file is renamed over `path`. On an error (a full disk, say) the temporary file is
+/// removed and `path` is untouched; a process killed mid-write leaves at most a `.tmp` file,
+/// which nothing reads as a workflow. Workflow saves and the editor's autosave use it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "workflow.ron".into());
+    let (tmp, mut file) = loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => break (tmp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// The version this build writes and reads natively.
 pub const CURRENT_VERSION: u32 = 1;
 
@@ -231,23 +274,10 @@ impl WorkflowFile {
         text
     }
 
-    /// Writes the canonical text to `path` through a temporary file and a rename, so a
-    /// failure never leaves a partly written workflow behind.
+    /// Writes the canonical text to `path` through a temporary file and a rename
+    /// ([`write_atomic`]), so a failure or a crash never leaves a partly written workflow behind.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "workflow.ron".into());
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let result = std::fs::write(&tmp, self.to_ron()).and_then(|_| std::fs::rename(&tmp, path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(path, self.to_ron().as_bytes())
     }
 
     /// Builds the engine graph. Problems that make a graph impossible (a duplicate or invalid

@@ -5,7 +5,7 @@ use veetance_core::{
     RunEnv, Value,
 };
 
-use crate::image_ops::{check_cancel, side_param, ROWS_PER_CHECK};
+use crate::image_ops::{check_cancel, side_param, sized_image_bytes, ROWS_PER_CHECK};
 use crate::rng::{mix64, unit_f32, SEED_MAX};
 
 /// Parses `#rrggbb` (hex digits in either case) into RGB values in [0, 1].
@@ -122,6 +122,11 @@ impl NodeDef for GradientImage {
             .collect()
     }
 
+    /// The image it makes (one RGB image).
+    fn host_need(&self, params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        sized_image_bytes(params, 1, 3)
+    }
+
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let width = ctx.params.int("width")? as u32;
         let height = ctx.params.int("height")? as u32;
@@ -227,6 +232,11 @@ impl NoiseImage {
 impl NodeDef for NoiseImage {
     fn schema(&self) -> &NodeSchema {
         &self.schema
+    }
+
+    /// The image it makes (one RGB image).
+    fn host_need(&self, params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        sized_image_bytes(params, 1, 3)
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {

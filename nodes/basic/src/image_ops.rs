@@ -2,7 +2,8 @@
 //! sample tables computed once, so nothing is allocated per pixel.
 
 use veetance_core::{
-    CancelToken, ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, PortType, Value,
+    CancelToken, ExecContext, Image, NodeDef, NodeError, NodeSchema, ParamDef, Params, PortType,
+    Value,
 };
 
 use crate::png_io::MAX_SIDE;
@@ -17,6 +18,14 @@ pub(crate) fn check_cancel(cancel: &CancelToken) -> Result<(), NodeError> {
     } else {
         Ok(())
     }
+}
+
+/// Host bytes of a `batch` of f32 images of the `width` × `height` params with `channels`
+/// channels: what a node making them allocates (`NodeDef::host_need`); 4 GiB for one RGBA
+/// image at the largest side.
+pub(crate) fn sized_image_bytes(params: &Params, batch: u64, channels: u64) -> Option<u64> {
+    let side = |p: &str| params.int(p).ok().map(|v| v.max(0) as u64);
+    Some(batch * side("width")? * side("height")? * channels * 4)
 }
 
 /// A `width`/`height` param shared by the nodes that make images.
@@ -99,6 +108,12 @@ impl ImageResize {
 impl NodeDef for ImageResize {
     fn schema(&self) -> &NodeSchema {
         &self.schema
+    }
+
+    /// The resized batch, with the input's channels.
+    fn host_need(&self, params: &Params, inputs: &[(&str, Value)]) -> Option<u64> {
+        let image = inputs.iter().find(|(p, _)| *p == "image")?.1.as_image()?;
+        sized_image_bytes(params, image.batch as u64, image.channels as u64)
     }
 
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use veetance_core::{
     ExecContext, Freshness, NodeDef, NodeError, NodeSchema, Params, PortType, RunEnv, Value,
 };
-use veetance_nodes_flux2::decode::{decode_latent, Tiles};
+use veetance_nodes_flux2::decode::{decode_host_need, decode_latent, Tiles};
 use veetance_nodes_flux2::values::{input, Latent, VaeHandle};
 
 pub struct VaeDecode {
@@ -45,6 +45,10 @@ impl NodeDef for VaeDecode {
         let latent = input::<Latent>(ctx, "samples", PortType::Latent)?;
         let image = decode_latent(ctx, vae, latent, Tiles::default())?;
         Ok(vec![Value::Image(image)])
+    }
+
+    fn host_need(&self, _params: &veetance_core::Params, inputs: &[(&str, Value)]) -> Option<u64> {
+        decode_host_need(inputs, Tiles::default())
     }
 }
 

@@ -13,7 +13,7 @@ use veetance_core::{
 };
 use veetance_models::sampling::{self, LATENT_CHANNELS, PIXELS_PER_TOKEN};
 use veetance_nodes_flux2::sampler::{
-    sample, sampling_need, MaskRules, NoiseSource, SampleArgs, SEED_MAX,
+    sample, sampling_host_need, sampling_need, MaskRules, NoiseSource, SampleArgs, SEED_MAX,
 };
 use veetance_nodes_flux2::values::{
     candle_err, input, object, Conditioning, Guider, Latent, ModelHandle,
@@ -393,6 +393,18 @@ impl NodeDef for EmptyFlux2LatentImage {
         &self.schema
     }
 
+    /// The latent itself: `batch × 128 × h/16 × w/16` f32 values.
+    fn host_need(&self, params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        let side = |p: &str| {
+            params
+                .int(p)
+                .ok()
+                .map(|v| v.max(0) as u64 / PIXELS_PER_TOKEN as u64)
+        };
+        let batch = params.int("batch_size").ok()?.max(0) as u64;
+        Some(batch * LATENT_CHANNELS as u64 * side("height")? * side("width")? * 4)
+    }
+
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let w = ctx.params.int("width")? as usize / PIXELS_PER_TOKEN;
         let h = ctx.params.int("height")? as usize / PIXELS_PER_TOKEN;
@@ -467,6 +479,22 @@ impl NodeDef for SamplerCustomAdvanced {
         };
         let guider = find("guider")?.downcast::<Guider>()?;
         sampling_need(
+            &guider.model,
+            find("latent_image")?.downcast::<Latent>()?,
+            &guider.positive,
+        )
+    }
+
+    /// On the CPU, the same activations in host memory.
+    fn host_need(&self, _params: &Params, inputs: &[(&str, Value)]) -> Option<u64> {
+        let find = |port: &str| {
+            inputs
+                .iter()
+                .find(|(p, _)| *p == port)
+                .and_then(|(_, v)| v.as_object())
+        };
+        let guider = find("guider")?.downcast::<Guider>()?;
+        sampling_host_need(
             &guider.model,
             find("latent_image")?.downcast::<Latent>()?,
             &guider.positive,

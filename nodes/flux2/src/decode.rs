@@ -260,6 +260,15 @@ impl NodeDef for VaeDecode {
         };
         Ok(vec![Value::Image(decode_latent(ctx, vae, latent, tiles)?)])
     }
+
+    fn host_need(&self, params: &veetance_core::Params, inputs: &[(&str, Value)]) -> Option<u64> {
+        let tiles = Tiles {
+            asked: params.bool("tiled").ok()?,
+            size: params.int("tile_size").ok()? as usize,
+            overlap: 0,
+        };
+        decode_host_need(inputs, tiles)
+    }
 }
 
 /// How [`decode_latent`] may tile.
@@ -285,9 +294,42 @@ impl Default for Tiles {
     }
 }
 
+/// Host bytes of the decoded image batch as the decode holds it at its end: the f32 pixels
+/// assembled (tiles' weighted sums or the device's copy), the tensor, and the image value.
+fn image_host_bytes(batch: usize, h: usize, w: usize) -> u64 {
+    let pixels = (batch as u64) * (h as u64) * (w as u64) * 256; // 16x upscale on both axes
+    3 * pixels * 3 * 4
+}
+
+/// Host bytes a decode of the `latent` input with `vae` needs at least, for
+/// `NodeDef::host_need`: the image it makes, and on the CPU the decode's own working memory in
+/// the smallest tiles it may choose (the asked tile size, else 8 tokens; a whole decode is
+/// chosen only when the room holds it, see [`decode_latent`]).
+pub fn decode_host_need(inputs: &[(&str, Value)], tiles: Tiles) -> Option<u64> {
+    let find = |port: &str| {
+        inputs
+            .iter()
+            .find(|(p, _)| p.eq_ignore_ascii_case(port))
+            .and_then(|(_, v)| v.as_object())
+    };
+    let vae = find("vae")?.downcast::<VaeHandle>()?;
+    let latent = find("latent")
+        .or_else(|| find("samples"))?
+        .downcast::<Latent>()?;
+    let (batch, _, h, w) = latent.samples.dims4().ok()?;
+    let work = if vae.device.is_cpu() {
+        let tile = if tiles.asked { tiles.size } else { 8 };
+        vae.vae.decode_bytes(batch, tile.min(h), tile.min(w))
+    } else {
+        0
+    };
+    Some(image_host_bytes(batch, h, w).saturating_add(work))
+}
+
 /// Decodes `latent` to an image batch in [0, 1] with its `meta`: whole, or in tiles when asked or
-/// when the device room cannot hold a whole decode (with a warning), and again in tiles when a
-/// whole decode runs out of device memory. VaeDecode and ComfyUI's VAEDecode.
+/// when the room cannot hold a whole decode (with a warning), and again in tiles when a whole
+/// decode runs out of device memory. The room is the device's, or on the CPU the host memory
+/// left beside the image. VaeDecode and ComfyUI's VAEDecode.
 pub fn decode_latent(
     ctx: &ExecContext<'_>,
     vae: &VaeHandle,
@@ -303,9 +345,20 @@ pub fn decode_latent(
         size: tile_size,
         overlap,
     } = tiles;
-    let mode = choose_mode(asked, ctx.device_room(), tile_size, |th, tw| {
+    let room = if device.is_cpu() {
+        ctx.host_room()
+            .map(|r| r.saturating_sub(image_host_bytes(batch, h, w)))
+    } else {
+        ctx.device_room()
+    };
+    let mode = choose_mode(asked, room, tile_size, |th, tw| {
         vae.vae.decode_bytes(batch, th.min(h), tw.min(w))
     });
+    let room_of = if device.is_cpu() {
+        "host memory"
+    } else {
+        "device"
+    };
     let decoded = match mode {
         DecodeMode::Whole => decode_with_fallback(
             ctx,
@@ -316,7 +369,7 @@ pub fn decode_latent(
             if let Some(auto) = auto {
                 ctx.warn(format!(
                     "decoding in tiles of {tile} latent tokens: a whole decode needs about {}, \
-                     more than the device room ({}){}",
+                     more than the {room_of} room ({}){}",
                     gib(auto.whole),
                     gib(auto.room),
                     if auto.fits {

@@ -74,6 +74,19 @@ impl NodeDef for EmptyLatent {
             .collect()
     }
 
+    /// The latent itself: `batch × 128 × h/16 × w/16` f32 values (32 GiB at the largest size
+    /// and batch).
+    fn host_need(&self, params: &Params, _inputs: &[(&str, Value)]) -> Option<u64> {
+        let side = |p: &str| {
+            params
+                .int(p)
+                .ok()
+                .map(|v| v.max(0) as u64 / PIXELS_PER_TOKEN as u64)
+        };
+        let batch = params.int("batch").ok()?.max(0) as u64;
+        Some(batch * LATENT_CHANNELS as u64 * side("height")? * side("width")? * 4)
+    }
+
     fn execute(&self, ctx: &mut ExecContext<'_>) -> Result<Vec<Value>, NodeError> {
         let w = ctx.params.int("width")? as usize;
         let h = ctx.params.int("height")? as usize;

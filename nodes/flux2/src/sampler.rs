@@ -345,6 +345,27 @@ pub fn sampling_need(model: &ModelHandle, latent: &Latent, positive: &Conditioni
     ))
 }
 
+/// Host bytes a sampling run allocates when the model runs on the CPU (its activations, as
+/// [`sampling_need`] counts them on a device, and a few latent-sized buffers: the noise, the
+/// state, the velocity, the clean estimate); `None` when the model is on a device (its host use
+/// is the latent's size) or the shapes cannot be read. Both samplers' `NodeDef::host_need`.
+pub fn sampling_host_need(
+    model: &ModelHandle,
+    latent: &Latent,
+    positive: &Conditioning,
+) -> Option<u64> {
+    if !model.device.is_cpu() {
+        return None;
+    }
+    let (batch, channels, h, w) = latent.samples.dims4().ok()?;
+    let txt_tokens = positive.hidden.dim(1).ok()?;
+    let buffers = 6 * (batch * channels * h * w) as u64 * 4;
+    Some(
+        activations(model, batch, h * w + reference_tokens(positive), txt_tokens)
+            .saturating_add(buffers),
+    )
+}
+
 /// Tokens the references of `c` add to the image sequence.
 fn reference_tokens(c: &Conditioning) -> usize {
     c.references
@@ -620,6 +641,21 @@ impl NodeDef for Sampler {
                 .and_then(|(_, v)| v.as_object())
         };
         sampling_need(
+            find("model")?.downcast::<ModelHandle>()?,
+            find("latent")?.downcast::<Latent>()?,
+            find("positive")?.downcast::<Conditioning>()?,
+        )
+    }
+
+    /// On the CPU, the same activations in host memory (see [`sampling_host_need`]).
+    fn host_need(&self, _params: &veetance_core::Params, inputs: &[(&str, Value)]) -> Option<u64> {
+        let find = |port: &str| {
+            inputs
+                .iter()
+                .find(|(p, _)| *p == port)
+                .and_then(|(_, v)| v.as_object())
+        };
+        sampling_host_need(
             find("model")?.downcast::<ModelHandle>()?,
             find("latent")?.downcast::<Latent>()?,
             find("positive")?.downcast::<Conditioning>()?,

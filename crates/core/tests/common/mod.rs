@@ -330,6 +330,8 @@ pub enum Fault {
     PanicInCheck,
     /// Panics in `NodeDef::freshness`, during planning.
     PanicInFreshness,
+    /// Returns an error from `execute` (as a model failing mid-run does).
+    Error,
 }
 
 /// `Faulty`: passes its `Int` input through, or misbehaves as the shared [`FaultSwitch`] says.
@@ -400,6 +402,7 @@ impl NodeDef for Faulty {
         match fault {
             Fault::None | Fault::PanicInCheck | Fault::PanicInFreshness => Ok(vec![x]),
             Fault::Panic => panic!("faulty node panicked on purpose"),
+            Fault::Error => Err(NodeError::failed("faulty node failed on purpose")),
             Fault::TooManyOutputs => Ok(vec![x.clone(), x]),
             Fault::WrongOutputType => Ok(vec![Value::Float(1.5)]),
             Fault::CancelToken => {

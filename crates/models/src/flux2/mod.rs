@@ -40,8 +40,8 @@ use candle_core::{DType, Device};
 
 pub use config::Config;
 pub use model::{
-    rope_tables, AttentionBackend, BlockPlan, Flux2Transformer, ForwardOptions, LinearFn,
-    StreamPlan,
+    rope_tables, score_chunk_rows, AttentionBackend, BlockPlan, Flux2Transformer, ForwardOptions,
+    LinearFn, StreamPlan, PLAIN_SCORE_LIMIT,
 };
 
 use crate::error::{Error, Result};

@@ -151,12 +151,44 @@ fn apply_rope(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
         .to_dtype(dtype)
 }
 
+/// The most bytes of f32 scores the plain attention holds at once (1 GiB). Past it, query rows
+/// are taken in chunks that stay under it ([`score_chunk_rows`]), with the same result: a 16384²
+/// image has a million tokens, and its whole score matrix would ask for 8 TiB.
+pub const PLAIN_SCORE_LIMIT: u64 = 1 << 30;
+
+/// Query rows per chunk for softmax attention over `l` keys with `batch × heads` score rows each,
+/// so that the f32 scores of one chunk stay within `limit` bytes (at least one row); `None` when
+/// the whole matrix fits.
+pub fn score_chunk_rows(batch: usize, heads: usize, l: usize, limit: u64) -> Option<usize> {
+    let row_bytes = (batch as u64)
+        .saturating_mul(heads as u64)
+        .saturating_mul(l as u64)
+        .saturating_mul(4)
+        .max(1);
+    let rows = (limit / row_bytes).max(1);
+    (rows < l as u64).then_some(rows as usize)
+}
+
 /// Softmax attention over `(B, H, L, D)`. Scores and softmax are computed in f32 whatever the
 /// dtype (as flash attention does internally); the probabilities go back to the dtype for `P @ V`.
 ///
 /// With `chunk`, query rows are processed `chunk` at a time, so the `L × L` score matrix is never
-/// held whole (each row's softmax is independent: the result is the same).
+/// held whole (each row's softmax is independent: the result is the same). Without it, chunks are
+/// still taken when the whole matrix would pass [`PLAIN_SCORE_LIMIT`].
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: Option<usize>) -> CResult<Tensor> {
+    attention_within(q, k, v, chunk, PLAIN_SCORE_LIMIT)
+}
+
+/// [`attention`] with the score limit as an argument (tests use a tiny one).
+fn attention_within(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    chunk: Option<usize>,
+    score_limit: u64,
+) -> CResult<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    let chunk = chunk.or_else(|| score_chunk_rows(b, h, l, score_limit));
     let dtype = q.dtype();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let k = k.to_dtype(DType::F32)?.t()?;
@@ -166,7 +198,6 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: Option<usize>) -> CResul
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         probs.matmul(&v) // (B, H, rows, D)
     };
-    let l = q.dim(2)?;
     let out = match chunk {
         Some(n) if n > 0 && n < l => {
             let parts = (0..l)
@@ -737,5 +768,77 @@ impl VelocityModel for Flux2Transformer {
         t: &Tensor,
     ) -> crate::Result<Tensor> {
         Ok(self.forward(img, img_ids, txt, txt_ids, t)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        // A small LCG: deterministic values in [-1, 1) without a RNG dependency.
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn chunk_rows_keep_scores_within_the_limit() {
+        // 2 × 3 score rows of 100 keys: 2400 bytes a query row.
+        assert_eq!(score_chunk_rows(2, 3, 100, 240_000), None, "all fits");
+        assert_eq!(score_chunk_rows(2, 3, 100, 24_000), Some(10));
+        assert_eq!(score_chunk_rows(2, 3, 100, 1), Some(1), "at least a row");
+        // The headline case: a 16384² image is 1,048,576 tokens (+ a prompt); its whole score
+        // matrix (2 heads, f32) would be 8 TiB. Chunks keep each to the limit.
+        let l = 1_048_576 + 48;
+        let rows = score_chunk_rows(1, 2, l, PLAIN_SCORE_LIMIT).unwrap();
+        assert!(2 * rows as u64 * l as u64 * 4 <= PLAIN_SCORE_LIMIT);
+        assert!(2 * (rows as u64 + 1) * l as u64 * 4 > PLAIN_SCORE_LIMIT);
+    }
+
+    #[test]
+    fn plain_attention_past_its_limit_gives_the_unchunked_result() {
+        let (b, h, l, d) = (2, 3, 37, 8);
+        let q = random((b, h, l, d), 1);
+        let k = random((b, h, l, d), 2);
+        let v = random((b, h, l, d), 3);
+        let whole = attention_within(&q, &k, &v, None, u64::MAX).unwrap();
+        // A limit of 5 query rows' scores: 8 chunks, the last one short.
+        let limit = (b * h * l * 4 * 5) as u64;
+        assert_eq!(score_chunk_rows(b, h, l, limit), Some(5));
+        let chunked = attention_within(&q, &k, &v, None, limit).unwrap();
+        assert_eq!(chunked.dims(), whole.dims());
+        let diff = (chunked - &whole)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-6, "chunked differs by {diff}");
+        // One row at a time too.
+        let rows = attention_within(&q, &k, &v, None, 1).unwrap();
+        let diff = (rows - &whole)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-6, "row by row differs by {diff}");
     }
 }

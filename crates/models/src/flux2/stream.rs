@@ -384,7 +384,17 @@ impl Flux2Transformer {
         let mlp = self.cfg.mlp_hidden() as u64;
         let heads = self.cfg.num_attention_heads as u64;
         let s = self.dtype.size_in_bytes() as u64;
-        let rows = chunk.map_or(l, |c| (c as u64).clamp(1, l));
+        // The plain path chunks by itself past its score limit (see `model::attention`).
+        let rows = chunk
+            .or_else(|| {
+                crate::flux2::score_chunk_rows(
+                    batch,
+                    heads as usize,
+                    l as usize,
+                    crate::flux2::PLAIN_SCORE_LIMIT,
+                )
+            })
+            .map_or(l, |c| (c as u64).clamp(1, l));
         // x, cat input, out, modulated x + the (3d + 2·mlp) projection, in the dtype.
         let streams = b * l * (6 * d + 2 * mlp) * s;
         // q, k, v in f32 for RoPE, and their dtype copies.

@@ -92,6 +92,10 @@ pub struct Config {
     pub max_length: usize,
 }
 
+/// The most tokens a prompt may be padded or truncated to (`max_length` of a config file): the
+/// encoder's activations and attention grow with it, and a config is untrusted input.
+pub const MAX_PROMPT_TOKENS: usize = 32768;
+
 fn default_eps() -> f64 {
     1e-6
 }
@@ -298,6 +302,13 @@ impl Config {
         }
         if self.max_length == 0 || self.head_dim() % 2 != 0 {
             return Err("max_length must be positive and head_dim even".into());
+        }
+        if self.max_length > MAX_PROMPT_TOKENS {
+            return Err(format!(
+                "max_length {} is over the {MAX_PROMPT_TOKENS} prompt tokens Veetance encodes \
+                 (Qwen3's context is 40960; FLUX.2 [klein] uses 512)",
+                self.max_length
+            ));
         }
         Ok(())
     }

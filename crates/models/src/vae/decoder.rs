@@ -241,8 +241,24 @@ impl AttnBlock {
             let v = v.flatten_from(2)?.t()?.unsqueeze(1)?;
             let dim = q.dim(D::Minus1)?;
             let scale = 1.0 / (dim as f64).sqrt();
-            let w = (q.matmul(&k.t()?)? * scale)?;
-            let o = candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)?;
+            let kt = k.t()?;
+            let rows = |q: &Tensor| -> Result<Tensor> {
+                let w = (q.matmul(&kt)? * scale)?;
+                candle_nn::ops::softmax_last_dim(&w)?.matmul(&v)
+            };
+            // Query rows in chunks when the L × L scores would pass the plain attention's
+            // limit (a 16384² image: 4M latent pixels, 64 TiB of scores); same result.
+            let l = hh * ww;
+            let o = match crate::flux2::score_chunk_rows(b, 1, l, crate::flux2::PLAIN_SCORE_LIMIT) {
+                Some(n) => {
+                    let parts = (0..l)
+                        .step_by(n)
+                        .map(|start| rows(&q.narrow(2, start, n.min(l - start))?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&parts, 2)?
+                }
+                None => rows(&q)?,
+            };
             o.squeeze(1)?.t()?.reshape((b, c, hh, ww))?
         };
         self.proj_out.forward(&attn, fast, false, Some(xs))
