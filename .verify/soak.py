@@ -85,10 +85,18 @@ def tiny_prompt(seed: int, steps: int) -> dict:
 
 
 def rss_bytes(pid: int) -> int:
+    return memory(pid)["VmRSS"]
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS and its parts: RssAnon (the heap: what a leak grows) and RssFile (pages of the
+    binary and of mapped files, which grow as new code runs and the kernel may drop)."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) * 1024
+    return out
 
 
 class Api:
@@ -251,6 +259,7 @@ def main() -> int:
     deadline = started + args.minutes * 60
     errors: list[str] = []
     first_100_done_at: float | None = None
+    mem_after_100: dict[str, int] = {}
 
     def finished_count() -> int:
         return len(watcher.finished)
@@ -261,7 +270,8 @@ def main() -> int:
             while api.queue_remaining() >= args.depth:
                 time.sleep(0.005)
             if rss_after_100 is None and finished_count() >= 100:
-                rss_after_100 = rss_bytes(proc.pid)
+                mem_after_100 = memory(proc.pid)
+                rss_after_100 = mem_after_100["VmRSS"]
                 first_100_done_at = time.monotonic()
                 rss_samples.append((i, rss_after_100))
                 print(f"  after the first 100: VmRSS {rss_after_100 / 2**20:.1f} MiB", flush=True)
@@ -314,7 +324,8 @@ def main() -> int:
             time.sleep(0.05)
         sending_s = time.monotonic() - started
         time.sleep(0.5)
-        rss_end = rss_bytes(proc.pid)
+        mem_end = memory(proc.pid)
+        rss_end = mem_end["VmRSS"]
         rss_samples.append((i, rss_end))
         history = api.call("/history", timeout=300)
         queue = api.call("/queue")
@@ -376,6 +387,8 @@ def main() -> int:
         "rss_after_100_mib": round(rss_after_100 / 2**20, 1) if rss_after_100 else None,
         "rss_end_mib": round(rss_end / 2**20, 1),
         "rss_end_over_after_100": round(ratio, 3),
+        "after_100_mib": {k: round(v / 2**20, 1) for k, v in mem_after_100.items()},
+        "end_mib": {k: round(v / 2**20, 1) for k, v in mem_end.items()},
         "rss_samples_mib": [(n, round(b / 2**20, 1)) for n, b in rss_samples],
         "first_100_seconds": round(first_100_done_at - started, 1) if first_100_done_at else None,
     }
