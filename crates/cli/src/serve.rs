@@ -109,6 +109,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_prompt_nodes: usize,
 
+    /// Seconds a client has to send a request's headers (and the longest an idle keep-alive
+    /// connection is kept); the connection is closed after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub header_timeout: u64,
+
+    /// Seconds a client has to send a request body, plus 1 s per 16 KiB received; 408 after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub body_timeout: u64,
+
+    /// Most connections open at once; further ones wait until one closes.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// The workflow `POST /v1/images/generations` runs (`.ron`, or ComfyUI API or UI JSON);
     /// docs/server.md says which nodes get the prompt, size and seed.
     #[arg(long, value_name = "FILE")]
@@ -330,6 +343,15 @@ fn frontend_folders(args: &ServeArgs) -> Result<(Option<PathBuf>, Vec<PathBuf>),
     Ok((frontend, templates))
 }
 
+fn positive_seconds(seconds: u64, flag: &str) -> Result<std::time::Duration, Failure> {
+    if seconds == 0 {
+        return Err(Failure::invalid(anyhow!(
+            "{flag} 0: give at least 1 second"
+        )));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
     let (config, config_path) =
         ConfigFile::load(common.config.as_deref()).map_err(Failure::invalid)?;
@@ -364,8 +386,22 @@ pub fn run(args: &ServeArgs, common: &CommonArgs) -> Result<(), Failure> {
         body_bytes: size_flag(&args.max_body_size, "--max-body-size")?,
         upload_bytes: size_flag(&args.max_upload_size, "--max-upload-size")?,
         prompt_nodes: args.max_prompt_nodes,
+        header_timeout: positive_seconds(args.header_timeout, "--header-timeout")?,
+        body_timeout: positive_seconds(args.body_timeout, "--body-timeout")?,
+        connections: args.max_connections.max(1),
         ..Limits::default()
     };
+    // Thousands of connections need as many file descriptors; the soft limit is often 1024.
+    if let Some((soft, _)) = veetance_server::raise_open_file_limit() {
+        let wanted = limits.connections as u64 + 256;
+        if soft < wanted {
+            eprintln!(
+                "warning: this process may open only {soft} files; --max-connections {} needs \
+                 about {wanted} (raise `ulimit -n`, or lower --max-connections)",
+                limits.connections
+            );
+        }
+    }
     let (frontend, template_dirs) = frontend_folders(args)?;
     let options = ServeOptions {
         listen,

@@ -108,7 +108,7 @@ fn plain_name(name: &str) -> Result<(), String> {
     if name.contains('\0') {
         return Err("the file name holds a NUL character".into());
     }
-    if name.starts_with(['/', '\\']) || name.contains("..") {
+    if name.starts_with(['/', '\\']) || name.contains("..") || name == "." {
         return Err(format!(
             "the file name {name:?} may not be a path or hold '..'"
         ));
@@ -206,7 +206,7 @@ pub async fn view(
         // other machines); this server's own folders are the fallback (uploads, inputs).
         if let (Some(remote), Folder::Output | Folder::Temp) = (&core.remote, folder) {
             if let Some(bytes) = remote.output_file(folder.name(), &parts.join("/"), &name)? {
-                return Ok(Ok((name, bytes)));
+                return Ok(Ok((name, Found::Bytes(bytes))));
             }
         }
         let root = folder.dir(core).to_path_buf();
@@ -219,35 +219,66 @@ pub async fn view(
         let Some(real) = inside(&root, &path) else {
             return Ok(Err(StatusCode::FORBIDDEN));
         };
-        match std::fs::read(&real) {
-            Ok(bytes) => Ok(Ok((name, bytes))),
-            Err(_) => Ok(Err(StatusCode::NOT_FOUND)),
-        }
+        Ok(Ok((name, Found::File(real))))
     })
     .await?;
-    match found {
-        Ok((name, bytes)) => Ok((
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(content_type(&name)),
-                ),
-                (header::CONTENT_DISPOSITION, disposition(&name)),
-                (
-                    header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                ),
-            ],
-            bytes,
-        )
-            .into_response()),
-        Err(StatusCode::FORBIDDEN) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_path",
-            "the file lies outside its folder (through a link)".into(),
-        )),
-        Err(_) => Ok(not_found("no such file")),
-    }
+    let (name, body) = match found {
+        Ok((name, Found::Bytes(bytes))) => (name, Body::from(bytes)),
+        Ok((name, Found::File(path))) => match tokio::fs::File::open(&path).await {
+            Ok(file) => (name, stream_file(file)),
+            Err(_) => return Ok(not_found("no such file")),
+        },
+        Err(StatusCode::FORBIDDEN) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_path",
+                "the file lies outside its folder (through a link)".into(),
+            ))
+        }
+        Err(_) => return Ok(not_found("no such file")),
+    };
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(&name)),
+            ),
+            (header::CONTENT_DISPOSITION, disposition(&name)),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// What `/view` found: bytes from the shared queue's store, or a file checked to lie inside
+/// its folder.
+enum Found {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// A file's bytes as a response body, read 64 KiB at a time as the client takes them: a
+/// thousand clients asking for a large input at once hold a thousand small buffers, not a
+/// thousand copies of the file.
+fn stream_file(file: tokio::fs::File) -> Body {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Body::from_stream(chunks)
 }
 
 fn not_found(message: &str) -> Response {
@@ -270,7 +301,7 @@ pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Re
     // The whole body first, against the upload limit: an oversized one is read to its end
     // (within reason) so the client gets the 413 rather than a reset connection.
     let (parts, body) = request.into_parts();
-    let bytes = read_limited(body, core.limits.upload_bytes)
+    let bytes = read_limited(body, core.limits.upload_bytes, &core.limits)
         .await?
         .ok_or_else(|| too_large(&core))?;
     let request = Request::from_parts(parts, Body::from(bytes));
@@ -488,7 +519,7 @@ mod tests {
     #[test]
     fn names_are_plain() {
         assert!(plain_name("x.png").is_ok());
-        for bad in ["", "../x.png", "/etc/passwd", "a..b", "x\0"] {
+        for bad in ["", ".", "../x.png", "/etc/passwd", "a..b", "x\0"] {
             assert!(plain_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(annotated("x.png [output]"), ("x.png", Some(Folder::Output)));

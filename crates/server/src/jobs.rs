@@ -390,7 +390,7 @@ async fn cancel_one(
 }
 
 async fn cancel_many(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     let request: Json = serde_json::from_slice(&bytes)
         .map_err(|_| error(StatusCode::BAD_REQUEST, "Request body must be valid JSON"))?;
     let Some(ids) = request.get("job_ids").and_then(Json::as_array) else {

@@ -14,6 +14,7 @@ mod files;
 pub mod frontend;
 mod hub;
 mod jobs;
+mod listen;
 pub mod nats;
 mod openai;
 mod preview;
@@ -37,6 +38,7 @@ use tokio::sync::oneshot;
 use veetance_core::{Budgets, CancelToken, DeviceProbe, NodeRegistry};
 
 pub use hub::ClientLimits;
+pub use listen::raise_open_file_limit;
 pub use store::MAX_ATTEMPTS;
 
 /// Whether the server sends latent previews (binary frames) while sampling.
@@ -73,6 +75,17 @@ pub struct Limits {
     pub prompt_nodes: usize,
     /// What may wait for one WebSocket client before it is disconnected as too slow.
     pub ws_client: ClientLimits,
+    /// Time a client has to send a request's head (request line and headers), and the longest
+    /// an idle keep-alive connection is kept; the connection is closed after it.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body, extended by one second for every
+    /// `body_min_rate` bytes it has sent (so a large upload on a slow line still fits, and a
+    /// client that trickles bytes does not); 408 after it.
+    pub body_timeout: Duration,
+    /// Bytes a second a body must average, after `body_timeout`.
+    pub body_min_rate: usize,
+    /// Most connections open at once; beyond it the listener waits for one to close.
+    pub connections: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +95,10 @@ impl Default for Limits {
             upload_bytes: 100 << 20,
             prompt_nodes: 10_000,
             ws_client: ClientLimits::default(),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            body_min_rate: 16 << 10,
+            connections: 4096,
         }
     }
 }
@@ -237,6 +254,9 @@ pub(crate) enum WorkerMsg {
 pub(crate) struct Core {
     pub dirs: Dirs,
     pub token: Option<String>,
+    /// The server listens on a loopback address only: without a token it then answers only
+    /// requests whose `Host` is a loopback name (see [`security::check_host`]).
+    pub local_only: bool,
     pub preview: PreviewMethod,
     pub limits: Limits,
     /// The embedded queue's database; behind a shared queue, only uploads are recorded in it.
@@ -346,6 +366,7 @@ pub(crate) fn unix_seconds(time: std::io::Result<std::time::SystemTime>) -> f64 
 pub(crate) struct CoreParts {
     pub dirs: Dirs,
     pub token: Option<String>,
+    pub local_only: bool,
     pub preview: PreviewMethod,
     pub limits: Limits,
     pub store: Arc<store::Store>,
@@ -365,6 +386,7 @@ pub(crate) fn new_core(parts: CoreParts) -> Arc<Core> {
     let core = Arc::new(Core {
         dirs: parts.dirs,
         token: parts.token,
+        local_only: parts.local_only,
         preview: parts.preview,
         limits: parts.limits,
         store: parts.store,
@@ -518,6 +540,7 @@ impl Server {
         let core = new_core(CoreParts {
             dirs,
             token: options.token.filter(|t| !t.is_empty()),
+            local_only: options.listen.ip().is_loopback(),
             preview: options.preview,
             limits: options.limits,
             store,
@@ -555,6 +578,7 @@ impl Server {
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let handle_signals = options.handle_signals;
+        let limits = options.limits;
         let thread = std::thread::Builder::new()
             .name("veetance-http".into())
             .spawn(move || -> Result<(), ServerError> {
@@ -580,22 +604,18 @@ impl Server {
                         }
                         stopping_tx.notify_one();
                     };
-                    let served = axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(shutdown);
+                    let served = listen::serve(listener, app, limits, shutdown);
                     // Requests still open when stop is asked (an OpenAI call waiting for its
                     // images, say) get a few seconds to finish.
-                    let result = tokio::select! {
-                        r = served => r.map_err(|e| ServerError::Runtime(e.to_string())),
+                    tokio::select! {
+                        _ = served => {}
                         _ = async {
                             stopping.notified().await;
                             tokio::time::sleep(Duration::from_secs(5)).await;
-                        } => Ok(()),
-                    };
+                        } => {}
+                    }
                     core.stop_worker();
-                    result
+                    Ok::<(), ServerError>(())
                 });
                 if engine_thread.is_some_and(|t| t.join().is_err()) {
                     tracing::error!("the engine thread panicked");

@@ -92,7 +92,7 @@ fn query_escape(s: &str) -> String {
 }
 
 pub async fn generations(State(core): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match read_body(body, core.limits.body_bytes).await {
+    let bytes = match read_body(body, &core.limits).await {
         Ok(b) => b,
         Err(e) => return from_api(e),
     };

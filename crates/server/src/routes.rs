@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
@@ -17,7 +18,8 @@ use veetance_core::{HostMemory, RunEnv};
 
 use crate::store::{Enqueued, NewPrompt, StoreError};
 use crate::{
-    files, frontend, jobs, now_ms, openai, security, userdata, ws, AppState, Core, WorkerMsg,
+    files, frontend, jobs, now_ms, openai, security, userdata, ws, AppState, Core, Limits,
+    WorkerMsg,
 };
 
 /// An error answer: a status and a JSON body, by default ComfyUI's error object
@@ -97,12 +99,39 @@ pub async fn blocking<T: Send + 'static>(
 /// that a client that sent it whole reads the answer instead of a reset connection.
 const DRAIN_BEYOND_LIMIT: usize = 16 << 20;
 
-/// Reads a request body of at most `limit` bytes; `None` when it is larger.
-pub async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, ApiError> {
+/// Reads a request body of at most `limit` bytes; `None` when it is larger. The body must
+/// arrive within `limits.body_timeout`, plus a second for every `limits.body_min_rate` bytes
+/// received: a client that stops sending, or trickles, gets 408 instead of holding the
+/// connection (and its buffer) for ever.
+pub async fn read_limited(
+    body: Body,
+    limit: usize,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let started = tokio::time::Instant::now();
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
     let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let deadline = started + body_allowance(seen, limits);
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive in time: {seen} bytes in {:.0} s; this \
+                         server waits {} s for a body, plus 1 s per {} bytes received \
+                         (--body-timeout)",
+                        started.elapsed().as_secs_f64(),
+                        limits.body_timeout.as_secs(),
+                        limits.body_min_rate
+                    ),
+                ))
+            }
+        };
         let chunk = chunk
             .map_err(|e| ApiError::bad_request("invalid_body", format!("reading the body: {e}")))?;
         seen = seen.saturating_add(chunk.len());
@@ -118,9 +147,16 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, A
     Ok((seen <= limit).then_some(out))
 }
 
+/// How long a body of which `received` bytes have come may take in all.
+fn body_allowance(received: usize, limits: &Limits) -> Duration {
+    limits.body_timeout
+        + Duration::from_secs_f64(received as f64 / limits.body_min_rate.max(1) as f64)
+}
+
 /// Reads a JSON route's body of at most the server's body limit; a larger one is 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    read_limited(body, limit).await?.ok_or_else(|| {
+pub async fn read_body(body: Body, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    let limit = limits.body_bytes;
+    read_limited(body, limit, limits).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
@@ -134,7 +170,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 
 /// A JSON object body (an empty body counts as `{}`).
 async fn read_object(core: &Core, body: Body) -> Result<serde_json::Map<String, Json>, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
@@ -468,8 +504,17 @@ async fn post_prompt(
             ))
         }
     };
-    if let Some(client_id) = request.get("client_id") {
-        extra_data.insert("client_id".into(), client_id.clone());
+    match request.get("client_id") {
+        None | Some(Json::Null) => {}
+        Some(client_id @ Json::String(_)) => {
+            extra_data.insert("client_id".into(), client_id.clone());
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_client_id",
+                format!("`client_id` must be a string (the WebSocket's clientId), not {other}"),
+            ))
+        }
     }
     if let Some(workflow) = ui_workflow {
         if let Json::Object(pnginfo) = extra_data
@@ -517,14 +562,23 @@ fn truthy(v: &Json) -> bool {
     }
 }
 
-fn string_list(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The prompt ids of a `delete` field: absent or null is none; anything but a list of strings
+/// is 400 naming the field (ComfyUI would iterate a string's characters).
+fn id_list(request: &serde_json::Map<String, Json>, field: &str) -> Result<Vec<String>, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("`{field}` must be a list of prompt ids (strings)"),
+        )
+    };
+    match request.get(field) {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::Array(ids)) => ids
+            .iter()
+            .map(|id| id.as_str().map(str::to_string).ok_or_else(invalid))
+            .collect(),
+        Some(_) => Err(invalid()),
+    }
 }
 
 async fn get_queue(State(core): State<AppState>) -> Result<Response, ApiError> {
@@ -538,12 +592,12 @@ async fn get_queue(State(core): State<AppState>) -> Result<Response, ApiError> {
 
 async fn post_queue(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request = read_object(&core, body).await?;
+    let delete = id_list(&request, "delete")?;
     blocking(&core, move |c| {
         let mut removed = Vec::new();
         if request.get("clear").is_some_and(truthy) {
             removed.extend(c.queue.clear_pending()?);
         }
-        let delete = string_list(request.get("delete"));
         if !delete.is_empty() {
             removed.extend(c.queue.delete_pending(&delete)?);
         }
@@ -561,7 +615,7 @@ async fn post_queue(State(core): State<AppState>, body: Body) -> Result<Response
 }
 
 async fn post_interrupt(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     // An empty or invalid body is a global interrupt, as in ComfyUI.
     let target = serde_json::from_slice::<Json>(&bytes)
         .ok()
@@ -643,11 +697,11 @@ async fn get_history_one(
 
 async fn post_history(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request = read_object(&core, body).await?;
+    let delete = id_list(&request, "delete")?;
     blocking(&core, move |c| {
         if request.get("clear").is_some_and(truthy) {
             c.queue.clear_history()?;
         }
-        let delete = string_list(request.get("delete"));
         if !delete.is_empty() {
             c.queue.delete_history(&delete)?;
         }

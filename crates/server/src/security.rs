@@ -1,5 +1,7 @@
-//! Checks every request passes before a route sees it: ComfyUI's Origin check (a web page on
-//! another site must not drive a server on this machine) and the optional bearer token.
+//! Checks every request passes before a route sees it: the Origin check (a web page on another
+//! site must not drive this server: ComfyUI's check, on every host), the Host check of a
+//! loopback server without a token (a page that rebinds its own name to 127.0.0.1 must not
+//! reach it), and the optional bearer token.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,11 +14,17 @@ use axum::response::{IntoResponse, Response};
 use crate::routes::ApiError;
 use crate::AppState;
 
-/// Runs the Origin check, then the token check.
+/// Runs the Origin check, the Host check, then the token check.
 pub async fn guard(State(core): State<AppState>, request: Request, next: Next) -> Response {
     if let Err(message) = check_origin(request.headers()) {
         tracing::warn!("{message}");
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden_origin", message).into_response();
+    }
+    if core.local_only && core.token.is_none() {
+        if let Err(message) = check_host(request.headers()) {
+            tracing::warn!("{message}");
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden_host", message).into_response();
+        }
     }
     if let Some(token) = &core.token {
         if !authorized(&request, token) {
@@ -168,6 +176,26 @@ fn host_and_port(authority: &str) -> (String, Option<u16>) {
     }
 }
 
+/// `host[:port]` with nothing else: no user info, no stray characters, a port that is a number.
+/// (`http://127.0.0.1:8188.evil.example` would otherwise read as host 127.0.0.1, port unknown.)
+fn plain_authority(authority: &str) -> bool {
+    if authority.is_empty() || authority.contains(['@', ' ', '\\', '?', '#']) {
+        return false;
+    }
+    let port = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => authority.split_once(':').map(|(_, port)| port),
+    };
+    port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
 fn is_loopback(host: &str) -> bool {
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
@@ -175,28 +203,33 @@ fn is_loopback(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// ComfyUI's `origin_only_middleware`: when the Host is a loopback name or address, a request
-/// whose Origin names another host (or port, when both give one) is refused. Unlike ComfyUI,
-/// an opaque `Origin: null` (sandboxed frames, `file:` pages) is refused too on loopback.
+/// ComfyUI's `origin_only_middleware`, on every host: a request whose Origin names another
+/// host (or port, when both give one) than its Host is refused. Browsers send an Origin on
+/// cross-site POSTs (which need no CORS preflight when their type is `text/plain`), on
+/// WebSockets and on cross-origin fetches; other clients send none. Unlike ComfyUI, which checks
+/// loopback hosts only, a server on the network without a token is protected too, and an opaque
+/// `Origin: null` (sandboxed frames, `file:` pages) is refused.
 pub fn check_origin(headers: &HeaderMap) -> Result<(), String> {
-    let (Some(host), Some(origin)) = (
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-    ) else {
+    let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
+    let Ok(origin) = origin.to_str() else {
+        return Err("refused a cross-site request: its Origin is not readable text".into());
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return Err(format!(
+            "refused a cross-site request: Origin {origin:?} without a Host header"
+        ));
+    };
     let (host_name, host_port) = host_and_port(host.trim());
-    if !is_loopback(&host_name) {
-        return Ok(());
-    }
     let origin = origin.trim();
     let authority = origin
         .split_once("://")
         .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
         .unwrap_or("");
-    if authority.is_empty() {
+    if !plain_authority(authority) {
         return Err(format!(
-            "refused a cross-site request: Origin {origin:?} on a server listening on {host}"
+            "refused a cross-site request: Origin {origin:?} on a server reached as {host}"
         ));
     }
     let (origin_name, origin_port) = host_and_port(authority);
@@ -209,6 +242,28 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), String> {
     } else {
         Err(format!(
             "refused a cross-site request: Origin {origin:?} does not match Host {host:?}"
+        ))
+    }
+}
+
+/// For a server that listens on loopback without a token: the Host must be a loopback name or
+/// address. A page on `http://evil.example` whose DNS answer turns into 127.0.0.1 (DNS
+/// rebinding) sends `Host: evil.example` with a matching Origin, which the Origin check lets
+/// through; this does not. Clients that send no Host (HTTP/1.0) are not browsers and pass.
+pub fn check_host(headers: &HeaderMap) -> Result<(), String> {
+    let Some(host) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    let host = host.to_str().unwrap_or("");
+    let (name, _) = host_and_port(host.trim());
+    if is_loopback(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "refused a request for Host {host:?}: this server listens on loopback without a \
+             token, so it answers only to localhost names and loopback addresses (a web page \
+             could otherwise point its own name at 127.0.0.1); give it --token to be reached \
+             under other names, through a proxy say"
         ))
     }
 }
@@ -227,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn cross_site_requests_to_loopback_are_refused() {
+    fn cross_site_requests_are_refused() {
         assert!(check_origin(&headers("127.0.0.1:8188", None)).is_ok());
         assert!(check_origin(&headers("127.0.0.1:8188", Some("http://127.0.0.1:8188"))).is_ok());
         assert!(check_origin(&headers("localhost:8188", Some("http://localhost"))).is_ok());
@@ -235,8 +290,49 @@ mod tests {
         assert!(check_origin(&headers("127.0.0.1:8188", Some("https://evil.example"))).is_err());
         assert!(check_origin(&headers("localhost:8188", Some("http://localhost:9999"))).is_err());
         assert!(check_origin(&headers("127.0.0.1:8188", Some("null"))).is_err());
-        // Not loopback: left to the token (ComfyUI checks loopback hosts only).
-        assert!(check_origin(&headers("gpu-box:8188", Some("https://evil.example"))).is_ok());
+        for forged in [
+            "http://127.0.0.1:8188.evil.example",
+            "http://evil@127.0.0.1:8188",
+            "http://127.0.0.1:x",
+            "http://[::1]x",
+        ] {
+            assert!(
+                check_origin(&headers("127.0.0.1:8188", Some(forged))).is_err(),
+                "{forged}"
+            );
+        }
+        // On the network too (ComfyUI checks loopback hosts only).
+        assert!(check_origin(&headers("gpu-box:8188", Some("https://evil.example"))).is_err());
+        assert!(check_origin(&headers("gpu-box:8188", Some("http://gpu-box:8188"))).is_ok());
+        assert!(check_origin(&headers("gpu-box:8188", Some("http://gpu-box:9999"))).is_err());
+        // A rebound name matches its own Origin: the Host check stops it.
+        assert!(check_origin(&headers(
+            "evil.example:8188",
+            Some("http://evil.example:8188")
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn a_loopback_server_answers_only_to_loopback_names() {
+        for host in [
+            "127.0.0.1:8188",
+            "localhost:8188",
+            "[::1]:8188",
+            "a.localhost",
+            "127.1.2.3",
+        ] {
+            assert!(check_host(&headers(host, None)).is_ok(), "{host}");
+        }
+        for host in [
+            "evil.example:8188",
+            "gpu-box",
+            "192.168.1.5:8188",
+            "localhost.evil.example",
+        ] {
+            assert!(check_host(&headers(host, None)).is_err(), "{host}");
+        }
+        assert!(check_host(&HeaderMap::new()).is_ok());
     }
 
     #[test]

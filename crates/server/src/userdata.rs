@@ -365,7 +365,7 @@ async fn one_setting(
 static SETTINGS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 async fn merge_settings(State(core): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     let Json::Object(new) = settings_body(&bytes)? else {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -387,7 +387,7 @@ async fn set_setting(
     UrlPath(id): UrlPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     let value = settings_body(&bytes)?;
     in_user_folder(&core, move |root| {
         let _held = SETTINGS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -633,7 +633,7 @@ async fn write_file(
     Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, core.limits.body_bytes).await?;
+    let bytes = read_body(body, &core.limits).await?;
     in_user_folder(&core, move |root| {
         let (dir, name) = resolve(root, &file, true)?;
         let path = dir.join(&name);

@@ -19,7 +19,8 @@ use crate::hub::{envelope, Outgoing};
 use crate::routes::server_features;
 use crate::AppState;
 
-/// Largest message a client may send (its feature flags, in practice).
+/// Largest message (and frame) a client may send: its feature flags, in practice. A larger one
+/// closes the connection (1009) before it is buffered whole.
 const MAX_CLIENT_MESSAGE: usize = 1 << 20;
 
 pub async fn handler(
@@ -34,6 +35,7 @@ pub async fn handler(
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| session(core, sid, socket))
 }
 

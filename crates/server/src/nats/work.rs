@@ -116,6 +116,7 @@ pub fn run_worker(options: WorkerOptions) -> Result<(), ServerError> {
     let core = crate::new_core(crate::CoreParts {
         dirs,
         token: None,
+        local_only: false,
         preview: options.preview,
         limits: crate::Limits::default(),
         store: store.clone(),
