@@ -481,6 +481,8 @@ impl VeetanceApp {
                 let texture = upload(ctx, &format!("output-{node}"), &image);
                 self.run.images.insert(node.clone(), texture.clone());
                 self.run.outputs.push((node, path, texture));
+                // The image is what the run was for: a folded viewer comes back to show it.
+                self.settings.show_viewer = true;
             }
             Reply::RunDone {
                 ok,
@@ -754,6 +756,8 @@ impl VeetanceApp {
             Key::O if cmd => self.guarded(PendingAction::OpenDialog),
             Key::N if cmd => self.guarded(PendingAction::New),
             Key::Enter if cmd => self.start_run(),
+            Key::B if cmd && m.shift => self.settings.show_viewer ^= true,
+            Key::B if cmd => self.settings.show_palette ^= true,
             Key::Escape if self.is_running() => self.cancel_run(),
             _ if typing => {}
             Key::Z if cmd && m.shift => self.redo(),
@@ -777,6 +781,32 @@ impl VeetanceApp {
         }
     }
 
+    /// Files dropped on the window: the first opens (a `.ron` workflow, ComfyUI's JSON, or a PNG
+    /// that carries a workflow), through the unsaved-changes guard like File → Open.
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        let Some(first) = dropped.first() else {
+            return;
+        };
+        let path = first.path().to_path_buf();
+        if !path.is_absolute() && !path.exists() {
+            // Only a name (as browsers give): nothing on disk to open.
+            self.notice = Some(format!(
+                "{}: dropped without its place on disk; open it with File → Open…",
+                path.display()
+            ));
+            return;
+        }
+        self.guarded(PendingAction::Open(path));
+        if dropped.len() > 1 {
+            let rest = dropped.len() - 1;
+            let opened = self.notice.take().unwrap_or_default();
+            self.notice = Some(format!(
+                "{opened} (one workflow opens at a time: {rest} more dropped file(s) left aside)"
+            ));
+        }
+    }
+
     // ---- the frame ---------------------------------------------------------------------------
 
     /// Draws one frame. Never waits on the engine.
@@ -791,11 +821,18 @@ impl VeetanceApp {
         if self.splash.is_none() {
             self.shortcuts(&ctx);
         }
+        self.dropped_files(&ctx);
 
         self.top_bar(ui);
         self.status_bar(ui);
-        self.palette_panel(ui);
-        self.viewer_panel(ui);
+        if self.settings.show_palette {
+            self.palette_panel(ui);
+        }
+        if self.settings.show_viewer {
+            self.viewer_panel(ui);
+        }
+        // A document just opened (not an autosave restored over one: that is an edit).
+        let opening = self.view_cmd == Some(ViewCommand::Open) && !self.doc.is_dirty();
         let canvas_rect = egui::CentralPanel::default()
             .frame(egui::Frame::NONE)
             .show(ui, |ui| {
@@ -803,8 +840,25 @@ impl VeetanceApp {
                 ui.max_rect()
             })
             .inner;
+        if opening && self.view_cmd.is_none() {
+            self.doc.settle_opened(&self.registry);
+        }
         if self.is_running() && self.settings.show_overlay {
             self.overlay(&ctx, canvas_rect);
+        }
+        if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
+            let painter = ctx.layer_painter(egui::LayerId::new(
+                egui::Order::Foreground,
+                egui::Id::new("veetance-drop"),
+            ));
+            painter.rect_filled(canvas_rect, 0.0, egui::Color32::from_black_alpha(150));
+            painter.text(
+                canvas_rect.center(),
+                egui::Align2::CENTER_CENTER,
+                "Drop to open: a .ron workflow, ComfyUI JSON, or a PNG that carries a workflow",
+                egui::FontId::proportional(20.0),
+                egui::Color32::WHITE,
+            );
         }
         self.dialogs(&ctx);
         if let Some(splash) = &mut self.splash {
@@ -855,6 +909,7 @@ impl VeetanceApp {
         } else {
             Vec::new()
         };
+        let hold_view = self.view_cmd == Some(ViewCommand::Open) && self.fold_panels(ui.ctx());
         let mut viewer = CanvasViewer {
             registry: &self.registry,
             node_runs: &self.run.nodes,
@@ -870,12 +925,44 @@ impl VeetanceApp {
             view_cmd: &mut self.view_cmd,
             viewport: self.viewport,
             selected: &selected,
+            hold_view,
+            readable_scale: crate::canvas::readable_zoom(ui.ctx()),
         };
         viewer.begin_frame();
         SnarlWidget::new()
             .id(egui::Id::new(CANVAS_ID))
             .style(style)
             .show(&mut self.doc.snarl, &mut viewer, ui);
+    }
+
+    /// On open: when the graph would not show at 100% between the side panels, fold them away
+    /// (setting `panels_give_way`); returns whether it did, so the view waits a frame for the
+    /// wider canvas.
+    fn fold_panels(&mut self, ctx: &egui::Context) -> bool {
+        let s = &self.settings;
+        if !s.panels_give_way || !(s.show_palette || s.show_viewer) {
+            return false;
+        }
+        // The canvas as it will be with both panels folded: the whole width between the bars.
+        let content = ctx.content_rect();
+        let wide = egui::Rect::from_x_y_ranges(content.x_range(), self.viewport.y_range());
+        let style = ctx.global_style();
+        let Some(bounds) =
+            crate::canvas::open_bounds(&self.doc.snarl, &self.node_rects, wide, &style)
+        else {
+            return false;
+        };
+        if crate::layout::fit(bounds, self.viewport, 0.2, 1.0).scaling >= 1.0 {
+            return false;
+        }
+        self.settings.show_palette = false;
+        self.settings.show_viewer = false;
+        self.notice = Some(
+            "the panels folded away so the workflow reads at full size: Ctrl+B shows the \
+             palette, Ctrl+Shift+B the viewer"
+                .into(),
+        );
+        true
     }
 
     fn update_title(&mut self, ctx: &egui::Context) {
@@ -939,55 +1026,41 @@ pub fn read_workflow(
     Ok((file, read.origin, save_path))
 }
 
-/// A ComfyUI document, if the file is one: JSON (by name or by a leading `{`), or a PNG with
-/// ComfyUI's text chunks and no Veetance workflow.
+/// A ComfyUI document, if the file is one (`veetance_comfy::read_file_bytes`, as the CLI reads
+/// files): JSON, or a PNG with ComfyUI's text chunks and no Veetance workflow. Its UI positions
+/// become the layout.
 fn read_comfy(
     path: &Path,
     registry: &NodeRegistry,
 ) -> Result<Option<(WorkflowFile, String)>, String> {
-    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("{origin}: cannot read the file: {e}"))?;
-    let refused = |origin: &str, e: veetance_comfy::PromptError| {
-        format!("{origin}: {}", e.lines().join("; "))
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let Some(found) = veetance_comfy::read_file_bytes(
+        path,
+        &bytes,
+        veetance_nodes_basic::WORKFLOW_PNG_KEYWORD,
+        veetance_nodes_basic::read_png_text,
+        registry,
+    )
+    .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
     };
-    let (read, origin) = if bytes.starts_with(PNG_MAGIC) {
-        let text = |key: &str| {
-            veetance_nodes_basic::read_png_text(&bytes, key)
-                .map_err(|e| format!("{origin}: not a readable PNG: {e}"))
-        };
-        if text(veetance_nodes_basic::WORKFLOW_PNG_KEYWORD)?.is_some() {
-            return Ok(None);
-        }
-        let (prompt, workflow) = (text("prompt")?, text("workflow")?);
-        if prompt.is_none() && workflow.is_none() {
-            return Ok(None);
-        }
-        let origin = format!("{origin} (embedded ComfyUI workflow)");
-        let read = veetance_comfy::read_png_texts(prompt.as_deref(), workflow.as_deref(), registry)
-            .map_err(|e| refused(&origin, e))?;
-        (read, origin)
-    } else {
-        let is_json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        if !is_json {
-            return Ok(None);
-        }
-        let text = String::from_utf8(bytes).map_err(|_| format!("{origin}: not UTF-8 text"))?;
-        let read =
-            veetance_comfy::read_json_text(&text, registry).map_err(|e| refused(&origin, e))?;
-        (read, origin)
-    };
+    let read = found.read;
     let layout = read.workflow.as_ref().map(|ui| veetance_workflow::Layout {
         positions: veetance_comfy::ui_positions(ui),
         groups: Vec::new(),
     });
-    Ok(Some((
-        WorkflowFile::from_graph(&read.graph, layout),
-        origin,
-    )))
+    let mut file = WorkflowFile::from_graph(&read.graph, layout);
+    file.description = Some(format!(
+        "Read from ComfyUI's {} {}",
+        match read.format {
+            veetance_comfy::Format::Api => "API prompt",
+            veetance_comfy::Format::Ui => "UI workflow",
+        },
+        found.origin
+    ));
+    Ok(Some((file, found.origin)))
 }
 
 /// Uploads the first image of a batch as a texture.
