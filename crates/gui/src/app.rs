@@ -126,6 +126,18 @@ pub struct VeetanceApp {
     pub(crate) view_cmd: Option<ViewCommand>,
     /// The canvas area on screen in the last frame.
     pub(crate) viewport: egui::Rect,
+    /// The node search opened by a double click on empty canvas.
+    pub node_search: Option<NodeSearch>,
+    /// Frames the node search has been open (the double click that opened it must not close it).
+    frames_since_search: u32,
+}
+
+/// The node search popup: where it was opened (screen and graph) and what was typed.
+pub struct NodeSearch {
+    pub screen: Pos2,
+    pub graph: Pos2,
+    pub text: String,
+    focused: bool,
 }
 
 impl VeetanceApp {
@@ -186,6 +198,8 @@ impl VeetanceApp {
             node_rects: Default::default(),
             view_cmd: Some(ViewCommand::Open),
             viewport: egui::Rect::NOTHING,
+            node_search: None,
+            frames_since_search: 0,
         };
         if let Some(path) = &options.workflow {
             if let Err(e) = app.open_path(path) {
@@ -860,6 +874,12 @@ impl VeetanceApp {
                 egui::Color32::WHITE,
             );
         }
+        self.node_search_popup(&ctx);
+        self.frames_since_search = if self.node_search.is_some() {
+            self.frames_since_search + 1
+        } else {
+            0
+        };
         self.dialogs(&ctx);
         if let Some(splash) = &mut self.splash {
             if splash.show(&ctx) {
@@ -898,6 +918,8 @@ impl VeetanceApp {
     fn canvas(&mut self, ui: &mut egui::Ui) {
         let mut style = SnarlStyle::new();
         style.collapsible = Some(true);
+        // A double click on empty canvas opens the node search (as in ComfyUI), not a re-centre.
+        style.centering = Some(false);
         style.bg_pattern = Some(egui_snarl::ui::BackgroundPattern::grid(
             egui::vec2(40.0, 40.0),
             0.0,
@@ -929,10 +951,93 @@ impl VeetanceApp {
             readable_scale: crate::canvas::readable_zoom(ui.ctx()),
         };
         viewer.begin_frame();
-        SnarlWidget::new()
+        let response = SnarlWidget::new()
             .id(egui::Id::new(CANVAS_ID))
             .style(style)
             .show(&mut self.doc.snarl, &mut viewer, ui);
+        if response.double_clicked() {
+            // The canvas draws in graph coordinates (its layer carries the zoom and pan), so
+            // the pointer position its response reports is a graph position.
+            if let Some(at) = response.interact_pointer_pos() {
+                self.node_search = Some(NodeSearch {
+                    screen: self.transform * at,
+                    graph: at,
+                    text: String::new(),
+                    focused: false,
+                });
+            }
+        }
+    }
+
+    /// The node search a double click on empty canvas opens: type, then Enter (or a click)
+    /// adds the first match where the double click was; Esc or a click elsewhere closes it.
+    fn node_search_popup(&mut self, ctx: &egui::Context) {
+        let Some(search) = &mut self.node_search else {
+            return;
+        };
+        let needle = search.text.to_lowercase();
+        let matches: Vec<(String, String, String)> = self
+            .registry
+            .schemas()
+            .filter(|s| crate::canvas::offered(s))
+            .filter(|s| needle.is_empty() || crate::canvas::matches_search(s, &needle))
+            .take(12)
+            .map(|s| {
+                (
+                    s.type_name.clone(),
+                    format!("{}  ({})", s.display_name, s.category),
+                    s.doc.clone(),
+                )
+            })
+            .collect();
+        let mut chosen = None;
+        let mut close = false;
+        let area = egui::Area::new(egui::Id::new("veetance-node-search"))
+            .order(egui::Order::Foreground)
+            .fixed_pos(search.screen)
+            .show(ctx, |ui| {
+                egui::Frame::popup(ui.style()).show(ui, |ui| {
+                    ui.set_width(300.0);
+                    let label = ui.label("Search nodes");
+                    let field = ui
+                        .add(
+                            egui::TextEdit::singleline(&mut search.text)
+                                .hint_text("name, type or category; Enter adds the first")
+                                .desired_width(280.0),
+                        )
+                        .labelled_by(label.id);
+                    if !search.focused {
+                        field.request_focus();
+                        search.focused = true;
+                    }
+                    if field.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                        chosen = matches.first().map(|m| m.0.clone());
+                    }
+                    if ui.input(|i| i.key_pressed(Key::Escape)) {
+                        close = true;
+                    }
+                    for (type_name, label, doc) in &matches {
+                        if ui.button(label).on_hover_text(doc).clicked() {
+                            chosen = Some(type_name.clone());
+                        }
+                    }
+                    if matches.is_empty() {
+                        ui.label("no node matches");
+                    }
+                });
+            });
+        let clicked_elsewhere = ctx.input(|i| i.pointer.any_pressed())
+            && ctx
+                .pointer_interact_pos()
+                .is_some_and(|p| !area.response.rect.contains(p));
+        let at = search.graph;
+        if let Some(type_name) = chosen {
+            let (_, id) = self.doc.add_node(&type_name, at);
+            self.notice = Some(format!("added '{id}'"));
+            self.node_search = None;
+        } else if close || (clicked_elsewhere && search.focused && self.frames_since_search > 1) {
+            self.node_search = None;
+        }
     }
 
     /// On open: when the graph would not show at 100% between the side panels, fold them away

@@ -128,13 +128,16 @@ impl SnarlPin for TrackedPin {
     }
 }
 
+/// A file's size and kind, with the modification time it was read at.
+type StampedInfo = (Option<std::time::SystemTime>, Option<ModelFileInfo>);
+
 /// Model files under the models folder, by sub-folder, re-listed every few seconds.
 #[derive(Debug, Default)]
 pub struct ModelIndex {
     pub root: PathBuf,
     folders: RefCell<HashMap<String, (Instant, Vec<String>)>>,
     /// Each file's size and kind, kept while its size and modification time stay the same.
-    infos: RefCell<HashMap<PathBuf, (Option<std::time::SystemTime>, Option<ModelFileInfo>)>>,
+    infos: RefCell<HashMap<PathBuf, StampedInfo>>,
 }
 
 impl ModelIndex {

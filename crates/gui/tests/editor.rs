@@ -1115,3 +1115,87 @@ fn model_pickers_show_each_files_size_and_kind() {
         "\"klein-fp8.safetensors\""
     );
 }
+
+// ---- ComfyUI's shortcuts
+
+/// Two clicks at `at` in quick succession.
+fn double_click(h: &mut Harness<'_, VeetanceApp>, at: Pos2) {
+    h.hover_at(at);
+    h.step();
+    for _ in 0..2 {
+        for pressed in [true, false] {
+            h.event(egui::Event::PointerButton {
+                pos: at,
+                button: egui::PointerButton::Primary,
+                pressed,
+                modifiers: Modifiers::NONE,
+            });
+        }
+        h.step();
+    }
+    h.run_steps(2);
+}
+
+#[test]
+fn double_click_on_empty_canvas_searches_and_adds_a_node_there() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path)));
+    // An empty spot: below the nodes, in the canvas.
+    let view = h.state().canvas_viewport();
+    let at = Pos2::new(view.center().x, view.max.y - 120.0);
+    let graph_at = h.state().canvas_transform().inverse() * at;
+    double_click(&mut h, at);
+    assert!(h.state().node_search.is_some(), "no search opened");
+    let field = h.get_by_label("Search nodes");
+    field.type_text("blend");
+    h.run_steps(2);
+    h.key_press(Key::Enter);
+    h.run_steps(3);
+    assert!(h.state().node_search.is_none());
+    let wf = h.state().workflow();
+    let blend = wf.nodes.iter().find(|n| n.type_name == "ImageBlend");
+    let blend = blend.unwrap_or_else(|| panic!("no node added: {:?}", h.state().notice));
+    let pos = wf.layout.as_ref().unwrap().positions[&blend.id];
+    assert!(
+        (pos.0 - graph_at.x).abs() < 1.0 && (pos.1 - graph_at.y).abs() < 1.0,
+        "{pos:?} vs {graph_at:?}"
+    );
+    // Esc closes it without adding anything (after a pause: clicks in a row count as one
+    // triple click).
+    h.run_steps(40);
+    double_click(&mut h, at - egui::vec2(320.0, 0.0));
+    assert!(h.state().node_search.is_some());
+    h.key_press(Key::Escape);
+    h.run_steps(2);
+    assert!(h.state().node_search.is_none());
+    assert_eq!(h.state().workflow().nodes.len(), 3);
+}
+
+#[test]
+fn comfyui_shortcuts_save_run_and_redo() {
+    let fx = Fixture::new();
+    let path = fx.write("tiny.ron", TINY);
+    let mut h = harness(fx.app(Some(path.clone())));
+    // Edit (add a node), Ctrl+Z undoes it, Ctrl+Y redoes it.
+    h.get_by_role_and_label(Role::Button, "Gradient").click();
+    h.run_steps(3);
+    assert_eq!(h.state().workflow().nodes.len(), 3);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    assert_eq!(h.state().workflow().nodes.len(), 2);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Y);
+    h.run_steps(2);
+    assert_eq!(h.state().workflow().nodes.len(), 3);
+    // Ctrl+S saves over the file.
+    assert!(h.state().doc.is_dirty());
+    h.key_press_modifiers(Modifiers::COMMAND, Key::S);
+    h.run_steps(2);
+    assert!(!h.state().doc.is_dirty());
+    assert_eq!(WorkflowFile::load(&path).unwrap().nodes.len(), 3);
+    // Ctrl+Enter queues a run.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Enter);
+    h.step();
+    assert!(h.state().is_running(), "{:?}", h.state().notice);
+    assert!(step_until(&mut h, Duration::from_secs(20), |app| !app.is_running()));
+}
