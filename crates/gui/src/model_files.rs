@@ -87,8 +87,11 @@ fn weights_kind(_path: &Path) -> Option<String> {
 
 /// The key with the largest count (ties: the first by name, so the answer is stable).
 #[cfg_attr(
-    not(feature = "all-nodes"),
-    expect(dead_code, reason = "used by weights_kind")
+    not(any(feature = "all-nodes", test)),
+    expect(
+        dead_code,
+        reason = "used by weights_kind, which needs the model crate"
+    )
 )]
 fn largest(counts: HashMap<String, usize>) -> Option<String> {
     let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
@@ -98,8 +101,11 @@ fn largest(counts: HashMap<String, usize>) -> Option<String> {
 
 /// A storage type's name as people say it: `bf16`, `fp8 (e4m3)`.
 #[cfg_attr(
-    not(feature = "all-nodes"),
-    expect(dead_code, reason = "used by weights_kind")
+    not(any(feature = "all-nodes", test)),
+    expect(
+        dead_code,
+        reason = "used by weights_kind, which needs the model crate"
+    )
 )]
 fn friendly(name: &str) -> String {
     match name {
