@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use serde_json::Value as Json;
-use veetance_comfy::{check_prompt, node_error_lines, Format, PromptError, ReadJson};
+use veetance_comfy::{check_prompt, node_error_lines, FileError, Format, PromptError, ReadJson};
 use veetance_core::{validate, Graph, NodeRegistry, NodeSchema, ParamKind, RunEnv, Value};
 use veetance_workflow::{Layout, WorkflowFile};
 
@@ -17,8 +17,6 @@ use crate::Failure;
 /// repository root, where it is meant to be run from).
 pub const DEFAULT_WORKFLOW: &str = include_str!("../../../workflows/flux2-klein-tiny.ron");
 pub const DEFAULT_WORKFLOW_NAME: &str = "workflows/flux2-klein-tiny.ron (built in)";
-
-const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// A workflow read from somewhere, with the name its messages use.
 pub struct Loaded {
@@ -46,30 +44,18 @@ pub fn load_workflow(path: &Path, registry: &NodeRegistry) -> Result<Loaded, Fai
     let origin = path.display().to_string();
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::invalid(anyhow!("{origin}: cannot read the file: {e}")))?;
-    if bytes.starts_with(PNG_MAGIC) {
-        let text = |key: &str| {
-            veetance_nodes_basic::read_png_text(&bytes, key)
-                .map_err(|e| Failure::invalid(anyhow!("{origin}: not a readable PNG: {e}")))
-        };
-        if text(veetance_nodes_basic::WORKFLOW_PNG_KEYWORD)?.is_none() {
-            let (prompt, workflow) = (text("prompt")?, text("workflow")?);
-            if prompt.is_some() || workflow.is_some() {
-                let origin = format!("{origin} (embedded ComfyUI workflow)");
-                let read = veetance_comfy::read_png_texts(
-                    prompt.as_deref(),
-                    workflow.as_deref(),
-                    registry,
-                )
-                .map_err(|e| comfy_failure(&origin, &e))?;
-                return Ok(comfy_loaded(read, origin));
-            }
-        }
-    } else if is_json(path, &bytes) {
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Failure::invalid(anyhow!("{origin}: not UTF-8 text")))?;
-        let read = veetance_comfy::read_json_text(&text, registry)
-            .map_err(|e| comfy_failure(&origin, &e))?;
-        return Ok(comfy_loaded(read, origin));
+    let comfy = veetance_comfy::read_file_bytes(
+        path,
+        &bytes,
+        veetance_nodes_basic::WORKFLOW_PNG_KEYWORD,
+        veetance_nodes_basic::read_png_text,
+        registry,
+    );
+    match comfy {
+        Ok(Some(found)) => return Ok(comfy_loaded(found.read, found.origin)),
+        Ok(None) => {}
+        Err(FileError::Unreadable(message)) => return Err(Failure::invalid(anyhow!(message))),
+        Err(FileError::Refused { origin, error }) => return Err(comfy_failure(&origin, &error)),
     }
     let read =
         veetance_nodes_basic::read_workflow_text(path).map_err(|e| Failure::invalid(anyhow!(e)))?;
@@ -79,13 +65,6 @@ pub fn load_workflow(path: &Path, registry: &NodeRegistry) -> Result<Loaded, Fai
         origin: read.origin,
         comfy: None,
     })
-}
-
-/// Whether a file is JSON: a `.json` name, or text starting with `{`.
-fn is_json(path: &Path, bytes: &[u8]) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn comfy_loaded(read: ReadJson, origin: String) -> Loaded {

@@ -278,6 +278,87 @@ pub fn read_png_texts(
     }
 }
 
+/// A ComfyUI document read from a file.
+pub struct ComfyFile {
+    pub read: ReadJson,
+    /// The name messages use: the path, and for a PNG "(embedded ComfyUI workflow)".
+    pub origin: String,
+}
+
+/// Why a file that looked like ComfyUI's could not be read.
+#[derive(Debug)]
+pub enum FileError {
+    /// Not readable as what it is (a PNG that does not decode, JSON that is not UTF-8); the
+    /// message names the file.
+    Unreadable(String),
+    /// Read, but refused, with ComfyUI's error; `origin` names the file.
+    Refused { origin: String, error: PromptError },
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::Unreadable(message) => f.write_str(message),
+            FileError::Refused { origin, error } => {
+                write!(f, "{origin}: {}", error.lines().join("; "))
+            }
+        }
+    }
+}
+
+/// The first bytes of every PNG file.
+pub const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Reads a ComfyUI document from a file's bytes, the way the CLI and the editor open files:
+/// JSON (a `.json` name, or text starting with `{`) as an API prompt or a UI workflow, told
+/// apart by shape; a PNG by its `prompt` / `workflow` text chunks. `Ok(None)`: the file is not
+/// ComfyUI's (a `.ron` workflow, or a PNG carrying `own_keyword`, a Veetance workflow, which
+/// wins over ComfyUI's chunks). `png_text(bytes, keyword)` reads one text chunk of a PNG (the
+/// PNG codec lives with the image nodes, which this crate does not depend on).
+pub fn read_file_bytes(
+    path: &Path,
+    bytes: &[u8],
+    own_keyword: &str,
+    png_text: impl Fn(&[u8], &str) -> Result<Option<String>, String>,
+    registry: &NodeRegistry,
+) -> Result<Option<ComfyFile>, FileError> {
+    let origin = path.display().to_string();
+    if bytes.starts_with(PNG_MAGIC) {
+        let text = |key: &str| {
+            png_text(bytes, key)
+                .map_err(|e| FileError::Unreadable(format!("{origin}: not a readable PNG: {e}")))
+        };
+        if text(own_keyword)?.is_some() {
+            return Ok(None);
+        }
+        let (prompt, workflow) = (text("prompt")?, text("workflow")?);
+        if prompt.is_none() && workflow.is_none() {
+            return Ok(None);
+        }
+        let origin = format!("{origin} (embedded ComfyUI workflow)");
+        return match read_png_texts(prompt.as_deref(), workflow.as_deref(), registry) {
+            Ok(read) => Ok(Some(ComfyFile { read, origin })),
+            Err(error) => Err(FileError::Refused { origin, error }),
+        };
+    }
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !is_json {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        FileError::Unreadable(format!(
+            "{origin}: not UTF-8 text, so not ComfyUI JSON (nor a .ron workflow)"
+        ))
+    })?;
+    match read_json_text(text, registry) {
+        Ok(read) => Ok(Some(ComfyFile { read, origin })),
+        Err(error) => Err(FileError::Refused { origin, error }),
+    }
+}
+
 fn parse_text(text: &str, place: &str) -> Result<Json, PromptError> {
     serde_json::from_str(text).map_err(|e| {
         PromptError::top(ErrorBody::new(

@@ -126,6 +126,18 @@ pub struct VeetanceApp {
     pub(crate) view_cmd: Option<ViewCommand>,
     /// The canvas area on screen in the last frame.
     pub(crate) viewport: egui::Rect,
+    /// The node search opened by a double click on empty canvas.
+    pub node_search: Option<NodeSearch>,
+    /// Frames the node search has been open (the double click that opened it must not close it).
+    frames_since_search: u32,
+}
+
+/// The node search popup: where it was opened (screen and graph) and what was typed.
+pub struct NodeSearch {
+    pub screen: Pos2,
+    pub graph: Pos2,
+    pub text: String,
+    focused: bool,
 }
 
 impl VeetanceApp {
@@ -186,6 +198,8 @@ impl VeetanceApp {
             node_rects: Default::default(),
             view_cmd: Some(ViewCommand::Open),
             viewport: egui::Rect::NOTHING,
+            node_search: None,
+            frames_since_search: 0,
         };
         if let Some(path) = &options.workflow {
             if let Err(e) = app.open_path(path) {
@@ -481,6 +495,8 @@ impl VeetanceApp {
                 let texture = upload(ctx, &format!("output-{node}"), &image);
                 self.run.images.insert(node.clone(), texture.clone());
                 self.run.outputs.push((node, path, texture));
+                // The image is what the run was for: a folded viewer comes back to show it.
+                self.settings.show_viewer = true;
             }
             Reply::RunDone {
                 ok,
@@ -754,6 +770,8 @@ impl VeetanceApp {
             Key::O if cmd => self.guarded(PendingAction::OpenDialog),
             Key::N if cmd => self.guarded(PendingAction::New),
             Key::Enter if cmd => self.start_run(),
+            Key::B if cmd && m.shift => self.settings.show_viewer ^= true,
+            Key::B if cmd => self.settings.show_palette ^= true,
             Key::Escape if self.is_running() => self.cancel_run(),
             _ if typing => {}
             Key::Z if cmd && m.shift => self.redo(),
@@ -777,6 +795,32 @@ impl VeetanceApp {
         }
     }
 
+    /// Files dropped on the window: the first opens (a `.ron` workflow, ComfyUI's JSON, or a PNG
+    /// that carries a workflow), through the unsaved-changes guard like File → Open.
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        let Some(first) = dropped.first() else {
+            return;
+        };
+        let path = first.path().to_path_buf();
+        if !path.is_absolute() && !path.exists() {
+            // Only a name (as browsers give): nothing on disk to open.
+            self.notice = Some(format!(
+                "{}: dropped without its place on disk; open it with File → Open…",
+                path.display()
+            ));
+            return;
+        }
+        self.guarded(PendingAction::Open(path));
+        if dropped.len() > 1 {
+            let rest = dropped.len() - 1;
+            let opened = self.notice.take().unwrap_or_default();
+            self.notice = Some(format!(
+                "{opened} (one workflow opens at a time: {rest} more dropped file(s) left aside)"
+            ));
+        }
+    }
+
     // ---- the frame ---------------------------------------------------------------------------
 
     /// Draws one frame. Never waits on the engine.
@@ -791,11 +835,18 @@ impl VeetanceApp {
         if self.splash.is_none() {
             self.shortcuts(&ctx);
         }
+        self.dropped_files(&ctx);
 
         self.top_bar(ui);
         self.status_bar(ui);
-        self.palette_panel(ui);
-        self.viewer_panel(ui);
+        if self.settings.show_palette {
+            self.palette_panel(ui);
+        }
+        if self.settings.show_viewer {
+            self.viewer_panel(ui);
+        }
+        // A document just opened (not an autosave restored over one: that is an edit).
+        let opening = self.view_cmd == Some(ViewCommand::Open) && !self.doc.is_dirty();
         let canvas_rect = egui::CentralPanel::default()
             .frame(egui::Frame::NONE)
             .show(ui, |ui| {
@@ -803,9 +854,32 @@ impl VeetanceApp {
                 ui.max_rect()
             })
             .inner;
+        if opening && self.view_cmd.is_none() {
+            self.doc.settle_opened(&self.registry);
+        }
         if self.is_running() && self.settings.show_overlay {
             self.overlay(&ctx, canvas_rect);
         }
+        if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
+            let painter = ctx.layer_painter(egui::LayerId::new(
+                egui::Order::Foreground,
+                egui::Id::new("veetance-drop"),
+            ));
+            painter.rect_filled(canvas_rect, 0.0, egui::Color32::from_black_alpha(150));
+            painter.text(
+                canvas_rect.center(),
+                egui::Align2::CENTER_CENTER,
+                "Drop to open: a .ron workflow, ComfyUI JSON, or a PNG that carries a workflow",
+                egui::FontId::proportional(20.0),
+                egui::Color32::WHITE,
+            );
+        }
+        self.node_search_popup(&ctx);
+        self.frames_since_search = if self.node_search.is_some() {
+            self.frames_since_search + 1
+        } else {
+            0
+        };
         self.dialogs(&ctx);
         if let Some(splash) = &mut self.splash {
             if splash.show(&ctx) {
@@ -844,6 +918,8 @@ impl VeetanceApp {
     fn canvas(&mut self, ui: &mut egui::Ui) {
         let mut style = SnarlStyle::new();
         style.collapsible = Some(true);
+        // A double click on empty canvas opens the node search (as in ComfyUI), not a re-centre.
+        style.centering = Some(false);
         style.bg_pattern = Some(egui_snarl::ui::BackgroundPattern::grid(
             egui::vec2(40.0, 40.0),
             0.0,
@@ -855,6 +931,7 @@ impl VeetanceApp {
         } else {
             Vec::new()
         };
+        let hold_view = self.view_cmd == Some(ViewCommand::Open) && self.fold_panels(ui.ctx());
         let mut viewer = CanvasViewer {
             registry: &self.registry,
             node_runs: &self.run.nodes,
@@ -870,12 +947,127 @@ impl VeetanceApp {
             view_cmd: &mut self.view_cmd,
             viewport: self.viewport,
             selected: &selected,
+            hold_view,
+            readable_scale: crate::canvas::readable_zoom(ui.ctx()),
         };
         viewer.begin_frame();
-        SnarlWidget::new()
+        let response = SnarlWidget::new()
             .id(egui::Id::new(CANVAS_ID))
             .style(style)
             .show(&mut self.doc.snarl, &mut viewer, ui);
+        if response.double_clicked() {
+            // The canvas draws in graph coordinates (its layer carries the zoom and pan), so
+            // the pointer position its response reports is a graph position.
+            if let Some(at) = response.interact_pointer_pos() {
+                self.node_search = Some(NodeSearch {
+                    screen: self.transform * at,
+                    graph: at,
+                    text: String::new(),
+                    focused: false,
+                });
+            }
+        }
+    }
+
+    /// The node search a double click on empty canvas opens: type, then Enter (or a click)
+    /// adds the first match where the double click was; Esc or a click elsewhere closes it.
+    fn node_search_popup(&mut self, ctx: &egui::Context) {
+        let Some(search) = &mut self.node_search else {
+            return;
+        };
+        let needle = search.text.to_lowercase();
+        let matches: Vec<(String, String, String)> = self
+            .registry
+            .schemas()
+            .filter(|s| crate::canvas::offered(s))
+            .filter(|s| needle.is_empty() || crate::canvas::matches_search(s, &needle))
+            .take(12)
+            .map(|s| {
+                (
+                    s.type_name.clone(),
+                    format!("{}  ({})", s.display_name, s.category),
+                    s.doc.clone(),
+                )
+            })
+            .collect();
+        let mut chosen = None;
+        let mut close = false;
+        let area = egui::Area::new(egui::Id::new("veetance-node-search"))
+            .order(egui::Order::Foreground)
+            .fixed_pos(search.screen)
+            .show(ctx, |ui| {
+                egui::Frame::popup(ui.style()).show(ui, |ui| {
+                    ui.set_width(300.0);
+                    let label = ui.label("Search nodes");
+                    let field = ui
+                        .add(
+                            egui::TextEdit::singleline(&mut search.text)
+                                .hint_text("name, type or category; Enter adds the first")
+                                .desired_width(280.0),
+                        )
+                        .labelled_by(label.id);
+                    if !search.focused {
+                        field.request_focus();
+                        search.focused = true;
+                    }
+                    if field.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
+                        chosen = matches.first().map(|m| m.0.clone());
+                    }
+                    if ui.input(|i| i.key_pressed(Key::Escape)) {
+                        close = true;
+                    }
+                    for (type_name, label, doc) in &matches {
+                        if ui.button(label).on_hover_text(doc).clicked() {
+                            chosen = Some(type_name.clone());
+                        }
+                    }
+                    if matches.is_empty() {
+                        ui.label("no node matches");
+                    }
+                });
+            });
+        let clicked_elsewhere = ctx.input(|i| i.pointer.any_pressed())
+            && ctx
+                .pointer_interact_pos()
+                .is_some_and(|p| !area.response.rect.contains(p));
+        let at = search.graph;
+        if let Some(type_name) = chosen {
+            let (_, id) = self.doc.add_node(&type_name, at);
+            self.notice = Some(format!("added '{id}'"));
+            self.node_search = None;
+        } else if close || (clicked_elsewhere && search.focused && self.frames_since_search > 1) {
+            self.node_search = None;
+        }
+    }
+
+    /// On open: when the graph would not show at 100% between the side panels, fold them away
+    /// (setting `panels_give_way`); returns whether it did, so the view waits a frame for the
+    /// wider canvas.
+    fn fold_panels(&mut self, ctx: &egui::Context) -> bool {
+        let s = &self.settings;
+        if !s.panels_give_way || !(s.show_palette || s.show_viewer) {
+            return false;
+        }
+        // The canvas as it will be with both panels folded: the whole width between the bars.
+        let content = ctx.content_rect();
+        let wide = egui::Rect::from_x_y_ranges(content.x_range(), self.viewport.y_range());
+        let style = ctx.global_style();
+        let Some(bounds) =
+            crate::canvas::open_bounds(&self.doc.snarl, &self.node_rects, wide, &style)
+        else {
+            return false;
+        };
+        if crate::layout::fit(bounds, self.viewport, 0.2, 1.0).scaling >= 1.0 {
+            return false;
+        }
+        self.settings.show_palette = false;
+        self.settings.show_viewer = false;
+        self.notice = Some(
+            "the panels folded away so the workflow reads at full size: Ctrl+B shows the \
+             palette, Ctrl+Shift+B the viewer"
+                .into(),
+        );
+        true
     }
 
     fn update_title(&mut self, ctx: &egui::Context) {
@@ -939,55 +1131,41 @@ pub fn read_workflow(
     Ok((file, read.origin, save_path))
 }
 
-/// A ComfyUI document, if the file is one: JSON (by name or by a leading `{`), or a PNG with
-/// ComfyUI's text chunks and no Veetance workflow.
+/// A ComfyUI document, if the file is one (`veetance_comfy::read_file_bytes`, as the CLI reads
+/// files): JSON, or a PNG with ComfyUI's text chunks and no Veetance workflow. Its UI positions
+/// become the layout.
 fn read_comfy(
     path: &Path,
     registry: &NodeRegistry,
 ) -> Result<Option<(WorkflowFile, String)>, String> {
-    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| format!("{origin}: cannot read the file: {e}"))?;
-    let refused = |origin: &str, e: veetance_comfy::PromptError| {
-        format!("{origin}: {}", e.lines().join("; "))
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let Some(found) = veetance_comfy::read_file_bytes(
+        path,
+        &bytes,
+        veetance_nodes_basic::WORKFLOW_PNG_KEYWORD,
+        veetance_nodes_basic::read_png_text,
+        registry,
+    )
+    .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
     };
-    let (read, origin) = if bytes.starts_with(PNG_MAGIC) {
-        let text = |key: &str| {
-            veetance_nodes_basic::read_png_text(&bytes, key)
-                .map_err(|e| format!("{origin}: not a readable PNG: {e}"))
-        };
-        if text(veetance_nodes_basic::WORKFLOW_PNG_KEYWORD)?.is_some() {
-            return Ok(None);
-        }
-        let (prompt, workflow) = (text("prompt")?, text("workflow")?);
-        if prompt.is_none() && workflow.is_none() {
-            return Ok(None);
-        }
-        let origin = format!("{origin} (embedded ComfyUI workflow)");
-        let read = veetance_comfy::read_png_texts(prompt.as_deref(), workflow.as_deref(), registry)
-            .map_err(|e| refused(&origin, e))?;
-        (read, origin)
-    } else {
-        let is_json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        if !is_json {
-            return Ok(None);
-        }
-        let text = String::from_utf8(bytes).map_err(|_| format!("{origin}: not UTF-8 text"))?;
-        let read =
-            veetance_comfy::read_json_text(&text, registry).map_err(|e| refused(&origin, e))?;
-        (read, origin)
-    };
+    let read = found.read;
     let layout = read.workflow.as_ref().map(|ui| veetance_workflow::Layout {
         positions: veetance_comfy::ui_positions(ui),
         groups: Vec::new(),
     });
-    Ok(Some((
-        WorkflowFile::from_graph(&read.graph, layout),
-        origin,
-    )))
+    let mut file = WorkflowFile::from_graph(&read.graph, layout);
+    file.description = Some(format!(
+        "Read from ComfyUI's {} {}",
+        match read.format {
+            veetance_comfy::Format::Api => "API prompt",
+            veetance_comfy::Format::Ui => "UI workflow",
+        },
+        found.origin
+    ));
+    Ok(Some((file, found.origin)))
 }
 
 /// Uploads the first image of a batch as a texture.

@@ -20,6 +20,7 @@ use veetance_core::{NodeRegistry, NodeSchema, ParamDef, ParamKind, PortType, Val
 
 use crate::document::{add_node, input_slots, InputSlot, NodeView};
 use crate::layout::{self, ViewCommand};
+use crate::model_files::ModelFileInfo;
 
 /// The colour of a port type's pins and wires.
 pub fn type_color(ty: PortType) -> Color32 {
@@ -127,11 +128,16 @@ impl SnarlPin for TrackedPin {
     }
 }
 
+/// A file's size and kind, with the modification time it was read at.
+type StampedInfo = (Option<std::time::SystemTime>, Option<ModelFileInfo>);
+
 /// Model files under the models folder, by sub-folder, re-listed every few seconds.
 #[derive(Debug, Default)]
 pub struct ModelIndex {
     pub root: PathBuf,
     folders: RefCell<HashMap<String, (Instant, Vec<String>)>>,
+    /// Each file's size and kind, kept while its size and modification time stay the same.
+    infos: RefCell<HashMap<PathBuf, StampedInfo>>,
 }
 
 impl ModelIndex {
@@ -139,7 +145,24 @@ impl ModelIndex {
         ModelIndex {
             root,
             folders: RefCell::default(),
+            infos: RefCell::default(),
         }
+    }
+
+    /// Size and kind of `<root>/<folder>/<name>` (read once per version of the file).
+    pub fn info(&self, folder: &str, name: &str) -> Option<ModelFileInfo> {
+        let path = self.root.join(folder).join(name);
+        let meta = std::fs::metadata(&path).ok()?;
+        let stamp = meta.modified().ok();
+        let mut infos = self.infos.borrow_mut();
+        if let Some((at, info)) = infos.get(&path) {
+            if *at == stamp && info.as_ref().is_some_and(|i| i.bytes == meta.len()) {
+                return info.clone();
+            }
+        }
+        let info = crate::model_files::inspect(&path);
+        infos.insert(path, (stamp, info.clone()));
+        info
     }
 
     /// Files in `<root>/<folder>` (and one level of sub-folders), as names relative to it.
@@ -200,6 +223,11 @@ pub struct CanvasViewer<'a> {
     pub viewport: egui::Rect,
     /// The selected nodes (for zoom to selection).
     pub selected: &'a [NodeId],
+    /// Keep `view_cmd` for a later frame (the panels are folding away this frame, so the
+    /// canvas is about to grow).
+    pub hold_view: bool,
+    /// The zoom at which node text is [`layout::READABLE_TEXT`] pixels high.
+    pub readable_scale: f32,
 }
 
 impl CanvasViewer<'_> {
@@ -407,14 +435,12 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
                             .text(format!("{step}/{total}")),
                     );
                 }
-                Some(NodeRun::Failed(message)) => {
-                    ui.colored_label(NodeRun::Failed(String::new()).color(), message);
-                }
+                Some(NodeRun::Failed(message)) => problem_line(ui, message),
                 _ => {}
             }
             if let Some(problems) = self.problems.get(&id) {
                 for p in problems {
-                    ui.colored_label(NodeRun::Failed(String::new()).color(), p);
+                    problem_line(ui, p);
                 }
             }
             if let Some(texture) = self.node_images.get(&id) {
@@ -468,7 +494,7 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
         egui::ScrollArea::vertical()
             .max_height(320.0)
             .show(ui, |ui| {
-                for schema in self.registry.schemas() {
+                for schema in self.registry.schemas().filter(|s| offered(s)) {
                     if !needle.is_empty() && !matches_search(schema, &needle) {
                         continue;
                     }
@@ -537,7 +563,7 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
     }
 
     fn current_transform(&mut self, to_global: &mut TSTransform, snarl: &mut Snarl<NodeView>) {
-        if let Some(cmd) = *self.view_cmd {
+        if let Some(cmd) = (*self.view_cmd).filter(|_| !self.hold_view) {
             if let Some(t) = apply_view_command(
                 cmd,
                 snarl,
@@ -545,6 +571,7 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
                 self.selected,
                 self.viewport,
                 *to_global,
+                self.readable_scale,
             ) {
                 *to_global = t;
                 *self.view_cmd = None;
@@ -552,6 +579,20 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
         }
         *self.transform = *to_global;
     }
+}
+
+/// A problem written on its node: one red line as wide as the node (a long message does not
+/// make the node taller or wider), the whole message on hover and in the viewer's list.
+fn problem_line(ui: &mut Ui, message: &str) {
+    let color = NodeRun::Failed(String::new()).color();
+    ui.add(egui::Label::new(RichText::new(message).color(color)).truncate())
+        .on_hover_text(message);
+}
+
+/// Whether the palette and the add-node menu offer a node type: test nodes
+/// ([`crate::demo::TEST_CATEGORY`]) only in debug builds, where the tests drive them.
+pub fn offered(schema: &NodeSchema) -> bool {
+    cfg!(debug_assertions) || schema.category != crate::demo::TEST_CATEGORY
 }
 
 /// Whether a schema matches a lower-case search text (name, display name, category).
@@ -630,11 +671,7 @@ pub fn param_widget(
             ParamKind::String { multiline, .. } => {
                 let mut text = current.as_str().unwrap_or_default().to_string();
                 let r = if *multiline {
-                    ui.add(
-                        egui::TextEdit::multiline(&mut text)
-                            .desired_rows(3)
-                            .desired_width(220.0),
-                    )
+                    prompt_field(ui, &mut text, egui::Id::new((node_id, &def.name, "text")))
                 } else {
                     ui.add(egui::TextEdit::singleline(&mut text).desired_width(160.0))
                 };
@@ -660,31 +697,11 @@ pub fn param_widget(
                 r
             }
             ParamKind::Path { folder, .. } => {
-                let mut text = current.as_str().unwrap_or_default().to_string();
-                let r = ui.add(egui::TextEdit::singleline(&mut text).desired_width(160.0));
-                if r.changed() {
-                    changed = Some(Value::string(text.clone()));
-                }
-                if let Some(folder) = folder {
-                    let files = models.files(folder);
-                    egui::ComboBox::from_id_salt((node_id, &def.name, "models"))
-                        .selected_text("📂")
-                        .width(28.0)
-                        .show_ui(ui, |ui| {
-                            if files.is_empty() {
-                                ui.label(format!(
-                                    "no files in {}",
-                                    models.root.join(folder).display()
-                                ));
-                            }
-                            for f in &files {
-                                if ui.selectable_label(*f == text, f).clicked() {
-                                    changed = Some(Value::string(f.as_str()));
-                                }
-                            }
-                        })
-                        .response
-                        .on_hover_text(format!("files in {}", models.root.join(folder).display()));
+                let text = current.as_str().unwrap_or_default().to_string();
+                let (r, picked) =
+                    path_picker(ui, &text, folder.as_deref(), (node_id, &def.name), models);
+                if picked.is_some() {
+                    changed = picked.map(Value::string);
                 }
                 r
             }
@@ -700,6 +717,107 @@ pub fn param_widget(
     }
 }
 
+/// How wide a model file picker is on a node: the file's name, not its folder.
+pub const PICKER_WIDTH: f32 = 140.0;
+
+/// A model file picker that takes little room on the node: a drop-down showing the file's name
+/// (the whole path on hover). Opened, it has a field for any path and the files of the models
+/// folder (`<models>/<folder>/`). Returns the response and the newly chosen path, if any.
+fn path_picker(
+    ui: &mut Ui,
+    text: &str,
+    folder: Option<&str>,
+    id_salt: (&str, &String),
+    models: &ModelIndex,
+) -> (egui::Response, Option<String>) {
+    let mut picked = None;
+    let name = Path::new(text)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| text.to_string());
+    let shown = if name.is_empty() {
+        "(none)".into()
+    } else {
+        name
+    };
+    let r = egui::ComboBox::from_id_salt(id_salt)
+        .selected_text(shown)
+        .width(PICKER_WIDTH)
+        .truncate()
+        .height(420.0)
+        .close_behavior(egui::PopupCloseBehavior::CloseOnClickOutside)
+        .show_ui(ui, |ui| {
+            let mut edit = text.to_string();
+            let field = ui.add(
+                egui::TextEdit::singleline(&mut edit)
+                    .desired_width(360.0)
+                    .hint_text("a path, or a file below"),
+            );
+            if field.changed() {
+                picked = Some(edit);
+            }
+            let Some(folder) = folder else {
+                return;
+            };
+            let dir = models.root.join(folder);
+            ui.label(
+                RichText::new(format!("in {}", dir.display()))
+                    .weak()
+                    .small(),
+            );
+            let files = models.files(folder);
+            if files.is_empty() {
+                ui.label(format!("no files in {}", dir.display()));
+            }
+            for f in &files {
+                let info = models.info(folder, f);
+                let clicked = ui
+                    .horizontal(|ui| {
+                        let r = ui.selectable_label(*f == text, f);
+                        if let Some(info) = &info {
+                            ui.label(RichText::new(info.label()).weak());
+                        }
+                        r.clicked()
+                    })
+                    .inner;
+                if clicked {
+                    picked = Some(f.clone());
+                    ui.close();
+                }
+            }
+        })
+        .response
+        .on_hover_text(if text.is_empty() {
+            "no file chosen"
+        } else {
+            text
+        });
+    (r, picked)
+}
+
+/// A prompt field that stays small on the node (two lines, scrolled) until it has the keyboard,
+/// then opens to its whole text.
+fn prompt_field(ui: &mut Ui, text: &mut String, id: egui::Id) -> egui::Response {
+    let focused = ui.memory(|m| m.has_focus(id));
+    let rows = if focused { 6 } else { 2 };
+    let edit = egui::TextEdit::multiline(text)
+        .id(id)
+        .desired_rows(rows)
+        .desired_width(PROMPT_WIDTH);
+    if focused {
+        return ui.add(edit);
+    }
+    let row = ui.text_style_height(&egui::TextStyle::Body);
+    egui::ScrollArea::vertical()
+        .id_salt(id.with("scroll"))
+        .max_height(2.0 * row + 2.0 * ui.spacing().button_padding.y + 4.0)
+        .show(ui, |ui| ui.add(edit))
+        .inner
+}
+
+/// How wide a prompt field is on a node.
+pub const PROMPT_WIDTH: f32 = 180.0;
+
 /// A small, fast mixing function for the dice button (not for anything cryptographic).
 pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -711,6 +829,105 @@ pub fn splitmix(mut z: u64) -> u64 {
 /// Scales the fit may use: never above 100% (text at its normal size), never below snarl's floor.
 const FIT_SCALES: (f32, f32) = (0.2, 1.0);
 
+/// Every node with its measured rectangle moved to where the node is now (positions may have
+/// changed since it was drawn); `None` while some node has not been measured and settled yet
+/// (sizes settle over a frame or two after a node first shows).
+fn measured(
+    snarl: &Snarl<NodeView>,
+    rects: &HashMap<NodeId, (egui::Rect, u32)>,
+) -> Option<Vec<(NodeId, egui::Rect)>> {
+    snarl
+        .nodes_pos_ids()
+        .map(|(id, pos, _)| {
+            let (r, steady) = rects.get(&id)?;
+            (*steady >= 1).then(|| (id, r.translate(pos - r.min)))
+        })
+        .collect()
+}
+
+/// Where the layered layout puts `nodes` (measured rectangles) in a view of `viewport`.
+fn arranged(
+    snarl: &Snarl<NodeView>,
+    nodes: &[(NodeId, egui::Rect)],
+    viewport: egui::Rect,
+) -> HashMap<NodeId, Pos2> {
+    let sizes: Vec<(NodeId, egui::Vec2)> = nodes.iter().map(|(id, r)| (*id, r.size())).collect();
+    let edges: Vec<(NodeId, NodeId)> = snarl.wires().map(|(o, i)| (o.node, i.node)).collect();
+    let origin = nodes
+        .iter()
+        .map(|(_, r)| r.min)
+        .fold(Pos2::new(f32::MAX, f32::MAX), |a, p| a.min(p));
+    // Columns no taller than the view shows at 100%, so the graph reads at its normal size
+    // when it fits at all.
+    let max_height = (viewport.height() - 2.0 * layout::FIT_MARGIN).max(200.0);
+    layout::layered(&sizes, &edges, origin, max_height, viewport.size())
+}
+
+/// The scale at which node text reaches [`layout::READABLE_TEXT`] pixels.
+fn readable_scale(ui_style: &egui::Style) -> f32 {
+    let body = ui_style
+        .text_styles
+        .get(&egui::TextStyle::Body)
+        .map_or(13.0, |f| f.size);
+    layout::READABLE_TEXT / body
+}
+
+/// Where opening puts the nodes, when it moves them (`None`: they stay): the arrangement by
+/// rank when the saved positions overlap at the nodes' real sizes (a file without a layout has
+/// every node at one spot), or when they spread so far that the view would show node text
+/// under [`layout::READABLE_TEXT`] pixels while the arrangement shows it larger (a layout
+/// made for other node sizes, such as ComfyUI's).
+fn open_arrangement(
+    snarl: &Snarl<NodeView>,
+    nodes: &[(NodeId, egui::Rect)],
+    viewport: egui::Rect,
+    readable: f32,
+) -> Option<HashMap<NodeId, Pos2>> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let all: Vec<egui::Rect> = nodes.iter().map(|(_, r)| *r).collect();
+    let placed = arranged(snarl, nodes, viewport);
+    if layout::any_overlap(&all, 1.0) {
+        return Some(placed);
+    }
+    let (min, max) = FIT_SCALES;
+    let saved = layout::fit(layout::bounds(all), viewport, min, max).scaling;
+    if saved >= readable {
+        return None;
+    }
+    let bounds = layout::bounds(nodes.iter().map(|(id, r)| r.translate(placed[id] - r.min)));
+    (layout::fit(bounds, viewport, min, max).scaling > saved * 1.05).then_some(placed)
+}
+
+/// The bounds the graph will have once [`ViewCommand::Open`] is carried out in `viewport`:
+/// where its nodes are, or where the arrangement will put them. `None` until every node is
+/// measured, and for an empty graph.
+pub fn open_bounds(
+    snarl: &Snarl<NodeView>,
+    rects: &HashMap<NodeId, (egui::Rect, u32)>,
+    viewport: egui::Rect,
+    style: &egui::Style,
+) -> Option<egui::Rect> {
+    let nodes = measured(snarl, rects)?;
+    if nodes.is_empty() {
+        return None;
+    }
+    Some(
+        match open_arrangement(snarl, &nodes, viewport, readable_scale(style)) {
+            Some(placed) => {
+                layout::bounds(nodes.iter().map(|(id, r)| r.translate(placed[id] - r.min)))
+            }
+            None => layout::bounds(nodes.iter().map(|(_, r)| *r)),
+        },
+    )
+}
+
+/// The zoom at which node text is [`layout::READABLE_TEXT`] pixels high in `ctx`'s style.
+pub fn readable_zoom(ctx: &egui::Context) -> f32 {
+    readable_scale(&ctx.global_style())
+}
+
 /// Carries out `cmd` once every node has a measured rectangle (`None` until then: the caller
 /// keeps the command for the next frame). Arranging moves the nodes in `snarl` and their
 /// rectangles in `rects`; the result is the new canvas transform.
@@ -721,46 +938,18 @@ pub fn apply_view_command(
     selected: &[NodeId],
     viewport: egui::Rect,
     current: TSTransform,
+    readable: f32,
 ) -> Option<TSTransform> {
-    let nodes: Vec<(NodeId, Pos2)> = snarl
-        .nodes_pos_ids()
-        .map(|(id, pos, _)| (id, pos))
-        .collect();
-    // Sizes settle over a frame or two after a node first shows: wait until none changed.
-    if viewport.width() < 1.0
-        || nodes
-            .iter()
-            .any(|(id, _)| rects.get(id).is_none_or(|(_, n)| *n < 1))
-    {
+    if viewport.width() < 1.0 {
         return None;
     }
-    // A measured rectangle, moved to where its node is now (positions may have changed since).
-    let rect_at = |id: NodeId, pos: Pos2, rects: &HashMap<NodeId, (egui::Rect, u32)>| {
-        let r = rects[&id].0;
-        r.translate(pos - r.min)
+    let nodes = measured(snarl, rects)?;
+    let placed = match cmd {
+        ViewCommand::Arrange if !nodes.is_empty() => Some(arranged(snarl, &nodes, viewport)),
+        ViewCommand::Open => open_arrangement(snarl, &nodes, viewport, readable),
+        _ => None,
     };
-    let arrange = match cmd {
-        ViewCommand::Arrange => true,
-        ViewCommand::Open => {
-            let all: Vec<egui::Rect> = nodes.iter().map(|&(id, p)| rect_at(id, p, rects)).collect();
-            layout::any_overlap(&all, 1.0)
-        }
-        _ => false,
-    };
-    if arrange && !nodes.is_empty() {
-        let sizes: Vec<(NodeId, egui::Vec2)> = nodes
-            .iter()
-            .map(|&(id, _)| (id, rects[&id].0.size()))
-            .collect();
-        let edges: Vec<(NodeId, NodeId)> = snarl.wires().map(|(o, i)| (o.node, i.node)).collect();
-        let origin = nodes
-            .iter()
-            .map(|(_, p)| *p)
-            .fold(Pos2::new(f32::MAX, f32::MAX), |a, p| a.min(p));
-        // Columns no taller than the view shows at 100%, so the graph reads at its normal size
-        // when it fits at all.
-        let max_height = (viewport.height() - 2.0 * layout::FIT_MARGIN).max(200.0);
-        let placed = layout::layered(&sizes, &edges, origin, max_height, viewport.size());
+    if let Some(placed) = placed {
         for (id, pos) in placed {
             if let Some(info) = snarl.get_node_info_mut(id) {
                 info.pos = pos;
@@ -773,7 +962,10 @@ pub fn apply_view_command(
     let pick: Vec<egui::Rect> = snarl
         .nodes_pos_ids()
         .filter(|(id, _, _)| cmd != ViewCommand::FitSelection || selected.contains(id))
-        .map(|(id, pos, _)| rect_at(id, pos, rects))
+        .map(|(id, pos, _)| {
+            let r = rects[&id].0;
+            r.translate(pos - r.min)
+        })
         .collect();
     let (min, max) = FIT_SCALES;
     Some(match cmd {

@@ -10,6 +10,10 @@ use veetance_core::{
     ExecContext, Image, NodeDef, NodeError, NodeRegistry, NodeSchema, ParamDef, PortType, Value,
 };
 
+/// The category of nodes that exist for tests: never offered by a release build's palette or
+/// add-node menu ([`crate::canvas::offered`]), even when registered.
+pub const TEST_CATEGORY: &str = "testing";
+
 pub struct PreviewDemo {
     schema: NodeSchema,
 }
@@ -17,7 +21,7 @@ pub struct PreviewDemo {
 impl Default for PreviewDemo {
     fn default() -> Self {
         PreviewDemo {
-            schema: NodeSchema::new("PreviewDemo", "Preview Demo (sampler stand-in)", "testing")
+            schema: NodeSchema::new("PreviewDemo", "Preview Demo (sampler stand-in)", TEST_CATEGORY)
                 .doc("Pretends to sample: `steps` steps of `step_ms` each, with progress and a preview at every step. Checks for cancellation between steps.")
                 .param(ParamDef::int("steps", 20, 1, 1000, "How many steps."))
                 .param(ParamDef::int("step_ms", 25, 0, 10_000, "Milliseconds each step takes."))

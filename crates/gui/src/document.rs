@@ -391,6 +391,16 @@ impl Document {
         self.current = file;
     }
 
+    /// Takes the state as it is now as the document as opened: what the editor did while
+    /// opening it (the arrangement of a layout that overlaps or does not read) is neither an
+    /// unsaved change nor an undo step.
+    pub fn settle_opened(&mut self, registry: &NodeRegistry) {
+        let file = self.to_file(registry);
+        self.saved = file.clone();
+        self.committed = file.clone();
+        self.current = file;
+    }
+
     /// Marks the current state as saved at `path`.
     pub fn mark_saved(&mut self, path: PathBuf, registry: &NodeRegistry) {
         self.checkpoint(registry, true);

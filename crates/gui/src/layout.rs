@@ -13,6 +13,8 @@ use egui::{Pos2, Rect, Vec2};
 /// Horizontal gap between rank columns and vertical gap between nodes of a column, graph units.
 pub const COLUMN_GAP: f32 = 48.0;
 pub const ROW_GAP: f32 = 24.0;
+/// Node text height, in screen pixels, that a workflow should open at when the view allows it.
+pub const READABLE_TEXT: f32 = 12.0;
 /// Space kept free around the graph when it is fitted into the view, screen pixels.
 pub const FIT_MARGIN: f32 = 24.0;
 
@@ -151,9 +153,41 @@ pub fn layered<K: Copy + Eq + std::hash::Hash + Ord>(
             row[i] = r as f32;
         }
     }
-    // Place each column (with its sub-columns) at x = 0 first, recording its extent.
-    let mut columns_placed: Vec<(Vec<(K, Vec2)>, Vec2)> = Vec::new();
-    for col in &by_rank {
+    // Place each column (with its sub-columns) at x = 0 first, recording its extent. Columns no
+    // taller than `max_height`, or shorter ones (more sub-columns, wider and lower) when that
+    // lets the whole show larger in `aspect`.
+    let mut best: Option<(f32, Vec<ColumnItems<K>>, Vec<Vec2>)> = None;
+    for fraction in [1.0, 0.75, 0.5, 0.35] {
+        let columns_placed = place_columns(&by_rank, sizes, max_height * fraction);
+        let extents: Vec<Vec2> = columns_placed.iter().map(|c| c.1).collect();
+        let (offsets, size) = bands(&extents, best_band_width(&extents, aspect));
+        let scale = (aspect.x / size.x.max(1.0)).min(aspect.y / size.y.max(1.0));
+        if best.as_ref().is_none_or(|b| scale > b.0 * 1.02) {
+            best = Some((scale, columns_placed, offsets));
+        }
+    }
+    let (_, columns_placed, offsets) = best.unwrap_or_default();
+    let mut out = HashMap::new();
+    for ((items, _), at) in columns_placed.iter().zip(offsets) {
+        for (k, off) in items {
+            out.insert(*k, origin + at + *off);
+        }
+    }
+    out
+}
+
+/// One column's nodes with their offsets inside it, and the column's size.
+type ColumnItems<K> = (Vec<(K, Vec2)>, Vec2);
+
+/// Each rank's nodes stacked from the top with [`ROW_GAP`]; a column taller than `max_height`
+/// continues in a sub-column to its right.
+fn place_columns<K: Copy>(
+    by_rank: &[Vec<usize>],
+    sizes: &[(K, Vec2)],
+    max_height: f32,
+) -> Vec<ColumnItems<K>> {
+    let mut columns_placed = Vec::with_capacity(by_rank.len());
+    for col in by_rank {
         let mut y = 0f32;
         let mut width = 0f32;
         let mut sub_x = 0f32;
@@ -162,7 +196,6 @@ pub fn layered<K: Copy + Eq + std::hash::Hash + Ord>(
         for &i in col {
             let size = sizes[i].1;
             if y > 0.0 && y + size.y > max_height {
-                // Continue in a sub-column to the right.
                 sub_x += width + COLUMN_GAP;
                 width = 0.0;
                 y = 0.0;
@@ -174,18 +207,7 @@ pub fn layered<K: Copy + Eq + std::hash::Hash + Ord>(
         }
         columns_placed.push((items, Vec2::new(sub_x + width, height)));
     }
-    // A long chain of ranks is wide and low; a wide view shows it small. Wrap the ranks into
-    // bands stacked top to bottom (data still flows left to right within a band, and on from the
-    // end of one band to the start of the next) when that lets the whole show larger in `aspect`.
-    let extents: Vec<Vec2> = columns_placed.iter().map(|c| c.1).collect();
-    let (offsets, _) = bands(&extents, best_band_width(&extents, aspect));
-    let mut out = HashMap::new();
-    for ((items, _), at) in columns_placed.iter().zip(offsets) {
-        for (k, off) in items {
-            out.insert(*k, origin + at + *off);
-        }
-    }
-    out
+    columns_placed
 }
 
 /// Columns (`extents`: each one's width and height) placed left to right in bands of at most

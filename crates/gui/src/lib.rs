@@ -13,6 +13,7 @@ pub mod document;
 pub mod engine_bridge;
 pub mod files;
 pub mod layout;
+pub mod model_files;
 pub mod overlay;
 pub mod panels;
 pub mod quotes;

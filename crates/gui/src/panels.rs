@@ -7,7 +7,7 @@ use egui::{Color32, RichText};
 use veetance_core::NodeSchema;
 
 use crate::app::{PendingAction, VeetanceApp};
-use crate::canvas::matches_search;
+use crate::canvas::{matches_search, offered};
 use crate::files::{DialogMode, DialogOutcome};
 use crate::layout::ViewCommand;
 use crate::telemetry::{format_bytes, usage_text};
@@ -87,11 +87,29 @@ impl VeetanceApp {
                         }
                     }
                     ui.separator();
+                    ui.add(egui::Checkbox::new(
+                        &mut self.settings.show_palette,
+                        "Node Palette",
+                    ))
+                    .on_hover_text("Ctrl+B");
+                    ui.add(egui::Checkbox::new(
+                        &mut self.settings.show_viewer,
+                        "Viewer",
+                    ))
+                    .on_hover_text("Ctrl+Shift+B");
+                    ui.checkbox(
+                        &mut self.settings.panels_give_way,
+                        "Fold the panels when a large workflow opens",
+                    );
+                    ui.separator();
                     if ui.button("Settings…").clicked() {
                         self.show_settings = true;
                         ui.close();
                     }
                 });
+                ui.separator();
+                ui.toggle_value(&mut self.settings.show_palette, "Nodes")
+                    .on_hover_text("Show or fold the node palette (Ctrl+B)");
                 ui.separator();
                 let running = self.is_running();
                 if ui
@@ -118,6 +136,10 @@ impl VeetanceApp {
                     );
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    // Right to left: the viewer's toggle at the right edge, above its panel.
+                    ui.toggle_value(&mut self.settings.show_viewer, "Viewer")
+                        .on_hover_text("Show or fold the viewer (Ctrl+Shift+B)");
+                    ui.separator();
                     let dirty = if self.doc.is_dirty() { " ●" } else { "" };
                     ui.label(format!("{}{dirty}", self.doc.title()))
                         .on_hover_text(&self.doc.origin);
@@ -202,7 +224,7 @@ impl VeetanceApp {
                 ui.separator();
                 let needle = self.palette_search.to_lowercase();
                 let mut groups: BTreeMap<String, Vec<&NodeSchema>> = BTreeMap::new();
-                for schema in self.registry.schemas() {
+                for schema in self.registry.schemas().filter(|s| offered(s)) {
                     if needle.is_empty() || matches_search(schema, &needle) {
                         groups
                             .entry(schema.category.clone())

@@ -26,6 +26,13 @@ pub struct Settings {
     pub out_dir: PathBuf,
     /// Seconds between autosaves of a changed document.
     pub autosave_seconds: u32,
+    /// The node palette (left) is shown.
+    pub show_palette: bool,
+    /// The viewer (right) is shown.
+    pub show_viewer: bool,
+    /// When a workflow opens that does not fit the canvas at 100%, the palette and the viewer
+    /// fold away so the graph reads at its normal size (they come back with their toggles).
+    pub panels_give_way: bool,
 }
 
 impl Default for Settings {
@@ -37,6 +44,9 @@ impl Default for Settings {
             models_dir: PathBuf::from("models"),
             out_dir: PathBuf::from("out"),
             autosave_seconds: 5,
+            show_palette: true,
+            show_viewer: true,
+            panels_give_way: true,
         }
     }
 }
