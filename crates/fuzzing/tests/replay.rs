@@ -103,7 +103,16 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
             data.splice(to..to, run);
         }
         5 if len > 0 => {
-            let values: [u64; 8] = [0, 1, 0x7f, 0xff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64::MAX];
+            let values: [u64; 8] = [
+                0,
+                1,
+                0x7f,
+                0xff,
+                0x7fff_ffff,
+                0xffff_ffff,
+                1 << 40,
+                u64::MAX,
+            ];
             let bytes = values[rng.below(values.len())].to_le_bytes();
             let width = [1, 2, 4, 8][rng.below(4)];
             let at = rng.below(len);
