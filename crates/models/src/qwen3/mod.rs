@@ -732,7 +732,16 @@ pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32)> {
 
 /// A Qwen tokenizer from the bytes of its `tokenizer.json`, with its pad id, or why it is not one.
 pub fn read_tokenizer(json: &[u8]) -> std::result::Result<(tokenizers::Tokenizer, u32), String> {
-    let tokenizer = tokenizers::Tokenizer::from_bytes(json).map_err(|e| e.to_string())?;
+    // The tokenizers crate panics (an `expect`) on some malformed sections, such as a `decoder`
+    // object with a non-string key (found by fuzzing: fuzz/regressions/tokenizer_json/); a bad
+    // file must be an error naming it, never the end of the process.
+    let tokenizer = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
+        .map_err(|_| {
+            "malformed tokenizer.json (the tokenizers library could not read one of its sections, \
+             e.g. `decoder`); give the tokenizer.json that came with the model"
+                .to_string()
+        })?
+        .map_err(|e| e.to_string())?;
     let pad_id = qwen_pad_id(&tokenizer)?;
     Ok((tokenizer, pad_id))
 }
