@@ -5,7 +5,8 @@
 # - workflow does not depend on models or any node crate;
 # - comfy (ComfyUI's formats) depends on no nodes, models, HTTP stack or UI;
 # - server links no UI;
-# - kernels (our CUDA kernels) depend on no other veetance crate and no UI.
+# - kernels (our CUDA kernels) depend on no other veetance crate and no UI;
+# - fuzzing (the fuzz entry points) links no UI, and nothing depends on it.
 # Exit 0 when every rule holds, 1 with the offending paths otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,8 @@ forbid veetance-comfy 'veetance-models|veetance-nodes|veetance-nodes-basic|veeta
 forbid veetance-comfy "$ui" "ComfyUI's formats build without a UI"
 forbid veetance-server "$ui" "the server links no UI"
 forbid veetance-kernels "veetance-(core|workflow|models|comfy|server|cli|gui|nodes[a-z-]*)|$ui" "the kernels build and test alone, under the model code"
+forbid veetance-fuzzing "$ui" "the fuzz targets build headless, with the server's dependencies"
+for pkg in veetance-core veetance-workflow veetance-models veetance-comfy veetance-server veetance-cli veetance-gui; do
+  forbid "$pkg" 'veetance-fuzzing' "the fuzz entry points are a leaf: only fuzz/ and its own tests use them"
+done
 exit $fail

@@ -39,7 +39,7 @@ mod ui;
 
 pub use check::prune;
 pub use prompt::{prompt_to_graph_with_notices, Notice};
-pub use ui::ui_positions;
+pub use ui::{ui_positions, MAX_FLAT_NODES};
 
 /// Which of ComfyUI's two formats a JSON document is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -52,6 +52,11 @@ const SUBGRAPH_OUTPUT_NODE: &str = "-20";
 const MODE_NEVER: i64 = 2;
 const MODE_BYPASS: i64 = 4;
 
+/// The most nodes a UI workflow may hold once its subgraph instances are flattened. Instances
+/// nest, so a few kilobytes of subgraphs that each hold several instances of the next would
+/// otherwise expand to billions of nodes (found by fuzzing: `fuzz/regressions/comfy_json/`).
+pub const MAX_FLAT_NODES: usize = 100_000;
+
 /// Frontend-only node types: never sent to the server.
 const VIRTUAL_TYPES: &[&str] = &["Note", "MarkdownNote", "PrimitiveNode", "Reroute"];
 
@@ -153,6 +158,7 @@ pub fn ui_positions(workflow: &Json) -> BTreeMap<String, (f32, f32)> {
         offset: (f32, f32),
         out: &mut BTreeMap<String, (f32, f32)>,
         depth: usize,
+        visited: &mut usize,
     ) {
         if depth > 16 {
             return;
@@ -166,6 +172,11 @@ pub fn ui_positions(workflow: &Json) -> BTreeMap<String, (f32, f32)> {
             })
             .unwrap_or((0.0, 0.0));
         for node in &graph.nodes {
+            // As many as `ui_to_prompt` expands, no more (nested instances multiply).
+            *visited += 1;
+            if *visited > MAX_FLAT_NODES {
+                return;
+            }
             let Some((x, y)) = node.pos else { continue };
             let at = if prefix.is_empty() {
                 (x, y)
@@ -174,13 +185,21 @@ pub fn ui_positions(workflow: &Json) -> BTreeMap<String, (f32, f32)> {
             };
             let id = format!("{prefix}{}", node.id);
             if let Some(sg) = doc.subgraphs.get(&node.ty) {
-                place(doc, &sg.graph, &format!("{id}:"), at, out, depth + 1);
+                place(
+                    doc,
+                    &sg.graph,
+                    &format!("{id}:"),
+                    at,
+                    out,
+                    depth + 1,
+                    visited,
+                );
             } else if !node.is_virtual() {
                 out.insert(id, at);
             }
         }
     }
-    place(&doc, &doc.root, "", (0.0, 0.0), &mut out, 0);
+    place(&doc, &doc.root, "", (0.0, 0.0), &mut out, 0, &mut 0);
     out
 }
 
@@ -271,6 +290,13 @@ impl<'d> Flat<'d> {
                 Some(i) => format!("{i}:{}", node.id),
                 None => node.id.clone(),
             };
+            if self.dtos.len() >= MAX_FLAT_NODES {
+                return Err(invalid(format!(
+                    "the workflow holds more than {MAX_FLAT_NODES} nodes once its subgraph \
+                     instances are flattened (at instance '{exec_id}'); subgraphs that nest \
+                     instances of each other multiply their nodes"
+                )));
+            }
             self.index.insert(exec_id.clone(), self.dtos.len());
             self.dtos.push(Dto {
                 exec_id: exec_id.clone(),

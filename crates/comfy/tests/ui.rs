@@ -384,3 +384,38 @@ fn positions_follow_the_saved_layout() {
     assert_eq!(positions["7:2"], (400.0, 500.0));
     assert!(!positions.contains_key("7"));
 }
+
+/// Subgraphs that each hold several instances of the next expand exponentially: 8 instances
+/// over 15 levels would be 8^15 nodes from 6 KB of JSON. Refused by count, quickly.
+#[test]
+fn nested_instances_that_multiply_are_refused() {
+    let levels = 15;
+    let subgraphs: Vec<Json> = (0..levels)
+        .map(|l| {
+            let inner = if l + 1 < levels {
+                format!("sg{}", l + 1)
+            } else {
+                "UNETLoader".to_string()
+            };
+            let nodes: Vec<Json> = (1..=8)
+                .map(|i| json!({"id": i, "type": inner, "mode": 0, "pos": [i, i]}))
+                .collect();
+            json!({"id": format!("sg{l}"), "name": "L", "inputs": [], "outputs": [],
+                   "nodes": nodes, "links": []})
+        })
+        .collect();
+    let ui = json!({
+        "version": 0.4,
+        "nodes": [{"id": 1, "type": "sg0", "mode": 0, "pos": [0, 0]}],
+        "links": [],
+        "definitions": {"subgraphs": subgraphs}
+    });
+    let start = std::time::Instant::now();
+    let err = ui_to_prompt(&ui, &registry()).unwrap_err();
+    assert!(
+        err.error.details.contains("more than 100000 nodes"),
+        "{err:?}"
+    );
+    assert!(ui_positions(&ui).len() <= veetance_comfy::MAX_FLAT_NODES);
+    assert!(start.elapsed().as_secs() < 10);
+}

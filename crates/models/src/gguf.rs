@@ -22,6 +22,7 @@ use crate::qlinear::QLinear;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::weights::FileBytes;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const MAX_DIMS: usize = 4;
@@ -162,7 +163,7 @@ pub struct GgufTensorInfo {
 /// A memory-mapped GGUF file with a validated header.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    contents: FileBytes,
     data_start: usize,
     pub metadata: HashMap<String, MetaValue>,
     pub tensors: HashMap<String, GgufTensorInfo>,
@@ -281,27 +282,24 @@ impl GgufFile {
     /// Maps the file and validates its header: every tensor's byte range (from its type and
     /// shape) must lie inside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        #[expect(
-            unsafe_code,
-            reason = "memory-mapping is how multi-GB checkpoints load without a copy; the mapping is \
-                      read-only and every range is checked against the mapped length before use"
-        )]
-        // SAFETY: read-only map; like every mmap-based loader we rely on the file not being
-        // truncated by another process while it is mapped.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err)?;
+        Self::read(path, FileBytes::map(path)?)
+    }
+
+    /// A GGUF file read from bytes held in memory; `name` stands for the file in errors. The
+    /// header is validated as [`GgufFile::open`] validates it.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::read(Path::new(name), FileBytes::Owned(bytes))
+    }
+
+    fn read(path: &Path, contents: FileBytes) -> Result<Self> {
         let (metadata, tensors, data_start) =
-            Self::parse(&mmap[..]).map_err(|reason| Error::Gguf {
+            Self::parse(&contents[..]).map_err(|reason| Error::Gguf {
                 path: path.to_path_buf(),
                 reason,
             })?;
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            contents,
             data_start,
             metadata,
             tensors,
@@ -467,7 +465,7 @@ impl GgufFile {
             .ok_or_else(|| corrupt("offset overflows".into()))?;
         let bytes = start
             .checked_add(size)
-            .and_then(|end| self.mmap.get(start..end))
+            .and_then(|end| self.contents.get(start..end))
             .ok_or_else(|| corrupt("lies outside the file".into()))?;
         // Block structs hold f16/f32 fields; GGUF aligns data to 32 bytes and the map is
         // page-aligned, so this only fails for a corrupt offset.
@@ -546,7 +544,9 @@ impl GgufFile {
         };
         let t = match self.logical_shape(name) {
             Some(shape) if shape != info.shape => {
-                if shape.iter().product::<usize>() != t.elem_count() {
+                // Checked: the recorded shape is the file's word, and may overflow.
+                let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if count != Some(t.elem_count()) {
                     return Err(Error::Gguf {
                         path: self.path.clone(),
                         reason: format!(

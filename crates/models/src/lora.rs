@@ -195,13 +195,19 @@ pub fn read(path: &Path) -> Result<LoraFile> {
         path: path.to_path_buf(),
         source,
     })?;
+    read_bytes(path, &bytes)
+}
+
+/// Reads a LoRA from the bytes of its safetensors file, as [`read`] does; `path` names it in
+/// errors.
+pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
     let header =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     let peft = PeftConfig::from_header(header.1.metadata().as_ref());
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
         Error::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),

@@ -38,10 +38,48 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::qlinear::{LinearFormat, QLinear, WeightBuilder};
 
+/// A model file's bytes: memory-mapped from disk, or held in memory (files read from bytes, as
+/// the fuzz targets and tests do).
+pub(crate) enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    /// Maps a file read-only.
+    pub(crate) fn map(path: &Path) -> Result<Self> {
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        #[expect(
+            unsafe_code,
+            reason = "memory-mapping is how multi-GB checkpoints load without a copy; the mapping is \
+                      read-only and every header is validated against the mapped length before use"
+        )]
+        // SAFETY: the map is read-only. Like every mmap-based loader (candle's included), we rely on
+        // the file not being truncated by another process while it is mapped.
+        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err)?;
+        Ok(FileBytes::Mapped(mmap))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
 /// One memory-mapped, header-validated safetensors file.
 struct SafetensorsFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    contents: FileBytes,
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -51,21 +89,13 @@ struct SafetensorsFile {
 
 impl SafetensorsFile {
     fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        #[expect(
-            unsafe_code,
-            reason = "memory-mapping is how multi-GB checkpoints load without a copy; the mapping is \
-                      read-only and the header is validated against the mapped length before use"
-        )]
-        // SAFETY: the map is read-only. Like every mmap-based loader (candle's included), we rely on
-        // the file not being truncated by another process while it is mapped.
-        let mmap = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err)?;
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| Error::Safetensors {
+        Self::read(path, FileBytes::map(path)?)
+    }
+
+    /// Validates the header of a file's bytes; `path` names it in errors.
+    fn read(path: &Path, contents: FileBytes) -> Result<Self> {
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&contents[..])
+            .map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -77,7 +107,7 @@ impl SafetensorsFile {
         let header_metadata = metadata.metadata().clone().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            contents,
             data_start: 8 + header_len,
             tensors,
             header_metadata,
@@ -87,7 +117,7 @@ impl SafetensorsFile {
     /// The stored bytes of a tensor.
     fn bytes(&self, name: &str, info: &TensorInfo) -> Result<&[u8]> {
         let (start, end) = info.data_offsets;
-        self.mmap
+        self.contents
             .get(self.data_start + start..self.data_start + end)
             .ok_or_else(|| Error::Safetensors {
                 path: self.path.clone(),
@@ -268,15 +298,29 @@ impl WeightFiles {
             return Err(Error::InvalidInput("no safetensors file given".into()));
         }
         let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            files.push(SafetensorsFile::open(path)?);
+        }
+        Self::from_files(files)
+    }
+
+    /// A checkpoint read from the bytes of one safetensors file, held in memory; `name` stands
+    /// for the file in errors. The header is validated as [`WeightFiles::open`] validates it.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_files(vec![SafetensorsFile::read(
+            Path::new(name),
+            FileBytes::Owned(bytes),
+        )?])
+    }
+
+    fn from_files(files: Vec<SafetensorsFile>) -> Result<Self> {
         let mut index = HashMap::new();
         let mut quant = HashMap::new();
-        for (i, path) in paths.iter().enumerate() {
-            let file = SafetensorsFile::open(path)?;
+        for (i, file) in files.iter().enumerate() {
             for name in file.tensors.keys() {
                 index.insert(name.clone(), i);
             }
-            quant.extend(quant_layers(&file)?);
-            files.push(file);
+            quant.extend(quant_layers(file)?);
         }
         Ok(Self {
             files,

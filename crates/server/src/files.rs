@@ -285,14 +285,11 @@ fn not_found(message: &str) -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", message.to_string()).into_response()
 }
 
-fn too_large(core: &Core) -> ApiError {
+fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "upload_too_large",
-        format!(
-            "the upload is larger than {} bytes, this server's limit (--max-upload-size)",
-            core.limits.upload_bytes
-        ),
+        format!("the upload is larger than {limit} bytes, this server's limit (--max-upload-size)"),
     )
 }
 
@@ -300,11 +297,48 @@ fn too_large(core: &Core) -> ApiError {
 pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // The whole body first, against the upload limit: an oversized one is read to its end
     // (within reason) so the client gets the 413 rather than a reset connection.
+    let limit = core.limits.upload_bytes;
     let (parts, body) = request.into_parts();
-    let bytes = read_limited(body, core.limits.upload_bytes, &core.limits)
+    let bytes = read_limited(body, limit, &core.limits)
         .await?
-        .ok_or_else(|| too_large(&core))?;
-    let request = Request::from_parts(parts, Body::from(bytes));
+        .ok_or_else(|| too_large(limit))?;
+    let form = parse_upload(Request::from_parts(parts, Body::from(bytes)), limit).await?;
+    let Upload {
+        file_name,
+        bytes,
+        overwrite,
+        folder,
+        subfolder,
+        parts,
+    } = form;
+    let saved = blocking(&core, move |core| {
+        save_upload(core, folder, &parts, &file_name, &bytes, overwrite)
+    })
+    .await?;
+    Ok(axum::Json(json!({
+        "name": saved,
+        "subfolder": subfolder,
+        "type": folder.name(),
+    }))
+    .into_response())
+}
+
+/// An upload's form, read and checked: nothing written yet.
+#[derive(Debug)]
+pub struct Upload {
+    /// A plain file name (no separator, `..` or NUL).
+    pub file_name: String,
+    pub bytes: Vec<u8>,
+    pub overwrite: bool,
+    pub folder: Folder,
+    /// The subfolder as sent (for the answer) and its checked parts.
+    pub subfolder: String,
+    pub parts: Vec<String>,
+}
+
+/// Reads the multipart form of `POST /upload/image` from a request whose body was read whole
+/// (`limit`: the upload limit, for the 413). `Err` is the 400 answer naming the field.
+pub async fn parse_upload(request: Request, limit: usize) -> Result<Upload, ApiError> {
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         ApiError::bad_request(
             "invalid_upload",
@@ -319,7 +353,7 @@ pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Re
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(&core)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(limit)),
             Err(e) => {
                 return Err(ApiError::bad_request(
                     "invalid_upload",
@@ -331,7 +365,7 @@ pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Re
         let file_name = field.file_name().map(str::to_string);
         let data = match field.bytes().await {
             Ok(d) => d,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(&core)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(limit)),
             Err(e) => {
                 return Err(ApiError::bad_request(
                     "invalid_upload",
@@ -377,16 +411,14 @@ pub async fn upload(State(core): State<AppState>, request: Request) -> Result<Re
         .into_iter()
         .map(str::to_string)
         .collect();
-    let saved = blocking(&core, move |core| {
-        save_upload(core, folder, &parts, &file_name, &bytes, overwrite)
+    Ok(Upload {
+        file_name,
+        bytes,
+        overwrite,
+        folder,
+        subfolder,
+        parts,
     })
-    .await?;
-    Ok(axum::Json(json!({
-        "name": saved,
-        "subfolder": subfolder,
-        "type": folder.name(),
-    }))
-    .into_response())
 }
 
 /// Writes an upload; the name it was saved (or found) under.

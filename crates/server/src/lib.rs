@@ -37,9 +37,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use veetance_core::{Budgets, CancelToken, DeviceProbe, NodeRegistry};
 
+pub use files::{parse_upload, Folder, Upload};
 pub use hub::ClientLimits;
 pub use listen::raise_open_file_limit;
+// The request parsers on their own, for the fuzz targets (crates/fuzzing) and tests.
+pub use routes::{parse_object, parse_prompt_request, ApiError, PromptRequest};
 pub use store::MAX_ATTEMPTS;
+pub use ws::{client_feature_flags, ClientFeatureFlags};
 
 /// Whether the server sends latent previews (binary frames) while sampling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

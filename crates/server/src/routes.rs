@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
-use veetance_core::{HostMemory, RunEnv};
+use veetance_core::{HostMemory, NodeRegistry, RunEnv};
 
 use crate::store::{Enqueued, NewPrompt, StoreError};
 use crate::{
@@ -170,11 +170,15 @@ pub async fn read_body(body: Body, limits: &Limits) -> Result<Vec<u8>, ApiError>
 
 /// A JSON object body (an empty body counts as `{}`).
 async fn read_object(core: &Core, body: Body) -> Result<serde_json::Map<String, Json>, ApiError> {
-    let bytes = read_body(body, &core.limits).await?;
+    parse_object(&read_body(body, &core.limits).await?)
+}
+
+/// A JSON object body's bytes read into an object (blank counts as `{}`).
+pub fn parse_object(bytes: &[u8]) -> Result<serde_json::Map<String, Json>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
-    match serde_json::from_slice(&bytes) {
+    match serde_json::from_slice(bytes) {
         Ok(Json::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad_request(
             "invalid_json",
@@ -410,7 +414,51 @@ async fn post_prompt(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut request = read_object(&core, body).await?;
+    let bytes = read_body(body, &core.limits).await?;
+    let usage_source = headers
+        .get("Comfy-Usage-Source")
+        .and_then(|v| v.to_str().ok());
+    let request = parse_prompt_request(&bytes, &core.registry, usage_source)?;
+    let accepted = submit(
+        &core,
+        request.prompt_id,
+        request.prompt,
+        request.extra_data,
+        request.partial_targets,
+        request.number,
+        request.front,
+    )
+    .await?;
+    Ok(axum::Json(json!({
+        "prompt_id": accepted.prompt_id,
+        "number": accepted.number,
+        "node_errors": accepted.node_errors,
+    }))
+    .into_response())
+}
+
+/// A `POST /prompt` body as read, before the prompt itself is validated ([`submit`] does that).
+#[derive(Debug)]
+pub struct PromptRequest {
+    pub prompt_id: String,
+    /// The API prompt (a UI workflow already turned into one).
+    pub prompt: Json,
+    /// `extra_data`, with `client_id`, the UI workflow (as `extra_pnginfo.workflow`) and
+    /// `comfy_usage_source` added as ComfyUI adds them.
+    pub extra_data: serde_json::Map<String, Json>,
+    pub partial_targets: Option<Vec<String>>,
+    pub number: Option<f64>,
+    pub front: bool,
+}
+
+/// Reads a `POST /prompt` body (`usage_source`: the `Comfy-Usage-Source` header). `Err` is the
+/// 400 answer naming the field.
+pub fn parse_prompt_request(
+    bytes: &[u8],
+    registry: &NodeRegistry,
+    usage_source: Option<&str>,
+) -> Result<PromptRequest, ApiError> {
+    let mut request = parse_object(bytes)?;
     let number = match request.get("number") {
         None | Some(Json::Null) => None,
         Some(Json::Number(n)) => n.as_f64(),
@@ -449,7 +497,7 @@ async fn post_prompt(
     // would make of it; the workflow goes where the frontend puts it, into the PNG's chunks.
     let (prompt, ui_workflow) = match veetance_comfy::detect(&prompt) {
         Some(veetance_comfy::Format::Ui) => (
-            veetance_comfy::ui_to_prompt(&prompt, &core.registry).map_err(prompt_error)?,
+            veetance_comfy::ui_to_prompt(&prompt, registry).map_err(prompt_error)?,
             Some(prompt),
         ),
         _ => (prompt, None),
@@ -525,29 +573,18 @@ async fn post_prompt(
         }
     }
     if !extra_data.contains_key("comfy_usage_source") {
-        if let Some(source) = headers
-            .get("Comfy-Usage-Source")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(source) = usage_source {
             extra_data.insert("comfy_usage_source".into(), json!(source));
         }
     }
-    let accepted = submit(
-        &core,
+    Ok(PromptRequest {
         prompt_id,
         prompt,
         extra_data,
         partial_targets,
         number,
         front,
-    )
-    .await?;
-    Ok(axum::Json(json!({
-        "prompt_id": accepted.prompt_id,
-        "number": accepted.number,
-        "node_errors": accepted.node_errors,
-    }))
-    .into_response())
+    })
 }
 
 /// Python's truthiness for JSON values (`if json_data['front']:`).

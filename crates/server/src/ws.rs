@@ -108,19 +108,11 @@ async fn session(core: AppState, sid: String, socket: WebSocket) {
             match message {
                 Message::Text(text) => {
                     if first_message {
-                        if let Ok(m) = serde_json::from_str::<Json>(text.as_str()) {
-                            if m.get("type").and_then(Json::as_str) == Some("feature_flags") {
-                                let wants = m
-                                    .pointer("/data/supports_preview_metadata")
-                                    .and_then(Json::as_bool)
-                                    == Some(true);
-                                preview_metadata.store(wants, Ordering::Relaxed);
-                                core.hub.send_json(
-                                    Some(&sid),
-                                    "feature_flags",
-                                    server_features(&core),
-                                );
-                            }
+                        if let Some(flags) = client_feature_flags(text.as_str()) {
+                            preview_metadata
+                                .store(flags.supports_preview_metadata, Ordering::Relaxed);
+                            core.hub
+                                .send_json(Some(&sid), "feature_flags", server_features(&core));
                         }
                     }
                     first_message = false;
@@ -138,4 +130,26 @@ async fn session(core: AppState, sid: String, socket: WebSocket) {
     }
     writer.abort();
     core.hub.disconnect(&sid, conn);
+}
+
+/// What a client's `feature_flags` message asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientFeatureFlags {
+    /// Previews with their metadata (`PREVIEW_IMAGE_WITH_METADATA` frames).
+    pub supports_preview_metadata: bool,
+}
+
+/// Reads a client's text message: `Some` for `{"type": "feature_flags", "data": {...}}`,
+/// `None` for anything else (which the server ignores, as ComfyUI does).
+pub fn client_feature_flags(text: &str) -> Option<ClientFeatureFlags> {
+    let m = serde_json::from_str::<Json>(text).ok()?;
+    if m.get("type").and_then(Json::as_str) != Some("feature_flags") {
+        return None;
+    }
+    Some(ClientFeatureFlags {
+        supports_preview_metadata: m
+            .pointer("/data/supports_preview_metadata")
+            .and_then(Json::as_bool)
+            == Some(true),
+    })
 }

@@ -25,8 +25,8 @@ pub use generate::{parse_hex_color, GradientImage, NoiseImage};
 pub use image_ops::{ImageBlend, ImageResize};
 pub use load_image::{resolve_image_path, LoadImage, LoadImageMask};
 pub use png_io::{
-    encode_png, read_png_image, read_png_text, read_png_workflow, read_workflow_text, write_png,
-    WorkflowText, MAX_SIDE, WORKFLOW_PNG_KEYWORD,
+    decode_png_image, encode_png, read_png_image, read_png_text, read_png_workflow,
+    read_workflow_text, write_png, WorkflowText, MAX_SIDE, WORKFLOW_PNG_KEYWORD,
 };
 pub use prepare::{fit_to_multiple, GetImageSize, ImageCropToMultiple, ImageScaleToTotalPixels};
 pub use primitives::{Primitive, Seed};

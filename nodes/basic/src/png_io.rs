@@ -25,9 +25,22 @@ const TEXT_LIMIT: usize = 64 << 20;
 pub fn read_png_image(path: &Path) -> Result<Image, String> {
     let file =
         File::open(path).map_err(|e| format!("cannot open image '{}': {e}", path.display()))?;
-    let bad = |e: png::DecodingError| format!("'{}' is not a readable PNG: {e}", path.display());
+    decode_png(BufReader::new(file), &path.display().to_string())
+}
+
+/// Decodes the bytes of a PNG file as [`read_png_image`] decodes a file; `origin` names it in
+/// errors.
+pub fn decode_png_image(bytes: &[u8], origin: &str) -> Result<Image, String> {
+    decode_png(Cursor::new(bytes), origin)
+}
+
+fn decode_png<R: std::io::BufRead + std::io::Seek>(
+    input: R,
+    origin: &str,
+) -> Result<Image, String> {
+    let bad = |e: png::DecodingError| format!("'{origin}' is not a readable PNG: {e}");
     let mut decoder = Decoder::new_with_limits(
-        BufReader::new(file),
+        input,
         Limits {
             // Room for the largest accepted image at 16 bits, RGBA.
             bytes: (MAX_SIDE as usize).pow(2) * 8,
@@ -41,13 +54,12 @@ pub fn read_png_image(path: &Path) -> Result<Image, String> {
     };
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(format!(
-            "'{}' is {width}×{height}; images up to {MAX_SIDE}×{MAX_SIDE} are supported",
-            path.display()
+            "'{origin}' is {width}×{height}; images up to {MAX_SIDE}×{MAX_SIDE} are supported"
         ));
     }
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| format!("'{}' is too large to decode", path.display()))?;
+        .ok_or_else(|| format!("'{origin}' is too large to decode"))?;
     let mut buf = vec![0u8; size];
     let frame = reader.next_frame(&mut buf).map_err(bad)?;
     buf.truncate(frame.buffer_size());
@@ -58,8 +70,7 @@ pub fn read_png_image(path: &Path) -> Result<Image, String> {
         ColorType::Rgba => (4, 4),
         ColorType::Indexed => {
             return Err(format!(
-                "'{}': palette image was not expanded (decoder bug)",
-                path.display()
+                "'{origin}': palette image was not expanded (decoder bug)"
             ))
         }
     };
@@ -71,14 +82,13 @@ pub fn read_png_image(path: &Path) -> Result<Image, String> {
             .collect(),
         other => {
             return Err(format!(
-                "'{}': {other:?}-bit samples were not expanded (decoder bug)",
-                path.display()
+                "'{origin}': {other:?}-bit samples were not expanded (decoder bug)"
             ))
         }
     };
     let pixels = width as usize * height as usize;
     if samples.len() < pixels * in_channels {
-        return Err(format!("'{}': image data is truncated", path.display()));
+        return Err(format!("'{origin}': image data is truncated"));
     }
     let data = if in_channels == out_channels {
         samples
@@ -93,8 +103,7 @@ pub fn read_png_image(path: &Path) -> Result<Image, String> {
         }
         data
     };
-    Image::new(1, height, width, out_channels as u32, data)
-        .map_err(|e| format!("'{}': {e}", path.display()))
+    Image::new(1, height, width, out_channels as u32, data).map_err(|e| format!("'{origin}': {e}"))
 }
 
 /// Whether `keyword` is a valid PNG text keyword: 1 to 79 printable Latin-1 characters, without

@@ -76,14 +76,16 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        cfg.validate().map_err(|reason| Error::Config {
+        Self::from_json(&text).map_err(|reason| Error::Config {
             path: path.to_path_buf(),
             reason,
-        })?;
+        })
+    }
+
+    /// Reads the text of a diffusers `config.json` and checks it ([`Config::validate`]).
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 

@@ -142,10 +142,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
+        Self::from_json(&text).map_err(|reason| Error::Config {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason,
         })
+    }
+
+    /// Reads the text of a `config.json`.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
     /// The configuration in a llama.cpp GGUF file's metadata (`<arch>.block_count`, ...); the
@@ -285,7 +290,8 @@ impl Config {
         self.output_layers.len() * self.hidden_size
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks the values the encoder relies on (layers, heads, lengths).
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let needed = self.layers_needed();
         if self.output_layers.is_empty()
             || self.output_layers.contains(&0)
@@ -731,9 +737,43 @@ pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32)> {
     if !path.is_file() {
         return Err(tok_err("file not found".into()));
     }
-    let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(e.to_string()))?;
-    let pad_id = qwen_pad_id(&tokenizer).map_err(tok_err)?;
+    let json = std::fs::read(path).map_err(|e| tok_err(e.to_string()))?;
+    read_tokenizer(&json).map_err(tok_err)
+}
+
+/// A Qwen tokenizer from the bytes of its `tokenizer.json`, with its pad id, or why it is not one.
+pub fn read_tokenizer(json: &[u8]) -> std::result::Result<(tokenizers::Tokenizer, u32), String> {
+    // The tokenizers crate panics (an `expect`) on some malformed sections, such as a `decoder`
+    // object with a non-string key (found by fuzzing: fuzz/regressions/tokenizer_json/); a bad
+    // file must be an error naming it, never the end of the process.
+    let tokenizer = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
+        .map_err(|_| {
+            "malformed tokenizer.json (the tokenizers library could not read one of its sections, \
+             e.g. `decoder`); give the tokenizer.json that came with the model"
+                .to_string()
+        })?
+        .map_err(|e| e.to_string())?;
+    let pad_id = qwen_pad_id(&tokenizer)?;
     Ok((tokenizer, pad_id))
+}
+
+/// Token ids of a prompt in the chat template, truncated and right-padded with `pad_id` to
+/// `max_len`, with the number of real tokens and whether it was truncated.
+pub fn tokenize(
+    tokenizer: &tokenizers::Tokenizer,
+    pad_id: u32,
+    max_len: usize,
+    prompt: &str,
+) -> Result<(Vec<u32>, usize, bool)> {
+    let enc = tokenizer
+        .encode(chat_template(prompt), true)
+        .map_err(|e| Error::InvalidInput(format!("tokenizing the prompt failed: {e}")))?;
+    let mut ids = enc.get_ids().to_vec();
+    let truncated = ids.len() > max_len;
+    ids.truncate(max_len);
+    let num_real = ids.len();
+    ids.resize(max_len, pad_id);
+    Ok((ids, num_real, truncated))
 }
 
 /// The pad id of a Qwen tokenizer, or why it is not one.
@@ -1034,17 +1074,12 @@ impl TextEncoder {
     /// Token ids of the templated prompt, truncated and right-padded to `max_length`, and the
     /// number of real tokens and whether it was truncated.
     pub fn tokenize(&self, prompt: &str) -> Result<(Vec<u32>, usize, bool)> {
-        let max_len = self.model.cfg.max_length;
-        let enc = self
-            .tokenizer
-            .encode(chat_template(prompt), true)
-            .map_err(|e| Error::InvalidInput(format!("tokenizing the prompt failed: {e}")))?;
-        let mut ids = enc.get_ids().to_vec();
-        let truncated = ids.len() > max_len;
-        ids.truncate(max_len);
-        let num_real = ids.len();
-        ids.resize(max_len, self.pad_id);
-        Ok((ids, num_real, truncated))
+        tokenize(
+            &self.tokenizer,
+            self.pad_id,
+            self.model.cfg.max_length,
+            prompt,
+        )
     }
 
     /// Encodes a prompt to `(1, max_length, 3 * hidden)`.

@@ -89,10 +89,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
+        Self::from_json(&text).map_err(|reason| Error::Config {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason,
         })
+    }
+
+    /// Reads the text of a `config.json`.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
     /// The decoder's width per level.
@@ -175,8 +180,9 @@ impl Config {
         })
     }
 
-    /// candle's configurations of the encoder and of the decoder.
-    fn validate(&self) -> std::result::Result<(ldm::Config, ldm::Config), String> {
+    /// candle's configurations of the encoder and of the decoder, or why the values cannot
+    /// make one.
+    pub fn validate(&self) -> std::result::Result<(ldm::Config, ldm::Config), String> {
         if self.norm_num_groups != 32 {
             return Err(format!(
                 "norm_num_groups {} is not supported (the FLUX VAE uses 32)",
