@@ -946,3 +946,7 @@ mod tests {
         assert_eq!((next.prompt_id.as_str(), next.attempts), ("a", 2));
     }
 }
+
+#[cfg(all(test, unix))]
+#[path = "store_faults.rs"]
+mod faults;

@@ -118,7 +118,7 @@ fn sigkill_during_queue_writes_keeps_every_accepted_prompt() {
         .unwrap();
         let mut stdout = BufReader::new(proc.stdout.take().unwrap()).lines();
         assert!(
-            stdout.any(|l| l.is_ok_and(|l| l == READY)),
+            stdout.any(|l| l.is_ok_and(|l| l.ends_with(READY))),
             "round {round}: the child did not start"
         );
         let reader =
@@ -220,7 +220,7 @@ fn a_full_disk_refuses_new_prompts_and_keeps_the_queue() {
     );
     let accepted: Vec<&str> = stdout
         .lines()
-        .filter_map(|l| l.strip_prefix("accepted "))
+        .filter_map(|l| l.split_once("accepted ").map(|(_, id)| id))
         .collect();
     assert!(
         stdout.contains(&format!("queue still holds {}", 5 + accepted.len())),

@@ -345,20 +345,22 @@ pub fn decode_latent(
         size: tile_size,
         overlap,
     } = tiles;
-    let room = if device.is_cpu() {
+    // On the CPU the decode lives in host memory: the free host memory (less the image it
+    // makes) bounds it, and so does a budget the run set for its device, whichever is smaller.
+    let host_room = if device.is_cpu() {
         ctx.host_room()
             .map(|r| r.saturating_sub(image_host_bytes(batch, h, w)))
     } else {
-        ctx.device_room()
+        None
+    };
+    let (room, room_of) = match (host_room, ctx.device_room()) {
+        (Some(host), Some(dev)) if host < dev => (Some(host), "host memory"),
+        (Some(host), None) => (Some(host), "host memory"),
+        (_, dev) => (dev, "device"),
     };
     let mode = choose_mode(asked, room, tile_size, |th, tw| {
         vae.vae.decode_bytes(batch, th.min(h), tw.min(w))
     });
-    let room_of = if device.is_cpu() {
-        "host memory"
-    } else {
-        "device"
-    };
     let decoded = match mode {
         DecodeMode::Whole => decode_with_fallback(
             ctx,

@@ -287,7 +287,7 @@ impl Config {
 
     /// Width of the encoder output.
     pub fn output_dim(&self) -> usize {
-        self.output_layers.len() * self.hidden_size
+        self.output_layers.len().saturating_mul(self.hidden_size)
     }
 
     /// Checks the values the encoder relies on (layers, heads, lengths).
@@ -305,6 +305,21 @@ impl Config {
         if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
         {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        // Sizes no Qwen3 comes near (the 8B: hidden 4096, MLP 12288, 36 layers, 32 heads of
+        // 128): a file asking for more is not a text encoder, and its products would overflow.
+        let dims = [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            ("head_dim", self.head_dim(), 1 << 12),
+            ("vocab_size", self.vocab_size, 1 << 24),
+        ];
+        for (name, value, limit) in dims {
+            if value == 0 || value > limit {
+                return Err(format!("{name} {value} must be in 1..={limit}"));
+            }
         }
         if self.max_length == 0 || self.head_dim() % 2 != 0 {
             return Err("max_length must be positive and head_dim even".into());
