@@ -37,7 +37,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(ls fuzz/fuzz_targets | sed 's/\.rs$//' | sort)
+  mapfile -t targets < <(ls fuzz/fuzz_targets | sed 's/\.rs$//' | grep -vx any | sort)
 fi
 
 # -s none: no sanitizer (the parsers are safe Rust; libFuzzer still catches panics, hangs and
@@ -60,9 +60,9 @@ for t in "${targets[@]}"; do
     -timeout="$timeout" -print_final_stats=1 -artifact_prefix="artifacts/$t/") >"$log" 2>&1
   rc=$?
   secs=$((SECONDS - start))
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+  execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
+  rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
+  rss=$(grep -oE 'stat::peak_rss_mb: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1)
   cov=$(echo "$last" | grep -o 'cov: [0-9]*' | awk '{print $2}')
   ft=$(echo "$last" | grep -o 'ft: [0-9]*' | awk '{print $2}')
