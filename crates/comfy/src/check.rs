@@ -21,7 +21,7 @@
 //! says what to do. `extra_info` carries `input_name`, `input_config` (the input's
 //! `/object_info` spec) and `received_value` where ComfyUI has them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use serde_json::{json, Value as Json};
@@ -71,14 +71,19 @@ pub(crate) fn check_prompt(
     }
 
     let upstream = upstream_sets(graph, &outputs);
+    // Each node with errors, the outputs that need it (in the outputs' order): one pass over the
+    // upstream sets, not one per node and output (32,768 failing outputs took minutes).
+    let mut dependents: HashMap<&str, Vec<String>> = HashMap::new();
+    for (output, up) in outputs.iter().zip(&upstream) {
+        for node in up {
+            if by_node.contains_key(node.as_str()) {
+                dependents.entry(node).or_default().push(output.clone());
+            }
+        }
+    }
     let mut node_errors = BTreeMap::new();
     for (node, errors) in by_node {
-        let dependent_outputs: Vec<String> = outputs
-            .iter()
-            .zip(&upstream)
-            .filter(|(_, up)| up.contains(&node))
-            .map(|(o, _)| o.clone())
-            .collect();
+        let dependent_outputs = dependents.remove(node.as_str()).unwrap_or_default();
         if dependent_outputs.is_empty() {
             // Nothing that runs needs this node; ComfyUI neither validates nor runs it.
             continue;
@@ -96,15 +101,16 @@ pub(crate) fn check_prompt(
             },
         );
     }
+    let failing: HashSet<&String> = node_errors
+        .values()
+        .flat_map(|n| &n.dependent_outputs)
+        .collect();
     let good: Vec<String> = outputs
         .iter()
-        .filter(|o| {
-            !node_errors
-                .values()
-                .any(|n| n.dependent_outputs.contains(o))
-        })
+        .filter(|o| !failing.contains(o))
         .cloned()
         .collect();
+    drop(failing);
     if good.is_empty() {
         return Err(PromptError {
             error: ErrorBody::new(

@@ -545,7 +545,7 @@ impl GgufFile {
         let t = match self.logical_shape(name) {
             Some(shape) if shape != info.shape => {
                 // Checked: the recorded shape is the file's word, and may overflow.
-                let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                let count = checked_elems(&shape);
                 if count != Some(t.elem_count()) {
                     return Err(Error::Gguf {
                         path: self.path.clone(),
@@ -570,11 +570,19 @@ impl GgufFile {
     }
 }
 
+/// Elements of a tensor of this shape; `None` when the product overflows, or when the dims
+/// other than zero do (a zero dim makes the tensor empty, but the strides candle computes from
+/// the other dims would still overflow).
+fn checked_elems(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))?;
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 /// Bytes of a tensor of this shape and type (`None` on overflow or a partial block).
 fn byte_size(shape: &[usize], ty: GgmlDType) -> Option<usize> {
-    let elems = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    let elems = checked_elems(shape)?;
     if elems % ty.block_size() != 0 {
         return None;
     }

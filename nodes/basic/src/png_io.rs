@@ -52,6 +52,17 @@ fn decode_png<R: std::io::BufRead + std::io::Seek>(
         let info = reader.info();
         (info.width, info.height)
     };
+    // The png crate (0.18) panics expanding a palette whose length is not a whole number of RGB
+    // entries (found by fuzzing); the PNG specification requires one, so refuse it here.
+    if let Some(palette) = reader.info().palette.as_deref() {
+        if palette.len() % 3 != 0 || palette.len() > 3 * 256 {
+            return Err(format!(
+                "'{origin}' is not a readable PNG: its palette (PLTE) holds {} bytes, not 1 to 256 \
+                 RGB entries of 3 bytes",
+                palette.len()
+            ));
+        }
+    }
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(format!(
             "'{origin}' is {width}×{height}; images up to {MAX_SIDE}×{MAX_SIDE} are supported"
