@@ -236,13 +236,22 @@ def main() -> int:
                     help="the server's --ram-budget: small, so that its result cache is full "
                          "(models and the newest results) before the first 100 prompts end")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--weights", default="",
+                    help="override action weights, e.g. plain=1,http_drop=0,ws_drop=0 "
+                         "(to tell which kind of prompt the memory grows with)")
     args = ap.parse_args()
     args.bin = args.bin.resolve()
     if not args.bin.is_file():
         raise SystemExit(f"{args.bin} does not exist: cargo build --release -p veetance-cli")
     rng = random.Random(args.seed)
-    actions = list(ACTIONS)
-    weights = [ACTIONS[a] for a in actions]
+    table = dict(ACTIONS)
+    for item in filter(None, args.weights.split(",")):
+        name, _, weight = item.partition("=")
+        if name not in table:
+            sys.exit(f"--weights: unknown action {name!r} (one of {', '.join(ACTIONS)})")
+        table[name] = int(weight)
+    actions = list(table)
+    weights = [table[a] for a in actions]
 
     work = Path(tempfile.mkdtemp(prefix="veetance-soak-"))
     proc, port, log_path = start_server(args.bin, work, args.ram_budget)
