@@ -16,7 +16,7 @@ use veetance_nodes_flux2::sampler::{
     sample, sampling_host_need, sampling_need, MaskRules, NoiseSource, SampleArgs, SEED_MAX,
 };
 use veetance_nodes_flux2::values::{
-    candle_err, input, object, Conditioning, Guider, Latent, ModelHandle,
+    candle_err, input, linked, object, Conditioning, Guider, Latent, ModelHandle,
 };
 
 use crate::values::{Noise, SamplerChoice, Sigmas};
@@ -471,32 +471,20 @@ impl NodeDef for SamplerCustomAdvanced {
     /// As the native Sampler's: the forward pass's activations, the model found through the
     /// guider.
     fn device_need(&self, _params: &Params, inputs: &[(&str, Value)]) -> Option<u64> {
-        let find = |port: &str| {
-            inputs
-                .iter()
-                .find(|(p, _)| *p == port)
-                .and_then(|(_, v)| v.as_object())
-        };
-        let guider = find("guider")?.downcast::<Guider>()?;
+        let guider = linked::<Guider>(inputs, "guider")?;
         sampling_need(
             &guider.model,
-            find("latent_image")?.downcast::<Latent>()?,
+            linked::<Latent>(inputs, "latent_image")?,
             &guider.positive,
         )
     }
 
     /// On the CPU, the same activations in host memory.
     fn host_need(&self, _params: &Params, inputs: &[(&str, Value)]) -> Option<u64> {
-        let find = |port: &str| {
-            inputs
-                .iter()
-                .find(|(p, _)| *p == port)
-                .and_then(|(_, v)| v.as_object())
-        };
-        let guider = find("guider")?.downcast::<Guider>()?;
+        let guider = linked::<Guider>(inputs, "guider")?;
         sampling_host_need(
             &guider.model,
-            find("latent_image")?.downcast::<Latent>()?,
+            linked::<Latent>(inputs, "latent_image")?,
             &guider.positive,
         )
     }

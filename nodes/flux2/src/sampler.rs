@@ -20,8 +20,8 @@ use veetance_models::torch_rng::comfy_noise;
 
 use crate::loaders::gib;
 use crate::values::{
-    candle_err, input, model_err, object, optional_input, AttentionImpl, Conditioning, Latent,
-    ModelHandle, Schedule,
+    candle_err, input, linked, model_err, object, optional_input, AttentionImpl, Conditioning,
+    Latent, ModelHandle, Schedule,
 };
 
 /// The largest seed: 2^53 − 1, the largest integer every JSON tool keeps exactly.
@@ -634,31 +634,19 @@ impl NodeDef for Sampler {
         _params: &veetance_core::Params,
         inputs: &[(&str, Value)],
     ) -> Option<u64> {
-        let find = |port: &str| {
-            inputs
-                .iter()
-                .find(|(p, _)| *p == port)
-                .and_then(|(_, v)| v.as_object())
-        };
         sampling_need(
-            find("model")?.downcast::<ModelHandle>()?,
-            find("latent")?.downcast::<Latent>()?,
-            find("positive")?.downcast::<Conditioning>()?,
+            linked::<ModelHandle>(inputs, "model")?,
+            linked::<Latent>(inputs, "latent")?,
+            linked::<Conditioning>(inputs, "positive")?,
         )
     }
 
     /// On the CPU, the same activations in host memory (see [`sampling_host_need`]).
     fn host_need(&self, _params: &veetance_core::Params, inputs: &[(&str, Value)]) -> Option<u64> {
-        let find = |port: &str| {
-            inputs
-                .iter()
-                .find(|(p, _)| *p == port)
-                .and_then(|(_, v)| v.as_object())
-        };
         sampling_host_need(
-            find("model")?.downcast::<ModelHandle>()?,
-            find("latent")?.downcast::<Latent>()?,
-            find("positive")?.downcast::<Conditioning>()?,
+            linked::<ModelHandle>(inputs, "model")?,
+            linked::<Latent>(inputs, "latent")?,
+            linked::<Conditioning>(inputs, "positive")?,
         )
     }
 

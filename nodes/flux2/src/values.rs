@@ -503,6 +503,17 @@ pub fn input<'c, T: Payload>(
         .ok_or_else(|| NodeError::failed(format!("input '{name}' is not a FLUX.2 {ty}")))
 }
 
+/// The payload linked to `port` among a node's inputs as `NodeDef::device_need` and
+/// `NodeDef::host_need` get them (before an `ExecContext` exists); `None` when it is not linked
+/// or not a `T`.
+pub fn linked<'a, T: Payload>(inputs: &'a [(&str, Value)], port: &str) -> Option<&'a T> {
+    inputs
+        .iter()
+        .find(|(p, _)| *p == port)
+        .and_then(|(_, v)| v.as_object())
+        .and_then(|o| o.downcast::<T>())
+}
+
 /// An optional input, as its concrete type.
 pub fn optional_input<'c, T: Payload>(
     ctx: &'c ExecContext<'_>,
