@@ -19,19 +19,12 @@ timeout=${FUZZ_TIMEOUT:-10}
 jobs=${FUZZ_JOBS:-$(nproc)}
 work=$(realpath -m "${FUZZ_WORK:-fuzz/target/parallel}")
 
-max_len() {
-  case "$1" in
-    model_config | server_ws | prompt_tokens) echo 4096 ;;
-    safetensors | gguf | server_upload) echo 8192 ;;
-    png_image | png_text) echo 20000 ;;
-    *) echo 16384 ;;
-  esac
-}
+. .verify/fuzz-common.sh
 
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(ls fuzz/fuzz_targets | sed 's/\.rs$//' | grep -vx any | sort)
+  mapfile -t targets < <(all_targets)
 fi
 
 run_one() {
@@ -59,26 +52,11 @@ done
 wait
 
 failed=0
-printf '%-15s %10s %7s %8s %7s %7s %6s %8s  %s\n' target execs secs exec/s cov ft corpus rss_mb finding
+summary_header
 for t in "${targets[@]}"; do
-  log=$work/logs/$t.log
   read -r rc secs <"$work/logs/$t.rc"
-  execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  rss=$(grep -oE 'stat::peak_rss_mb: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -1)
-  cov=$(echo "$last" | grep -o 'cov: [0-9]*' | awk '{print $2}')
-  ft=$(echo "$last" | grep -o 'ft: [0-9]*' | awk '{print $2}')
-  corp=$(echo "$last" | grep -o 'corp: [0-9]*' | awk '{print $2}')
-  finding=none
-  if [ "$rc" -ne 0 ]; then
-    failed=1
-    finding=$(grep -m1 -oE 'ERROR: libFuzzer: [a-z-]+|panicked at [^,]*|deadly signal|out-of-memory[^)]*' "$log" || echo "exit $rc")
-    artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | awk '{print $5}')
-    finding="$finding ${artifact:+($artifact)}"
-  fi
-  printf '%-15s %10s %7s %8s %7s %7s %6s %8s  %s\n' "$t" "${execs:-?}" "$secs" "${rate:-?}" \
-    "${cov:-?}" "${ft:-?}" "${corp:-?}" "${rss:-?}" "$finding"
+  [ "$rc" -ne 0 ] && failed=1
+  summary_line "$t" "$work/logs/$t.log" "$rc" "$secs"
 done
 echo "logs: $work/logs/<target>.log; crash inputs: $work/artifacts/<target>/"
 exit $failed

@@ -20,16 +20,7 @@ seconds=${FUZZ_SECONDS:-1800}
 timeout=${FUZZ_TIMEOUT:-10}
 keep=${FUZZ_KEEP:-0}
 
-# The largest input each target is given: room for its seeds and more, while a parser that
-# makes gigabytes of a few kilobytes still shows.
-max_len() {
-  case "$1" in
-    model_config | server_ws | prompt_tokens) echo 4096 ;;
-    safetensors | gguf | server_upload) echo 8192 ;;
-    png_image | png_text) echo 20000 ;;
-    *) echo 16384 ;;
-  esac
-}
+. .verify/fuzz-common.sh
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -37,7 +28,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(ls fuzz/fuzz_targets | sed 's/\.rs$//' | grep -vx any | sort)
+  mapfile -t targets < <(all_targets)
 fi
 
 # -s none: no sanitizer (the parsers are safe Rust; libFuzzer still catches panics, hangs and
@@ -49,7 +40,7 @@ echo "building ${#targets[@]} targets (cargo +nightly fuzz build ${flags[*]})"
 logs=fuzz/target/logs
 mkdir -p "$logs"
 failed=0
-printf '%-15s %10s %7s %8s %7s %7s %6s %8s  %s\n' target execs secs exec/s cov ft corpus rss_mb finding
+summary_header
 for t in "${targets[@]}"; do
   work=fuzz/target/work-corpus/$t
   mkdir -p "$work" "fuzz/artifacts/$t" "fuzz/regressions/$t"
@@ -60,22 +51,8 @@ for t in "${targets[@]}"; do
     -timeout="$timeout" -print_final_stats=1 -artifact_prefix="artifacts/$t/") >"$log" 2>&1
   rc=$?
   secs=$((SECONDS - start))
-  execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  rss=$(grep -oE 'stat::peak_rss_mb: +[0-9]+' "$log" | awk '{print $2}' | tail -1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -1)
-  cov=$(echo "$last" | grep -o 'cov: [0-9]*' | awk '{print $2}')
-  ft=$(echo "$last" | grep -o 'ft: [0-9]*' | awk '{print $2}')
-  corp=$(echo "$last" | grep -o 'corp: [0-9]*' | awk '{print $2}')
-  finding=none
-  if [ $rc -ne 0 ]; then
-    failed=1
-    finding=$(grep -m1 -oE 'ERROR: libFuzzer: [a-z-]+|panicked at [^,]*|deadly signal|out-of-memory[^)]*' "$log" || echo "exit $rc")
-    artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | awk '{print $5}')
-    finding="$finding ${artifact:+(fuzz/$artifact)}"
-  fi
-  printf '%-15s %10s %7s %8s %7s %7s %6s %8s  %s\n' "$t" "${execs:-?}" "$secs" "${rate:-?}" \
-    "${cov:-?}" "${ft:-?}" "${corp:-?}" "${rss:-?}" "$finding"
+  [ $rc -ne 0 ] && failed=1
+  summary_line "$t" "$log" "$rc" "$secs" fuzz
   if [ "$keep" = 1 ] && [ $rc -eq 0 ]; then
     (cd fuzz && cargo +nightly fuzz cmin "${flags[@]}" "$t" "../$work" -- -max_len="$(max_len "$t")" \
       >/dev/null 2>&1 && cp -n "../$work"/* "corpus/$t/" 2>/dev/null)
