@@ -42,6 +42,7 @@ import base64
 import json
 import os
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -185,7 +186,8 @@ class Watcher(threading.Thread):
                 self.closed_by_server = f"connection lost: {e}"
 
 
-def start_server(binary: Path, work: Path, ram_budget: str) -> tuple[subprocess.Popen, int, Path]:
+def start_server(binary: Path, work: Path, ram_budget: str,
+                 wrap: list[str]) -> tuple[subprocess.Popen, int, Path]:
     for _ in range(3):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -193,7 +195,7 @@ def start_server(binary: Path, work: Path, ram_budget: str) -> tuple[subprocess.
         log_path = work / "server.log"
         log = open(log_path, "wb")
         proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", f"127.0.0.1:{port}",
+            wrap + [str(binary), "serve", "--listen", f"127.0.0.1:{port}",
              "--models-dir", str(TINY), "--out", str(work / "out"),
              "--input-dir", str(work / "input"), "--temp-dir", str(work / "temp"),
              "--state-dir", str(work / "state"), "--user-directory", str(work / "user"),
@@ -236,6 +238,10 @@ def main() -> int:
                     help="the server's --ram-budget: small, so that its result cache is full "
                          "(models and the newest results) before the first 100 prompts end")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--wrap", default="",
+                    help="a command the server runs under, e.g. 'heaptrack -o /tmp/soak' to "
+                         "see which allocations stay (the memory readings are then the "
+                         "wrapper's, not the server's)")
     ap.add_argument("--weights", default="",
                     help="override action weights, e.g. plain=1,http_drop=0,ws_drop=0 "
                          "(to tell which kind of prompt the memory grows with)")
@@ -254,7 +260,7 @@ def main() -> int:
     weights = [table[a] for a in actions]
 
     work = Path(tempfile.mkdtemp(prefix="veetance-soak-"))
-    proc, port, log_path = start_server(args.bin, work, args.ram_budget)
+    proc, port, log_path = start_server(args.bin, work, args.ram_budget, shlex.split(args.wrap))
     api = Api(port)
     watcher = Watcher(port)
     watcher.start()

@@ -176,12 +176,21 @@ enum Tier {
 pub struct OutputCache {
     entries: KeyMap<Entry>,
     budgets: Budgets,
+    /// At most this many entries ([`MAX_ENTRIES`] by default): values of a few bytes (a seed's
+    /// noise, an output node's empty outputs) barely count against the byte budgets, so without
+    /// it a server fed new seeds would keep one such entry per prompt for ever.
+    max_entries: usize,
     clock: u64,
     stats: CacheStats,
     /// Bytes per second moves to host memory achieved (the last one of at least
     /// [`RATE_SAMPLE_MIN`] bytes); `None` before one, when [`DEFAULT_HOST_RATE`] stands in.
     host_rate: Option<f64>,
 }
+
+/// How many entries the cache keeps at most by default; the least recently used go first. A
+/// graph of a hundred nodes in ten variations, say (ComfyUI's default cache keeps the last
+/// prompt's outputs only).
+pub const MAX_ENTRIES: usize = 1024;
 
 /// A move to host memory this large or larger times the host tier's rate.
 const RATE_SAMPLE_MIN: u64 = 64 << 20;
@@ -220,10 +229,18 @@ impl OutputCache {
         OutputCache {
             entries: KeyMap::default(),
             budgets,
+            max_entries: MAX_ENTRIES,
             clock: 0,
             stats: CacheStats::default(),
             host_rate: None,
         }
+    }
+
+    /// Sets how many entries the cache keeps at most (at least 1), dropping the least recently
+    /// used at once if it holds more.
+    pub fn set_max_entries(&mut self, max_entries: usize) -> Vec<Eviction> {
+        self.max_entries = max_entries.max(1);
+        self.enforce_budgets(&[])
     }
 
     /// Sets the rate moves to host memory are expected to reach (bytes per second), as if one
@@ -551,7 +568,22 @@ impl OutputCache {
                 break;
             }
         }
+        while self.entries.len() > self.max_entries {
+            let Some(victim) = self.least_recently_used(keep) else {
+                break;
+            };
+            evicted.extend(self.drop_entry(victim));
+        }
         evicted
+    }
+
+    /// The entry used longest ago, but none of `keep`.
+    fn least_recently_used(&self, keep: &[CacheKey]) -> Option<CacheKey> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .min_by_key(|(_, e)| e.last_tick)
+            .map(|(k, _)| *k)
     }
 
     pub fn budgets(&self) -> Budgets {
@@ -835,6 +867,48 @@ mod tests {
         assert_eq!(evicted[0].key, key(2));
         assert!(cache.contains(&key(1)) && cache.contains(&key(3)));
         assert_eq!(cache.usage().host, 200);
+    }
+
+    #[test]
+    fn entries_of_no_bytes_are_bounded_in_number() {
+        // Ints count no bytes, so no byte budget ever drops them: a server fed a new seed per
+        // prompt would keep one such entry per prompt for ever without the count bound.
+        let wide = |n: u64| {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&n.to_le_bytes());
+            CacheKey(b)
+        };
+        let mut cache = OutputCache::new(Budgets {
+            device: None,
+            host: Some(1 << 20),
+        });
+        cache.set_max_entries(64);
+        for i in 0..1000u64 {
+            cache.insert(
+                wide(i),
+                "Noise",
+                Arc::from(vec![Value::Int(i as i64)]),
+                Duration::ZERO,
+            );
+            assert!(cache.len() <= 64);
+            assert!(cache.contains(&wide(i)), "the entry just stored stays");
+        }
+        assert_eq!(cache.len(), 64);
+        // The newest 64 are kept, and one read makes an old entry the newest.
+        assert!(cache.contains(&wide(936)) && !cache.contains(&wide(935)));
+        assert!(cache.get(&wide(936)).is_some());
+        cache.insert(
+            wide(5000),
+            "Noise",
+            Arc::from(vec![Value::Int(0)]),
+            Duration::ZERO,
+        );
+        assert!(cache.contains(&wide(936)) && !cache.contains(&wide(937)));
+        // Lowering the bound drops the least recently used at once.
+        let dropped = cache.set_max_entries(10);
+        assert_eq!(dropped.len(), 54);
+        assert_eq!(cache.len(), 10);
+        assert!(cache.contains(&wide(936)) && cache.contains(&wide(5000)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod schema;
 pub mod validate;
 pub mod value;
 
-pub use cache::{Budgets, CacheKey, CacheStats, OutputCache};
+pub use cache::{Budgets, CacheKey, CacheStats, OutputCache, MAX_ENTRIES};
 pub use cancel::CancelToken;
 pub use engine::{Engine, MemoryKind, MemoryReport, RunError, RunOptions, RunReport};
 pub use events::{CollectSink, Event, EventSink, FnSink, MemoryPoint, NullSink};

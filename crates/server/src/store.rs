@@ -322,8 +322,13 @@ impl Store {
         }
         // FULL: a commit is on disk before the call returns, so an accepted prompt survives a
         // power loss too, not only a crash of this process.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
-            .map_err(|e| open_err(e.to_string()))?;
+        // A small page cache (512 KiB, SQLite's default is 2 MiB a connection): the queue's
+        // writes touch a few pages, a history read is served by the OS's file cache as well,
+        // and a long-running server's memory should not grow with its database.
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -512;",
+        )
+        .map_err(|e| open_err(e.to_string()))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| open_err(e.to_string()))?;
@@ -339,7 +344,7 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         let reader = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         reader
-            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -512;")
             .map_err(|e| open_err(e.to_string()))?;
         Ok(Store {
             conn: Mutex::new(conn),

@@ -23,8 +23,10 @@ use crate::store::{Finished, QueueItem, Store, StoreError, MAX_ATTEMPTS};
 use crate::{now_ms, preview, AppState, Core, Dirs, PreviewMethod, Running, WorkerMsg};
 
 /// How many UI outputs (the files an output node showed) are remembered for nodes that the
-/// engine later serves from its cache.
-const UI_CACHE_ENTRIES: usize = 4096;
+/// engine later serves from its cache. The engine keeps at most
+/// [`veetance_core::MAX_ENTRIES`] outputs, and a prompt caches several nodes for each output
+/// node, so a quarter of that covers every output node the engine can still serve.
+const UI_CACHE_ENTRIES: usize = veetance_core::MAX_ENTRIES / 4;
 
 /// Starts the engine thread.
 pub(crate) fn spawn(
