@@ -52,10 +52,12 @@ const SUBGRAPH_OUTPUT_NODE: &str = "-20";
 const MODE_NEVER: i64 = 2;
 const MODE_BYPASS: i64 = 4;
 
-/// The most nodes a UI workflow may hold once its subgraph instances are flattened. Instances
-/// nest, so a few kilobytes of subgraphs that each hold several instances of the next would
-/// otherwise expand to billions of nodes (found by fuzzing: `fuzz/regressions/comfy_json/`).
-pub const MAX_FLAT_NODES: usize = 100_000;
+/// The most nodes a UI workflow may hold once its subgraph instances are flattened (instances
+/// count as nodes). Instances nest, so a few kilobytes of subgraphs that each hold several
+/// instances of the next would otherwise expand to billions of nodes (found by fuzzing:
+/// `fuzz/regressions/comfy_json/`). Large real workflows hold a few hundred nodes; at 100,000
+/// a 2 KB request still took 1.5-2 s to refuse, so the bound is 10,000.
+pub const MAX_FLAT_NODES: usize = 10_000;
 
 /// Frontend-only node types: never sent to the server.
 const VIRTUAL_TYPES: &[&str] = &["Note", "MarkdownNote", "PrimitiveNode", "Reroute"];

@@ -413,7 +413,7 @@ fn nested_instances_that_multiply_are_refused() {
     let start = std::time::Instant::now();
     let err = ui_to_prompt(&ui, &registry()).unwrap_err();
     assert!(
-        err.error.details.contains("more than 100000 nodes"),
+        err.error.details.contains("more than 10000 nodes"),
         "{err:?}"
     );
     assert!(ui_positions(&ui).len() <= veetance_comfy::MAX_FLAT_NODES);
