@@ -90,6 +90,8 @@ pub struct Hub {
     clients: Mutex<HashMap<String, Client>>,
     /// Locked after `clients` when both are needed.
     backlogs: Mutex<HashMap<String, Backlog>>,
+    /// [`BACKLOG_FOR`]; shorter in tests.
+    backlog_for: Duration,
     next_conn: AtomicU64,
     limits: ClientLimits,
     /// Clients disconnected for being too slow, since start.
@@ -133,6 +135,7 @@ impl Hub {
         Hub {
             clients: Mutex::new(HashMap::new()),
             backlogs: Mutex::new(HashMap::new()),
+            backlog_for: BACKLOG_FOR,
             next_conn: AtomicU64::new(0),
             limits,
             dropped_slow: AtomicU64::new(0),
@@ -168,7 +171,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(sid)
-            .filter(|b| b.updated.elapsed() < BACKLOG_FOR);
+            .filter(|b| b.updated.elapsed() < self.backlog_for);
         first.extend(
             backlog
                 .into_iter()
@@ -289,8 +292,11 @@ impl Hub {
     /// Keeps a message for a client id that has no socket now.
     fn keep_for_later(&self, sid: &str, text: String) {
         let mut backlogs = self.backlogs.lock().unwrap_or_else(|e| e.into_inner());
-        if !backlogs.contains_key(sid) && backlogs.len() >= BACKLOG_CLIENTS {
-            backlogs.retain(|_, b| b.updated.elapsed() < BACKLOG_FOR);
+        if !backlogs.contains_key(sid) {
+            // Expired backlogs go whenever a new one starts (at most BACKLOG_CLIENTS to look
+            // at), not only once the table is full: clients that never come back would
+            // otherwise hold their messages until 1024 of them had gathered.
+            backlogs.retain(|_, b| b.updated.elapsed() < self.backlog_for);
             if backlogs.len() >= BACKLOG_CLIENTS {
                 let oldest = backlogs
                     .iter()
@@ -305,7 +311,7 @@ impl Hub {
             messages: VecDeque::new(),
             updated: Instant::now(),
         });
-        if backlog.updated.elapsed() >= BACKLOG_FOR {
+        if backlog.updated.elapsed() >= self.backlog_for {
             backlog.messages.clear();
         }
         backlog.updated = Instant::now();
@@ -395,6 +401,26 @@ mod tests {
         // Delivered once.
         let (mut again, _) = hub.connect("late", vec![]);
         assert!(again.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn backlogs_of_clients_that_never_come_back_expire() {
+        let mut hub = Hub::new(ClientLimits::default());
+        hub.backlog_for = Duration::from_millis(20);
+        for i in 0..10 {
+            hub.send_json(
+                Some(&format!("gone-{i}")),
+                "executing",
+                json!({ "node": "1" }),
+            );
+        }
+        let held = || hub.backlogs.lock().unwrap().len();
+        assert_eq!(held(), 10, "all within their time");
+        std::thread::sleep(Duration::from_millis(40));
+        // The next absent client's first message clears the expired ones, long before the
+        // table is full.
+        hub.send_json(Some("new"), "executing", json!({ "node": "1" }));
+        assert_eq!(held(), 1);
     }
 
     #[test]
