@@ -20,6 +20,7 @@ use crate::canvas::{CanvasViewer, ModelIndex, NodeRun, PinTracker};
 use crate::document::{self, Document};
 use crate::engine_bridge::{Command, EngineBridge, Reply};
 use crate::files::{Autosave, DialogMode, FileDialog};
+use crate::history::{self, RunHistory, RunState};
 use crate::settings::{Settings, STORAGE_KEY};
 use crate::splash::Splash;
 use crate::telemetry::{read_host_memory, CacheTelemetry, HostMemory};
@@ -30,6 +31,8 @@ pub const CANVAS_ID: &str = "veetance-canvas";
 
 /// A run in progress.
 pub struct ActiveRun {
+    /// Its entry in the run history.
+    pub entry: u64,
     pub cancel: CancelToken,
     pub started: Instant,
     /// Which quote of the bank the overlay starts from.
@@ -130,6 +133,12 @@ pub struct VeetanceApp {
     pub node_search: Option<NodeSearch>,
     /// Frames the node search has been open (the double click that opened it must not close it).
     frames_since_search: u32,
+    /// Every run queued, and those waiting their turn.
+    pub history: RunHistory,
+    /// How many runs the Run button queues (a batch: each the next seed).
+    pub batch: u32,
+    /// Runs started so far: the run index a `Seed` node in `increment` mode adds.
+    runs_started: u64,
 }
 
 /// The node search popup: where it was opened (screen and graph) and what was typed.
@@ -200,6 +209,9 @@ impl VeetanceApp {
             viewport: egui::Rect::NOTHING,
             node_search: None,
             frames_since_search: 0,
+            history: RunHistory::default(),
+            batch: 1,
+            runs_started: 0,
         };
         if let Some(path) = &options.workflow {
             if let Err(e) = app.open_path(path) {
@@ -436,22 +448,54 @@ impl VeetanceApp {
 
     // ---- runs --------------------------------------------------------------------------------
 
-    /// Starts a run of the document on the engine thread; returns at once.
+    /// Queues a run of the document (or a batch of [`VeetanceApp::batch`] runs, each with the
+    /// next seed); the first starts at once when nothing runs.
     pub fn start_run(&mut self) {
+        self.queue_runs(self.batch.max(1));
+    }
+
+    /// Queues `count` runs of the document as it is now: one as it is, or a batch whose run `i`
+    /// has every seed moved on by `i` (see [`history::with_seed_offset`]). They run one after
+    /// another, each recorded in the history with the workflow it ran.
+    pub fn queue_runs(&mut self, count: u32) {
+        let count = count.clamp(1, history::BATCH_MAX);
+        self.doc.checkpoint(&self.registry, true);
+        let base = self.doc.current().clone();
+        if count == 1 {
+            self.history.queue(base, String::new());
+        } else {
+            for i in 0..count {
+                let (file, label) = history::with_seed_offset(&base, i as u64, &self.registry);
+                let label = label.unwrap_or_else(|| format!("{} of {count}", i + 1));
+                self.history.queue(file, label);
+            }
+        }
+        self.launch_next();
+    }
+
+    /// Starts the next queued run when nothing runs.
+    fn launch_next(&mut self) {
         if self.is_running() {
             return;
         }
-        self.doc.checkpoint(&self.registry, true);
-        let file = self.doc.current().clone();
+        let Some(number) = self.history.take_next() else {
+            return;
+        };
+        let Some(file) = self.history.get(number).map(|e| e.workflow.clone()) else {
+            return;
+        };
         let text: Arc<str> = file.to_ron().into();
         let cancel = CancelToken::new();
+        let mut env = self.run_env(Some(text));
+        env.run_index = self.runs_started;
         let command = Command::Run {
             file,
-            env: self.run_env(Some(text)),
+            env,
             cancel: cancel.clone(),
         };
         match self.bridge.send(command) {
             Ok(()) => {
+                self.runs_started += 1;
                 self.reset_run_view();
                 self.problems.clear();
                 self.general_problems.clear();
@@ -459,22 +503,51 @@ impl VeetanceApp {
                     self.run.nodes.insert(node.id.clone(), NodeRun::Queued);
                 }
                 self.run.active = Some(ActiveRun {
+                    entry: number,
                     cancel,
                     started: Instant::now(),
                     quote_offset: (self.dice % crate::quotes::QUOTES.len() as u64) as usize,
                 });
                 self.dice = crate::canvas::splitmix(self.dice);
                 self.notice = None;
+                if let Some(e) = self.history.get_mut(number) {
+                    e.state = RunState::Running;
+                }
             }
-            Err(e) => self.notice = Some(e),
+            Err(e) => {
+                if let Some(entry) = self.history.get_mut(number) {
+                    entry.state = RunState::Failed(e.clone());
+                }
+                self.notice = Some(e);
+            }
         }
     }
 
+    /// Puts the workflow of history entry `number` back into the editor, as one undoable edit.
+    pub fn restore_run(&mut self, number: u64) -> Result<(), String> {
+        let entry = self
+            .history
+            .get(number)
+            .ok_or_else(|| format!("run #{number} is no longer in the history"))?;
+        let file = entry.workflow.clone();
+        let title = entry.title();
+        self.doc.restore(file, &self.registry);
+        self.validate_document();
+        self.notice = Some(format!("restored the workflow of run {title}"));
+        Ok(())
+    }
+
     /// Asks the run in progress to stop at its next check.
+    /// The runs of a batch still waiting are dropped too.
     pub fn cancel_run(&mut self) {
+        let dropped = self.history.cancel_pending();
         if let Some(run) = &self.run.active {
             run.cancel.cancel();
-            self.notice = Some("cancelling…".into());
+            self.notice = Some(if dropped > 0 {
+                format!("cancelling… ({dropped} queued runs dropped)")
+            } else {
+                "cancelling…".into()
+            });
         }
     }
 
@@ -494,6 +567,15 @@ impl VeetanceApp {
             Reply::OutputImage { node, path, image } => {
                 let texture = upload(ctx, &format!("output-{node}"), &image);
                 self.run.images.insert(node.clone(), texture.clone());
+                if let Some(e) = self
+                    .run
+                    .active
+                    .as_ref()
+                    .and_then(|a| self.history.get_mut(a.entry))
+                {
+                    e.outputs
+                        .push((node.clone(), path.clone(), texture.clone()));
+                }
                 self.run.outputs.push((node, path, texture));
                 // The image is what the run was for: a folded viewer comes back to show it.
                 self.settings.show_viewer = true;
@@ -505,7 +587,20 @@ impl VeetanceApp {
                 problems,
                 cancelled,
             } => {
-                self.run.active = None;
+                if let Some(e) = self
+                    .run
+                    .active
+                    .take()
+                    .and_then(|a| self.history.get_mut(a.entry))
+                {
+                    e.state = if ok {
+                        RunState::Finished
+                    } else if cancelled {
+                        RunState::Cancelled
+                    } else {
+                        RunState::Failed(message.clone().unwrap_or_else(|| "failed".into()))
+                    };
+                }
                 self.run.nodes.retain(|_, s| *s != NodeRun::Queued);
                 for state in self.run.nodes.values_mut() {
                     if matches!(state, NodeRun::Running { .. }) {
@@ -538,6 +633,9 @@ impl VeetanceApp {
                     message.unwrap_or_else(|| "run failed".into())
                 });
                 self.notice = self.run.result.clone();
+                if self.history.pending() > 0 {
+                    self.launch_next();
+                }
             }
             Reply::Validated {
                 problems,

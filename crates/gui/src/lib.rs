@@ -12,6 +12,7 @@ pub mod demo;
 pub mod document;
 pub mod engine_bridge;
 pub mod files;
+pub mod history;
 pub mod layout;
 pub mod model_files;
 pub mod overlay;

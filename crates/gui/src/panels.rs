@@ -113,11 +113,24 @@ impl VeetanceApp {
                 ui.separator();
                 let running = self.is_running();
                 if ui
-                    .add_enabled(!running, egui::Button::new("Run"))
-                    .on_hover_text("Run the workflow (Ctrl+Enter)")
+                    .button("Run")
+                    .on_hover_text(
+                        "Run the workflow (Ctrl+Enter); while a run goes on, queue one more. \
+                         With a batch above 1, queue that many runs, each with the next seed.",
+                    )
                     .clicked()
                 {
                     self.start_run();
+                }
+                ui.add(
+                    egui::DragValue::new(&mut self.batch)
+                        .range(1..=crate::history::BATCH_MAX)
+                        .prefix("× "),
+                )
+                .on_hover_text("Batch: how many runs Run queues, each with the next seed");
+                let waiting = self.history.pending();
+                if waiting > 0 {
+                    ui.label(format!("{waiting} queued"));
                 }
                 if ui
                     .add_enabled(running, egui::Button::new("Cancel"))
@@ -292,6 +305,7 @@ impl VeetanceApp {
                         ui.separator();
                         ui.label(result);
                     }
+                    self.history_list(ui);
                     if !self.problems.is_empty() || !self.general_problems.is_empty() {
                         ui.separator();
                         ui.label(RichText::new("Problems").strong().color(ERROR_RED));
@@ -310,6 +324,40 @@ impl VeetanceApp {
                     }
                 });
             });
+    }
+
+    /// The run history, newest first: each run's title, its first image as a thumbnail, and
+    /// Restore, which puts the workflow it ran back into the editor.
+    fn history_list(&mut self, ui: &mut egui::Ui) {
+        if self.history.entries.is_empty() {
+            return;
+        }
+        ui.separator();
+        ui.label(RichText::new("History").strong());
+        let mut restore = None;
+        for entry in self.history.entries.iter().rev() {
+            ui.horizontal(|ui| {
+                if let Some((_, path, texture)) = entry.outputs.first() {
+                    let size = texture.size_vec2();
+                    let scale = 48.0 / size.x.max(size.y).max(1.0);
+                    ui.add(egui::Image::new((texture.id(), size * scale)))
+                        .on_hover_text(path);
+                }
+                ui.label(entry.title());
+                if ui
+                    .button("Restore")
+                    .on_hover_text("Put the workflow this run ran back into the editor")
+                    .clicked()
+                {
+                    restore = Some(entry.number);
+                }
+            });
+        }
+        if let Some(number) = restore {
+            if let Err(e) = self.restore_run(number) {
+                self.notice = Some(e);
+            }
+        }
     }
 
     pub(crate) fn dialogs(&mut self, ctx: &egui::Context) {

@@ -413,6 +413,131 @@ fn running_the_tiny_flux2_workflow_shows_its_image() {
     h.get_by_label(&format!("save: {png}"));
 }
 
+/// Noise with a seed into a saver: each seed makes a different image.
+const SEEDED: &str = r##"(
+    version: 1,
+    nodes: [
+        (id: "noise", type: "NoiseImage", params: {"width": 32, "height": 32, "seed": 7}),
+        (id: "save", type: "SaveImage", params: {"filename_prefix": "batch"}),
+    ],
+    links: [
+        (from: ("noise", "image"), to: ("save", "images")),
+    ],
+    layout: Some((positions: {"noise": (40.0, 40.0), "save": (420.0, 40.0)})),
+)
+"##;
+
+fn noise_seed(file: &WorkflowFile) -> i64 {
+    let node = file.nodes.iter().find(|n| n.id == "noise").unwrap();
+    match node.params.get("seed") {
+        Some(veetance_workflow::ParamValue::Int(s)) => *s,
+        other => panic!("seed param: {other:?}"),
+    }
+}
+
+/// A batch of 3 from the toolbar: three runs one after another, each the next seed, each a
+/// history entry with its own image that restores the workflow it ran.
+#[test]
+fn a_batch_of_three_seeds_gives_three_history_entries_that_restore_their_workflow() {
+    use veetance_gui::history::RunState;
+    let fx = Fixture::new();
+    let path = fx.write("seeded.ron", SEEDED);
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().batch = 3;
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.step();
+    assert!(h.state().is_running(), "notice: {:?}", h.state().notice);
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |app| {
+            app.history.entries.len() == 3
+                && app
+                    .history
+                    .entries
+                    .iter()
+                    .all(|e| e.state == RunState::Finished)
+        }),
+        "history: {:?}",
+        h.state()
+            .history
+            .entries
+            .iter()
+            .map(|e| e.title())
+            .collect::<Vec<_>>()
+    );
+    h.run_steps(2);
+    let app = h.state();
+    let seeds: Vec<i64> = app
+        .history
+        .entries
+        .iter()
+        .map(|e| noise_seed(&e.workflow))
+        .collect();
+    assert_eq!(seeds, [7, 8, 9]);
+    let titles: Vec<String> = app.history.entries.iter().map(|e| e.title()).collect();
+    assert_eq!(
+        titles,
+        [
+            "#1 seed 7: finished",
+            "#2 seed 8: finished",
+            "#3 seed 9: finished"
+        ]
+    );
+    // Each made its own image, and the images differ.
+    let mut bytes = Vec::new();
+    for e in &app.history.entries {
+        assert_eq!(e.outputs.len(), 1, "{}", e.title());
+        let (node, png, _) = &e.outputs[0];
+        assert_eq!(node, "save");
+        bytes.push(std::fs::read(png).unwrap());
+    }
+    assert!(bytes[0] != bytes[1] && bytes[1] != bytes[2] && bytes[0] != bytes[2]);
+    // The list shows them newest first, each with Restore.
+    h.get_by_label("#2 seed 8: finished");
+    assert_eq!(
+        h.get_all_by_role_and_label(Role::Button, "Restore").count(),
+        3
+    );
+    // Restore the middle one from the list: the document now has its seed, as an undoable edit.
+    h.get_all_by_role_and_label(Role::Button, "Restore")
+        .nth(1)
+        .unwrap()
+        .click();
+    h.run_steps(2);
+    assert_eq!(noise_seed(&h.state().workflow()), 8);
+    assert!(h.state().doc.can_undo());
+    // And each entry restores its own.
+    for (number, seed) in [(1, 7), (3, 9)] {
+        h.state_mut().restore_run(number).unwrap();
+        h.run_steps(1);
+        assert_eq!(noise_seed(&h.state().workflow()), seed);
+    }
+}
+
+/// Cancel during a batch stops the run and drops the runs still queued.
+#[test]
+fn cancel_during_a_batch_drops_the_queued_runs() {
+    use veetance_gui::history::RunState;
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(400, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().queue_runs(3);
+    assert!(step_until(&mut h, Duration::from_secs(10), |app| {
+        matches!(app.run.nodes.get("sampler"), Some(NodeRun::Running { step, .. }) if *step > 2)
+    }));
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
+    h.run_steps(3);
+    let states: Vec<RunState> = h
+        .state()
+        .history
+        .entries
+        .iter()
+        .map(|e| e.state.clone())
+        .collect();
+    assert_eq!(states, vec![RunState::Cancelled; 3]);
+    assert!(!h.state().is_running());
+}
+
 #[test]
 fn cancel_stops_a_run_between_steps() {
     let fx = Fixture::new();
