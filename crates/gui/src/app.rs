@@ -139,6 +139,8 @@ pub struct VeetanceApp {
     pub batch: u32,
     /// Runs started so far: the run index a `Seed` node in `increment` mode adds.
     runs_started: u64,
+    /// The image viewer window, when open.
+    pub image_viewer: Option<crate::image_viewer::ImageViewer>,
 }
 
 /// The node search popup: where it was opened (screen and graph) and what was typed.
@@ -212,6 +214,7 @@ impl VeetanceApp {
             history: RunHistory::default(),
             batch: 1,
             runs_started: 0,
+            image_viewer: None,
         };
         if let Some(path) = &options.workflow {
             if let Err(e) = app.open_path(path) {
@@ -979,6 +982,7 @@ impl VeetanceApp {
             0
         };
         self.dialogs(&ctx);
+        self.image_viewer_window(&ctx);
         if let Some(splash) = &mut self.splash {
             if splash.show(&ctx) {
                 self.splash = None;

@@ -13,6 +13,7 @@ pub mod document;
 pub mod engine_bridge;
 pub mod files;
 pub mod history;
+pub mod image_viewer;
 pub mod layout;
 pub mod model_files;
 pub mod overlay;

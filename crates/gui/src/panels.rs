@@ -335,13 +335,22 @@ impl VeetanceApp {
         ui.separator();
         ui.label(RichText::new("History").strong());
         let mut restore = None;
+        let mut view = None;
         for entry in self.history.entries.iter().rev() {
             ui.horizontal(|ui| {
                 if let Some((_, path, texture)) = entry.outputs.first() {
                     let size = texture.size_vec2();
                     let scale = 48.0 / size.x.max(size.y).max(1.0);
-                    ui.add(egui::Image::new((texture.id(), size * scale)))
-                        .on_hover_text(path);
+                    if ui
+                        .add(
+                            egui::Button::image(egui::Image::new((texture.id(), size * scale)))
+                                .frame(false),
+                        )
+                        .on_hover_text(format!("{path}\nclick to open in the image viewer"))
+                        .clicked()
+                    {
+                        view = Some(entry.number);
+                    }
                 }
                 ui.label(entry.title());
                 if ui
@@ -352,6 +361,9 @@ impl VeetanceApp {
                     restore = Some(entry.number);
                 }
             });
+        }
+        if let Some(number) = view {
+            self.open_image_viewer(number);
         }
         if let Some(number) = restore {
             if let Err(e) = self.restore_run(number) {

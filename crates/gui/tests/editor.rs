@@ -513,6 +513,55 @@ fn a_batch_of_three_seeds_gives_three_history_entries_that_restore_their_workflo
     }
 }
 
+/// A history image opens in the viewer: 1:1 and Fit, compare with an earlier run, and the
+/// run's params copied.
+#[test]
+fn the_image_viewer_zooms_compares_and_copies_params() {
+    use veetance_gui::history::RunState;
+    let fx = Fixture::new();
+    let path = fx.write("seeded.ron", SEEDED);
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().queue_runs(2);
+    assert!(step_until(&mut h, Duration::from_secs(60), |app| {
+        app.history.entries.len() == 2
+            && app
+                .history
+                .entries
+                .iter()
+                .all(|e| e.state == RunState::Finished)
+    }));
+    h.state_mut().open_image_viewer(2);
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "1:1").click();
+    h.run_steps(2);
+    assert_eq!(h.state().image_viewer.as_ref().unwrap().zoom, Some(1.0));
+    h.get_by_label("100%");
+    h.get_by_role_and_label(Role::Button, "Fit").click();
+    h.run_steps(2);
+    assert_eq!(h.state().image_viewer.as_ref().unwrap().zoom, None);
+    // Compare with run #1: the menu lists it, and choosing it shows both.
+    h.get_by_role(Role::ComboBox).click();
+    h.run_steps(2);
+    // (The history list shows the same title; the menu's entry comes last.)
+    h.get_all_by_label("#1 seed 7: finished")
+        .last()
+        .unwrap()
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().image_viewer.as_ref().unwrap().compare, Some(1));
+    h.get_by_role_and_label(Role::Button, "Copy seed & params")
+        .click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().notice.as_deref(),
+        Some("copied the params of run #2 seed 8: finished")
+    );
+    // Closing the window forgets it.
+    h.state_mut().image_viewer = None;
+    h.run_steps(2);
+    assert!(h.query_by_label("Copy seed & params").is_none());
+}
+
 /// Cancel during a batch stops the run and drops the runs still queued.
 #[test]
 fn cancel_during_a_batch_drops_the_queued_runs() {
