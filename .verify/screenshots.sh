@@ -73,6 +73,29 @@ shot() {
   echo "$out/$name.png: $(du -k "$out/$name.png" | cut -f1) KiB"
 }
 
+# A batch of three seeds for the history and the compare view.
+cat > "$work/batch.ron" <<'RON'
+(
+    version: 1,
+    description: Some("Value noise under a gradient: a batch of three seeds."),
+    nodes: [
+        (id: "noise", type: "NoiseImage", params: {"width": 384, "height": 384, "seed": 7, "scale": 48.0}),
+        (id: "gradient", type: "GradientImage", params: {"color_a": "#4b0082", "color_b": "#ff69b4", "direction": "radial", "height": 384, "width": 384}),
+        (id: "blend", type: "ImageBlend", params: {"factor": 0.6, "mode": "screen"}),
+        (id: "save", type: "SaveImage", params: {"filename_prefix": "batch"}),
+    ],
+    links: [
+        (from: ("noise", "image"), to: ("blend", "a")),
+        (from: ("gradient", "image"), to: ("blend", "b")),
+        (from: ("blend", "image"), to: ("save", "images")),
+    ],
+    layout: Some((
+        positions: {"noise": (0.0, 0.0), "gradient": (0.0, 300.0), "blend": (340.0, 120.0), "save": (640.0, 120.0)},
+    )),
+)
+RON
+
 shot golden-workflow 6 canvas "$golden"
 shot run-in-progress 8 run "$work/run.ron"
 VEETANCE_SPLASH_AT=0.45 shot splash 5 splash
+shot history-compare 12 history "$work/batch.ron"

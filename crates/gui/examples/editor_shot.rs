@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `VEETANCE_SHOT`: `canvas` (default) opens the workflow; `run` also starts a run after a
-//! second; `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
+//! second; `history` queues a batch of 3 after a second and, once all three have an image,
+//! opens the image viewer on the third compared with the first; `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
 //! `PreviewDemo` sampler stand-in is registered so a run shows progress and previews without a
 //! model.
 
@@ -26,9 +27,29 @@ struct Shot {
 
 impl eframe::App for Shot {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        if self.mode == "run" && !self.run_started && self.opened.elapsed().as_secs_f32() > 1.0 {
+        let after_a_second = self.opened.elapsed().as_secs_f32() > 1.0;
+        if self.mode == "run" && !self.run_started && after_a_second {
             self.app.start_run();
             self.run_started = true;
+        }
+        if self.mode == "history" && !self.run_started && after_a_second {
+            self.app.queue_runs(3);
+            self.run_started = true;
+        }
+        if self.mode == "history" && self.run_started && self.app.image_viewer.is_none() {
+            let done = self.app.history.entries.len() == 3
+                && self
+                    .app
+                    .history
+                    .entries
+                    .iter()
+                    .all(|e| !e.outputs.is_empty());
+            if done {
+                self.app.open_image_viewer(3);
+                if let Some(v) = &mut self.app.image_viewer {
+                    v.compare = Some(1);
+                }
+            }
         }
         self.app.ui(ui);
         ui.ctx().request_repaint();

@@ -26,6 +26,8 @@ pub struct ImageViewer {
     pub zoom: Option<f32>,
     /// The image point at the middle of the area, in image pixels (`None`: the image's middle).
     pub center: Option<Vec2>,
+    /// The size of an image pane in the last frame (for the zoom shown in the toolbar).
+    pub pane: Vec2,
 }
 
 impl ImageViewer {
@@ -36,6 +38,7 @@ impl ImageViewer {
             compare: None,
             zoom: None,
             center: None,
+            pane: Vec2::ZERO,
         }
     }
 
@@ -175,7 +178,12 @@ impl VeetanceApp {
                         viewer.zoom = Some(1.0);
                     }
                     let size = texture.size_vec2();
-                    let shown = viewer.effective_zoom(size, ui.available_size());
+                    let pane = if viewer.pane == Vec2::ZERO {
+                        ui.available_size()
+                    } else {
+                        viewer.pane
+                    };
+                    let shown = viewer.effective_zoom(size, pane);
                     ui.label(format!("{:.0}%", shown * 100.0));
                     let current = compare
                         .as_ref()
@@ -228,6 +236,7 @@ impl VeetanceApp {
                 };
                 let size = texture.size_vec2();
                 let pane_size = panes[0].0.size();
+                viewer.pane = pane_size;
                 let zoom = viewer.effective_zoom(size, pane_size);
                 let mut center = viewer.center.unwrap_or(size / 2.0);
                 // Scroll zooms about the pointer; drag pans.
