@@ -8,7 +8,9 @@
 //!
 //! `VEETANCE_SHOT`: `canvas` (default) opens the workflow; `run` also starts a run after a
 //! second; `history` queues a batch of 3 after a second and, once all three have an image,
-//! opens the image viewer on the third compared with the first; `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
+//! opens the image viewer on the third compared with the first; `frames-pan` pans the canvas
+//! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing;
+//! `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
 //! `PreviewDemo` sampler stand-in is registered so a run shows progress and previews without a
 //! model.
 
@@ -23,6 +25,28 @@ struct Shot {
     mode: String,
     opened: Instant,
     run_started: bool,
+    /// `frames-pan` / `frames-run`: when the last frame began, and what each frame took.
+    last_frame: Option<Instant>,
+    intervals_ms: Vec<f64>,
+    ui_ms: Vec<f64>,
+    measuring: bool,
+}
+
+/// Frame-time statistics as one line: count, median, 99th percentile and slowest.
+fn stats(name: &str, values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return format!("{name}: no frames");
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{name}: {} frames, median {:.2} ms, p99 {:.2} ms, slowest {:.2} ms",
+        v.len(),
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1]
+    )
 }
 
 impl eframe::App for Shot {
@@ -51,8 +75,57 @@ impl eframe::App for Shot {
                 }
             }
         }
+        // Frame times: `frames-pan` scrolls the canvas (a pan) for 5 s from the 2nd second;
+        // `frames-run` starts a run after a second and measures until it ends.
+        let t = self.opened.elapsed().as_secs_f64();
+        if self.mode == "frames-run" && !self.run_started && t > 1.0 {
+            self.app.start_run();
+            self.run_started = true;
+            self.measuring = true;
+        }
+        if self.mode == "frames-pan" {
+            self.measuring = (2.0..7.0).contains(&t);
+        }
+        let now = Instant::now();
+        if self.measuring {
+            if let Some(last) = self.last_frame {
+                self.intervals_ms.push((now - last).as_secs_f64() * 1e3);
+            }
+        }
+        self.last_frame = Some(now);
+        let ui_start = Instant::now();
         self.app.ui(ui);
+        if self.measuring {
+            self.ui_ms.push(ui_start.elapsed().as_secs_f64() * 1e3);
+        }
+        let finished = match self.mode.as_str() {
+            "frames-pan" => t > 7.5,
+            "frames-run" => self.run_started && !self.app.is_running() && t > 2.0,
+            _ => false,
+        };
+        if finished && !self.intervals_ms.is_empty() {
+            self.measuring = false;
+            println!("{}", stats("frame interval", &self.intervals_ms));
+            println!("{}", stats("editor ui code", &self.ui_ms));
+            self.intervals_ms.clear();
+            self.ui_ms.clear();
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
         ui.ctx().request_repaint();
+    }
+
+    fn raw_input_hook(&mut self, _ctx: &egui::Context, raw: &mut egui::RawInput) {
+        if self.mode == "frames-pan" && self.measuring {
+            // The pointer over the canvas, and a scroll every frame: the canvas pans.
+            raw.events
+                .push(egui::Event::PointerMoved(egui::pos2(700.0, 500.0)));
+            raw.events.push(egui::Event::MouseWheel {
+                unit: egui::MouseWheelUnit::Point,
+                delta: egui::vec2(6.0, 2.0),
+                phase: egui::TouchPhase::Move,
+                modifiers: egui::Modifiers::NONE,
+            });
+        }
     }
 }
 
@@ -97,6 +170,10 @@ fn main() -> Result<(), String> {
                 mode,
                 opened: Instant::now(),
                 run_started: false,
+                last_frame: None,
+                intervals_ms: Vec::new(),
+                ui_ms: Vec::new(),
+                measuring: false,
             }))
         }),
     )
