@@ -9,7 +9,8 @@
 //! `VEETANCE_SHOT`: `canvas` (default) opens the workflow; `run` also starts a run after a
 //! second; `history` queues a batch of 3 after a second and, once all three have an image,
 //! opens the image viewer on the third compared with the first; `frames-pan` pans the canvas
-//! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing;
+//! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing
+//! (`frames-empty`: the same window with no editor in it, the renderer's floor);
 //! `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
 //! `PreviewDemo` sampler stand-in is registered so a run shows progress and previews without a
 //! model.
@@ -83,7 +84,7 @@ impl eframe::App for Shot {
             self.run_started = true;
             self.measuring = true;
         }
-        if self.mode == "frames-pan" {
+        if self.mode == "frames-pan" || self.mode == "frames-empty" {
             self.measuring = (2.0..7.0).contains(&t);
         }
         let now = Instant::now();
@@ -94,12 +95,17 @@ impl eframe::App for Shot {
         }
         self.last_frame = Some(now);
         let ui_start = Instant::now();
-        self.app.ui(ui);
+        if self.mode == "frames-empty" {
+            // The floor: the same window with one label, no editor.
+            ui.label("empty frame");
+        } else {
+            self.app.ui(ui);
+        }
         if self.measuring {
             self.ui_ms.push(ui_start.elapsed().as_secs_f64() * 1e3);
         }
         let finished = match self.mode.as_str() {
-            "frames-pan" => t > 7.5,
+            "frames-pan" | "frames-empty" => t > 7.5,
             "frames-run" => self.run_started && !self.app.is_running() && t > 2.0,
             _ => false,
         };
