@@ -88,6 +88,13 @@ impl eframe::App for Shot {
             self.measuring = (2.0..7.0).contains(&t);
         }
         let now = Instant::now();
+        if self.measuring && self.intervals_ms.is_empty() && self.last_frame.is_some() {
+            let t = self.app.canvas_transform();
+            println!(
+                "canvas at the start: translation {:?}, scale {:.3}",
+                t.translation, t.scaling
+            );
+        }
         if self.measuring {
             if let Some(last) = self.last_frame {
                 self.intervals_ms.push((now - last).as_secs_f64() * 1e3);
@@ -113,6 +120,11 @@ impl eframe::App for Shot {
             self.measuring = false;
             println!("{}", stats("frame interval", &self.intervals_ms));
             println!("{}", stats("editor ui code", &self.ui_ms));
+            let t = self.app.canvas_transform();
+            println!(
+                "canvas at the end: translation {:?}, scale {:.3}",
+                t.translation, t.scaling
+            );
             self.intervals_ms.clear();
             self.ui_ms.clear();
             ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
