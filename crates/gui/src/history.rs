@@ -182,9 +182,7 @@ pub fn with_seed_offset(
                 seeds.push(*v);
             }
             if let Some(ParamValue::String(control)) = node.params.get_mut("control") {
-                if control != "fixed" {
-                    *control = "fixed".into();
-                }
+                *control = "fixed".into();
             }
         }
     }

@@ -427,6 +427,17 @@ const SEEDED: &str = r##"(
 )
 "##;
 
+/// The history holds `n` runs, all finished.
+fn all_finished(app: &VeetanceApp, n: usize) -> bool {
+    use veetance_gui::history::RunState;
+    app.history.entries.len() == n
+        && app
+            .history
+            .entries
+            .iter()
+            .all(|e| e.state == RunState::Finished)
+}
+
 fn noise_seed(file: &WorkflowFile) -> i64 {
     let node = file.nodes.iter().find(|n| n.id == "noise").unwrap();
     match node.params.get("seed") {
@@ -439,7 +450,6 @@ fn noise_seed(file: &WorkflowFile) -> i64 {
 /// history entry with its own image that restores the workflow it ran.
 #[test]
 fn a_batch_of_three_seeds_gives_three_history_entries_that_restore_their_workflow() {
-    use veetance_gui::history::RunState;
     let fx = Fixture::new();
     let path = fx.write("seeded.ron", SEEDED);
     let mut h = harness(fx.app(Some(path)));
@@ -449,12 +459,7 @@ fn a_batch_of_three_seeds_gives_three_history_entries_that_restore_their_workflo
     assert!(h.state().is_running(), "notice: {:?}", h.state().notice);
     assert!(
         step_until(&mut h, Duration::from_secs(60), |app| {
-            app.history.entries.len() == 3
-                && app
-                    .history
-                    .entries
-                    .iter()
-                    .all(|e| e.state == RunState::Finished)
+            all_finished(app, 3)
         }),
         "history: {:?}",
         h.state()
@@ -517,18 +522,12 @@ fn a_batch_of_three_seeds_gives_three_history_entries_that_restore_their_workflo
 /// run's params copied.
 #[test]
 fn the_image_viewer_zooms_compares_and_copies_params() {
-    use veetance_gui::history::RunState;
     let fx = Fixture::new();
     let path = fx.write("seeded.ron", SEEDED);
     let mut h = harness(fx.app(Some(path)));
     h.state_mut().queue_runs(2);
     assert!(step_until(&mut h, Duration::from_secs(60), |app| {
-        app.history.entries.len() == 2
-            && app
-                .history
-                .entries
-                .iter()
-                .all(|e| e.state == RunState::Finished)
+        all_finished(app, 2)
     }));
     h.state_mut().open_image_viewer(2);
     h.run_steps(2);
