@@ -12,6 +12,10 @@
 // * gn_stats / gn_finalize / gn_apply: GroupNorm over contiguous NCHW (a group is one contiguous
 //   range), statistics in f32/f64 around a shift, normalise + affine + optional SiLU in f32.
 // * softmax_rows: softmax(x · scale) over each row (the mid-block attention's score rows).
+// * The channels-last (NHWC) decoder's kernels, where cuDNN runs the convolutions:
+//   gn_nhwc_stats / gn_nhwc_finalize / gn_nhwc_apply (GroupNorm over (B, H·W, C): a group is
+//   cpg adjacent channels of every pixel), upsample2x_nhwc (nearest), bias_res_nhwc (bias over
+//   the last axis and a residual, when cuDNN's fused epilogue has no engine).
 //
 // Conventions: `T` is __nv_bfloat16 or __half; arithmetic in f32; all tensors contiguous.
 
@@ -287,6 +291,167 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
 }
 
 // ---------------------------------------------------------------------------------------------
+// Channels-last (NHWC) GroupNorm. x: (B, hw, C) contiguous; group g of image b is channels
+// [g·cpg, (g+1)·cpg) of every pixel. C % 8 == 0 and (256 / (C / 8)) pixels a pass: a thread
+// always reads the same 8 channels (one 16-byte load), so its sums stay per channel and are
+// folded into per-group sums in shared memory once, at the end.
+// gn_nhwc_stats: grid (splits, B), 256 threads; block s covers pixels [s·chunk, +chunk); shift =
+// the group's first element (pixel 0); writes part[((b·G + g)·splits + s)·2 + {0, 1}].
+#define GN_NHWC_MAX_GROUPS 64
+
+template <typename T>
+__device__ __forceinline__ void gn_nhwc_stats(const T* __restrict__ x, float* __restrict__ part,
+                                              long long hw, int c, int cpg, long long chunk) {
+    const int groups = c / cpg;
+    const int b = blockIdx.y, splits = gridDim.x;
+    const int vecs = c / 8;
+    const int v = threadIdx.x % vecs;
+    const int pstep = blockDim.x / vecs;
+    const T* img = x + (long long)b * hw * c;
+    const int c0 = v * 8;
+    float shift[8], s1[8], s2[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        shift[j] = to_f<T>(img[((c0 + j) / cpg) * cpg]);
+        s1[j] = 0.f;
+        s2[j] = 0.f;
+    }
+    const long long start = (long long)blockIdx.x * chunk;
+    const long long end = min(start + chunk, hw);
+    for (long long p = start + threadIdx.x / vecs; p < end; p += pstep) {
+        float t[8];
+        load8<T>(img + p * c + c0, t);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float d = t[j] - shift[j];
+            s1[j] += d;
+            s2[j] += d * d;
+        }
+    }
+    __shared__ float sh1[GN_NHWC_MAX_GROUPS], sh2[GN_NHWC_MAX_GROUPS];
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+        sh1[g] = 0.f;
+        sh2[g] = 0.f;
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < pstep * vecs) {
+        // Fold runs of channels of one group first: fewer shared-memory atomics.
+        float a1 = s1[0], a2 = s2[0];
+        int g = c0 / cpg;
+#pragma unroll
+        for (int j = 1; j < 8; ++j) {
+            const int gj = (c0 + j) / cpg;
+            if (gj != g) {
+                atomicAdd(&sh1[g], a1);
+                atomicAdd(&sh2[g], a2);
+                g = gj;
+                a1 = 0.f;
+                a2 = 0.f;
+            }
+            a1 += s1[j];
+            a2 += s2[j];
+        }
+        atomicAdd(&sh1[g], a1);
+        atomicAdd(&sh2[g], a2);
+    }
+    __syncthreads();
+    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+        const long long at = (((long long)b * groups + g) * splits + blockIdx.x) * 2;
+        part[at] = sh1[g];
+        part[at + 1] = sh2[g];
+    }
+}
+
+// One thread per (image, group): stats[b·G + g] = (mean, 1/sqrt(var + eps)), partial sums in f64.
+template <typename T>
+__device__ __forceinline__ void gn_nhwc_finalize(const T* __restrict__ x,
+                                                 const float* __restrict__ part,
+                                                 float* __restrict__ stats, int total_groups,
+                                                 int groups, int splits, long long hw, int c,
+                                                 int cpg, float eps) {
+    const int bg = blockIdx.x * blockDim.x + threadIdx.x;
+    if (bg >= total_groups) return;
+    const int b = bg / groups, g = bg % groups;
+    double s1 = 0.0, s2 = 0.0;
+    for (int s = 0; s < splits; ++s) {
+        s1 += (double)part[((long long)bg * splits + s) * 2];
+        s2 += (double)part[((long long)bg * splits + s) * 2 + 1];
+    }
+    const double n = (double)hw * (double)cpg;
+    const double shift = (double)to_f<T>(x[(long long)b * hw * c + (long long)g * cpg]);
+    const double md = s1 / n;
+    double var = s2 / n - md * md;
+    if (var < 0.0) var = 0.0;
+    stats[bg * 2] = (float)(shift + md);
+    stats[bg * 2 + 1] = (float)(1.0 / sqrt(var + (double)eps));
+}
+
+// y = (x − mean)·rstd·gamma[c] + beta[c], then SiLU when `silu`; 8 channels a thread.
+template <typename T>
+__device__ __forceinline__ void gn_nhwc_apply(const T* __restrict__ x,
+                                              const float* __restrict__ stats,
+                                              const T* __restrict__ gamma,
+                                              const T* __restrict__ beta, T* __restrict__ y,
+                                              long long total, long long hwc, int c, int cpg,
+                                              int silu) {
+    const long long e = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (e >= total) return;
+    const int c0 = (int)(e % c);
+    const long long b = e / hwc;
+    const long long gbase = b * (c / cpg);
+    float v[8];
+    load8<T>(x + e, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const long long g = gbase + (c0 + j) / cpg;
+        const float ga = to_f<T>(gamma[c0 + j]) * stats[g * 2 + 1];
+        float t = (v[j] - stats[g * 2]) * ga + to_f<T>(beta[c0 + j]);
+        if (silu) t = t / (1.f + __expf(-t));
+        v[j] = t;
+    }
+    store8<T>(y + e, v);
+}
+
+// Nearest 2x upsample of (B, h, w, C) into (B, 2h, 2w, C); 8 channels (16 bytes) a thread.
+template <typename T>
+__device__ __forceinline__ void upsample2x_nhwc(const T* __restrict__ x, T* __restrict__ y,
+                                                long long total, int h, int w, int c) {
+    const long long e = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (e >= total) return;
+    const int cv = (int)(e % c);
+    long long px = e / c;
+    const int ox = (int)(px % (2 * w));
+    px /= 2 * w;
+    const int oy = (int)(px % (2 * h));
+    const long long b = px / (2 * h);
+    const long long src = ((b * h + oy / 2) * w + ox / 2) * c + cv;
+    *reinterpret_cast<uint4*>(y + e) = *reinterpret_cast<const uint4*>(x + src);
+}
+
+// y = g + bias[c] + res over (.., C) rows, 8 channels a thread (flags for the optional operands).
+template <typename T>
+__device__ __forceinline__ void bias_res_nhwc(const T* __restrict__ g, const T* __restrict__ bias,
+                                              int has_bias, const T* __restrict__ res, int has_res,
+                                              T* __restrict__ y, long long total, int c) {
+    const long long e = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (e >= total) return;
+    const int c0 = (int)(e % c);
+    float v[8], r[8];
+    load8<T>(g + e, v);
+    if (has_res) {
+        load8<T>(res + e, r);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] += r[j];
+    }
+    if (has_bias) {
+        load8<T>(bias + c0, r);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] += r[j];
+    }
+    store8<T>(y + e, v);
+}
+
+// ---------------------------------------------------------------------------------------------
 // entry points
 
 #define VAE_KERNELS(T, SFX)                                                                            \
@@ -345,6 +510,29 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ x, T* __restr
     extern "C" __global__ void __launch_bounds__(SOFTMAX_THREADS)                                    \
         softmax_rows_v1_##SFX(const T* x, T* y, long long cols, float scale) {                       \
         softmax_rows<T, 1>(x, y, cols, scale);                                                       \
+    }                                                                                                \
+    extern "C" __global__ void gn_nhwc_stats_##SFX(const T* x, float* part, long long hw, int c,     \
+                                                   int cpg, long long chunk) {                       \
+        gn_nhwc_stats<T>(x, part, hw, c, cpg, chunk);                                                \
+    }                                                                                                \
+    extern "C" __global__ void gn_nhwc_finalize_##SFX(const T* x, const float* part, float* stats,   \
+                                                      int total_groups, int groups, int splits,      \
+                                                      long long hw, int c, int cpg, float eps) {     \
+        gn_nhwc_finalize<T>(x, part, stats, total_groups, groups, splits, hw, c, cpg, eps);          \
+    }                                                                                                \
+    extern "C" __global__ void gn_nhwc_apply_##SFX(const T* x, const float* stats, const T* gamma,   \
+                                                   const T* beta, T* y, long long total,             \
+                                                   long long hwc, int c, int cpg, int silu) {        \
+        gn_nhwc_apply<T>(x, stats, gamma, beta, y, total, hwc, c, cpg, silu);                        \
+    }                                                                                                \
+    extern "C" __global__ void upsample2x_nhwc_##SFX(const T* x, T* y, long long total, int h,       \
+                                                     int w, int c) {                                 \
+        upsample2x_nhwc<T>(x, y, total, h, w, c);                                                    \
+    }                                                                                                \
+    extern "C" __global__ void bias_res_nhwc_##SFX(const T* g, const T* bias, int has_bias,          \
+                                                   const T* res, int has_res, T* y, long long total, \
+                                                   int c) {                                          \
+        bias_res_nhwc<T>(g, bias, has_bias, res, has_res, y, total, c);                              \
     }
 
 VAE_KERNELS(__nv_bfloat16, bf16)

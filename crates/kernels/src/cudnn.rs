@@ -23,11 +23,13 @@ type Handle = *mut c_void;
 type Desc = *mut c_void;
 
 // Values of cudnn_backend.h / cudnn_graph.h (cuDNN 9).
+const DESC_POINTWISE: u32 = 0;
 const DESC_CONVOLUTION: u32 = 1;
 const DESC_ENGINECFG: u32 = 3;
 const DESC_ENGINEHEUR: u32 = 4;
 const DESC_EXECUTION_PLAN: u32 = 5;
 const DESC_OP_CONV_FWD: u32 = 10;
+const DESC_OP_POINTWISE: u32 = 13;
 const DESC_OPERATIONGRAPH: u32 = 15;
 const DESC_VARIANT_PACK: u32 = 16;
 const DESC_TENSOR: u32 = 17;
@@ -41,8 +43,11 @@ const T_FLOAT: u32 = 4;
 const T_VOID_PTR: u32 = 6;
 const T_CONVOLUTION_MODE: u32 = 7;
 const T_HEUR_MODE: u32 = 8;
+const T_POINTWISE_MODE: u32 = 14;
 const T_DESCRIPTOR: u32 = 15;
 
+const A_POINTWISE_MODE: u32 = 0;
+const A_POINTWISE_MATH_PREC: u32 = 1;
 const A_CONV_COMP_TYPE: u32 = 100;
 const A_CONV_MODE: u32 = 101;
 const A_CONV_DILATIONS: u32 = 102;
@@ -62,6 +67,10 @@ const A_CONV_FWD_CONV_DESC: u32 = 702;
 const A_CONV_FWD_W: u32 = 703;
 const A_CONV_FWD_X: u32 = 704;
 const A_CONV_FWD_Y: u32 = 705;
+const A_PW_DESC: u32 = 750;
+const A_PW_X: u32 = 751;
+const A_PW_B: u32 = 752;
+const A_PW_Y: u32 = 753;
 const A_GRAPH_HANDLE: u32 = 800;
 const A_GRAPH_OPS: u32 = 801;
 const A_TENSOR_BYTE_ALIGNMENT: u32 = 900;
@@ -69,6 +78,7 @@ const A_TENSOR_DATA_TYPE: u32 = 901;
 const A_TENSOR_DIMENSIONS: u32 = 902;
 const A_TENSOR_STRIDES: u32 = 903;
 const A_TENSOR_UNIQUE_ID: u32 = 906;
+const A_TENSOR_IS_VIRTUAL: u32 = 907;
 const A_TENSOR_IS_BY_VALUE: u32 = 908;
 const A_VP_UNIQUE_IDS: u32 = 1000;
 const A_VP_DATA_POINTERS: u32 = 1001;
@@ -83,6 +93,7 @@ const DATA_FLOAT: u32 = 0;
 const DATA_HALF: u32 = 2;
 const DATA_BFLOAT16: u32 = 9;
 const CROSS_CORRELATION: u32 = 1;
+const POINTWISE_ADD: u32 = 0;
 const HEUR_MODE_A: u32 = 3;
 
 /// The largest workspace a plan may ask for (1.5 GiB); configurations that want more are skipped.
@@ -299,6 +310,49 @@ fn tensor_with(
     Ok(t)
 }
 
+/// A virtual (never stored) f32 tensor between two operations of one graph.
+fn virtual_tensor(api: &'static Api, uid: i64, dims: &[i64], strides: &[i64]) -> Result<D> {
+    let t = D::new(api, DESC_TENSOR)?;
+    t.scalar(
+        A_TENSOR_DATA_TYPE,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "tensor data type",
+    )?;
+    t.i64s(A_TENSOR_DIMENSIONS, dims, "tensor dimensions")?;
+    t.i64s(A_TENSOR_STRIDES, strides, "tensor strides")?;
+    t.i64s(A_TENSOR_UNIQUE_ID, &[uid], "tensor id")?;
+    t.i64s(A_TENSOR_BYTE_ALIGNMENT, &[16], "tensor alignment")?;
+    t.scalar(A_TENSOR_IS_VIRTUAL, T_BOOLEAN, &true, "tensor virtual")?;
+    t.finalize("virtual tensor")?;
+    Ok(t)
+}
+
+/// `y = x + b` (b broadcast where its dims are 1), in f32.
+fn add_op(api: &'static Api, x: &D, b: &D, y: &D) -> Result<(D, D)> {
+    let pw = D::new(api, DESC_POINTWISE)?;
+    pw.scalar(
+        A_POINTWISE_MODE,
+        T_POINTWISE_MODE,
+        &POINTWISE_ADD,
+        "pointwise mode",
+    )?;
+    pw.scalar(
+        A_POINTWISE_MATH_PREC,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "pointwise precision",
+    )?;
+    pw.finalize("pointwise descriptor")?;
+    let op = D::new(api, DESC_OP_POINTWISE)?;
+    op.descs(A_PW_DESC, &[&pw], "pointwise descriptor")?;
+    op.descs(A_PW_X, &[x], "pointwise x")?;
+    op.descs(A_PW_B, &[b], "pointwise b")?;
+    op.descs(A_PW_Y, &[y], "pointwise y")?;
+    op.finalize("pointwise operation")?;
+    Ok((pw, op))
+}
+
 /// An execution plan for one shape, and the descriptors it was made from.
 struct Plan {
     plan: D,
@@ -381,6 +435,8 @@ enum Key {
     Sdpa(DType, [i64; 5], i64),
     /// dtype, x (n, c, h, w), w (k, r, s), stride, padding.
     Conv(DType, [i64; 4], [i64; 3], i64, i64),
+    /// The same, channels-last, with the bias and residual adds fused when the flags say so.
+    ConvNhwc(DType, [i64; 4], [i64; 3], i64, i64, bool, bool),
 }
 
 /// A handle and workspace for one stream, and the plans made on it (`None`: that shape has no
@@ -615,4 +671,138 @@ pub fn conv2d(
         Ok(plan)
     };
     run(dev, key, build, &[1, 2, 3], &ptrs)
+}
+
+/// Whether cuDNN is loaded (so that [`conv2d_nhwc`] can run at all).
+pub fn loaded() -> bool {
+    api().is_ok()
+}
+
+/// Whether the channels-last convolution fuses its bias and residual adds into cuDNN's graph
+/// (`VEETANCE_CUDNN_FUSE=0` turns that off, to compare).
+fn fuse_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("VEETANCE_CUDNN_FUSE").as_deref(),
+            Ok("0") | Ok("off")
+        )
+    })
+}
+
+/// A channels-last 2-D cross-correlation: `x: (n, h, w, c)`, `w: (k, r, s, c)`, `y: (n, p, q, k)`,
+/// all contiguous `dtype`, f32 accumulation, and, when given, `+ bias[k]` and `+ res (n, p, q, k)`
+/// in the same pass (cuDNN's runtime fusion). `ptrs`: x, w, y, then bias and res (null when
+/// absent). Returns `Ok(None)` when cuDNN cannot run it, `Ok(Some(fused))` when it ran: `fused`
+/// false means only the convolution ran (into y) and the caller adds bias and residual.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_nhwc(
+    dev: &CudaDevice,
+    dtype: DType,
+    (n, c, h, w): (usize, usize, usize, usize),
+    (k, r, s): (usize, usize, usize),
+    (p, q): (usize, usize),
+    stride: usize,
+    pad: usize,
+    ptrs: [*mut c_void; 5],
+) -> Result<Option<bool>> {
+    let (has_bias, has_res) = (!ptrs[3].is_null(), !ptrs[4].is_null());
+    if !aligned(&ptrs[..3])
+        || (has_bias && !aligned(&ptrs[3..4]))
+        || (has_res && !aligned(&ptrs[4..]))
+    {
+        return Ok(None);
+    }
+    let dt = data_type(dtype)?;
+    let [n, c, h, w, k, r, s, p, q, stride, pad] =
+        [n, c, h, w, k, r, s, p, q, stride, pad].map(|v| v as i64);
+    let graph = move |bias: bool, res: bool| {
+        move |api: &'static Api, handle: Handle| -> Result<Plan> {
+            let x = tensor(api, 1, dt, &[n, c, h, w], &[h * w * c, 1, w * c, c])?;
+            let wt = tensor(api, 2, dt, &[k, c, r, s], &[r * s * c, 1, s * c, c])?;
+            let y_dims = [n, k, p, q];
+            let y_strides = [p * q * k, 1, q * k, k];
+            let conv = D::new(api, DESC_CONVOLUTION)?;
+            conv.scalar(
+                A_CONV_COMP_TYPE,
+                T_DATA_TYPE,
+                &DATA_FLOAT,
+                "conv compute type",
+            )?;
+            conv.scalar(
+                A_CONV_MODE,
+                T_CONVOLUTION_MODE,
+                &CROSS_CORRELATION,
+                "conv mode",
+            )?;
+            conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
+            conv.i64s(A_CONV_DILATIONS, &[1, 1], "conv dilations")?;
+            conv.i64s(A_CONV_FILTER_STRIDES, &[stride, stride], "conv strides")?;
+            conv.i64s(A_CONV_PRE_PADDINGS, &[pad, pad], "conv pre-padding")?;
+            conv.i64s(A_CONV_POST_PADDINGS, &[pad, pad], "conv post-padding")?;
+            conv.finalize("convolution")?;
+            let mut keep = Vec::new();
+            // The convolution writes y itself, or a virtual f32 tensor the adds read.
+            let conv_out = if bias || res {
+                virtual_tensor(api, 10, &y_dims, &y_strides)?
+            } else {
+                tensor(api, 3, dt, &y_dims, &y_strides)?
+            };
+            let op = D::new(api, DESC_OP_CONV_FWD)?;
+            op.descs(A_CONV_FWD_X, &[&x], "conv x")?;
+            op.descs(A_CONV_FWD_W, &[&wt], "conv w")?;
+            op.descs(A_CONV_FWD_Y, &[&conv_out], "conv y")?;
+            op.descs(A_CONV_FWD_CONV_DESC, &[&conv], "conv descriptor")?;
+            op.scalar(A_CONV_FWD_ALPHA, T_FLOAT, &1.0f32, "conv alpha")?;
+            op.scalar(A_CONV_FWD_BETA, T_FLOAT, &0.0f32, "conv beta")?;
+            op.finalize("conv operation")?;
+            let mut ops = vec![op];
+            let mut last = conv_out;
+            if bias {
+                let bt = tensor(api, 4, dt, &[1, k, 1, 1], &[k, 1, k, k])?;
+                let out = if res {
+                    virtual_tensor(api, 11, &y_dims, &y_strides)?
+                } else {
+                    tensor(api, 3, dt, &y_dims, &y_strides)?
+                };
+                let (pw, add) = add_op(api, &last, &bt, &out)?;
+                ops.push(add);
+                keep.extend([pw, bt, std::mem::replace(&mut last, out)]);
+            }
+            if res {
+                let rt = tensor(api, 5, dt, &y_dims, &y_strides)?;
+                let out = tensor(api, 3, dt, &y_dims, &y_strides)?;
+                let (pw, add) = add_op(api, &last, &rt, &out)?;
+                ops.push(add);
+                keep.extend([pw, rt, std::mem::replace(&mut last, out)]);
+            }
+            let op_refs: Vec<&D> = ops.iter().collect();
+            let mut plan = plan_for(api, handle, &op_refs)?;
+            plan._keep.extend([x, wt, conv, last]);
+            plan._keep.extend(keep);
+            plan._keep.extend(ops);
+            Ok(plan)
+        }
+    };
+    let (ids, pp): (Vec<i64>, Vec<*mut c_void>) = [(1, ptrs[0]), (2, ptrs[1]), (3, ptrs[2])]
+        .into_iter()
+        .chain(has_bias.then_some((4, ptrs[3])))
+        .chain(has_res.then_some((5, ptrs[4])))
+        .unzip();
+    if (has_bias || has_res) && fuse_enabled() {
+        let key = Key::ConvNhwc(
+            dtype,
+            [n, c, h, w],
+            [k, r, s],
+            stride,
+            pad,
+            has_bias,
+            has_res,
+        );
+        if run(dev, key, graph(has_bias, has_res), &ids, &pp)? {
+            return Ok(Some(true));
+        }
+    }
+    let key = Key::ConvNhwc(dtype, [n, c, h, w], [k, r, s], stride, pad, false, false);
+    Ok(run(dev, key, graph(false, false), &ids[..3], &pp[..3])?.then_some(false))
 }

@@ -241,6 +241,54 @@ pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
     imp::softmax_last_dim(x, scale)
 }
 
+/// Whether cuDNN is loaded, so that the channels-last path ([`conv2d_nhwc`]) can run at all.
+pub fn cudnn_loaded() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cudnn::loaded()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+/// The channels-last convolution of the VAE decoder's cuDNN path:
+/// `residual + conv2d(upsample?(x), weight) + bias` over `x: (B, H, W, Cin)`, `weight:
+/// (Cout, kh, kw, Cin)`, `bias: (Cout,)`, `residual: (B, Ho, Wo, Cout)`, all contiguous in one
+/// dtype, Cin and Cout multiples of 8. The bias and residual adds run inside cuDNN's graph where
+/// it has a fused engine (`VEETANCE_CUDNN_FUSE=0` turns that off), else in one pass of ours.
+/// `Ok(None)`: cuDNN is absent or has no engine for the shape (nothing ran); callers then take the
+/// NCHW path.
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    geom: ConvGeom,
+) -> Result<Option<Tensor>> {
+    imp::conv2d_nhwc(x, weight, bias, residual, geom)
+}
+
+/// GroupNorm over a channels-last `x: (B, ..., C)` (C a multiple of 8, at most 2048, and 256
+/// divisible by C / 8; `groups` dividing C, at most 64), affine `(C,)`, biased variance, then
+/// SiLU when `silu`; what [`group_norm`] computes on the NCHW layout.
+pub fn group_norm_nhwc(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    imp::group_norm_nhwc(x, gamma, beta, groups, eps, silu)
+}
+
+/// Nearest 2x upsample of a channels-last `x: (B, H, W, C)`, C a multiple of 8.
+pub fn upsample2x_nhwc(x: &Tensor) -> Result<Tensor> {
+    imp::upsample2x_nhwc(x)
+}
+
 /// The weight of an fp8 e4m3 linear layer in `dtype` (bf16, f16 or f32): `w: (out, in)` fp8,
 /// times `scale` per output row (`(out,)` in `dtype`) when given. candle's own fp8 casts fail on
 /// CUDA (cuda/quant.cu says why).
@@ -374,6 +422,28 @@ mod imp {
     }
     pub fn softmax_last_dim(_x: &Tensor, _scale: f64) -> Result<Tensor> {
         bail!("our softmax needs a build with the `cuda` feature")
+    }
+    pub fn conv2d_nhwc(
+        _x: &Tensor,
+        _w: &Tensor,
+        _bias: Option<&Tensor>,
+        _res: Option<&Tensor>,
+        _geom: super::ConvGeom,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    pub fn group_norm_nhwc(
+        _x: &Tensor,
+        _gamma: &Tensor,
+        _beta: &Tensor,
+        _groups: usize,
+        _eps: f64,
+        _silu: bool,
+    ) -> Result<Tensor> {
+        bail!("our group norm needs a build with the `cuda` feature")
+    }
+    pub fn upsample2x_nhwc(_x: &Tensor) -> Result<Tensor> {
+        bail!("our upsample needs a build with the `cuda` feature")
     }
 }
 
@@ -1460,6 +1530,341 @@ mod imp {
         // SAFETY: arguments match the kernel's signature; `cols` bounds every row.
         unsafe { builder.launch(cfg) }.w()?;
         drop(xs);
+        Ok(wrap(out, &dev, dims))
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The channels-last decoder (cuDNN convolutions, cuda/vae.cu's *_nhwc kernels)
+
+    fn device_of(t: &Tensor, what: &str) -> Result<CudaDevice> {
+        match &*t.storage_and_layout().0 {
+            Storage::Cuda(s) => Ok(s.device().clone()),
+            _ => bail!("{what} must be on a CUDA device"),
+        }
+    }
+
+    pub fn conv2d_nhwc(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        geom: super::ConvGeom,
+    ) -> Result<Option<Tensor>> {
+        dispatch!(x.dtype(), conv2d_nhwc_t, x, w, bias, res, geom)
+    }
+
+    fn conv2d_nhwc_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+        geom: super::ConvGeom,
+    ) -> Result<Option<Tensor>> {
+        if !super::cudnn::loaded() {
+            return Ok(None);
+        }
+        let dtype = x.dtype();
+        let (b, h, wd, c) = x.dims4()?;
+        let (cout, kh, kw, cin) = w.dims4()?;
+        let super::ConvGeom {
+            stride,
+            padding: pad,
+            upsample: up,
+        } = geom;
+        if cin != c || stride == 0 || !(up == 1 || up == 2) || c % 8 != 0 || cout % 8 != 0 {
+            bail!(
+                "conv2d_nhwc: input {:?}, weight {:?}, {geom:?} (channels multiples of 8, \
+                 stride ≥ 1, upsample 1 or 2)",
+                x.dims(),
+                w.dims()
+            )
+        }
+        let (hi, wi) = (h * up, wd * up);
+        let (hv, wv) = (hi + 2 * pad, wi + 2 * pad);
+        if hv < kh || wv < kw {
+            bail!("conv2d_nhwc: kernel {kh}x{kw} larger than the padded input {hv}x{wv}")
+        }
+        let (ho, wo) = ((hv - kh) / stride + 1, (wv - kw) / stride + 1);
+        let x = if up == 2 {
+            upsample2x_nhwc(x)?
+        } else {
+            x.contiguous()?
+        };
+        let w = check(w, dtype, &[cout, kh, kw, cin], "conv2d_nhwc weight")?;
+        let bias = bias
+            .map(|t| check(t, dtype, &[cout], "conv2d_nhwc bias"))
+            .transpose()?;
+        let res = res
+            .map(|t| check(t, dtype, &[b, ho, wo, cout], "conv2d_nhwc residual"))
+            .transpose()?;
+        let dev = device_of(&x, "x")?;
+        let total = b * ho * wo * cout;
+        // SAFETY: cuDNN writes every element when it runs; when it does not, the buffer is
+        // dropped unread.
+        let mut y = unsafe { dev.alloc::<T>(total) }?;
+        let ran = {
+            let stream = dev.cuda_stream();
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let xv = view::<T>(cuda_of(&xs, "x")?, xl)?;
+            let wv = view::<T>(cuda_of(&ws, "conv2d_nhwc weight")?, wl)?;
+            let (xp, _gx) = xv.device_ptr(&stream);
+            let (wp, _gw) = wv.device_ptr(&stream);
+            let (yp, _gy) = y.device_ptr_mut(&stream);
+            let bg = bias.as_ref().map(|t| t.storage_and_layout());
+            let rg = res.as_ref().map(|t| t.storage_and_layout());
+            let bv = match &bg {
+                Some((s, l)) => Some(view::<T>(cuda_of(s, "conv2d_nhwc bias")?, l)?),
+                None => None,
+            };
+            let rv = match &rg {
+                Some((s, l)) => Some(view::<T>(cuda_of(s, "conv2d_nhwc residual")?, l)?),
+                None => None,
+            };
+            let bp = bv.as_ref().map(|v| v.device_ptr(&stream));
+            let rp = rv.as_ref().map(|v| v.device_ptr(&stream));
+            let null = std::ptr::null_mut();
+            super::cudnn::conv2d_nhwc(
+                &dev,
+                dtype,
+                (b, c, hi, wi),
+                (cout, kh, kw),
+                (ho, wo),
+                stride,
+                pad,
+                [
+                    xp as _,
+                    wp as _,
+                    yp as _,
+                    bp.as_ref().map_or(null, |(p, _)| *p as _),
+                    rp.as_ref().map_or(null, |(p, _)| *p as _),
+                ],
+            )?
+        };
+        let y = wrap(y, &dev, (b, ho, wo, cout));
+        match ran {
+            None => Ok(None),
+            Some(true) => Ok(Some(y)),
+            Some(false) if bias.is_none() && res.is_none() => Ok(Some(y)),
+            Some(false) => bias_res_nhwc::<T>(&dev, &y, bias.as_ref(), res.as_ref()).map(Some),
+        }
+    }
+
+    /// `g + bias (over the last axis) + res`, one pass.
+    fn bias_res_nhwc<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        g: &Tensor,
+        bias: Option<&Tensor>,
+        res: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let total = g.elem_count();
+        let c = *g.dims().last().unwrap_or(&0);
+        let (gs, gl) = g.storage_and_layout();
+        let gv = view::<T>(cuda_of(&gs, "conv output")?, gl)?;
+        let bg = bias.map(|t| t.storage_and_layout());
+        let rg = res.map(|t| t.storage_and_layout());
+        let bv = match &bg {
+            Some((s, l)) => Some(view::<T>(cuda_of(s, "conv bias")?, l)?),
+            None => None,
+        };
+        let rv = match &rg {
+            Some((s, l)) => Some(view::<T>(cuda_of(s, "conv residual")?, l)?),
+            None => None,
+        };
+        // SAFETY: the kernel writes all `total` elements (total and c multiples of 8).
+        let out = unsafe { dev.alloc::<T>(total) }?;
+        let func = load(
+            dev,
+            &VAE_MODULE,
+            &format!("bias_res_nhwc_{}", suffix(g.dtype())?),
+        )?;
+        let (hb, hr, total_i, c_i) = (
+            i32::from(bv.is_some()),
+            i32::from(rv.is_some()),
+            total as i64,
+            c as i32,
+        );
+        let mut builder = func.builder();
+        builder.arg(&gv);
+        builder.arg(bv.as_ref().unwrap_or(&gv));
+        builder.arg(&hb);
+        builder.arg(rv.as_ref().unwrap_or(&gv));
+        builder.arg(&hr);
+        builder.arg(&out);
+        builder.arg(&total_i);
+        builder.arg(&c_i);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(grid_for(total / 8)) }.w()?;
+        drop((gs, bg, rg));
+        Ok(wrap(out, dev, g.dims()))
+    }
+
+    pub fn upsample2x_nhwc(x: &Tensor) -> Result<Tensor> {
+        dispatch!(x.dtype(), upsample2x_nhwc_t, x)
+    }
+
+    fn upsample2x_nhwc_t<T: CudaDType + DeviceRepr>(x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        if c % 8 != 0 || h > i32::MAX as usize / 2 || w > i32::MAX as usize / 2 {
+            bail!(
+                "upsample2x_nhwc: input {:?} (channels a multiple of 8)",
+                x.dims()
+            )
+        }
+        let x = x.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let total = b * 4 * h * w * c;
+        // SAFETY: the kernel writes all `total` elements.
+        let out = unsafe { dev.alloc::<T>(total) }?;
+        let func = load(
+            &dev,
+            &VAE_MODULE,
+            &format!("upsample2x_nhwc_{}", suffix(x.dtype())?),
+        )?;
+        let (total_i, h_i, w_i, c_i) = (total as i64, h as i32, w as i32, c as i32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&out);
+        builder.arg(&total_i);
+        builder.arg(&h_i);
+        builder.arg(&w_i);
+        builder.arg(&c_i);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(grid_for(total / 8)) }.w()?;
+        drop(xs);
+        Ok(wrap(out, &dev, (b, 2 * h, 2 * w, c)))
+    }
+
+    pub fn group_norm_nhwc(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        dispatch!(
+            x.dtype(),
+            group_norm_nhwc_t,
+            x,
+            gamma,
+            beta,
+            groups,
+            eps,
+            silu
+        )
+    }
+
+    fn group_norm_nhwc_t<T: CudaDType + DeviceRepr>(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let dims = x.dims().to_vec();
+        let c = *dims.last().unwrap_or(&0);
+        let b = dims.first().copied().unwrap_or(0);
+        let hw: usize = dims[1..dims.len().saturating_sub(1)].iter().product();
+        if dims.len() < 3
+            || groups == 0
+            || groups > 64
+            || c % groups != 0
+            || c % 8 != 0
+            || c > 2048
+            || (THREADS as usize) % (c / 8) != 0
+            || b * groups > i32::MAX as usize
+            || b > 65535
+            || hw == 0
+        {
+            bail!(
+                "group norm (channels last): input {dims:?} with {groups} groups (channels a \
+                 multiple of 8 dividing 2048, at most 64 groups)"
+            )
+        }
+        let cpg = c / groups;
+        let x = x.contiguous()?;
+        let gamma = check(gamma, dtype, &[c], "group norm weight")?;
+        let beta = check(beta, dtype, &[c], "group norm bias")?;
+        let (xs, xl) = x.storage_and_layout();
+        let xc = cuda_of(&xs, "x")?;
+        let dev = xc.device().clone();
+        let xv = view::<T>(xc, xl)?;
+        let (gs, gl) = gamma.storage_and_layout();
+        let (bs, bl) = beta.storage_and_layout();
+        let gv = view::<T>(cuda_of(&gs, "group norm weight")?, gl)?;
+        let bv = view::<T>(cuda_of(&bs, "group norm bias")?, bl)?;
+        let sfx = suffix(dtype)?;
+        // About four blocks per SM over the batch, at least 256 pixels a block.
+        let splits = 528usize.div_ceil(b).clamp(1, hw.div_ceil(256).max(1));
+        let chunk = hw.div_ceil(splits);
+        let splits = hw.div_ceil(chunk);
+        let ng = b * groups;
+        // SAFETY: every block writes its groups' partial sums; every (image, group) its stats.
+        let part = unsafe { dev.alloc::<f32>(ng * splits * 2) }?;
+        let stats = unsafe { dev.alloc::<f32>(ng * 2) }?;
+        let func = load(&dev, &VAE_MODULE, &format!("gn_nhwc_stats_{sfx}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, b as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (hw_i, c_i, cpg_i, chunk_i) = (hw as i64, c as i32, cpg as i32, chunk as i64);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&part);
+        builder.arg(&hw_i);
+        builder.arg(&c_i);
+        builder.arg(&cpg_i);
+        builder.arg(&chunk_i);
+        // SAFETY: arguments match the kernel's signature; reads stay inside each image.
+        unsafe { builder.launch(cfg) }.w()?;
+
+        let func = load(&dev, &VAE_MODULE, &format!("gn_nhwc_finalize_{sfx}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (ng.div_ceil(128) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ng_i, g_i, splits_i, eps_f) = (ng as i32, groups as i32, splits as i32, eps as f32);
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&part);
+        builder.arg(&stats);
+        builder.arg(&ng_i);
+        builder.arg(&g_i);
+        builder.arg(&splits_i);
+        builder.arg(&hw_i);
+        builder.arg(&c_i);
+        builder.arg(&cpg_i);
+        builder.arg(&eps_f);
+        // SAFETY: arguments match the kernel's signature.
+        unsafe { builder.launch(cfg) }.w()?;
+
+        let total = b * hw * c;
+        // SAFETY: the apply kernel writes all `total` elements.
+        let out = unsafe { dev.alloc::<T>(total) }?;
+        let func = load(&dev, &VAE_MODULE, &format!("gn_nhwc_apply_{sfx}"))?;
+        let (total_i, hwc_i, silu_i) = (total as i64, (hw * c) as i64, i32::from(silu));
+        let mut builder = func.builder();
+        builder.arg(&xv);
+        builder.arg(&stats);
+        builder.arg(&gv);
+        builder.arg(&bv);
+        builder.arg(&out);
+        builder.arg(&total_i);
+        builder.arg(&hwc_i);
+        builder.arg(&c_i);
+        builder.arg(&cpg_i);
+        builder.arg(&silu_i);
+        // SAFETY: arguments match the kernel's signature; `total` bounds every index.
+        unsafe { builder.launch(grid_for(total / 8)) }.w()?;
+        drop((xs, gs, bs));
         Ok(wrap(out, &dev, dims))
     }
 

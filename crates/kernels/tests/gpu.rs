@@ -349,6 +349,110 @@ fn vae_group_norm_matches_candle() -> R<()> {
     Ok(())
 }
 
+/// The channels-last path (cuDNN's NHWC convolution with its fused bias and residual, our NHWC
+/// GroupNorm and upsample) against the same NCHW references, the tensors permuted around them.
+#[test]
+fn vae_nhwc_kernels_match_candle() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    let nhwc = |t: &Tensor| t.permute((0, 2, 3, 1))?.contiguous();
+    let nchw = |t: &Tensor| t.permute((0, 3, 1, 2));
+    for dtype in [DType::BF16, DType::F16] {
+        // upsample
+        let x = randn(&[2, 16, 5, 7], dtype, &dev)?;
+        let got = nchw(&kernels::upsample2x_nhwc(&nhwc(&x)?)?)?;
+        let want = x.upsample_nearest2d(10, 14)?;
+        assert_eq!(got.dims(), want.dims());
+        assert_eq!(
+            got.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            "upsample2x_nhwc is a copy"
+        );
+        // group norm: cpg 1, 4, 8, 16 (the decoder's 128..512 channels have 4..16)
+        for &(dims, offset) in &[
+            (&[2usize, 32, 9, 11][..], 0.0),
+            (&[1, 128, 33, 31][..], 0.0),
+            (&[1, 256, 64, 64][..], 5.0),
+            (&[2, 512, 16, 16][..], 0.0),
+        ] {
+            let c = dims[1];
+            let x = (randn(dims, DType::F32, &dev)? + offset)?.to_dtype(dtype)?;
+            let gamma = ((randn(&[c], DType::F32, &dev)? * 0.2)? + 1.0)?.to_dtype(dtype)?;
+            let beta = (randn(&[c], DType::F32, &dev)? * 0.2)?.to_dtype(dtype)?;
+            let gn = candle_nn::GroupNorm::new(
+                gamma.to_dtype(DType::F32)?,
+                beta.to_dtype(DType::F32)?,
+                c,
+                32,
+                1e-6,
+            )?;
+            let normed = candle_nn::Module::forward(&gn, &x.to_dtype(DType::F32)?)?;
+            for silu in [false, true] {
+                let want = if silu {
+                    candle_nn::ops::silu(&normed)?
+                } else {
+                    normed.clone()
+                };
+                let got = kernels::group_norm_nhwc(&nhwc(&x)?, &gamma, &beta, 32, 1e-6, silu)?;
+                let e = rel(&nchw(&got)?, &want)?;
+                eprintln!("group norm NHWC {dtype:?} {dims:?} +{offset} silu {silu}: {e:.2e}");
+                assert!(e < 1e-2, "{e}");
+            }
+        }
+        if !cudnn_loaded() {
+            eprintln!("cuDNN not loaded: the NHWC convolution is not checked");
+            continue;
+        }
+        // (b, cin, cout, h, w, k, pad, upsample, bias, residual)
+        for &(b, cin, cout, h, w, k, pad, up, with_bias, with_res) in &[
+            (1, 64, 32, 16, 24, 3, 1, 1, true, false),
+            (2, 32, 48, 13, 10, 3, 1, 1, true, true),
+            (1, 32, 32, 16, 16, 3, 1, 2, true, false),
+            (1, 16, 16, 7, 9, 3, 1, 2, true, true),
+            (2, 64, 32, 16, 16, 1, 0, 1, true, true),
+            (1, 32, 16, 16, 16, 3, 1, 1, false, false),
+            (1, 32, 16, 16, 16, 3, 1, 1, false, true),
+        ] {
+            let x = randn(&[b, cin, h, w], dtype, &dev)?;
+            let wt =
+                (randn(&[cout, cin, k, k], dtype, &dev)? * (1.0 / ((cin * k * k) as f64).sqrt()))?;
+            let bias = if with_bias {
+                randn(&[cout], dtype, &dev)?
+            } else {
+                Tensor::zeros(cout, dtype, &dev)?
+            };
+            let shape = conv_ref(&x, &wt, &bias, None, 1, pad, up)?.dims().to_vec();
+            let res = if with_res {
+                Some(randn(&shape, dtype, &dev)?)
+            } else {
+                None
+            };
+            let want = conv_ref(&x, &wt, &bias, res.as_ref(), 1, pad, up)?;
+            let geom = kernels::ConvGeom {
+                stride: 1,
+                padding: pad,
+                upsample: up,
+            };
+            let res_nhwc = res.as_ref().map(&nhwc).transpose()?;
+            let got = kernels::conv2d_nhwc(
+                &nhwc(&x)?,
+                &wt.permute((0, 2, 3, 1))?.contiguous()?,
+                with_bias.then_some(&bias),
+                res_nhwc.as_ref(),
+                geom,
+            )?
+            .expect("cuDNN runs the NHWC convolution");
+            let got = nchw(&got)?;
+            assert_eq!(got.dims(), want.dims());
+            let e = rel(&got, &want)?;
+            eprintln!(
+                "conv NHWC {dtype:?} b{b} {cin}->{cout} {h}x{w} k{k} up{up} bias {with_bias} res {with_res}: {e:.2e}"
+            );
+            assert!(e < 1e-2, "{e}");
+        }
+    }
+    Ok(())
+}
+
 /// Our row softmax (the VAE attention's) against candle's f32 softmax of the scaled input:
 /// 16384-wide rows as in the decode, a row narrower than one pass of a block, a width that is
 /// no multiple of 8 (the scalar path), and large scores (the running max must keep exp finite).

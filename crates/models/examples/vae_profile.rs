@@ -3,11 +3,13 @@
 //! in bf16. Every clock reading follows a device synchronise; medians after a warm-up.
 //!
 //! `cargo build --release --features cuda -p veetance-models --example vae_profile`, then
-//! `target/release/examples/vae_profile [iters]` (default 5; about 20 s on an H200).
+//! `target/release/examples/vae_profile [iters] [decode]` (default 5; about 20 s on an H200;
+//! `decode`: only (1)). The fast decode runs channels-last where cuDNN is loaded
+//! (`VEETANCE_VAE_NHWC=0`: NCHW); see docs/performance.md.
 //!
 //! Prints: (1) the whole decode, reference (candle ops) and fast (our kernels), with the relative
 //! error between them; (2) both decodes stage by stage; (3) every convolution shape of the decoder,
-//! candle's conv2d (+ bias) against ours, with the bare GEMM each needs; candle's conv split into
+//! candle's conv2d (+ bias) against ours and cuDNN's (NCHW and NHWC), with the bare GEMM each needs; candle's conv split into
 //! GEMM, NHWC→NCHW copy and the rest (im2col) for 128→128 at 1024²; (4) GroupNorm (+ SiLU),
 //! upsample and the mid-block attention, candle against ours.
 
@@ -87,6 +89,10 @@ fn main() -> R<()> {
         rel(&fast_img, &ref_img)?
     );
 
+    if std::env::args().nth(2).as_deref() == Some("decode") {
+        return Ok(());
+    }
+
     // ---- (2) stage by stage
     let stages = |fast: bool| -> R<Vec<(String, f64)>> {
         let mut timer = StageTimer::new(&dev)?;
@@ -165,6 +171,23 @@ fn main() -> R<()> {
                 println!("  cuDNN: {td:.2} ms, rel err {e:.2e}");
             }
             Err(e) => println!("  cuDNN: {e}"),
+        }
+        if cout % 8 == 0 {
+            let xn = x.permute((0, 2, 3, 1))?.contiguous()?;
+            let wn = w.permute((0, 2, 3, 1))?.contiguous()?;
+            let nhwc =
+                || -> R<Option<Tensor>> { kernels::conv2d_nhwc(&xn, &wn, Some(&b), None, geom) };
+            match nhwc()? {
+                Some(y) => {
+                    let e = rel(&y.permute((0, 3, 1, 2))?, &candle()?)?;
+                    let td = time(&dev, 2, iters, || Ok(nhwc()?.expect("ran once")))?;
+                    let tw = time(&dev, 2, iters, || w.permute((0, 2, 3, 1))?.contiguous())?;
+                    println!(
+                        "  cuDNN NHWC (+ bias fused): {td:.2} ms, rel err {e:.2e}; the weight's NHWC copy {tw:.3} ms"
+                    );
+                }
+                None => println!("  cuDNN NHWC: no engine"),
+            }
         }
         let kk = cin * k * k;
         let w2 = w.reshape((cout, kk))?;

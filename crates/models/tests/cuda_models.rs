@@ -93,27 +93,42 @@ fn fused_forward_matches_plain_forward() -> R<()> {
 fn vae_fast_decode_matches_reference_decode() -> R<()> {
     use veetance_models::vae::{Config as VaeConfig, Flux2Vae, Parts};
     let Some(dev) = gpu() else { return Ok(()) };
-    let cfg = VaeConfig {
-        block_out_channels: vec![32, 64],
-        layers_per_block: 1,
-        latent_channels: 4,
-        ..VaeConfig::flux2()
-    };
-    for dtype in [DType::BF16, DType::F16] {
-        let varmap = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
-        let vae = Flux2Vae::new(&cfg, Parts::Decoder, vb)?;
-        let latent = Tensor::randn(0f32, 1f32, (1, 16, 8, 12), &dev)?;
-        let want = vae
-            .decode_with(&latent, None, false, None)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let got = vae
-            .decode_with(&latent, None, true, None)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        assert_eq!(got.dims(), &[1, 3, 32, 48]);
-        let e = rel(&got, &want)?;
-        eprintln!("decode {dtype:?}: fast vs reference {e:.2e}");
-        assert!(e < 5e-2, "{e}");
+    // 4 latent channels: conv_in takes 4, so the NCHW fast path runs; 8: every channel count
+    // is a multiple of 8, so with cuDNN loaded the channels-last path runs (its stage names say).
+    for latent_channels in [4, 8] {
+        let cfg = VaeConfig {
+            block_out_channels: vec![32, 64],
+            layers_per_block: 1,
+            latent_channels,
+            ..VaeConfig::flux2()
+        };
+        for dtype in [DType::BF16, DType::F16] {
+            let varmap = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
+            let vae = Flux2Vae::new(&cfg, Parts::Decoder, vb)?;
+            let latent = Tensor::randn(0f32, 1f32, (1, 4 * latent_channels, 8, 12), &dev)?;
+            let want = vae
+                .decode_with(&latent, None, false, None)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let mut timer = veetance_models::vae::StageTimer::new(&dev)?;
+            let got = vae
+                .decode_with(&latent, None, true, Some(&mut timer))
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let nhwc = timer.stages.iter().any(|(s, _)| s.contains("to NHWC"));
+            let cudnn = !veetance_kernels::cudnn_status().contains("not in use");
+            assert_eq!(
+                nhwc,
+                cudnn && latent_channels == 8 && std::env::var("VEETANCE_VAE_NHWC").is_err(),
+                "channels-last path taken: {nhwc}, cuDNN: {cudnn}"
+            );
+            assert_eq!(got.dims(), &[1, 3, 32, 48]);
+            let e = rel(&got, &want)?;
+            eprintln!(
+                "decode {dtype:?}, {latent_channels} latent channels, channels-last {nhwc}: \
+                 fast vs reference {e:.2e}"
+            );
+            assert!(e < 5e-2, "{e}");
+        }
     }
     Ok(())
 }

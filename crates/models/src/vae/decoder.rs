@@ -6,11 +6,18 @@
 //! * the fast path on CUDA in bf16/f16 (our kernels, [`veetance_kernels`]): convolutions as a
 //!   transposed im2col + one cuBLAS GEMM whose output is already NCHW, with the bias, the
 //!   residual add and the nearest 2x upsample folded in; GroupNorm + SiLU in one pass with f32
-//!   statistics; the mid-block attention without the transposes and the scaled score copy.
+//!   statistics; the mid-block attention without the transposes and the scaled score copy;
+//! * where cuDNN is loaded, the fast path runs channels-last (NHWC) end to end: cuDNN's
+//!   convolutions with the bias and residual adds fused into them, our NHWC GroupNorm and nearest
+//!   upsample between them, the attention on `(B, L, C)` rows as they lie. The latent is turned
+//!   NHWC once before `conv_in` and the image NCHW once after `conv_out`. Should cuDNN have no
+//!   engine for one of its convolutions, the decode starts over on the NCHW path.
+//!   `VEETANCE_VAE_NHWC=0` keeps the NCHW path (to compare).
 //!
 //! The weights and their names are those of candle's decoder (same `VarBuilder` calls in the same
 //! order), so a file that loads there loads here.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{Device, Module, Result, Tensor, D};
@@ -115,6 +122,63 @@ impl Conv {
             None => Ok(y),
         }
     }
+
+    /// [`Conv::forward`] on channels-last tensors through cuDNN: `x: (B, H, W, Cin)`, the
+    /// residual and the result `(B, Ho, Wo, Cout)`. The weight is laid out `(Cout, kh, kw, Cin)`
+    /// for the call (Cout padded with zero filters to a multiple of 8, the extra channels cut off
+    /// again). `None`: cuDNN cannot run this convolution.
+    fn forward_nhwc(
+        &self,
+        x: &Tensor,
+        upsample: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let w = self.inner.weight();
+        let (cout, cin, _, _) = w.dims4()?;
+        let padded = cout.next_multiple_of(8);
+        if cin % 8 != 0 || (residual.is_some() && padded != cout) {
+            return Ok(None);
+        }
+        let mut w = w.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut bias = self.inner.bias().cloned();
+        if padded != cout {
+            w = w.pad_with_zeros(0, 0, padded - cout)?;
+            bias = bias
+                .map(|b| b.pad_with_zeros(0, 0, padded - cout))
+                .transpose()?;
+        }
+        let geom = kernels::ConvGeom {
+            stride: self.stride,
+            padding: self.padding,
+            upsample: if upsample { 2 } else { 1 },
+        };
+        let y = kernels::conv2d_nhwc(x, &w, bias.as_ref(), residual, geom)?;
+        match y {
+            Some(y) if padded != cout => Ok(Some(y.narrow(3, 0, cout)?)),
+            y => Ok(y),
+        }
+    }
+}
+
+/// `Some(v)` → `v`; `None` (cuDNN cannot run a step of the channels-last path) → return `None`.
+macro_rules! or_none {
+    ($e:expr) => {
+        match $e? {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    };
+}
+
+/// Whether the channels-last path may run: cuDNN loaded and `VEETANCE_VAE_NHWC` not `0`/`off`.
+fn nhwc_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("VEETANCE_VAE_NHWC").as_deref(),
+            Ok("0") | Ok("off")
+        )
+    }) && kernels::cudnn_loaded()
 }
 
 /// GroupNorm(32) with an optional SiLU after it.
@@ -153,6 +217,15 @@ impl Norm {
         } else {
             Ok(y)
         }
+    }
+
+    /// On a channels-last `x`; `None` for a channel count our NHWC kernel does not take.
+    fn forward_nhwc(&self, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
+        let c = x.dim(D::Minus1)?;
+        if c % 8 != 0 || c > 2048 || 256 % (c / 8) != 0 || c % GROUPS != 0 {
+            return Ok(None);
+        }
+        kernels::group_norm_nhwc(x, &self.weight, &self.bias, GROUPS, self.eps, silu).map(Some)
     }
 }
 
@@ -194,6 +267,17 @@ impl ResnetBlock {
             Some(c) => c.forward(xs, fast, false, None)?,
         };
         self.conv2.forward(&h, fast, false, Some(&shortcut))
+    }
+
+    fn forward_nhwc(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        let h = or_none!(self.norm1.forward_nhwc(xs, true));
+        let h = or_none!(self.conv1.forward_nhwc(&h, false, None));
+        let h = or_none!(self.norm2.forward_nhwc(&h, true));
+        let shortcut = match &self.nin_shortcut {
+            None => xs.clone(),
+            Some(c) => or_none!(c.forward_nhwc(xs, false, None)),
+        };
+        self.conv2.forward_nhwc(&h, false, Some(&shortcut))
     }
 }
 
@@ -262,6 +346,21 @@ impl AttnBlock {
             o.squeeze(1)?.t()?.reshape((b, c, hh, ww))?
         };
         self.proj_out.forward(&attn, fast, false, Some(xs))
+    }
+
+    /// Channels-last: q, k, v are `(B, L, C)` rows as they lie, so `S = q kᵀ`, our row softmax,
+    /// then `P v` is channels-last again.
+    fn forward_nhwc(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        let h = or_none!(self.norm.forward_nhwc(xs, false));
+        let q = or_none!(self.q.forward_nhwc(&h, false, None));
+        let k = or_none!(self.k.forward_nhwc(&h, false, None));
+        let v = or_none!(self.v.forward_nhwc(&h, false, None));
+        let (b, hh, ww, c) = q.dims4()?;
+        let l = hh * ww;
+        let s = q.reshape((b, l, c))?.matmul(&k.reshape((b, l, c))?.t()?)?;
+        let p = kernels::softmax_last_dim(&s, 1.0 / (c as f64).sqrt())?;
+        let o = p.matmul(&v.reshape((b, l, c))?)?.reshape((b, hh, ww, c))?;
+        self.proj_out.forward_nhwc(&o, false, Some(xs))
     }
 }
 
@@ -340,6 +439,18 @@ impl Decoder {
         fast: bool,
         mut timer: Option<&mut StageTimer>,
     ) -> Result<Tensor> {
+        if fast && kernels::supported(z) && nhwc_enabled() {
+            if let Some(image) = self.forward_nhwc(z, timer.as_deref_mut())? {
+                return Ok(image);
+            }
+            static REPORTED: OnceLock<()> = OnceLock::new();
+            REPORTED.get_or_init(|| {
+                eprintln!(
+                    "veetance: the VAE decoder's channels-last path could not run here (cuDNN has \
+                     no engine for one of its steps); decoding in NCHW"
+                )
+            });
+        }
         let res = |t: &Tensor| {
             t.dims4()
                 .map(|(_, c, h, w)| format!("{c}ch {h}x{w}"))
@@ -372,6 +483,50 @@ impl Decoder {
         let h = self.conv_out.forward(&h, fast, false, None)?;
         mark(&mut timer, || format!("conv_out -> {}", res(&h)))?;
         Ok(h)
+    }
+}
+
+impl Decoder {
+    /// The channels-last decode (cuDNN); `None` when one of its steps cannot run here.
+    fn forward_nhwc(
+        &self,
+        z: &Tensor,
+        mut timer: Option<&mut StageTimer>,
+    ) -> Result<Option<Tensor>> {
+        let res = |t: &Tensor| {
+            t.dims4()
+                .map(|(_, h, w, c)| format!("{c}ch {h}x{w}"))
+                .unwrap_or_default()
+        };
+        let x = z.permute((0, 2, 3, 1))?.contiguous()?;
+        let h = or_none!(self.conv_in.forward_nhwc(&x, false, None));
+        mark(&mut timer, || format!("to NHWC + conv_in -> {}", res(&h)))?;
+        let h = or_none!(self.mid_block_1.forward_nhwc(&h));
+        mark(&mut timer, || format!("mid.block_1 {}", res(&h)))?;
+        let h = or_none!(self.mid_attn_1.forward_nhwc(&h));
+        mark(&mut timer, || format!("mid.attn_1 {}", res(&h)))?;
+        let mut h = or_none!(self.mid_block_2.forward_nhwc(&h));
+        mark(&mut timer, || format!("mid.block_2 {}", res(&h)))?;
+        for (i_level, block) in self.up.iter().enumerate().rev() {
+            for (i, b) in block.block.iter().enumerate() {
+                h = or_none!(b.forward_nhwc(&h));
+                mark(&mut timer, || {
+                    format!("up.{i_level}.block.{i} -> {}", res(&h))
+                })?;
+            }
+            if let Some(us) = block.upsample.as_ref() {
+                h = or_none!(us.forward_nhwc(&h, true, None));
+                mark(&mut timer, || {
+                    format!("up.{i_level}.upsample (nearest 2x + conv) -> {}", res(&h))
+                })?;
+            }
+        }
+        let h = or_none!(self.norm_out.forward_nhwc(&h, true));
+        mark(&mut timer, || format!("norm_out + silu {}", res(&h)))?;
+        let h = or_none!(self.conv_out.forward_nhwc(&h, false, None));
+        let h = h.permute((0, 3, 1, 2))?.contiguous()?;
+        mark(&mut timer, || "conv_out + to NCHW".to_string())?;
+        Ok(Some(h))
     }
 }
 
