@@ -11,7 +11,9 @@
 //! opens the image viewer on the third compared with the first; `frames-pan` pans the canvas
 //! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing
 //! (`frames-empty`: the same window with no editor in it, the renderer's floor);
-//! `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45). The
+//! `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45);
+//! `blur-bench` opens no window: it times the overlay's backdrop blur on a 1600×1000 frame and
+//! prints the figures (`run` and `frames-run` print the time of each blur of the real window). The
 //! `PreviewDemo` sampler stand-in is registered so a run shows progress and previews without a
 //! model.
 
@@ -31,6 +33,52 @@ struct Shot {
     intervals_ms: Vec<f64>,
     ui_ms: Vec<f64>,
     measuring: bool,
+    /// The last backdrop blur time printed.
+    blur_printed: Option<std::time::Duration>,
+}
+
+/// Times the backdrop blur of a 1600×1000 frame (`blur-bench`): the whole of it, and its
+/// downscale and blur apart, over 30 repeats each.
+fn blur_bench() {
+    use veetance_gui::backdrop::{blur_frame, downscale, gaussian_blur, BLUR_SIGMA_PX, DOWNSCALE};
+    let (w, h) = (1600, 1000);
+    // Stripes and a gradient, so the numbers are not those of a flat frame.
+    let pixels = (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            let v = if (x / 40 + y / 40) % 2 == 0 { 230 } else { 30 };
+            egui::Color32::from_rgb(v, (x * 255 / w) as u8, (y * 255 / h) as u8)
+        })
+        .collect();
+    let frame = egui::ColorImage::new([w, h], pixels);
+    let crop = [0, 0, w, h];
+    let time = |f: &mut dyn FnMut()| {
+        let mut ms: Vec<f64> = (0..30)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        ms
+    };
+    let whole = time(&mut || {
+        std::hint::black_box(blur_frame(&frame, crop));
+    });
+    let down = time(&mut || {
+        std::hint::black_box(downscale(&frame, crop, DOWNSCALE));
+    });
+    let small = downscale(&frame, crop, DOWNSCALE);
+    let blur = time(&mut || {
+        let mut image = small.clone();
+        gaussian_blur(&mut image, BLUR_SIGMA_PX / DOWNSCALE as f32);
+        std::hint::black_box(image);
+    });
+    println!("backdrop blur of a {w}x{h} frame (sigma {BLUR_SIGMA_PX} px, downscaled by {DOWNSCALE}), 30 repeats:");
+    println!("{}", stats("whole (downscale, blur, to 8 bits)", &whole));
+    println!("{}", stats("downscale", &down));
+    println!("{}", stats("blur", &blur));
 }
 
 /// Frame-time statistics as one line: count, median, 99th percentile and slowest.
@@ -101,6 +149,15 @@ impl eframe::App for Shot {
             }
         }
         self.last_frame = Some(now);
+        if let Some(took) = self.app.backdrop.last_blur {
+            if self.blur_printed != Some(took) {
+                println!(
+                    "backdrop blurred on its worker thread in {:.2} ms",
+                    took.as_secs_f64() * 1e3
+                );
+                self.blur_printed = Some(took);
+            }
+        }
         let ui_start = Instant::now();
         if self.mode == "frames-empty" {
             // The floor: the same window with one label, no editor.
@@ -150,6 +207,10 @@ impl eframe::App for Shot {
 fn main() -> Result<(), String> {
     let workflow = std::env::args().nth(1).map(PathBuf::from);
     let mode = std::env::var("VEETANCE_SHOT").unwrap_or_else(|_| "canvas".into());
+    if mode == "blur-bench" {
+        blur_bench();
+        return Ok(());
+    }
     let state = std::env::temp_dir().join(format!("veetance-shot-{}", std::process::id()));
     let options = EditorOptions {
         workflow,
@@ -192,6 +253,7 @@ fn main() -> Result<(), String> {
                 intervals_ms: Vec::new(),
                 ui_ms: Vec::new(),
                 measuring: false,
+                blur_printed: None,
             }))
         }),
     )

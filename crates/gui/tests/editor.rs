@@ -1383,3 +1383,80 @@ fn comfyui_shortcuts_save_run_and_redo() {
     assert!(step_until(&mut h, Duration::from_secs(20), |app| !app.is_running()));
     assert!(finished(h.state()), "{:?}", h.state().notice);
 }
+
+/// The screenshot requests in the harness's last frame.
+fn screenshot_requests(h: &Harness<'_, VeetanceApp>) -> Vec<egui::UserData> {
+    h.output()
+        .viewport_output
+        .values()
+        .flat_map(|v| v.commands.iter())
+        .filter_map(|c| match c {
+            egui::ViewportCommand::Screenshot(data) => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The overlay asks for a frame when it appears (and paints nothing in that frame), waits for
+/// the reply without asking again, blurs the reply into a texture, and drops it when the run
+/// ends. The harness has no renderer, so the test answers the request as eframe would.
+#[test]
+fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(400, 20));
+    let mut h = harness(fx.app(Some(path)));
+    assert!(screenshot_requests(&h).is_empty());
+    h.state_mut().start_run();
+    h.step();
+    assert!(h.state().is_running());
+    let requests = screenshot_requests(&h);
+    assert_eq!(requests.len(), 1, "one capture when the overlay appears");
+    assert!(!h.state().backdrop.is_ready());
+    for _ in 0..5 {
+        h.step();
+        assert!(
+            screenshot_requests(&h).is_empty(),
+            "no second request while one waits"
+        );
+    }
+    // A reply to someone else's request is not taken.
+    let frame = egui::ColorImage::new(
+        [1500, 950],
+        (0..1500 * 950)
+            .map(|i| {
+                if (i % 1500 / 50 + i / 1500 / 50) % 2 == 0 {
+                    egui::Color32::WHITE
+                } else {
+                    egui::Color32::BLACK
+                }
+            })
+            .collect(),
+    );
+    let frame = std::sync::Arc::new(frame);
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: egui::UserData::new("someone else's"),
+        image: frame.clone(),
+    });
+    h.run_steps(3);
+    assert!(!h.state().backdrop.is_ready());
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: requests[0].clone(),
+        image: frame,
+    });
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |app| app
+            .backdrop
+            .is_ready()),
+        "the captured frame was blurred and uploaded"
+    );
+    assert!(h.state().backdrop.last_blur.is_some());
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
+    h.step();
+    assert!(
+        !h.state().backdrop.is_ready(),
+        "the backdrop goes with the overlay"
+    );
+}
