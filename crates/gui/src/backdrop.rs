@@ -2,8 +2,9 @@
 //! blurred by a gaussian of about [`BLUR_SIGMA_PX`] pixels.
 //!
 //! egui cannot read back what it has drawn within a frame, so the backdrop comes from the
-//! window itself: in the frame a capture is requested the overlay is not painted,
-//! `ViewportCommand::Screenshot` reads that frame back, and its reply (`Event::Screenshot`,
+//! window itself: `ViewportCommand::Screenshot` reads a frame back (with eframe's glow
+//! renderer, the frame after the one that asks), the overlay is not painted in those two
+//! frames, and the reply (`Event::Screenshot`,
 //! in a later frame's input) is cropped to the canvas, [`downscale`]d by [`DOWNSCALE`] and
 //! blurred on a worker thread ([`blur_frame`]), then uploaded as a texture. The blur is three
 //! box passes whose widths are chosen so their variances add up to the gaussian's
@@ -11,7 +12,7 @@
 //!
 //! A capture is taken when the overlay appears, again when the canvas's size changes, and when
 //! the user has panned or zoomed the canvas under the overlay and stopped for half a second (at
-//! most once a second): each costs one frame without the overlay. Until a new one arrives the
+//! most once a second): each costs two frames without the overlay. Until a new one arrives the
 //! old texture follows the canvas transform. Where no frame can be read back (the
 //! `egui_kittest` harness without a renderer), the overlay keeps its fallback of stacked veils.
 
@@ -219,8 +220,8 @@ struct Capture {
 #[derive(Default)]
 pub struct Backdrop {
     texture: Option<(egui::TextureHandle, Capture, Instant)>,
-    /// A screenshot asked for and not yet come back.
-    requested: Option<Instant>,
+    /// A screenshot asked for and not yet come back: when, and in which frame.
+    requested: Option<(Instant, u64)>,
     /// A screenshot being blurred on a worker thread.
     blurring: Option<mpsc::Receiver<(ColorImage, Capture, Duration)>>,
     last_request: Option<Instant>,
@@ -234,7 +235,7 @@ pub struct Backdrop {
 
 /// What the overlay paints under its content this frame.
 pub enum BackdropFrame {
-    /// Nothing: a capture is taken of this frame.
+    /// Nothing: this frame may be the one read back for the backdrop.
     Capturing,
     /// The veils only: no blurred frame yet.
     Fallback,
@@ -244,6 +245,13 @@ pub enum BackdropFrame {
         rect: Rect,
         opacity: f32,
     },
+}
+
+/// Whether the canvas has been panned or zoomed between `a` and `b` by more than a point (or
+/// a thousandth of its zoom).
+fn transform_moved(a: TSTransform, b: TSTransform) -> bool {
+    (a.translation - b.translation).abs().max_elem() > 1.0
+        || (a.scaling / b.scaling - 1.0).abs() > 1e-3
 }
 
 /// Tags our screenshot requests, and carries what the captured frame shows.
@@ -291,18 +299,25 @@ impl Backdrop {
                 Err(mpsc::TryRecvError::Disconnected) => self.blurring = None,
             }
         }
-        if self
-            .requested
-            .is_some_and(|at| now.duration_since(at) > NO_REPLY_AFTER)
-        {
-            self.requested = None;
-            self.unavailable = Some(rect.size());
+        let frame_nr = ctx.cumulative_frame_nr();
+        match self.requested {
+            Some((at, _)) if now.duration_since(at) > NO_REPLY_AFTER => {
+                self.requested = None;
+                self.unavailable = Some(rect.size());
+            }
+            // eframe (glow) reads back the frame painted after the one that asked, so that one
+            // is kept clear of the overlay too.
+            Some((_, asked_in)) if frame_nr <= asked_in + 1 => return BackdropFrame::Capturing,
+            _ => {}
         }
+        // Since when the canvas has stayed (within a point) where it is.
         let settled_since = match self.transform {
-            Some((t, since)) if t == transform => since,
-            _ => now,
+            Some((t, since)) if !transform_moved(t, transform) => since,
+            _ => {
+                self.transform = Some((transform, now));
+                now
+            }
         };
-        self.transform = Some((transform, settled_since));
 
         let ppp = ctx.pixels_per_point();
         let shown = self.texture.as_ref().map(|(_, c, _)| *c);
@@ -311,8 +326,14 @@ impl Backdrop {
         let due = match shown {
             None => true,
             Some(c) => {
-                let resized = c.rect != rect || c.pixels_per_point != ppp;
-                let moved = c.transform != transform
+                // Side panels settle by fractions of a point from frame to frame: a blur of
+                // 24 px does not need a new capture for those.
+                let moved_edge = (c.rect.min - rect.min)
+                    .abs()
+                    .max((c.rect.max - rect.max).abs())
+                    .max_elem();
+                let resized = moved_edge > 1.0 || c.pixels_per_point != ppp;
+                let moved = transform_moved(c.transform, transform)
                     && now.duration_since(settled_since) >= SETTLE
                     && self
                         .last_request
@@ -329,7 +350,7 @@ impl Backdrop {
             ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::new(
                 CaptureTag(capture),
             )));
-            self.requested = Some(now);
+            self.requested = Some((now, frame_nr));
             self.last_request = Some(now);
             self.unavailable = None;
             return BackdropFrame::Capturing;

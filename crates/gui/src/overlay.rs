@@ -47,13 +47,8 @@ impl VeetanceApp {
                 let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
                 // Where the canvas has moved since the capture, the uncovered strip is dark.
                 painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(opacity));
-                painter.image(
-                    texture,
-                    at,
-                    uv,
-                    Color32::from_gray(200).gamma_multiply(opacity),
-                );
-                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.55 * opacity));
+                painter.image(texture, at, uv, Color32::WHITE.gamma_multiply(opacity));
+                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.4 * opacity));
                 opacity
             }
         };

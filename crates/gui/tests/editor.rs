@@ -1398,8 +1398,8 @@ fn screenshot_requests(h: &Harness<'_, VeetanceApp>) -> Vec<egui::UserData> {
 }
 
 /// The overlay asks for a frame when it appears (and paints nothing in that frame), waits for
-/// the reply without asking again, blurs the reply into a texture, and drops it when the run
-/// ends. The harness has no renderer, so the test answers the request as eframe would.
+/// the reply without asking again, blurs the reply into a texture, asks again when the window
+/// is resized, and drops it when the run ends. The harness has no renderer, so the test answers the request as eframe would.
 #[test]
 fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
     let fx = Fixture::new();
@@ -1452,6 +1452,22 @@ fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
         "the captured frame was blurred and uploaded"
     );
     assert!(h.state().backdrop.last_blur.is_some());
+    for _ in 0..5 {
+        h.step();
+        assert!(
+            screenshot_requests(&h).is_empty(),
+            "nothing changed: no new capture"
+        );
+    }
+    // A resized window asks for a new frame, keeping the old one meanwhile.
+    h.set_size(egui::vec2(1300.0, 900.0));
+    let mut asked = 0;
+    for _ in 0..3 {
+        h.step();
+        asked += screenshot_requests(&h).len();
+    }
+    assert_eq!(asked, 1, "a capture at the new size");
+    assert!(h.state().backdrop.is_ready());
     h.get_by_role_and_label(Role::Button, "Cancel").click();
     assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
     h.step();
