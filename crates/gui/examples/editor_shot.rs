@@ -190,6 +190,11 @@ impl eframe::App for Shot {
     }
 
     fn raw_input_hook(&mut self, _ctx: &egui::Context, raw: &mut egui::RawInput) {
+        if !self.mode.starts_with("frames-") {
+            // Xvfb parks its pointer mid-screen: a still should not show whatever tooltip
+            // happens to be under it.
+            raw.events.push(egui::Event::PointerGone);
+        }
         if self.mode == "frames-pan" && self.measuring {
             // The pointer over the canvas, and a scroll every frame: the canvas pans.
             raw.events

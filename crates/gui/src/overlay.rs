@@ -48,7 +48,7 @@ impl VeetanceApp {
                 // Where the canvas has moved since the capture, the uncovered strip is dark.
                 painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(opacity));
                 painter.image(texture, at, uv, Color32::WHITE.gamma_multiply(opacity));
-                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.4 * opacity));
+                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.25 * opacity));
                 opacity
             }
         };
