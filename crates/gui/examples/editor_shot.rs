@@ -75,22 +75,32 @@ fn blur_bench() {
         gaussian_blur(&mut image, BLUR_SIGMA_PX / DOWNSCALE as f32);
         std::hint::black_box(image);
     });
-    println!("backdrop blur of a {w}x{h} frame (sigma {BLUR_SIGMA_PX} px, downscaled by {DOWNSCALE}), 30 repeats:");
-    println!("{}", stats("whole (downscale, blur, to 8 bits)", &whole));
-    println!("{}", stats("downscale", &down));
-    println!("{}", stats("blur", &blur));
+    println!(
+        "backdrop blur of a {w}x{h} frame (sigma {BLUR_SIGMA_PX} px, downscaled by {DOWNSCALE}):"
+    );
+    println!(
+        "{}",
+        stats_of("whole (downscale, blur, to 8 bits)", &whole, "repeats")
+    );
+    println!("{}", stats_of("downscale", &down, "repeats"));
+    println!("{}", stats_of("blur", &blur, "repeats"));
 }
 
 /// Frame-time statistics as one line: count, median, 99th percentile and slowest.
 fn stats(name: &str, values: &[f64]) -> String {
+    stats_of(name, values, "frames")
+}
+
+/// [`stats`] of `values` counted as `unit`.
+fn stats_of(name: &str, values: &[f64], unit: &str) -> String {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
-        return format!("{name}: no frames");
+        return format!("{name}: no {unit}");
     }
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     format!(
-        "{name}: {} frames, median {:.2} ms, p99 {:.2} ms, slowest {:.2} ms",
+        "{name}: {} {unit}, median {:.2} ms, p99 {:.2} ms, slowest {:.2} ms",
         v.len(),
         at(0.5),
         at(0.99),
