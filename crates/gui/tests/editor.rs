@@ -1476,3 +1476,120 @@ fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
         "the backdrop goes with the overlay"
     );
 }
+
+/// Opens the image viewer on run #1 of [`SEEDED`] at 1:1; returns the harness, the image's
+/// size, and a point on the image area `offset` from its centre (estimated from the caption
+/// above the area and the pane size the viewer recorded).
+fn viewer_at_one_to_one(fx: &Fixture) -> (Harness<'static, VeetanceApp>, egui::Vec2, Pos2) {
+    let path = fx.write("seeded.ron", SEEDED);
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().queue_runs(1);
+    assert!(step_until(&mut h, Duration::from_secs(60), |app| {
+        all_finished(app, 1)
+    }));
+    let size = h.state().history.get(1).unwrap().outputs[0].2.size_vec2();
+    h.state_mut().open_image_viewer(1);
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "1:1").click();
+    h.run_steps(3);
+    let caption = h.get_by_label_contains(" · save: ").rect();
+    let pane = h.state().image_viewer.as_ref().unwrap().pane;
+    assert!(pane.x > 100.0 && pane.y > 100.0, "pane {pane:?}");
+    // The area starts under the caption (one item spacing, 4 points, below).
+    let centre = Pos2::new(
+        caption.left() + pane.x / 2.0,
+        caption.bottom() + 4.0 + pane.y / 2.0,
+    );
+    (h, size, centre)
+}
+
+/// Scrolling over the image zooms about the pointer: the image point under it stays there.
+#[test]
+fn the_image_viewer_zooms_about_the_pointer() {
+    let fx = Fixture::new();
+    let (mut h, size, centre) = viewer_at_one_to_one(&fx);
+    let before = h.state().image_viewer.clone().unwrap();
+    assert_eq!(before.zoom, Some(1.0));
+    let c0 = before.center.unwrap_or(size / 2.0);
+    let offset = egui::vec2(90.0, -50.0);
+    h.hover_at(centre + offset);
+    h.step();
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(0.0, 120.0),
+        phase: egui::TouchPhase::Move,
+        modifiers: Modifiers::NONE,
+    });
+    h.run_steps(40);
+    let after = h.state().image_viewer.clone().unwrap();
+    let z1 = after.zoom.unwrap();
+    assert!(z1 > 1.5, "scrolling up zooms in: {z1}");
+    let c1 = after.center.unwrap();
+    // The image point under the pointer, before and after: c + d / zoom for the pointer's
+    // offset d from the pane's centre. Solving for d from the two centres gives the offset the
+    // viewer zoomed about: it must be where the pointer was (within the estimate of the
+    // pane's position), not the pane's centre.
+    let d = (c1 - c0) / (1.0 - 1.0 / z1);
+    assert!(
+        (d - offset).length() < 6.0,
+        "zoomed about {d:?}, the pointer was at {offset:?} from the centre"
+    );
+    // Scrolling down zooms out, and zoom stays within its limits.
+    for _ in 0..6 {
+        h.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Point,
+            delta: egui::vec2(0.0, -2000.0),
+            phase: egui::TouchPhase::Move,
+            modifiers: Modifiers::NONE,
+        });
+        h.run_steps(10);
+    }
+    let z2 = h.state().image_viewer.as_ref().unwrap().zoom.unwrap();
+    assert_eq!(z2, veetance_gui::image_viewer::ZOOM_MIN, "{z2}");
+}
+
+/// Dragging the image pans it by the pointer's movement, at 1:1 and from Fit (which keeps the
+/// fitted zoom).
+#[test]
+fn the_image_viewer_pans_by_dragging() {
+    let fx = Fixture::new();
+    let (mut h, size, centre) = viewer_at_one_to_one(&fx);
+    let c0 = h
+        .state()
+        .image_viewer
+        .as_ref()
+        .unwrap()
+        .center
+        .unwrap_or(size / 2.0);
+    let start = centre + egui::vec2(20.0, 10.0);
+    let moved = egui::vec2(60.0, -40.0);
+    h.drag_at(start);
+    h.step();
+    h.hover_at(start + moved);
+    h.step();
+    h.drop_at(start + moved);
+    h.run_steps(2);
+    let v = h.state().image_viewer.clone().unwrap();
+    assert_eq!(v.zoom, Some(1.0), "a pan keeps the zoom");
+    let c1 = v.center.unwrap();
+    // At 1:1 the image moves with the pointer: its centre point moves the other way.
+    assert!((c1 - (c0 - moved)).length() < 0.5, "{c0:?} -> {c1:?}");
+
+    // From Fit: the zoom becomes the fitted one, and the pan is in image pixels at that zoom.
+    h.get_by_role_and_label(Role::Button, "Fit").click();
+    h.run_steps(2);
+    let fitted = h.state().image_viewer.clone().unwrap();
+    assert_eq!((fitted.zoom, fitted.center), (None, None));
+    let fit = veetance_gui::image_viewer::fit_zoom(size, fitted.pane);
+    assert!(fit > 1.0, "the 32 px image is enlarged to fit: {fit}");
+    h.drag_at(start);
+    h.step();
+    h.hover_at(start + moved);
+    h.step();
+    h.drop_at(start + moved);
+    h.run_steps(2);
+    let v = h.state().image_viewer.clone().unwrap();
+    assert_eq!(v.zoom, Some(fit));
+    let c2 = v.center.unwrap();
+    assert!((c2 - (size / 2.0 - moved / fit)).length() < 0.05, "{c2:?}");
+}
