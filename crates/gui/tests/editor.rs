@@ -1412,12 +1412,22 @@ fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
     let requests = screenshot_requests(&h);
     assert_eq!(requests.len(), 1, "one capture when the overlay appears");
     assert!(!h.state().backdrop.is_ready());
+    assert!(
+        !overlay_painted(&h),
+        "the frame to be read back holds no overlay"
+    );
+    h.step();
+    assert!(
+        !overlay_painted(&h),
+        "nor the next (eframe's glow reads that one)"
+    );
     for _ in 0..5 {
         h.step();
         assert!(
             screenshot_requests(&h).is_empty(),
             "no second request while one waits"
         );
+        assert!(overlay_painted(&h), "the veils and the quote meanwhile");
     }
     // A reply to someone else's request is not taken.
     let frame = egui::ColorImage::new(
@@ -1592,4 +1602,96 @@ fn the_image_viewer_pans_by_dragging() {
     assert_eq!(v.zoom, Some(fit));
     let c2 = v.center.unwrap();
     assert!((c2 - (size / 2.0 - moved / fit)).length() < 0.05, "{c2:?}");
+}
+
+/// Starts a long run and answers the overlay's first capture; returns once it is blurred.
+fn running_with_backdrop(fx: &Fixture) -> Harness<'static, VeetanceApp> {
+    let path = fx.write("slow.ron", &slow_workflow(1000, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().start_run();
+    h.step();
+    let request = screenshot_requests(&h)
+        .pop()
+        .expect("a capture when the overlay appears");
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: request,
+        image: std::sync::Arc::new(egui::ColorImage::new(
+            [1500, 950],
+            vec![egui::Color32::from_gray(90); 1500 * 950],
+        )),
+    });
+    assert!(step_until(&mut h, Duration::from_secs(10), |app| app
+        .backdrop
+        .is_ready()));
+    h
+}
+
+/// Panning the canvas under the overlay asks for a new capture once the canvas has held still
+/// for half a second, and only one.
+#[test]
+fn panning_under_the_overlay_refreshes_the_blur_once_it_settles() {
+    let fx = Fixture::new();
+    let mut h = running_with_backdrop(&fx);
+    let before = h.state().canvas_transform();
+    h.hover_at(Pos2::new(700.0, 700.0));
+    h.step();
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(80.0, 40.0),
+        phase: egui::TouchPhase::Move,
+        modifiers: Modifiers::NONE,
+    });
+    let panned = Instant::now();
+    let mut asked = Vec::new();
+    while panned.elapsed() < Duration::from_millis(2500) {
+        h.step();
+        if !screenshot_requests(&h).is_empty() {
+            asked.push(panned.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = h.state().canvas_transform();
+    assert!(
+        (after.translation - before.translation).length() > 20.0,
+        "the canvas panned: {before:?} -> {after:?}"
+    );
+    assert_eq!(asked.len(), 1, "one new capture after the pan: {asked:?}");
+    assert!(asked[0] >= Duration::from_millis(500), "{asked:?}");
+    assert!(h.state().is_running());
+}
+
+/// Where no frame comes back (this harness has no renderer), the overlay gives up after 2 s and
+/// keeps its veils: no capture is asked for again while the window keeps its size.
+#[test]
+fn without_a_renderer_the_overlay_asks_once_and_keeps_its_veils() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(1000, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().start_run();
+    let started = Instant::now();
+    let mut asked = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        h.step();
+        asked += screenshot_requests(&h).len();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(h.state().is_running());
+    assert_eq!(asked, 1);
+    assert!(!h.state().backdrop.is_ready());
+    assert!(
+        overlay_painted(&h),
+        "the overlay (its quote) is painted over the veils"
+    );
+}
+
+/// Whether the last frame painted the overlay's quote (a text opening with “).
+fn overlay_painted(h: &Harness<'_, VeetanceApp>) -> bool {
+    h.output()
+        .shapes
+        .iter()
+        .any(|clipped| match &clipped.shape {
+            egui::Shape::Text(text) => text.galley.text().starts_with('“'),
+            _ => false,
+        })
 }
