@@ -4,17 +4,20 @@
 //! egui cannot read back what it has drawn within a frame, so the backdrop comes from the
 //! window itself: `ViewportCommand::Screenshot` reads a frame back (with eframe's glow
 //! renderer, the frame after the one that asks), the overlay is not painted in those two
-//! frames, and the reply (`Event::Screenshot`,
-//! in a later frame's input) is cropped to the canvas, [`downscale`]d by [`DOWNSCALE`] and
-//! blurred on a worker thread ([`blur_frame`]), then uploaded as a texture. The blur is three
-//! box passes whose widths are chosen so their variances add up to the gaussian's
-//! ([`box_radii`]); each pass costs the same whatever its width (a running sum).
+//! frames, and the reply (`Event::Screenshot`, in a later frame's input) is cropped to the
+//! canvas, [`downscale`]d by [`DOWNSCALE`] and blurred on a worker thread ([`blur_frame`]),
+//! then uploaded as a texture. The blur is three box passes whose widths are chosen so their
+//! variances add up to the gaussian's ([`box_radii`]); each pass costs the same whatever its
+//! width (a running sum).
 //!
-//! A capture is taken when the overlay appears, again when the canvas's size changes, and when
-//! the user has panned or zoomed the canvas under the overlay and stopped for half a second (at
-//! most once a second): each costs two frames without the overlay. Until a new one arrives the
-//! old texture follows the canvas transform. Where no frame can be read back (the
-//! `egui_kittest` harness without a renderer), the overlay keeps its fallback of stacked veils.
+//! A capture is taken when the overlay appears; again when the canvas's size has changed and
+//! held for a quarter second; and when the user has panned or zoomed the canvas under the
+//! overlay and stopped for half a second (at most once a second). Each costs two frames
+//! without the overlay. Until a new one arrives the old texture follows the canvas transform.
+//! What changes inside the canvas during a run (node states, previews on nodes) brings no new
+//! capture: under a 24 px blur it does not show, and each capture would flicker. Where no
+//! frame can be read back (the `egui_kittest` harness without a renderer), the overlay keeps
+//! its fallback of stacked veils.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -225,8 +228,10 @@ pub struct Backdrop {
     /// A screenshot being blurred on a worker thread.
     blurring: Option<mpsc::Receiver<(ColorImage, Capture, Duration)>>,
     last_request: Option<Instant>,
-    /// The canvas transform last frame, and since when it has held.
+    /// The canvas transform, and since when it has held (within a point).
     transform: Option<(TSTransform, Instant)>,
+    /// The canvas's rectangle, and since when it has held (within a point).
+    rect: Option<(Rect, Instant)>,
     /// No screenshot came back: the fallback veils stay until the canvas's size changes.
     unavailable: Option<egui::Vec2>,
     /// How long the latest blur took on its worker thread.
@@ -247,6 +252,13 @@ pub enum BackdropFrame {
     },
 }
 
+/// Whether an edge of the canvas's rectangle has moved by more than a point between `a` and
+/// `b` (side panels settle by fractions of a point from frame to frame: a blur of 24 px does
+/// not need a new capture for those).
+fn rect_moved(a: Rect, b: Rect) -> bool {
+    (a.min - b.min).abs().max((a.max - b.max).abs()).max_elem() > 1.0
+}
+
 /// Whether the canvas has been panned or zoomed between `a` and `b` by more than a point (or
 /// a thousandth of its zoom).
 fn transform_moved(a: TSTransform, b: TSTransform) -> bool {
@@ -259,6 +271,7 @@ struct CaptureTag(Capture);
 
 const NO_REPLY_AFTER: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_millis(500);
+const RESIZE_SETTLE: Duration = Duration::from_millis(250);
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 const FADE_IN: f32 = 0.25;
 
@@ -310,11 +323,18 @@ impl Backdrop {
             Some((_, asked_in)) if frame_nr <= asked_in + 1 => return BackdropFrame::Capturing,
             _ => {}
         }
-        // Since when the canvas has stayed (within a point) where it is.
+        // Since when the canvas has stayed (within a point) where it is, and its size.
         let settled_since = match self.transform {
             Some((t, since)) if !transform_moved(t, transform) => since,
             _ => {
                 self.transform = Some((transform, now));
+                now
+            }
+        };
+        let sized_since = match self.rect {
+            Some((r, since)) if !rect_moved(r, rect) => since,
+            _ => {
+                self.rect = Some((rect, now));
                 now
             }
         };
@@ -326,13 +346,10 @@ impl Backdrop {
         let due = match shown {
             None => true,
             Some(c) => {
-                // Side panels settle by fractions of a point from frame to frame: a blur of
-                // 24 px does not need a new capture for those.
-                let moved_edge = (c.rect.min - rect.min)
-                    .abs()
-                    .max((c.rect.max - rect.max).abs())
-                    .max_elem();
-                let resized = moved_edge > 1.0 || c.pixels_per_point != ppp;
+                // While a window is being resized, one capture once it holds its size rather
+                // than a flickering capture every few frames.
+                let resized = (rect_moved(c.rect, rect) || c.pixels_per_point != ppp)
+                    && now.duration_since(sized_since) >= RESIZE_SETTLE;
                 let moved = transform_moved(c.transform, transform)
                     && now.duration_since(settled_since) >= SETTLE
                     && self

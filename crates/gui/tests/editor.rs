@@ -1398,8 +1398,8 @@ fn screenshot_requests(h: &Harness<'_, VeetanceApp>) -> Vec<egui::UserData> {
 }
 
 /// The overlay asks for a frame when it appears (and paints nothing in that frame), waits for
-/// the reply without asking again, blurs the reply into a texture, asks again when the window
-/// is resized, and drops it when the run ends. The harness has no renderer, so the test answers the request as eframe would.
+/// the reply without asking again, blurs the reply into a texture, asks again once a resized
+/// window holds its size, and drops it when the run ends. The harness has no renderer, so the test answers the request as eframe would.
 #[test]
 fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
     let fx = Fixture::new();
@@ -1471,12 +1471,20 @@ fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
     }
     // A resized window asks for a new frame, keeping the old one meanwhile.
     h.set_size(egui::vec2(1300.0, 900.0));
-    let mut asked = 0;
-    for _ in 0..3 {
+    let resized = Instant::now();
+    let mut asked = Vec::new();
+    while resized.elapsed() < Duration::from_millis(1000) {
         h.step();
-        asked += screenshot_requests(&h).len();
+        if !screenshot_requests(&h).is_empty() {
+            asked.push(resized.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(asked, 1, "a capture at the new size");
+    assert_eq!(asked.len(), 1, "a capture at the new size: {asked:?}");
+    assert!(
+        asked[0] >= Duration::from_millis(250),
+        "once the size held: {asked:?}"
+    );
     assert!(h.state().backdrop.is_ready());
     h.get_by_role_and_label(Role::Button, "Cancel").click();
     assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
