@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `VEETANCE_SHOT`: `canvas` (default) opens the workflow; `run` also starts a run after a
-//! second; `history` queues a batch of 3 after a second and, once all three have an image,
+//! second (`run-resize` as well, and resizes the window to 1200×800 at 3 s); `history` queues a batch of 3 after a second and, once all three have an image,
 //! opens the image viewer on the third compared with the first; `frames-pan` pans the canvas
 //! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing
 //! (`frames-empty`: the same window with no editor in it, the renderer's floor);
@@ -28,6 +28,8 @@ struct Shot {
     mode: String,
     opened: Instant,
     run_started: bool,
+    /// `run-resize`: whether the window has been resized yet.
+    resized: bool,
     /// `frames-pan` / `frames-run`: when the last frame began, and what each frame took.
     last_frame: Option<Instant>,
     intervals_ms: Vec<f64>,
@@ -111,9 +113,17 @@ fn stats_of(name: &str, values: &[f64], unit: &str) -> String {
 impl eframe::App for Shot {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let after_a_second = self.opened.elapsed().as_secs_f32() > 1.0;
-        if self.mode == "run" && !self.run_started && after_a_second {
+        let runs = self.mode == "run" || self.mode == "run-resize";
+        if runs && !self.run_started && after_a_second {
             self.app.start_run();
             self.run_started = true;
+        }
+        if self.mode == "run-resize" && !self.resized && self.opened.elapsed().as_secs_f32() > 3.0 {
+            // The overlay's blur is captured again once the new size holds.
+            println!("resizing the window to 1200x800");
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::InnerSize(egui::vec2(1200.0, 800.0)));
+            self.resized = true;
         }
         if self.mode == "history" && !self.run_started && after_a_second {
             self.app.queue_runs(3);
@@ -264,6 +274,7 @@ fn main() -> Result<(), String> {
                 mode,
                 opened: Instant::now(),
                 run_started: false,
+                resized: false,
                 last_frame: None,
                 intervals_ms: Vec::new(),
                 ui_ms: Vec::new(),
