@@ -97,5 +97,6 @@ RON
 
 shot golden-workflow 6 canvas "$golden"
 shot run-in-progress 8 run "$work/run.ron"
-VEETANCE_SPLASH_AT=0.45 shot splash 5 splash
+# The splash mid-reveal: the pink diamond has landed and the editor shows through the hole.
+VEETANCE_SPLASH_AT=1.75 shot splash 6 splash "$golden"
 shot history-compare 12 history "$work/batch.ron"

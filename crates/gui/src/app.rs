@@ -123,6 +123,8 @@ pub struct VeetanceApp {
     pub frames: u64,
     title: String,
     pub(crate) noise: Option<egui::TextureHandle>,
+    /// The overlay's blurred canvas.
+    pub backdrop: crate::backdrop::Backdrop,
     /// Each node's rectangle in graph coordinates, as drawn in the last frame.
     pub(crate) node_rects: std::collections::HashMap<egui_snarl::NodeId, (egui::Rect, u32)>,
     /// A fit / zoom / arrange the canvas applies once every node is measured.
@@ -206,6 +208,7 @@ impl VeetanceApp {
             frames: 0,
             title: String::new(),
             noise: None,
+            backdrop: Default::default(),
             node_rects: Default::default(),
             view_cmd: Some(ViewCommand::Open),
             viewport: egui::Rect::NOTHING,
@@ -960,6 +963,8 @@ impl VeetanceApp {
         }
         if self.is_running() && self.settings.show_overlay {
             self.overlay(&ctx, canvas_rect);
+        } else {
+            self.backdrop.clear();
         }
         if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
             let painter = ctx.layer_painter(egui::LayerId::new(

@@ -7,6 +7,7 @@
 //! See `docs/editor.md` for the editor's use and `docs/ARCHITECTURE.md` for its place.
 
 pub mod app;
+pub mod backdrop;
 pub mod canvas;
 pub mod demo;
 pub mod document;

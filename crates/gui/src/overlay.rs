@@ -1,18 +1,24 @@
-//! The generation overlay, painted over the canvas while a run is in progress: a soft veil, the
-//! live preview resolving from noise to the image as the sampler advances, a quote about art
-//! that changes every eight seconds, and the run's progress.
+//! The generation overlay, painted over the canvas while a run is in progress: the canvas
+//! blurred behind it, the live preview resolving from noise to the image as the sampler
+//! advances, a quote about art that changes every eight seconds, and the run's progress.
 //!
-//! egui's painter cannot blur what is under it without a custom shader, so the "blur" is a
-//! stack of translucent veils that mutes the canvas; the preview and quote sit on top.
+//! The blur is a captured frame of the window, blurred on the CPU ([`crate::backdrop`]), under
+//! a dark tint that keeps the quote legible. Before the first capture has been blurred, and
+//! where no frame can be read back (the `egui_kittest` harness has no renderer), a stack of
+//! translucent veils mutes the canvas instead; that fallback is not a blur.
 
 use egui::{Align2, Color32, FontId, Id, LayerId, Order, Rect, Stroke, Vec2};
 
 use crate::app::VeetanceApp;
+use crate::backdrop::BackdropFrame;
 use crate::canvas::{INDIGO, PINK};
 use crate::quotes::quote_at;
 
 /// Seconds each quote stays.
 pub const QUOTE_SECONDS: f64 = 8.0;
+
+/// The dark violet laid over the blurred canvas so the quote and progress read on any graph.
+const BACKDROP_TINT: Color32 = Color32::from_rgb(14, 10, 24);
 
 impl VeetanceApp {
     pub(crate) fn overlay(&mut self, ctx: &egui::Context, rect: Rect) {
@@ -22,21 +28,50 @@ impl VeetanceApp {
         let elapsed = run.started.elapsed().as_secs_f64();
         let quote = quote_at(elapsed, QUOTE_SECONDS, run.quote_offset);
         let progress = self.run.progress();
+        let backdrop = self.backdrop.frame(ctx, rect, self.transform);
         let painter =
             ctx.layer_painter(LayerId::new(Order::Foreground, Id::new("veetance-overlay")));
         let painter = painter.with_clip_rect(rect);
-        // Veils: a dark base and two tinted layers inset a little, for a soft, frosted edge.
-        painter.rect_filled(rect, 0.0, Color32::from_black_alpha(120));
-        painter.rect_filled(
-            rect.shrink(6.0),
-            12.0,
-            Color32::from_rgba_unmultiplied(20, 12, 34, 70),
-        );
-        painter.rect_filled(
-            rect.shrink(14.0),
-            18.0,
-            Color32::from_rgba_unmultiplied(30, 18, 44, 50),
-        );
+        let blurred = match backdrop {
+            // This frame is read back to be blurred: the overlay must not be in it.
+            BackdropFrame::Capturing => {
+                ctx.request_repaint();
+                return;
+            }
+            BackdropFrame::Fallback => 0.0,
+            BackdropFrame::Blurred {
+                texture,
+                rect: at,
+                opacity,
+            } => {
+                let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+                // Where the canvas has moved since the capture, the uncovered strip is dark.
+                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(opacity));
+                painter.image(texture, at, uv, Color32::WHITE.gamma_multiply(opacity));
+                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.25 * opacity));
+                opacity
+            }
+        };
+        // The fallback veils, fading out as the blurred frame fades in: a dark base and two
+        // tinted layers inset a little, for a soft edge.
+        let veil = 1.0 - blurred;
+        if veil > 0.0 {
+            painter.rect_filled(
+                rect,
+                0.0,
+                Color32::from_black_alpha(120).gamma_multiply(veil),
+            );
+            painter.rect_filled(
+                rect.shrink(6.0),
+                12.0,
+                Color32::from_rgba_unmultiplied(20, 12, 34, 70).gamma_multiply(veil),
+            );
+            painter.rect_filled(
+                rect.shrink(14.0),
+                18.0,
+                Color32::from_rgba_unmultiplied(30, 18, 44, 50).gamma_multiply(veil),
+            );
+        }
 
         let side = (rect.height() * 0.5)
             .min(rect.width() * 0.5)

@@ -1383,3 +1383,323 @@ fn comfyui_shortcuts_save_run_and_redo() {
     assert!(step_until(&mut h, Duration::from_secs(20), |app| !app.is_running()));
     assert!(finished(h.state()), "{:?}", h.state().notice);
 }
+
+/// The screenshot requests in the harness's last frame.
+fn screenshot_requests(h: &Harness<'_, VeetanceApp>) -> Vec<egui::UserData> {
+    h.output()
+        .viewport_output
+        .values()
+        .flat_map(|v| v.commands.iter())
+        .filter_map(|c| match c {
+            egui::ViewportCommand::Screenshot(data) => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The overlay asks for a frame when it appears (and paints nothing in that frame), waits for
+/// the reply without asking again, blurs the reply into a texture, asks again once a resized
+/// window holds its size, and drops it when the run ends. The harness has no renderer, so the test answers the request as eframe would.
+#[test]
+fn the_overlay_blurs_a_captured_frame_of_the_canvas() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(400, 20));
+    let mut h = harness(fx.app(Some(path)));
+    assert!(screenshot_requests(&h).is_empty());
+    h.state_mut().start_run();
+    h.step();
+    assert!(h.state().is_running());
+    let requests = screenshot_requests(&h);
+    assert_eq!(requests.len(), 1, "one capture when the overlay appears");
+    assert!(!h.state().backdrop.is_ready());
+    assert!(
+        !overlay_painted(&h),
+        "the frame to be read back holds no overlay"
+    );
+    h.step();
+    assert!(
+        !overlay_painted(&h),
+        "nor the next (eframe's glow reads that one)"
+    );
+    for _ in 0..5 {
+        h.step();
+        assert!(
+            screenshot_requests(&h).is_empty(),
+            "no second request while one waits"
+        );
+        assert!(overlay_painted(&h), "the veils and the quote meanwhile");
+    }
+    // A reply to someone else's request is not taken.
+    let frame = egui::ColorImage::new(
+        [1500, 950],
+        (0..1500 * 950)
+            .map(|i| {
+                if (i % 1500 / 50 + i / 1500 / 50) % 2 == 0 {
+                    egui::Color32::WHITE
+                } else {
+                    egui::Color32::BLACK
+                }
+            })
+            .collect(),
+    );
+    let frame = std::sync::Arc::new(frame);
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: egui::UserData::new("someone else's"),
+        image: frame.clone(),
+    });
+    h.run_steps(3);
+    assert!(!h.state().backdrop.is_ready());
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: requests[0].clone(),
+        image: frame,
+    });
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |app| app
+            .backdrop
+            .is_ready()),
+        "the captured frame was blurred and uploaded"
+    );
+    assert!(h.state().backdrop.last_blur.is_some());
+    for _ in 0..5 {
+        h.step();
+        assert!(
+            screenshot_requests(&h).is_empty(),
+            "nothing changed: no new capture"
+        );
+    }
+    // A resized window asks for a new frame, keeping the old one meanwhile.
+    h.set_size(egui::vec2(1300.0, 900.0));
+    let resized = Instant::now();
+    let mut asked = Vec::new();
+    while resized.elapsed() < Duration::from_millis(1000) {
+        h.step();
+        if !screenshot_requests(&h).is_empty() {
+            asked.push(resized.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(asked.len(), 1, "a capture at the new size: {asked:?}");
+    assert!(
+        asked[0] >= Duration::from_millis(250),
+        "once the size held: {asked:?}"
+    );
+    assert!(h.state().backdrop.is_ready());
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    assert!(step_until(&mut h, Duration::from_secs(5), |app| !app.is_running()));
+    h.step();
+    assert!(
+        !h.state().backdrop.is_ready(),
+        "the backdrop goes with the overlay"
+    );
+}
+
+/// Opens the image viewer on run #1 of [`SEEDED`] at 1:1; returns the harness, the image's
+/// size, and a point on the image area `offset` from its centre (estimated from the caption
+/// above the area and the pane size the viewer recorded).
+fn viewer_at_one_to_one(fx: &Fixture) -> (Harness<'static, VeetanceApp>, egui::Vec2, Pos2) {
+    let path = fx.write("seeded.ron", SEEDED);
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().queue_runs(1);
+    assert!(step_until(&mut h, Duration::from_secs(60), |app| {
+        all_finished(app, 1)
+    }));
+    let size = h.state().history.get(1).unwrap().outputs[0].2.size_vec2();
+    h.state_mut().open_image_viewer(1);
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "1:1").click();
+    h.run_steps(3);
+    let caption = h.get_by_label_contains(" · save: ").rect();
+    let pane = h.state().image_viewer.as_ref().unwrap().pane;
+    assert!(pane.x > 100.0 && pane.y > 100.0, "pane {pane:?}");
+    // The area starts under the caption (one item spacing, 4 points, below).
+    let centre = Pos2::new(
+        caption.left() + pane.x / 2.0,
+        caption.bottom() + 4.0 + pane.y / 2.0,
+    );
+    (h, size, centre)
+}
+
+/// Scrolling over the image zooms about the pointer: the image point under it stays there.
+#[test]
+fn the_image_viewer_zooms_about_the_pointer() {
+    let fx = Fixture::new();
+    let (mut h, size, centre) = viewer_at_one_to_one(&fx);
+    let before = h.state().image_viewer.clone().unwrap();
+    assert_eq!(before.zoom, Some(1.0));
+    let c0 = before.center.unwrap_or(size / 2.0);
+    let offset = egui::vec2(90.0, -50.0);
+    h.hover_at(centre + offset);
+    h.step();
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(0.0, 120.0),
+        phase: egui::TouchPhase::Move,
+        modifiers: Modifiers::NONE,
+    });
+    h.run_steps(40);
+    let after = h.state().image_viewer.clone().unwrap();
+    let z1 = after.zoom.unwrap();
+    assert!(z1 > 1.5, "scrolling up zooms in: {z1}");
+    let c1 = after.center.unwrap();
+    // The image point under the pointer, before and after: c + d / zoom for the pointer's
+    // offset d from the pane's centre. Solving for d from the two centres gives the offset the
+    // viewer zoomed about: it must be where the pointer was (within the estimate of the
+    // pane's position), not the pane's centre.
+    let d = (c1 - c0) / (1.0 - 1.0 / z1);
+    assert!(
+        (d - offset).length() < 6.0,
+        "zoomed about {d:?}, the pointer was at {offset:?} from the centre"
+    );
+    // Scrolling down zooms out, and zoom stays within its limits.
+    for _ in 0..6 {
+        h.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Point,
+            delta: egui::vec2(0.0, -2000.0),
+            phase: egui::TouchPhase::Move,
+            modifiers: Modifiers::NONE,
+        });
+        h.run_steps(10);
+    }
+    let z2 = h.state().image_viewer.as_ref().unwrap().zoom.unwrap();
+    assert_eq!(z2, veetance_gui::image_viewer::ZOOM_MIN, "{z2}");
+}
+
+/// Dragging the image pans it by the pointer's movement, at 1:1 and from Fit (which keeps the
+/// fitted zoom).
+#[test]
+fn the_image_viewer_pans_by_dragging() {
+    let fx = Fixture::new();
+    let (mut h, size, centre) = viewer_at_one_to_one(&fx);
+    let c0 = h
+        .state()
+        .image_viewer
+        .as_ref()
+        .unwrap()
+        .center
+        .unwrap_or(size / 2.0);
+    let start = centre + egui::vec2(20.0, 10.0);
+    let moved = egui::vec2(60.0, -40.0);
+    h.drag_at(start);
+    h.step();
+    h.hover_at(start + moved);
+    h.step();
+    h.drop_at(start + moved);
+    h.run_steps(2);
+    let v = h.state().image_viewer.clone().unwrap();
+    assert_eq!(v.zoom, Some(1.0), "a pan keeps the zoom");
+    let c1 = v.center.unwrap();
+    // At 1:1 the image moves with the pointer: its centre point moves the other way.
+    assert!((c1 - (c0 - moved)).length() < 0.5, "{c0:?} -> {c1:?}");
+
+    // From Fit: the zoom becomes the fitted one, and the pan is in image pixels at that zoom.
+    h.get_by_role_and_label(Role::Button, "Fit").click();
+    h.run_steps(2);
+    let fitted = h.state().image_viewer.clone().unwrap();
+    assert_eq!((fitted.zoom, fitted.center), (None, None));
+    let fit = veetance_gui::image_viewer::fit_zoom(size, fitted.pane);
+    assert!(fit > 1.0, "the 32 px image is enlarged to fit: {fit}");
+    h.drag_at(start);
+    h.step();
+    h.hover_at(start + moved);
+    h.step();
+    h.drop_at(start + moved);
+    h.run_steps(2);
+    let v = h.state().image_viewer.clone().unwrap();
+    assert_eq!(v.zoom, Some(fit));
+    let c2 = v.center.unwrap();
+    assert!((c2 - (size / 2.0 - moved / fit)).length() < 0.05, "{c2:?}");
+}
+
+/// Starts a long run and answers the overlay's first capture; returns once it is blurred.
+fn running_with_backdrop(fx: &Fixture) -> Harness<'static, VeetanceApp> {
+    let path = fx.write("slow.ron", &slow_workflow(1000, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().start_run();
+    h.step();
+    let request = screenshot_requests(&h)
+        .pop()
+        .expect("a capture when the overlay appears");
+    h.event(egui::Event::Screenshot {
+        viewport_id: egui::ViewportId::ROOT,
+        user_data: request,
+        image: std::sync::Arc::new(egui::ColorImage::new(
+            [1500, 950],
+            vec![egui::Color32::from_gray(90); 1500 * 950],
+        )),
+    });
+    assert!(step_until(&mut h, Duration::from_secs(10), |app| app
+        .backdrop
+        .is_ready()));
+    h
+}
+
+/// Panning the canvas under the overlay asks for a new capture once the canvas has held still
+/// for half a second, and only one.
+#[test]
+fn panning_under_the_overlay_refreshes_the_blur_once_it_settles() {
+    let fx = Fixture::new();
+    let mut h = running_with_backdrop(&fx);
+    let before = h.state().canvas_transform();
+    h.hover_at(Pos2::new(700.0, 700.0));
+    h.step();
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(80.0, 40.0),
+        phase: egui::TouchPhase::Move,
+        modifiers: Modifiers::NONE,
+    });
+    let panned = Instant::now();
+    let mut asked = Vec::new();
+    while panned.elapsed() < Duration::from_millis(2500) {
+        h.step();
+        if !screenshot_requests(&h).is_empty() {
+            asked.push(panned.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = h.state().canvas_transform();
+    assert!(
+        (after.translation - before.translation).length() > 20.0,
+        "the canvas panned: {before:?} -> {after:?}"
+    );
+    assert_eq!(asked.len(), 1, "one new capture after the pan: {asked:?}");
+    assert!(asked[0] >= Duration::from_millis(500), "{asked:?}");
+    assert!(h.state().is_running());
+}
+
+/// Where no frame comes back (this harness has no renderer), the overlay gives up after 2 s and
+/// keeps its veils: no capture is asked for again while the window keeps its size.
+#[test]
+fn without_a_renderer_the_overlay_asks_once_and_keeps_its_veils() {
+    let fx = Fixture::new();
+    let path = fx.write("slow.ron", &slow_workflow(1000, 20));
+    let mut h = harness(fx.app(Some(path)));
+    h.state_mut().start_run();
+    let started = Instant::now();
+    let mut asked = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        h.step();
+        asked += screenshot_requests(&h).len();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(h.state().is_running());
+    assert_eq!(asked, 1);
+    assert!(!h.state().backdrop.is_ready());
+    assert!(
+        overlay_painted(&h),
+        "the overlay (its quote) is painted over the veils"
+    );
+}
+
+/// Whether the last frame painted the overlay's quote (a text opening with “).
+fn overlay_painted(h: &Harness<'_, VeetanceApp>) -> bool {
+    h.output()
+        .shapes
+        .iter()
+        .any(|clipped| match &clipped.shape {
+            egui::Shape::Text(text) => text.galley.text().starts_with('“'),
+            _ => false,
+        })
+}
