@@ -4,8 +4,9 @@
 //!
 //! `cargo run --release --features cuda -p veetance-models --example gpu_forward -- [4b|9b] [iters] [attention]`
 //! (`attention`: stop after the attention timings; `gemm`: time the forward's matmul shapes alone,
-//! `profile`: the fused forward's time per stage (CUDA events, `veetance_models::profile`)
-//! as `.verify/gpu/gemm_torch.py` does with PyTorch)
+//! as `.verify/gpu/gemm_torch.py` does with PyTorch; `profile`: the fused forward's time per
+//! stage (CUDA events, `veetance_models::profile`); a fifth argument `fp8` converts the linear
+//! weights to fp8 e4m3 first)
 
 use std::time::Instant;
 
@@ -114,6 +115,19 @@ fn main() -> candle_core::Result<()> {
         let w = if name.contains("norm") { (r + 1.0)? } else { r };
         var.set(&w.to_dtype(var.dtype())?)?;
     }
+    // `fp8` after the mode: the same random weights, linears converted to fp8 e4m3 at build (one
+    // scale a row), as the loader's `weight_dtype=fp8_e4m3` does; FP8 GEMMs on Hopper.
+    let model = if args.get(4).map(String::as_str) == Some("fp8") {
+        drop(model);
+        let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
+        println!("linear weights: fp8 e4m3");
+        Flux2Transformer::new(
+            &cfg,
+            WeightBuilder::from_var_builder(vb, LinearFormat::Fp8E4M3),
+        )?
+    } else {
+        model
+    };
     let n_img = 64 * 64;
     let n_txt = 512;
     let img = Tensor::randn(0f32, 1f32, (1, n_img, 128), &dev)?.to_dtype(DType::BF16)?;
