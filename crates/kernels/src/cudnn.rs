@@ -507,7 +507,10 @@ fn run(
         built
             .map_err(|e| {
                 if !*reported_failure {
-                    eprintln!("veetance: cuDNN fallback to our own kernels for {key:?}: {e}");
+                    eprintln!(
+                        "veetance: cuDNN has no plan for {key:?} ({e}); it runs another way \
+                         (unfused, or our own kernels)"
+                    );
                     *reported_failure = true;
                 }
             })

@@ -75,7 +75,16 @@ fn main() -> R<()> {
     let latent = Tensor::randn(0f32, 1f32, (1, 128, 64, 64), &dev)?;
     let decode = |fast: bool| vae.decode_with(&latent, None, fast, None).map_err(msg);
     let ref_img = decode(false)?;
+    // The first fast decode of the process: our modules loaded, cuDNN's plans built (runtime
+    // fusion engines compile their kernels then).
+    dev.synchronize()?;
+    let t_first = Instant::now();
     let fast_img = decode(true)?;
+    dev.synchronize()?;
+    println!(
+        "first fast decode of this process (kernels loaded, cuDNN plans built): {:.1} ms",
+        t_first.elapsed().as_secs_f64() * 1e3
+    );
     println!(
         "== VAE decode 1024² bf16 (latent {:?} -> image {:?})",
         latent.dims(),
