@@ -52,6 +52,9 @@ struct Shot {
     /// eframe's CPU time of the frame before each measured one.
     cpu_ms: Vec<f64>,
     measuring: bool,
+    /// The process's CPU time (every thread: llvmpipe's rasterizers too) and the wall clock
+    /// when measuring began.
+    cpu_at_start: Option<(f64, Instant)>,
     /// When `frames-pan` began measuring (once the view had settled after opening).
     pan_from: Option<f64>,
     /// The shape profile, filled by [`ShapeProfiler`] while `measuring` is set in it.
@@ -107,6 +110,18 @@ fn blur_bench() {
     );
     println!("{}", stats_of("downscale", &down, "repeats"));
     println!("{}", stats_of("blur", &blur, "repeats"));
+}
+
+/// This process's CPU time so far (user and system, every thread) in milliseconds, from
+/// `/proc/self/stat` (in clock ticks, taken as Linux's usual 100 a second).
+fn process_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
 }
 
 /// Frame-time statistics as one line: count, median, 99th percentile and slowest.
@@ -324,7 +339,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// The profile as a table: per kind, the median per frame of each figure.
 fn print_profile(profile: &ShapeProfile) {
-    println!("{}", stats("tessellation of all shapes", &profile.tessellate_ms));
+    println!(
+        "{}",
+        stats("tessellation of all shapes", &profile.tessellate_ms)
+    );
     println!(
         "meshes (draw calls) per frame: median {:.0}; triangles per frame: median {:.0}",
         median(profile.draw_calls.iter().copied()),
@@ -408,6 +426,9 @@ impl eframe::App for Shot {
                 t.translation, t.scaling
             );
         }
+        if self.measuring && self.cpu_at_start.is_none() {
+            self.cpu_at_start = process_cpu_ms().map(|ms| (ms, now));
+        }
         if self.measuring {
             if let Some(last) = self.last_frame {
                 self.intervals_ms.push((now - last).as_secs_f64() * 1e3);
@@ -450,6 +471,15 @@ impl eframe::App for Shot {
             println!("{}", stats("frame interval", &self.intervals_ms));
             println!("{}", stats("editor ui code", &self.ui_ms));
             println!("{}", stats("eframe cpu (no swap)", &self.cpu_ms));
+            if let (Some((start, at)), Some(end)) = (self.cpu_at_start, process_cpu_ms()) {
+                let frames = self.intervals_ms.len().max(1) as f64;
+                println!(
+                    "process cpu (all threads): {:.2} ms per frame, {:.0}% of {:.1} s",
+                    (end - start) / frames,
+                    100.0 * (end - start) / (at.elapsed().as_secs_f64() * 1e3),
+                    at.elapsed().as_secs_f64()
+                );
+            }
             let profile = self.profile.lock().unwrap();
             if profile.enabled {
                 print_profile(&profile);
@@ -466,6 +496,14 @@ impl eframe::App for Shot {
             ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
         }
         ui.ctx().request_repaint();
+    }
+
+    fn clear_color(&self, visuals: &egui::Visuals) -> [f32; 4] {
+        if self.mode == "frames-empty" {
+            egui::Color32::from_rgba_unmultiplied(12, 12, 12, 180).to_normalized_gamma_f32()
+        } else {
+            eframe::App::clear_color(&self.app, visuals)
+        }
     }
 
     fn raw_input_hook(&mut self, _ctx: &egui::Context, raw: &mut egui::RawInput) {
@@ -560,6 +598,7 @@ fn main() -> Result<(), String> {
                 cpu_ms: Vec::new(),
                 measuring: false,
                 pan_from: None,
+                cpu_at_start: None,
                 profile,
                 blur_printed: None,
             }))

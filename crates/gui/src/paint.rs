@@ -7,7 +7,11 @@
 //! Most shapes lie wholly inside their clip rectangle, where it clips nothing: such a shape
 //! may take any clip rectangle that holds it, and [`share_clip_rects`] gives it the one of the
 //! shape before it (or the whole window), so runs of shapes land in one mesh. What is drawn
-//! does not change. docs/editor.md ("Frame times") has the figures.
+//! does not change.
+//!
+//! [`grid_mesh`] draws the canvas grid as one mesh of pixel-aligned lines, without the
+//! anti-aliasing fringe of egui's line segments. docs/editor.md ("Frame times") has the
+//! figures.
 
 use egui::epaint::{ClippedShape, Shape};
 use egui::Rect;
@@ -51,9 +55,69 @@ impl egui::Plugin for FewerDrawCalls {
     }
 }
 
+/// The grid's lines are never closer than this on screen (points): zoomed out, every other line
+/// goes, so the grid does not turn into a grey haze.
+pub const GRID_MIN_SPACING: f32 = 16.0;
+
+/// The canvas grid over `viewport` (graph coordinates, drawn through `to_screen`): one mesh of
+/// untextured quads, each line a whole number of physical pixels wide and placed on pixel
+/// boundaries, with the stroke's colour weakened by how much of a pixel the stroke covers (as
+/// egui draws a hairline). No anti-aliasing fringe, so it rasterizes about half the pixels
+/// and a twentieth of the triangles of egui-snarl's grid of line segments, and its lines are
+/// as crisp at every pan offset. The spacing doubles until the lines are at least
+/// [`GRID_MIN_SPACING`] apart on screen.
+pub fn grid_mesh(
+    viewport: egui::Rect,
+    to_screen: egui::emath::TSTransform,
+    spacing: egui::Vec2,
+    stroke: egui::Stroke,
+    pixels_per_point: f32,
+) -> egui::Shape {
+    let scale = to_screen.scaling;
+    if stroke.is_empty() || scale <= 0.0 || !viewport.is_positive() {
+        return egui::Shape::Noop;
+    }
+    let mut spacing = spacing.max(egui::vec2(1.0, 1.0));
+    while spacing.x * scale < GRID_MIN_SPACING {
+        spacing.x *= 2.0;
+    }
+    while spacing.y * scale < GRID_MIN_SPACING {
+        spacing.y *= 2.0;
+    }
+    // Width in physical pixels: at least one, with the colour scaled by the coverage below one.
+    let width_px = stroke.width * scale * pixels_per_point;
+    let color = stroke.color.gamma_multiply(width_px.min(1.0));
+    let width_px = width_px.round().max(1.0);
+    let pixel = 1.0 / (scale * pixels_per_point);
+    // A graph coordinate snapped to the physical pixel boundary at or left of it.
+    let snap = |g: f32, offset: f32| {
+        let px = ((g * scale + offset) * pixels_per_point).floor();
+        (px / pixels_per_point - offset) / scale
+    };
+    let mut mesh = egui::Mesh::default();
+    let first = (viewport.min.x / spacing.x).ceil() as i64;
+    let last = (viewport.max.x / spacing.x).floor() as i64;
+    for k in first..=last {
+        let x = snap(k as f32 * spacing.x, to_screen.translation.x);
+        let r =
+            egui::Rect::from_x_y_ranges(x..=x + width_px * pixel, viewport.min.y..=viewport.max.y);
+        mesh.add_colored_rect(r, color);
+    }
+    let first = (viewport.min.y / spacing.y).ceil() as i64;
+    let last = (viewport.max.y / spacing.y).floor() as i64;
+    for k in first..=last {
+        let y = snap(k as f32 * spacing.y, to_screen.translation.y);
+        let r =
+            egui::Rect::from_x_y_ranges(viewport.min.x..=viewport.max.x, y..=y + width_px * pixel);
+        mesh.add_colored_rect(r, color);
+    }
+    egui::Shape::mesh(mesh)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egui::emath::TSTransform;
     use egui::{pos2, vec2, Color32, Stroke};
 
     fn rect(min: (f32, f32), size: f32) -> Shape {
@@ -106,5 +170,41 @@ mod tests {
         assert_eq!(shapes[0].clip_rect, label);
         assert_eq!(shapes[1].clip_rect, label);
         assert_eq!(shapes[2].clip_rect, window);
+    }
+
+    #[test]
+    fn grid_lines_sit_on_whole_pixels_at_any_pan_and_thin_out_when_zoomed_out() {
+        let stroke = Stroke::new(1.0, Color32::from_gray(60));
+        let spacing = vec2(40.0, 40.0);
+        for (scale, pan, ppp) in [(0.48, 13.37, 1.0), (1.0, 0.25, 1.0), (0.7, 101.9, 2.0)] {
+            let to_screen = TSTransform::new(vec2(pan, -pan), scale);
+            let screen = Rect::from_min_size(pos2(0.0, 0.0), vec2(1600.0, 1000.0));
+            let viewport = to_screen.inverse() * screen;
+            let Shape::Mesh(mesh) = grid_mesh(viewport, to_screen, spacing, stroke, ppp) else {
+                panic!("no mesh");
+            };
+            let on_pixel = |v: f32| ((v * ppp).round() - v * ppp).abs() < 1e-2;
+            for quad in mesh.vertices.chunks_exact(4) {
+                let (a, c) = (to_screen * quad[0].pos, to_screen * quad[2].pos);
+                let vertical = (c.y - a.y).abs() > (c.x - a.x).abs();
+                let (lo, hi) = if vertical { (a.x, c.x) } else { (a.y, c.y) };
+                assert!(on_pixel(lo) && on_pixel(hi), "{lo} {hi} at {scale} {pan}");
+                assert!(((hi - lo) * ppp - (scale * ppp).round().max(1.0)).abs() < 1e-2);
+            }
+            let lines = mesh.vertices.len() / 4;
+            let expected = (1600.0 / (40.0 * scale)) + (1000.0 / (40.0 * scale));
+            assert!(
+                (lines as f32 - expected).abs() <= 3.0,
+                "{lines} vs {expected}"
+            );
+        }
+        // At 20% a 40-point grid would be 8 px apart: every other line goes (16 px).
+        let to_screen = TSTransform::new(vec2(0.0, 0.0), 0.2);
+        let viewport =
+            to_screen.inverse() * Rect::from_min_size(pos2(0.0, 0.0), vec2(1600.0, 1000.0));
+        let Shape::Mesh(mesh) = grid_mesh(viewport, to_screen, spacing, stroke, 1.0) else {
+            panic!("no mesh");
+        };
+        assert!((mesh.vertices.len() / 4) as f32 <= 1600.0 / 16.0 + 1000.0 / 16.0 + 2.0);
     }
 }
