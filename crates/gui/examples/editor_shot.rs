@@ -210,6 +210,10 @@ struct KindFrame {
     triangles: usize,
     /// Pixels covered by its triangles, inside their clip rectangles (overdraw counted).
     pixels: f64,
+    /// The 4×4-pixel blocks its triangles' bounding boxes touch (inside their clip
+    /// rectangles), summed over triangles: llvmpipe shades a partly covered block at a time,
+    /// so thin and small triangles cost more than their pixels say.
+    blocks: f64,
     tessellate_ms: f64,
 }
 
@@ -251,8 +255,8 @@ fn flatten(shapes: Vec<ClippedShape>) -> Vec<ClippedShape> {
 /// Vertices, triangles and covered pixels (each triangle's area within its clip rectangle,
 /// taken as the part of its bounding box inside the clip times its area ratio) of tessellated
 /// primitives.
-fn mesh_figures(primitives: &[ClippedPrimitive]) -> (usize, usize, f64) {
-    let (mut vertices, mut triangles, mut pixels) = (0, 0, 0.0);
+fn mesh_figures(primitives: &[ClippedPrimitive]) -> (usize, usize, f64, f64) {
+    let (mut vertices, mut triangles, mut pixels, mut blocks) = (0, 0, 0.0, 0.0);
     for p in primitives {
         let Primitive::Mesh(mesh) = &p.primitive else {
             continue;
@@ -266,10 +270,13 @@ fn mesh_figures(primitives: &[ClippedPrimitive]) -> (usize, usize, f64) {
             let inside = bbox.intersect(p.clip_rect);
             if area > 0.0 && inside.is_positive() {
                 pixels += f64::from(area * inside.area() / bbox.area().max(1e-6));
+                let span = |lo: f32, hi: f32| ((hi / 4.0).ceil() - (lo / 4.0).floor()).max(1.0);
+                blocks +=
+                    f64::from(span(inside.min.x, inside.max.x) * span(inside.min.y, inside.max.y));
             }
         }
     }
-    (vertices, triangles, pixels)
+    (vertices, triangles, pixels, blocks)
 }
 
 /// Sees every frame's shapes before eframe tessellates them: profiles them, and applies the
@@ -315,12 +322,13 @@ impl egui::Plugin for ShapeProfiler {
                 let start = Instant::now();
                 let primitives = ctx.tessellate(of_kind, ppp);
                 let ms = start.elapsed().as_secs_f64() * 1e3;
-                let (vertices, triangles, pixels) = mesh_figures(&primitives);
+                let (vertices, triangles, pixels, blocks) = mesh_figures(&primitives);
                 frame[i] = KindFrame {
                     shapes: count,
                     vertices,
                     triangles,
                     pixels,
+                    blocks,
                     tessellate_ms: ms,
                 };
             }
@@ -348,16 +356,19 @@ fn print_profile(profile: &ShapeProfile) {
         median(profile.draw_calls.iter().copied()),
         median(profile.triangles.iter().copied())
     );
-    println!("kind     shapes  vertices  triangles  Mpixels  tessellate ms  (medians per frame)");
+    println!(
+        "kind     shapes  vertices  triangles  Mpixels  kblocks  tessellate ms  (medians per frame)"
+    );
     for (i, kind) in ShapeKind::ALL.into_iter().enumerate() {
         let of = |f: fn(&KindFrame) -> f64| median(profile.kinds.iter().map(|k| f(&k[i])));
         println!(
-            "{:<8} {:>6.0} {:>9.0} {:>10.0} {:>8.3} {:>14.3}",
+            "{:<8} {:>6.0} {:>9.0} {:>10.0} {:>8.3} {:>8.1} {:>14.3}",
             kind.name(),
             of(|k| k.shapes as f64),
             of(|k| k.vertices as f64),
             of(|k| k.triangles as f64),
             of(|k| k.pixels / 1e6),
+            of(|k| k.blocks / 1e3),
             of(|k| k.tessellate_ms),
         );
     }

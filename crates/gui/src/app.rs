@@ -931,7 +931,7 @@ impl VeetanceApp {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         // Once per context (egui ignores a second plugin of one type).
-        ctx.add_plugin(crate::paint::FewerDrawCalls);
+        ctx.add_plugin(crate::paint::CheaperFrames);
         self.frames += 1;
         self.register_repaint(&ctx);
         while let Some(reply) = self.bridge.try_recv() {

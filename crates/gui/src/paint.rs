@@ -13,8 +13,8 @@
 //! anti-aliasing fringe of egui's line segments. docs/editor.md ("Frame times") has the
 //! figures.
 
-use egui::epaint::{ClippedShape, Shape};
-use egui::Rect;
+use egui::epaint::{ClippedShape, Mesh, RectShape, Shape};
+use egui::{Color32, Rect};
 
 /// How far outside its bounds a shape may paint: egui's anti-aliasing (feathering) adds half a
 /// pixel; one point covers it at every pixels-per-point of 1 or more.
@@ -41,17 +41,173 @@ pub fn share_clip_rects(shapes: &mut [ClippedShape], window: Rect) {
     }
 }
 
-/// Runs [`share_clip_rects`] on every frame's shapes, before eframe tessellates them.
-#[derive(Debug, Default)]
-pub struct FewerDrawCalls;
+/// Splits nested shapes (`Shape::Vec`, as `egui::Frame` paints a shadow and its frame) into
+/// clipped shapes of their own, in drawing order.
+pub fn flatten(shapes: Vec<ClippedShape>) -> Vec<ClippedShape> {
+    let mut out = Vec::with_capacity(shapes.len());
+    let mut push = |clip_rect, shape| push_flat(&mut out, clip_rect, shape);
+    for ClippedShape { clip_rect, shape } in shapes {
+        push(clip_rect, shape);
+    }
+    out
+}
 
-impl egui::Plugin for FewerDrawCalls {
+fn push_flat(out: &mut Vec<ClippedShape>, clip_rect: Rect, shape: Shape) {
+    match shape {
+        Shape::Vec(inner) => {
+            for shape in inner {
+                push_flat(out, clip_rect, shape);
+            }
+        }
+        Shape::Noop => {}
+        shape => out.push(ClippedShape { clip_rect, shape }),
+    }
+}
+
+/// The part of a shape's rectangle that an opaque rectangle hides: its fill is opaque and
+/// untextured, its corners' rounding left out.
+fn opaque_interior(shape: &Shape) -> Option<Rect> {
+    let Shape::Rect(r) = shape else {
+        return None;
+    };
+    let plain = r.fill.a() == 255 && r.blur_width == 0.0 && r.brush.is_none() && r.angle == 0.0;
+    let c = r.corner_radius;
+    plain.then(|| r.rect.shrink(f32::from(c.nw.max(c.ne).max(c.sw).max(c.se))))
+}
+
+/// `a` less `b`, as up to four rectangles (bands above, below, left and right of `b`).
+fn subtract(a: Rect, b: Rect) -> Vec<Rect> {
+    let b = a.intersect(b);
+    if !b.is_positive() {
+        return vec![a];
+    }
+    [
+        Rect::from_min_max(a.min, egui::pos2(a.max.x, b.min.y)),
+        Rect::from_min_max(egui::pos2(a.min.x, b.max.y), a.max),
+        Rect::from_min_max(egui::pos2(a.min.x, b.min.y), egui::pos2(b.min.x, b.max.y)),
+        Rect::from_min_max(egui::pos2(b.max.x, b.min.y), egui::pos2(a.max.x, b.max.y)),
+    ]
+    .into_iter()
+    .filter(|r| r.is_positive())
+    .collect()
+}
+
+/// egui's shadow (a rectangle blurred by `blur_width`: its colour fades linearly to nothing
+/// across a band `blur_width` wide centred on its edge) as a mesh of at most 24 triangles: the
+/// solid inside, less the part `covered` by an opaque shape drawn right after it, and the fade
+/// as four side quads and four corner quads. egui tessellates it as a rounded polygon filled
+/// as a fan from one corner, whose long thin triangles each cross the whole rectangle:
+/// llvmpipe, the CPU renderer, shades a thin triangle block by block, so a frame's 50 node
+/// shadows cost about as much as everything else on the canvas. The fade's corners are
+/// squared off rather than round, a difference of a few pixels at a few percent of opacity.
+/// `None` when the shape is not a plain blurred rectangle (it is then drawn as egui would).
+pub fn shadow_mesh(shadow: &RectShape, covered: Option<Rect>) -> Option<Mesh> {
+    let plain = shadow.brush.is_none() && shadow.angle == 0.0 && shadow.stroke.is_empty();
+    // egui cannot blur more than the smallest side; it then draws something else.
+    let blur = shadow.blur_width;
+    if !plain || blur <= 0.0 || blur >= shadow.rect.size().min_elem() - 0.1 {
+        return None;
+    }
+    let color = shadow.fill;
+    let inner = shadow.rect.shrink(blur / 2.0);
+    let outer = shadow.rect.expand(blur / 2.0);
+    let mut mesh = Mesh::default();
+    let solid = match covered {
+        Some(c) => subtract(inner, c),
+        None => vec![inner],
+    };
+    for r in solid {
+        mesh.add_colored_rect(r, color);
+    }
+    let clear = Color32::TRANSPARENT;
+    // One quad: corners in order, each with its colour.
+    let mut quad = |corners: [(egui::Pos2, Color32); 4]| {
+        let base = mesh.vertices.len() as u32;
+        for (pos, c) in corners {
+            mesh.colored_vertex(pos, c);
+        }
+        mesh.add_triangle(base, base + 1, base + 2);
+        mesh.add_triangle(base, base + 2, base + 3);
+    };
+    let (i, o) = (inner, outer);
+    let p = egui::pos2;
+    // Sides: solid on the inner edge, clear on the outer.
+    quad([
+        (i.left_top(), color),
+        (i.right_top(), color),
+        (p(i.max.x, o.min.y), clear),
+        (p(i.min.x, o.min.y), clear),
+    ]);
+    quad([
+        (i.left_bottom(), color),
+        (i.right_bottom(), color),
+        (p(i.max.x, o.max.y), clear),
+        (p(i.min.x, o.max.y), clear),
+    ]);
+    quad([
+        (i.left_top(), color),
+        (i.left_bottom(), color),
+        (p(o.min.x, i.max.y), clear),
+        (p(o.min.x, i.min.y), clear),
+    ]);
+    quad([
+        (i.right_top(), color),
+        (i.right_bottom(), color),
+        (p(o.max.x, i.max.y), clear),
+        (p(o.max.x, i.min.y), clear),
+    ]);
+    // Corners: solid at the inner corner only, split along the diagonal through it.
+    for (corner, outer_corner) in [
+        (i.left_top(), o.left_top()),
+        (i.right_top(), o.right_top()),
+        (i.left_bottom(), o.left_bottom()),
+        (i.right_bottom(), o.right_bottom()),
+    ] {
+        quad([
+            (corner, color),
+            (p(outer_corner.x, corner.y), clear),
+            (outer_corner, clear),
+            (p(corner.x, outer_corner.y), clear),
+        ]);
+    }
+    Some(mesh)
+}
+
+/// Replaces each shadow (a blurred rectangle) by [`shadow_mesh`], leaving out the part the
+/// opaque shape drawn right after it (a frame's fill, as `egui::Frame` paints them) hides.
+pub fn cheaper_shadows(shapes: &mut [ClippedShape]) {
+    for k in 0..shapes.len() {
+        let Shape::Rect(r) = &shapes[k].shape else {
+            continue;
+        };
+        if r.blur_width <= 0.0 {
+            continue;
+        }
+        let covered = shapes
+            .get(k + 1)
+            .filter(|next| next.clip_rect.contains_rect(shapes[k].clip_rect))
+            .and_then(|next| opaque_interior(&next.shape));
+        if let Some(mesh) = shadow_mesh(r, covered) {
+            shapes[k].shape = Shape::mesh(mesh);
+        }
+    }
+}
+
+/// Runs [`cheaper_shadows`] and [`share_clip_rects`] on every frame's shapes, before eframe
+/// tessellates them.
+#[derive(Debug, Default)]
+pub struct CheaperFrames;
+
+impl egui::Plugin for CheaperFrames {
     fn debug_name(&self) -> &'static str {
-        "veetance-fewer-draw-calls"
+        "veetance-cheaper-frames"
     }
 
     fn output_hook(&mut self, ctx: &egui::Context, output: &mut egui::FullOutput) {
-        share_clip_rects(&mut output.shapes, ctx.viewport_rect());
+        let mut shapes = flatten(std::mem::take(&mut output.shapes));
+        cheaper_shadows(&mut shapes);
+        share_clip_rects(&mut shapes, ctx.viewport_rect());
+        output.shapes = shapes;
     }
 }
 
