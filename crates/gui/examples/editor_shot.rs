@@ -234,24 +234,6 @@ struct ShapeProfile {
     kinds: Vec<[KindFrame; 8]>,
 }
 
-/// Splits nested shapes (`Shape::Vec`) into their clipped parts.
-fn flatten(shapes: Vec<ClippedShape>) -> Vec<ClippedShape> {
-    let mut out = Vec::with_capacity(shapes.len());
-    for ClippedShape { clip_rect, shape } in shapes {
-        match shape {
-            Shape::Vec(inner) => out.extend(flatten(
-                inner
-                    .into_iter()
-                    .map(|shape| ClippedShape { clip_rect, shape })
-                    .collect(),
-            )),
-            Shape::Noop => {}
-            shape => out.push(ClippedShape { clip_rect, shape }),
-        }
-    }
-    out
-}
-
 /// Vertices, triangles and covered pixels (each triangle's area within its clip rectangle,
 /// taken as the part of its bounding box inside the clip times its area ratio) of tessellated
 /// primitives.
@@ -293,7 +275,7 @@ impl egui::Plugin for ShapeProfiler {
         if !profile.enabled && profile.drop.is_empty() && !profile.square {
             return;
         }
-        let mut shapes = flatten(std::mem::take(&mut output.shapes));
+        let mut shapes = veetance_gui::paint::flatten(std::mem::take(&mut output.shapes));
         shapes.retain(|s| !profile.drop.contains(&ShapeKind::of(&s.shape)));
         if profile.square {
             for s in &mut shapes {
@@ -417,10 +399,12 @@ impl eframe::App for Shot {
             self.run_started = true;
             self.measuring = true;
         }
-        if self.mode == "frames-pan" && self.pan_from.is_none() && t > 2.0 {
-            if !self.app.view_pending() {
-                self.pan_from = Some(t);
-            }
+        if self.mode == "frames-pan"
+            && self.pan_from.is_none()
+            && t > 2.0
+            && !self.app.view_pending()
+        {
+            self.pan_from = Some(t);
         }
         if self.mode == "frames-pan" {
             self.measuring = self.pan_from.is_some_and(|from| t < from + 5.0);

@@ -303,10 +303,9 @@ mod tests {
         ];
         share_clip_rects(&mut shapes, window);
         assert!(shapes.iter().all(|s| s.clip_rect == window));
-        let ctx = egui::Context::default();
-        ctx.begin_pass(egui::RawInput::default());
-        let _ = ctx.end_pass();
-        assert_eq!(ctx.tessellate(shapes, 1.0).len(), 1);
+        let options = egui::epaint::TessellationOptions::default();
+        let mut tessellator = egui::epaint::Tessellator::new(1.0, options, [1, 1], Vec::new());
+        assert_eq!(tessellator.tessellate_shapes(shapes).len(), 1);
     }
 
     #[test]
@@ -341,7 +340,8 @@ mod tests {
             };
             let on_pixel = |v: f32| ((v * ppp).round() - v * ppp).abs() < 1e-2;
             for quad in mesh.vertices.chunks_exact(4) {
-                let (a, c) = (to_screen * quad[0].pos, to_screen * quad[2].pos);
+                // add_colored_rect's corners: left top, right top, left bottom, right bottom.
+                let (a, c) = (to_screen * quad[0].pos, to_screen * quad[3].pos);
                 let vertical = (c.y - a.y).abs() > (c.x - a.x).abs();
                 let (lo, hi) = if vertical { (a.x, c.x) } else { (a.y, c.y) };
                 assert!(on_pixel(lo) && on_pixel(hi), "{lo} {hi} at {scale} {pan}");
@@ -362,5 +362,37 @@ mod tests {
             panic!("no mesh");
         };
         assert!((mesh.vertices.len() / 4) as f32 <= 1600.0 / 16.0 + 1000.0 / 16.0 + 2.0);
+    }
+
+    #[test]
+    fn a_shadow_mesh_spans_what_egui_blurs_in_a_few_triangles_less_the_hidden_part() {
+        let node = Rect::from_min_size(pos2(100.0, 100.0), vec2(150.0, 80.0));
+        let shadow = egui::epaint::Shadow {
+            offset: [5, 10],
+            blur: 8,
+            spread: 0,
+            color: Color32::from_black_alpha(96),
+        }
+        .as_shape(node, 3);
+        let options = egui::epaint::TessellationOptions::default();
+        let mut tessellator = egui::epaint::Tessellator::new(1.0, options, [1, 1], Vec::new());
+        let mut egui_mesh = Mesh::default();
+        tessellator.tessellate_rect(&shadow, &mut egui_mesh);
+        let ours = shadow_mesh(&shadow, Some(node.shrink(3.0))).unwrap();
+        let (a, b) = (egui_mesh.calc_bounds(), ours.calc_bounds());
+        assert!((a.min - b.min).length() < 1.0 && (a.max - b.max).length() < 1.0);
+        assert!(ours.indices.len() / 3 <= 24);
+        assert!(egui_mesh.indices.len() > 2 * ours.indices.len());
+        // Nothing of it under the middle of the node, which hides it.
+        let centre = node.center();
+        let inside = |t: &[u32]| {
+            let [p, q, r] = [0, 1, 2].map(|i| ours.vertices[t[i] as usize].pos);
+            let side = |u: egui::Pos2, v: egui::Pos2| {
+                (v - u).x * (centre - u).y - (v - u).y * (centre - u).x
+            };
+            let (d1, d2, d3) = (side(p, q), side(q, r), side(r, p));
+            (d1 >= 0.0 && d2 >= 0.0 && d3 >= 0.0) || (d1 <= 0.0 && d2 <= 0.0 && d3 <= 0.0)
+        };
+        assert!(!ours.indices.chunks_exact(3).any(inside));
     }
 }
