@@ -555,6 +555,7 @@ fn main() -> Result<(), String> {
             .with_inner_size([1600.0, 1000.0])
             .with_position([0.0, 0.0]),
         renderer: eframe::Renderer::Glow,
+        dithering: std::env::var("VEETANCE_FRAMES_DITHER").map_or(true, |v| v != "0"),
         ..Default::default()
     };
     let flag = |name: &str| std::env::var(name).ok();
