@@ -76,7 +76,7 @@ fn opaque_interior(shape: &Shape) -> Option<Rect> {
 }
 
 /// `a` less `b`, as up to four rectangles (bands above, below, left and right of `b`).
-fn subtract(a: Rect, b: Rect) -> Vec<Rect> {
+pub fn subtract(a: Rect, b: Rect) -> Vec<Rect> {
     let b = a.intersect(b);
     if !b.is_positive() {
         return vec![a];
