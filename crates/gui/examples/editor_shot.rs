@@ -9,7 +9,8 @@
 //! `VEETANCE_SHOT`: `canvas` (default) opens the workflow; `run` also starts a run after a
 //! second (`run-resize` as well, and resizes the window to 1200×800 at 3 s); `history` queues a batch of 3 after a second and, once all three have an image,
 //! opens the image viewer on the third compared with the first; `frames-pan` pans the canvas
-//! for 5 s and `frames-run` runs the workflow, each printing frame-time statistics and closing
+//! for [`PAN_FRAMES`] frames, to and fro (every build draws the same views, however fast), and
+//! `frames-run` runs the workflow, each printing frame-time statistics and closing
 //! (`frames-empty`: the same window with no editor in it, the renderer's floor);
 //! `splash` holds the splash at `VEETANCE_SPLASH_AT` seconds (default 0.45);
 //! `.verify/frames.sh` writes the workflows the frame modes are measured on and runs them.
@@ -55,8 +56,10 @@ struct Shot {
     /// The process's CPU time (every thread: llvmpipe's rasterizers too) and the wall clock
     /// when measuring began.
     cpu_at_start: Option<(f64, Instant)>,
-    /// When `frames-pan` began measuring (once the view had settled after opening).
+    /// When `frames-pan` began measuring (once the view had settled after opening), and the
+    /// frames it has panned since.
     pan_from: Option<f64>,
+    pan_frames: u32,
     /// The shape profile, filled by [`ShapeProfiler`] while `measuring` is set in it.
     profile: Arc<Mutex<ShapeProfile>>,
     /// The last backdrop blur time printed.
@@ -111,6 +114,10 @@ fn blur_bench() {
     println!("{}", stats_of("downscale", &down, "repeats"));
     println!("{}", stats_of("blur", &blur, "repeats"));
 }
+
+/// How many frames `frames-pan` measures, and after how many it turns back.
+const PAN_FRAMES: u32 = 200;
+const PAN_TURN: u32 = 50;
 
 /// This process's CPU time so far (user and system, every thread) in milliseconds, from
 /// `/proc/self/stat` (in clock ticks, taken as Linux's usual 100 a second).
@@ -390,9 +397,10 @@ impl eframe::App for Shot {
                 }
             }
         }
-        // Frame times: `frames-pan` scrolls the canvas (a pan) for 5 s, from the 2nd second or
-        // once the view has settled after opening (the layout and fit on open are not part of
-        // a pan); `frames-run` starts a run after a second and measures until it ends.
+        // Frame times: `frames-pan` scrolls the canvas (a pan) for PAN_FRAMES frames, from the
+        // 2nd second or once the view has settled after opening (the layout and fit on open
+        // are not part of a pan); `frames-run` starts a run after a second and measures until
+        // it ends.
         let t = self.opened.elapsed().as_secs_f64();
         if self.mode == "frames-run" && !self.run_started && t > 1.0 {
             self.app.start_run();
@@ -407,7 +415,8 @@ impl eframe::App for Shot {
             self.pan_from = Some(t);
         }
         if self.mode == "frames-pan" {
-            self.measuring = self.pan_from.is_some_and(|from| t < from + 5.0);
+            self.measuring = self.pan_from.is_some() && self.pan_frames < PAN_FRAMES;
+            self.pan_frames += u32::from(self.measuring);
         }
         if self.mode == "frames-empty" {
             self.measuring = (2.0..7.0).contains(&t);
@@ -456,7 +465,7 @@ impl eframe::App for Shot {
             self.ui_ms.push(ui_start.elapsed().as_secs_f64() * 1e3);
         }
         let finished = match self.mode.as_str() {
-            "frames-pan" => self.pan_from.is_some_and(|from| t > from + 5.5),
+            "frames-pan" => self.pan_frames >= PAN_FRAMES,
             "frames-empty" => t > 7.5,
             "frames-run" => self.run_started && !self.app.is_running() && t > 2.0,
             _ => false,
@@ -508,12 +517,14 @@ impl eframe::App for Shot {
             raw.events.push(egui::Event::PointerGone);
         }
         if self.mode == "frames-pan" && self.measuring {
-            // The pointer over the canvas, and a scroll every frame: the canvas pans.
+            // The pointer over the canvas, and a scroll every frame: the canvas pans, turning
+            // back every PAN_TURN frames so the graph stays in view.
+            let back = (self.pan_frames / PAN_TURN) % 2 == 1;
             raw.events
                 .push(egui::Event::PointerMoved(egui::pos2(700.0, 500.0)));
             raw.events.push(egui::Event::MouseWheel {
                 unit: egui::MouseWheelUnit::Point,
-                delta: egui::vec2(6.0, 2.0),
+                delta: egui::vec2(6.0, 2.0) * if back { -1.0 } else { 1.0 },
                 phase: egui::TouchPhase::Move,
                 modifiers: egui::Modifiers::NONE,
             });
@@ -594,6 +605,7 @@ fn main() -> Result<(), String> {
                 cpu_ms: Vec::new(),
                 measuring: false,
                 pan_from: None,
+                pan_frames: 0,
                 cpu_at_start: None,
                 profile,
                 blur_printed: None,
