@@ -608,4 +608,17 @@ mod tests {
             .iter()
             .all(|p| *p == Color32::from_rgb(10, 20, 30)));
     }
+
+    #[test]
+    fn the_tint_mixes_in_as_a_translucent_rectangle_over_the_frame_would() {
+        let mut image = ColorImage::new([2, 1], vec![Color32::BLACK, Color32::WHITE]);
+        tint(&mut image, TINT, TINT_AMOUNT);
+        let over = |c: u8, t: u8| (f32::from(c) * 0.75 + f32::from(t) * 0.25).round() as u8;
+        for (p, c) in image.pixels.iter().zip([0, 255]) {
+            assert_eq!(
+                *p,
+                Color32::from_rgb(over(c, TINT.r()), over(c, TINT.g()), over(c, TINT.b()))
+            );
+        }
+    }
 }
