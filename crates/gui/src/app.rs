@@ -930,6 +930,8 @@ impl VeetanceApp {
     /// Draws one frame. Never waits on the engine.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
+        // Once per context (egui ignores a second plugin of one type).
+        ctx.add_plugin(crate::paint::CheaperFrames);
         self.frames += 1;
         self.register_repaint(&ctx);
         while let Some(reply) = self.bridge.try_recv() {
@@ -1031,6 +1033,9 @@ impl VeetanceApp {
             egui::vec2(40.0, 40.0),
             0.0,
         ));
+        // The canvas's colour is the window's clear colour (see `clear_color`): filling it
+        // again would shade every pixel of the canvas once more each frame.
+        style.bg_frame = Some(egui::Frame::canvas(ui.style()).fill(egui::Color32::TRANSPARENT));
         self.viewport = ui.available_rect_before_wrap();
         // Only zoom to selection reads the selection.
         let selected = if self.view_cmd == Some(ViewCommand::FitSelection) {
@@ -1210,6 +1215,12 @@ impl VeetanceApp {
 impl eframe::App for VeetanceApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         VeetanceApp::ui(self, ui);
+    }
+
+    /// The canvas's background: the canvas is drawn without a fill of its own (one pass over
+    /// its pixels fewer each frame); the panels fill themselves.
+    fn clear_color(&self, visuals: &egui::Visuals) -> [f32; 4] {
+        visuals.extreme_bg_color.to_normalized_gamma_f32()
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -211,6 +211,27 @@ pub fn blur_frame(frame: &ColorImage, crop: [usize; 4]) -> ColorImage {
     small.to_color_image()
 }
 
+/// The dark violet over the blurred canvas that keeps the overlay's quote legible on any graph.
+pub const TINT: Color32 = Color32::from_rgb(14, 10, 24);
+
+/// How much of [`TINT`] the blurred frame takes (baked into it on the worker thread, so the
+/// overlay draws it in one layer, not as the frame and a translucent rectangle over it).
+pub const TINT_AMOUNT: f32 = 0.25;
+
+/// Mixes `amount` of `color` into every pixel, as a rectangle of `color` at that opacity
+/// drawn over the image would (egui blends in gamma space).
+pub fn tint(image: &mut ColorImage, color: Color32, amount: f32) {
+    let mix = |a: u8, b: u8| (f32::from(a) * (1.0 - amount) + f32::from(b) * amount).round() as u8;
+    for p in &mut image.pixels {
+        *p = Color32::from_rgba_premultiplied(
+            mix(p.r(), color.r()),
+            mix(p.g(), color.g()),
+            mix(p.b(), color.b()),
+            p.a(),
+        );
+    }
+}
+
 /// What a capture shows: the canvas's rectangle and transform in the frame it was taken from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Capture {
@@ -424,7 +445,8 @@ impl Backdrop {
             .name("veetance-backdrop-blur".into())
             .spawn(move || {
                 let start = Instant::now();
-                let blurred = blur_frame(&image, crop);
+                let mut blurred = blur_frame(&image, crop);
+                tint(&mut blurred, TINT, TINT_AMOUNT);
                 let _ = tx.send((blurred, capture, start.elapsed()));
                 repaint.request_repaint();
             });
@@ -585,5 +607,18 @@ mod tests {
             .pixels
             .iter()
             .all(|p| *p == Color32::from_rgb(10, 20, 30)));
+    }
+
+    #[test]
+    fn the_tint_mixes_in_as_a_translucent_rectangle_over_the_frame_would() {
+        let mut image = ColorImage::new([2, 1], vec![Color32::BLACK, Color32::WHITE]);
+        tint(&mut image, TINT, TINT_AMOUNT);
+        let over = |c: u8, t: u8| (f32::from(c) * 0.75 + f32::from(t) * 0.25).round() as u8;
+        for (p, c) in image.pixels.iter().zip([0, 255]) {
+            assert_eq!(
+                *p,
+                Color32::from_rgb(over(c, TINT.r()), over(c, TINT.g()), over(c, TINT.b()))
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use egui::emath::TSTransform;
 use egui::{Color32, Pos2, RichText, Stroke, Ui};
-use egui_snarl::ui::{PinInfo, PinWireInfo, SnarlPin, SnarlStyle, SnarlViewer};
+use egui_snarl::ui::{BackgroundPattern, PinInfo, PinWireInfo, SnarlPin, SnarlStyle, SnarlViewer};
 use egui_snarl::{InPin, NodeId, OutPin, Snarl};
 use veetance_core::{NodeRegistry, NodeSchema, ParamDef, ParamKind, PortType, Value};
 
@@ -560,6 +560,36 @@ impl SnarlViewer<NodeView> for CanvasViewer<'_> {
             _ => 0,
         };
         self.rects.insert(node, (rect, steady));
+    }
+
+    /// The grid as one mesh of pixel-aligned lines (see [`crate::paint::grid_mesh`]) rather than egui-snarl's
+    /// anti-aliased line per grid line.
+    fn draw_background(
+        &mut self,
+        background: Option<&BackgroundPattern>,
+        viewport: &egui::Rect,
+        snarl_style: &SnarlStyle,
+        style: &egui::Style,
+        painter: &egui::Painter,
+        _snarl: &Snarl<NodeView>,
+    ) {
+        match background {
+            Some(BackgroundPattern::Grid(grid)) if grid.angle == 0.0 => {
+                let stroke = snarl_style
+                    .bg_pattern_stroke
+                    .unwrap_or(style.visuals.widgets.noninteractive.bg_stroke);
+                let pixels_per_point = painter.ctx().pixels_per_point();
+                painter.add(crate::paint::grid_mesh(
+                    *viewport,
+                    *self.transform,
+                    grid.spacing,
+                    stroke,
+                    pixels_per_point,
+                ));
+            }
+            Some(pattern) => pattern.draw(viewport, snarl_style, style, painter),
+            None => {}
+        }
     }
 
     fn current_transform(&mut self, to_global: &mut TSTransform, snarl: &mut Snarl<NodeView>) {

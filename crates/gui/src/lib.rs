@@ -18,6 +18,7 @@ pub mod image_viewer;
 pub mod layout;
 pub mod model_files;
 pub mod overlay;
+pub mod paint;
 pub mod panels;
 pub mod quotes;
 pub mod settings;

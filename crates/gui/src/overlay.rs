@@ -18,7 +18,7 @@ use crate::quotes::quote_at;
 pub const QUOTE_SECONDS: f64 = 8.0;
 
 /// The dark violet laid over the blurred canvas so the quote and progress read on any graph.
-const BACKDROP_TINT: Color32 = Color32::from_rgb(14, 10, 24);
+const BACKDROP_TINT: Color32 = crate::backdrop::TINT;
 
 impl VeetanceApp {
     pub(crate) fn overlay(&mut self, ctx: &egui::Context, rect: Rect) {
@@ -46,9 +46,18 @@ impl VeetanceApp {
             } => {
                 let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
                 // Where the canvas has moved since the capture, the uncovered strip is dark.
-                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(opacity));
+                // Faded in, the frame hides the canvas: the tint goes only where it does not
+                // reach (each layer over the whole canvas is a pass over its every pixel on a
+                // CPU renderer). The frame carries its own tint (`backdrop::TINT_AMOUNT`).
+                let under = if opacity < 1.0 {
+                    vec![rect]
+                } else {
+                    crate::paint::subtract(rect, at)
+                };
+                for r in under {
+                    painter.rect_filled(r, 0.0, BACKDROP_TINT.gamma_multiply(opacity));
+                }
                 painter.image(texture, at, uv, Color32::WHITE.gamma_multiply(opacity));
-                painter.rect_filled(rect, 0.0, BACKDROP_TINT.gamma_multiply(0.25 * opacity));
                 opacity
             }
         };
