@@ -571,6 +571,31 @@ fn aligned(ptrs: &[*mut c_void]) -> bool {
     ptrs.iter().all(|p| (*p as usize) % 16 == 0)
 }
 
+/// A 2-D cross-correlation descriptor: dilation 1, f32 accumulation, `stride` and `pad` on both
+/// axes (the NCHW and NHWC convolutions share it; the layout is in their tensors' strides).
+fn conv_descriptor(api: &'static Api, stride: i64, pad: i64) -> Result<D> {
+    let conv = D::new(api, DESC_CONVOLUTION)?;
+    conv.scalar(
+        A_CONV_COMP_TYPE,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "conv compute type",
+    )?;
+    conv.scalar(
+        A_CONV_MODE,
+        T_CONVOLUTION_MODE,
+        &CROSS_CORRELATION,
+        "conv mode",
+    )?;
+    conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
+    conv.i64s(A_CONV_DILATIONS, &[1, 1], "conv dilations")?;
+    conv.i64s(A_CONV_FILTER_STRIDES, &[stride, stride], "conv strides")?;
+    conv.i64s(A_CONV_PRE_PADDINGS, &[pad, pad], "conv pre-padding")?;
+    conv.i64s(A_CONV_POST_PADDINGS, &[pad, pad], "conv post-padding")?;
+    conv.finalize("convolution")?;
+    Ok(conv)
+}
+
 /// `softmax(scale · q kᵀ) v` for `q: (b, h, lq, d)`, `k`, `v: (b, h, lk, d)`, each contiguous,
 /// written to `o` as `(b, lq, h·d)` rows of `o_row` elements. Pointers are device addresses of
 /// `dtype` elements. Returns `Ok(false)` when cuDNN cannot run it (nothing was written).
@@ -642,25 +667,7 @@ pub fn conv2d(
         let x = tensor(api, 1, dt, &[n, c, h, w], &[c * h * w, h * w, w, 1])?;
         let wt = tensor(api, 2, dt, &[k, c, r, s], &[c * r * s, r * s, s, 1])?;
         let y = tensor(api, 3, dt, &[n, k, p, q], &[k * p * q, p * q, q, 1])?;
-        let conv = D::new(api, DESC_CONVOLUTION)?;
-        conv.scalar(
-            A_CONV_COMP_TYPE,
-            T_DATA_TYPE,
-            &DATA_FLOAT,
-            "conv compute type",
-        )?;
-        conv.scalar(
-            A_CONV_MODE,
-            T_CONVOLUTION_MODE,
-            &CROSS_CORRELATION,
-            "conv mode",
-        )?;
-        conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
-        conv.i64s(A_CONV_DILATIONS, &[1, 1], "conv dilations")?;
-        conv.i64s(A_CONV_FILTER_STRIDES, &[stride, stride], "conv strides")?;
-        conv.i64s(A_CONV_PRE_PADDINGS, &[pad, pad], "conv pre-padding")?;
-        conv.i64s(A_CONV_POST_PADDINGS, &[pad, pad], "conv post-padding")?;
-        conv.finalize("convolution")?;
+        let conv = conv_descriptor(api, stride, pad)?;
         let op = D::new(api, DESC_OP_CONV_FWD)?;
         op.descs(A_CONV_FWD_X, &[&x], "conv x")?;
         op.descs(A_CONV_FWD_W, &[&wt], "conv w")?;
@@ -725,25 +732,7 @@ pub fn conv2d_nhwc(
             let wt = tensor(api, 2, dt, &[k, c, r, s], &[r * s * c, 1, s * c, c])?;
             let y_dims = [n, k, p, q];
             let y_strides = [p * q * k, 1, q * k, k];
-            let conv = D::new(api, DESC_CONVOLUTION)?;
-            conv.scalar(
-                A_CONV_COMP_TYPE,
-                T_DATA_TYPE,
-                &DATA_FLOAT,
-                "conv compute type",
-            )?;
-            conv.scalar(
-                A_CONV_MODE,
-                T_CONVOLUTION_MODE,
-                &CROSS_CORRELATION,
-                "conv mode",
-            )?;
-            conv.i64s(A_CONV_SPATIAL_DIMS, &[2], "conv spatial dims")?;
-            conv.i64s(A_CONV_DILATIONS, &[1, 1], "conv dilations")?;
-            conv.i64s(A_CONV_FILTER_STRIDES, &[stride, stride], "conv strides")?;
-            conv.i64s(A_CONV_PRE_PADDINGS, &[pad, pad], "conv pre-padding")?;
-            conv.i64s(A_CONV_POST_PADDINGS, &[pad, pad], "conv post-padding")?;
-            conv.finalize("convolution")?;
+            let conv = conv_descriptor(api, stride, pad)?;
             let mut keep = Vec::new();
             // The convolution writes y itself, or a virtual f32 tensor the adds read.
             let conv_out = if bias || res {
