@@ -8,6 +8,7 @@
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -125,17 +126,26 @@ fn mix64(mut z: u64) -> u64 {
 /// f32. Element `i` depends only on `(seed, i)`.
 pub fn gaussian_noise_vec(seed: u64, len: usize) -> Vec<f32> {
     const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    /// Pairs a task computes; tasks run on rayon's pool, each element still depends only on
+    /// `(seed, i)`, so the values do not depend on the split.
+    const PAIRS_PER_TASK: usize = 8192;
     let key = mix64(seed ^ 0xD1B5_4A32_D192_ED03);
-    let mut out = Vec::with_capacity(len + 1);
-    for j in 0..len.div_ceil(2) {
-        let h = mix64(key.wrapping_add((j as u64 + 1).wrapping_mul(GAMMA)));
-        let u1 = ((h >> 40) + 1) as f64 / (1u64 << 24) as f64;
-        let u2 = (h & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
-        let r = (-2.0 * u1.ln()).sqrt();
-        let angle = std::f64::consts::TAU * u2;
-        out.push((r * angle.cos()) as f32);
-        out.push((r * angle.sin()) as f32);
-    }
+    let mut out = vec![0.0f32; len.div_ceil(2) * 2];
+    out.par_chunks_mut(2 * PAIRS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * PAIRS_PER_TASK;
+            for (k, pair) in chunk.chunks_exact_mut(2).enumerate() {
+                let j = (first + k) as u64;
+                let h = mix64(key.wrapping_add((j + 1).wrapping_mul(GAMMA)));
+                let u1 = ((h >> 40) + 1) as f64 / (1u64 << 24) as f64;
+                let u2 = (h & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
+                let r = (-2.0 * u1.ln()).sqrt();
+                let angle = std::f64::consts::TAU * u2;
+                pair[0] = (r * angle.cos()) as f32;
+                pair[1] = (r * angle.sin()) as f32;
+            }
+        });
     out.truncate(len);
     out
 }

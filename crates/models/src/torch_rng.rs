@@ -67,6 +67,11 @@
 
 use std::f64::consts::PI;
 
+use rayon::prelude::*;
+
+/// Blocks of 16 values one task of the parallel Box–Muller transform takes.
+const BLOCKS_PER_TASK: usize = 1024;
+
 const STATE_WORDS: usize = 624;
 const SHIFT_WORDS: usize = 397;
 const MATRIX_A: u32 = 0x9908_b0df;
@@ -241,9 +246,13 @@ impl CpuGenerator {
         for v in out.iter_mut() {
             *v = self.uniform_f32();
         }
-        for block in out.chunks_exact_mut(16) {
-            box_muller_16(block, kernel);
-        }
+        // The draws above are the generator's only state; the transform of each block of 16 is
+        // independent of the others, so blocks are shared out over rayon's pool.
+        out.par_chunks_mut(16 * BLOCKS_PER_TASK).for_each(|chunk| {
+            for block in chunk.chunks_exact_mut(16) {
+                box_muller_16(block, kernel);
+            }
+        });
         if n % 16 != 0 {
             let tail = &mut out[n - 16..];
             for v in tail.iter_mut() {
@@ -464,6 +473,38 @@ fn cephes_sincos<const FUSED: bool>(input: f32) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transform shared out over rayon's pool gives what one pass over the blocks gives,
+    /// across task boundaries and with the overlapping tail block, for every kernel.
+    #[test]
+    fn parallel_box_muller_matches_one_pass() {
+        let n = 16 * BLOCKS_PER_TASK * 2 + 16 * 3 + 5;
+        for kernel in [
+            NormalKernel::Avx2Gcc,
+            NormalKernel::Avx2Msvc,
+            NormalKernel::Scalar,
+        ] {
+            let mut generator = CpuGenerator::new(20_261_204);
+            let mut want = vec![0.0f32; n];
+            for v in want.iter_mut() {
+                *v = generator.uniform_f32();
+            }
+            for block in want.chunks_exact_mut(16) {
+                box_muller_16(block, kernel);
+            }
+            let tail = &mut want[n - 16..];
+            for v in tail.iter_mut() {
+                *v = generator.uniform_f32();
+            }
+            box_muller_16(tail, kernel);
+            let got = randn_with(20_261_204, n, kernel);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{kernel:?}: the parallel transform changed values");
+        }
+    }
 
     #[test]
     fn mt19937_matches_the_reference_outputs() {

@@ -1,5 +1,6 @@
 //! The FLUX.2 transformer, written against BFL's tensor layout (fused qkv).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, TensorId, D};
@@ -83,17 +84,35 @@ pub fn rope_tables(ids: &Tensor, axes_dims: &[usize], theta: f64) -> CResult<(Te
         .to_device(&Device::Cpu)?
         .to_vec2::<f32>()?;
     let half: usize = axes_dims.iter().sum::<usize>() / 2;
+    // Each axis holds few distinct positions (64 rows, 64 columns, 512 text slots at 1024²), so
+    // the cos/sin row of an (axis, position) pair is computed once and copied for every id that
+    // has it: the same f64 arithmetic as computing each entry, ~10x less of it.
+    let freqs: Vec<Vec<f64>> = axes_dims
+        .iter()
+        .map(|&dim| {
+            (0..dim / 2)
+                .map(|j| 1.0 / theta.powf((2 * j) as f64 / dim as f64))
+                .collect()
+        })
+        .collect();
+    let mut rows: Vec<HashMap<u32, (Vec<f32>, Vec<f32>)>> = vec![HashMap::new(); axes_dims.len()];
     let mut cos = Vec::with_capacity(ids_host.len() * half);
     let mut sin = Vec::with_capacity(ids_host.len() * half);
     for pos in &ids_host {
-        for (axis, &dim) in axes_dims.iter().enumerate() {
-            let p = f64::from(pos.get(axis).copied().unwrap_or(0.0));
-            for j in 0..dim / 2 {
-                let freq = 1.0 / theta.powf((2 * j) as f64 / dim as f64);
-                let angle = p * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
+        for (axis, freqs) in freqs.iter().enumerate() {
+            let p = pos.get(axis).copied().unwrap_or(0.0);
+            let (c, s) = rows[axis].entry(p.to_bits()).or_insert_with(|| {
+                let p = f64::from(p);
+                freqs
+                    .iter()
+                    .map(|&freq| {
+                        let angle = p * freq;
+                        (angle.cos() as f32, angle.sin() as f32)
+                    })
+                    .unzip()
+            });
+            cos.extend_from_slice(c);
+            sin.extend_from_slice(s);
         }
     }
     let l = ids_host.len();
@@ -774,6 +793,38 @@ impl VelocityModel for Flux2Transformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entry by entry, as the tables were first computed: `cos/sin(p * theta^(-2j / dim))` in
+    /// f64 for each id's position on each axis.
+    #[test]
+    fn rope_tables_match_the_direct_formula_bit_for_bit() {
+        let axes = [16usize, 8, 24, 16];
+        let theta = 2000.0;
+        // Repeated, fractional, negative and large positions, as ids of references, text and
+        // image tokens give them.
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let i = i as f32;
+            ids.extend_from_slice(&[(i * 0.25).floor(), i % 7.0, -(i % 5.0), i * 3.5 + 0.5]);
+        }
+        let n = ids.len() / 4;
+        let rows: Vec<[f32; 4]> = ids.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+        let ids = Tensor::from_vec(ids, (n, 4), &Device::Cpu).unwrap();
+        let (cos, sin) = rope_tables(&ids, &axes, theta).unwrap();
+        let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+        for (r, pos) in rows.iter().enumerate() {
+            let mut col = 0;
+            for (axis, &dim) in axes.iter().enumerate() {
+                for j in 0..dim / 2 {
+                    let freq = 1.0 / f64::powf(theta, (2 * j) as f64 / dim as f64);
+                    let angle = f64::from(pos[axis]) * freq;
+                    assert_eq!(cos[r][col].to_bits(), (angle.cos() as f32).to_bits());
+                    assert_eq!(sin[r][col].to_bits(), (angle.sin() as f32).to_bits());
+                    col += 1;
+                }
+            }
+        }
+    }
 
     fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
         // A small LCG: deterministic values in [-1, 1) without a RNG dependency.
