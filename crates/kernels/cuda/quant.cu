@@ -127,3 +127,203 @@ extern "C" __global__ void fp8_quant_rows_f16(const __half* w, uint8_t* q, float
                                               long long cols) {
     quant_rows<__half>(w, q, scale, cols);
 }
+
+// ---------------------------------------------------------------------------------------------
+// FP8 attention (cuDNN's FP8 SDPA, one scale a tensor): its inputs and its output.
+//
+// `s` holds the scalars the attention graph reads, one at every 4th float so that each sits on a
+// 16-byte boundary as cuDNN's tensor descriptors state (slots: see FP8_ATTN_* below and
+// `fp8_attn` in src/lib.rs, which must agree).
+//
+// * q and k: RMSNorm then RoPE bound every component by sqrt(128) · max|w| (the normalised row
+//   has a squared sum of 128 before the weight; a rotation of a pair keeps each component under
+//   the pair's norm), so their scales come from the norm weights alone: no pass over q or k, and
+//   `qkv_norm_rope_fp8` writes them in e4m3 directly.
+// * v: no such bound; the same kernel takes its amax (atomicMax on the float's bits, which orders
+//   non-negative floats), and `fp8_attn_quant_v` quantizes it.
+// * P (softmax probabilities, at most 1): scale 448. O: a convex combination of v's rows, so
+//   |O| <= amax(v); its scale is 384 / amax(v), which leaves room for the rounding of P and v.
+#define FP8_ATTN_DQ 0
+#define FP8_ATTN_DK 1
+#define FP8_ATTN_DV 2
+#define FP8_ATTN_DS 3
+#define FP8_ATTN_SS 4
+#define FP8_ATTN_SO 5
+#define FP8_ATTN_AMAX_S 6
+#define FP8_ATTN_AMAX_O 7
+#define FP8_ATTN_QQ 8
+#define FP8_ATTN_QK 9
+#define FP8_ATTN_AMAX_V 10
+#define FP8_ATTN_DO 11
+#define FP8_SLOT(i) (4 * (i))
+
+__device__ __forceinline__ uint8_t to_e4m3(float x) {
+    return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
+// One warp: the q and k scales from the norm weights of up to two token ranges (w*1 may repeat
+// w*0), P's scales, and v's amax cleared.
+template <typename T>
+__device__ void fp8_attn_scales(const T* wq0, const T* wk0, const T* wq1, const T* wk1, float* s) {
+    const int lane = threadIdx.x & 31;
+    float mq = 0.f, mk = 0.f;
+    for (int i = lane; i < 128; i += 32) {
+        mq = fmaxf(mq, fmaxf(fabsf(to_f<T>(wq0[i])), fabsf(to_f<T>(wq1[i]))));
+        mk = fmaxf(mk, fmaxf(fabsf(to_f<T>(wk0[i])), fabsf(to_f<T>(wk1[i]))));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mq = fmaxf(mq, __shfl_xor_sync(0xffffffffu, mq, o));
+        mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
+    }
+    if (lane == 0) {
+        const float root = 11.313708498984761f;  // sqrt(128)
+        const float qq = mq > 0.f ? 448.f / (root * mq) : 1.f;
+        const float qk = mk > 0.f ? 448.f / (root * mk) : 1.f;
+        s[FP8_SLOT(FP8_ATTN_QQ)] = qq;
+        s[FP8_SLOT(FP8_ATTN_DQ)] = 1.f / qq;
+        s[FP8_SLOT(FP8_ATTN_QK)] = qk;
+        s[FP8_SLOT(FP8_ATTN_DK)] = 1.f / qk;
+        s[FP8_SLOT(FP8_ATTN_SS)] = 448.f;
+        s[FP8_SLOT(FP8_ATTN_DS)] = 1.f / 448.f;
+        reinterpret_cast<unsigned int*>(s)[FP8_SLOT(FP8_ATTN_AMAX_V)] = 0u;
+    }
+}
+
+// As qkv_norm_rope (flux2.cu), but q and k leave as e4m3 times their scale (after rounding to T,
+// which is what the bf16 attention reads), v as T, and v's amax goes to `s`. Blocks of 256.
+template <typename T>
+__device__ void qkv_norm_rope_fp8(const T* __restrict__ src, long long src_row_stride,
+                                  long long src_batch_stride, int n_tok, int batch, int heads,
+                                  const T* __restrict__ wq, const T* __restrict__ wk,
+                                  const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                  uint8_t* __restrict__ qk8, T* __restrict__ v_out, float* s,
+                                  int l_tot, int tok_off, float eps) {
+    __shared__ float warp_max[8];
+    const int warp_global = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int total = batch * n_tok * heads;
+    float vmax = 0.f;
+    if (warp_global < total) {
+        const int h = warp_global % heads;
+        const int tok = (warp_global / heads) % n_tok;
+        const int b = warp_global / (heads * n_tok);
+        const int dtok = tok_off + tok;
+        const T* row = src + (long long)b * src_batch_stride + (long long)tok * src_row_stride;
+        const long long plane = (long long)batch * heads * l_tot * 128;
+        const long long dst_off = (((long long)b * heads + h) * l_tot + dtok) * 128;
+        const int e0 = 4 * lane;
+#pragma unroll
+        for (int which = 0; which < 2; ++which) {
+            const T* x = row + which * heads * 128 + h * 128 + e0;
+            const T* w = which == 0 ? wq : wk;
+            const float scale = s[FP8_SLOT(which == 0 ? FP8_ATTN_QQ : FP8_ATTN_QK)];
+            float xv[4];
+            float ss = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                xv[i] = to_f<T>(x[i]);
+                ss += xv[i] * xv[i];
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, off);
+            const float inv = rsqrtf(ss / 128.f + eps);
+            float y[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) y[i] = round_t<T>(xv[i] * inv * to_f<T>(w[e0 + i]));
+            uchar4 q4;
+            uint8_t* qb = reinterpret_cast<uint8_t*>(&q4);
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                const int pair = 2 * lane + p;
+                const float c = cos_t[(long long)dtok * 64 + pair];
+                const float sn = sin_t[(long long)dtok * 64 + pair];
+                const float a = y[2 * p], bb = y[2 * p + 1];
+                qb[2 * p] = to_e4m3(round_t<T>(a * c - bb * sn) * scale);
+                qb[2 * p + 1] = to_e4m3(round_t<T>(a * sn + bb * c) * scale);
+            }
+            *reinterpret_cast<uchar4*>(qk8 + which * plane + dst_off + e0) = q4;
+        }
+        const T* xv = row + 2 * heads * 128 + h * 128 + e0;
+        T* out = v_out + dst_off + e0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            out[i] = xv[i];
+            vmax = fmaxf(vmax, fabsf(to_f<T>(xv[i])));
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, o));
+    if (lane == 0) warp_max[warp] = vmax;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = 0.f;
+        for (int i = 0; i < (int)(blockDim.x >> 5); ++i) m = fmaxf(m, warp_max[i]);
+        atomicMax(reinterpret_cast<unsigned int*>(s) + FP8_SLOT(FP8_ATTN_AMAX_V), __float_as_uint(m));
+    }
+}
+
+// v (n values of T, n % 8 == 0, 16-byte aligned) to e4m3 with one scale from its amax; also the
+// scales of v and O the attention and `fp8_attn_out` read.
+template <typename T>
+__device__ void fp8_attn_quant_v(const T* __restrict__ v, long long n, float* s, uint8_t* __restrict__ out) {
+    const float amax = fmaxf(__uint_as_float(reinterpret_cast<const unsigned int*>(s)[FP8_SLOT(FP8_ATTN_AMAX_V)]), 1e-30f);
+    const float scale = 448.f / amax;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        s[FP8_SLOT(FP8_ATTN_DV)] = amax / 448.f;
+        s[FP8_SLOT(FP8_ATTN_SO)] = 384.f / amax;
+        s[FP8_SLOT(FP8_ATTN_DO)] = amax / 384.f;
+    }
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n / 8; i += stride) {
+        float x[8];
+        load8<T>(v + 8 * i, x);
+        uint2 packed;
+        uint8_t* b = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) b[k] = to_e4m3(x[k] * scale);
+        *reinterpret_cast<uint2*>(out + 8 * i) = packed;
+    }
+}
+
+// O (rows × cols e4m3, contiguous, cols % 8 == 0) back to T at `out_row` elements a row.
+template <typename T>
+__device__ void fp8_attn_out(const uint8_t* __restrict__ o8, long long rows, long long cols,
+                             const float* s, T* __restrict__ out, long long out_row) {
+    const float d = s[FP8_SLOT(FP8_ATTN_DO)];
+    const long long per_row = cols / 8;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < rows * per_row; i += stride) {
+        const long long r = i / per_row, c = (i % per_row) * 8;
+        const uint2 packed = *reinterpret_cast<const uint2*>(o8 + r * cols + c);
+        const uint8_t* b = reinterpret_cast<const uint8_t*>(&packed);
+        float y[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) y[k] = fp8_to_f(b[k]) * d;
+        store8<T>(out + r * out_row + c, y);
+    }
+}
+
+#define FP8_ATTN_ENTRIES(T, SFX)                                                                   \
+    extern "C" __global__ void fp8_attn_scales_##SFX(const T* wq0, const T* wk0, const T* wq1,    \
+                                                     const T* wk1, float* s) {                     \
+        fp8_attn_scales<T>(wq0, wk0, wq1, wk1, s);                                                 \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) qkv_norm_rope_fp8_##SFX(                     \
+        const T* src, long long rs, long long bs, int n_tok, int batch, int heads, const T* wq,    \
+        const T* wk, const float* cos_t, const float* sin_t, uint8_t* qk8, T* v_out, float* s,    \
+        int l_tot, int tok_off, float eps) {                                                       \
+        qkv_norm_rope_fp8<T>(src, rs, bs, n_tok, batch, heads, wq, wk, cos_t, sin_t, qk8, v_out, s, \
+                             l_tot, tok_off, eps);                                                 \
+    }                                                                                              \
+    extern "C" __global__ void fp8_attn_quant_v_##SFX(const T* v, long long n, float* s,          \
+                                                      uint8_t* out) {                              \
+        fp8_attn_quant_v<T>(v, n, s, out);                                                         \
+    }                                                                                              \
+    extern "C" __global__ void fp8_attn_out_##SFX(const uint8_t* o8, long long rows,               \
+                                                  long long cols, const float* s, T* out,          \
+                                                  long long out_row) {                             \
+        fp8_attn_out<T>(o8, rows, cols, s, out, out_row);                                          \
+    }
+FP8_ATTN_ENTRIES(__nv_bfloat16, bf16)
+FP8_ATTN_ENTRIES(__half, f16)

@@ -33,6 +33,10 @@ const DESC_OP_POINTWISE: u32 = 13;
 const DESC_OPERATIONGRAPH: u32 = 15;
 const DESC_VARIANT_PACK: u32 = 16;
 const DESC_TENSOR: u32 = 17;
+const DESC_MATMUL: u32 = 18;
+const DESC_OP_MATMUL: u32 = 19;
+const DESC_REDUCTION: u32 = 21;
+const DESC_OP_REDUCTION: u32 = 22;
 const DESC_OP_SDPA_FWD: u32 = 41;
 
 const T_HANDLE: u32 = 0;
@@ -44,6 +48,7 @@ const T_VOID_PTR: u32 = 6;
 const T_CONVOLUTION_MODE: u32 = 7;
 const T_HEUR_MODE: u32 = 8;
 const T_POINTWISE_MODE: u32 = 14;
+const T_REDUCTION_OPERATOR: u32 = 18;
 const T_DESCRIPTOR: u32 = 15;
 
 const A_POINTWISE_MODE: u32 = 0;
@@ -71,6 +76,8 @@ const A_PW_DESC: u32 = 750;
 const A_PW_X: u32 = 751;
 const A_PW_B: u32 = 752;
 const A_PW_Y: u32 = 753;
+const A_PW_ALPHA1: u32 = 754;
+const A_PW_ALPHA2: u32 = 755;
 const A_GRAPH_HANDLE: u32 = 800;
 const A_GRAPH_OPS: u32 = 801;
 const A_TENSOR_BYTE_ALIGNMENT: u32 = 900;
@@ -81,6 +88,17 @@ const A_TENSOR_UNIQUE_ID: u32 = 906;
 const A_TENSOR_IS_VIRTUAL: u32 = 907;
 const A_TENSOR_IS_BY_VALUE: u32 = 908;
 const A_VP_UNIQUE_IDS: u32 = 1000;
+const A_MATMUL_COMP_TYPE: u32 = 1500;
+const A_OP_MATMUL_A: u32 = 1520;
+const A_OP_MATMUL_B: u32 = 1521;
+const A_OP_MATMUL_C: u32 = 1522;
+const A_OP_MATMUL_DESC: u32 = 1523;
+const A_REDUCTION_OPERATOR: u32 = 1600;
+const A_REDUCTION_COMP_TYPE: u32 = 1601;
+const A_REDUCTION_DETERMINISTIC: u32 = 1602;
+const A_OP_REDUCTION_X: u32 = 1610;
+const A_OP_REDUCTION_Y: u32 = 1611;
+const A_OP_REDUCTION_DESC: u32 = 1612;
 const A_VP_DATA_POINTERS: u32 = 1001;
 const A_VP_WORKSPACE: u32 = 1003;
 const A_SDPA_Q: u32 = 2800;
@@ -92,8 +110,17 @@ const A_SDPA_SCALE: u32 = 2805;
 const DATA_FLOAT: u32 = 0;
 const DATA_HALF: u32 = 2;
 const DATA_BFLOAT16: u32 = 9;
+const DATA_FP8_E4M3: u32 = 12;
 const CROSS_CORRELATION: u32 = 1;
 const POINTWISE_ADD: u32 = 0;
+const POINTWISE_MUL: u32 = 1;
+const POINTWISE_DIV: u32 = 6;
+const POINTWISE_SUB: u32 = 9;
+const POINTWISE_EXP: u32 = 13;
+const POINTWISE_LOG: u32 = 15;
+const REDUCE_ADD: u32 = 0;
+const REDUCE_MAX: u32 = 3;
+const REDUCE_AMAX: u32 = 4;
 const HEUR_MODE_A: u32 = 3;
 
 /// The largest workspace a plan may ask for (1.5 GiB); configurations that want more are skipped.
@@ -312,13 +339,13 @@ fn tensor_with(
 
 /// A virtual (never stored) f32 tensor between two operations of one graph.
 fn virtual_tensor(api: &'static Api, uid: i64, dims: &[i64], strides: &[i64]) -> Result<D> {
+    virtual_typed(api, uid, DATA_FLOAT, dims, strides)
+}
+
+/// A virtual tensor of data type `dt`.
+fn virtual_typed(api: &'static Api, uid: i64, dt: u32, dims: &[i64], strides: &[i64]) -> Result<D> {
     let t = D::new(api, DESC_TENSOR)?;
-    t.scalar(
-        A_TENSOR_DATA_TYPE,
-        T_DATA_TYPE,
-        &DATA_FLOAT,
-        "tensor data type",
-    )?;
+    t.scalar(A_TENSOR_DATA_TYPE, T_DATA_TYPE, &dt, "tensor data type")?;
     t.i64s(A_TENSOR_DIMENSIONS, dims, "tensor dimensions")?;
     t.i64s(A_TENSOR_STRIDES, strides, "tensor strides")?;
     t.i64s(A_TENSOR_UNIQUE_ID, &[uid], "tensor id")?;
@@ -433,6 +460,8 @@ fn plan_for(api: &'static Api, handle: Handle, ops: &[&D]) -> Result<Plan> {
 enum Key {
     /// dtype, (b, h, lq, lk, d), the output's row length.
     Sdpa(DType, [i64; 5], i64),
+    /// FP8 (e4m3) q, k, v and o, (b, h, lq, lk, d); o is `(b, lq, h·d)` contiguous.
+    SdpaFp8([i64; 5]),
     /// dtype, x (n, c, h, w), w (k, r, s), stride, padding.
     Conv(DType, [i64; 4], [i64; 3], i64, i64),
     /// The same, channels-last, with the bias and residual adds fused when the flags say so.
@@ -462,6 +491,25 @@ fn run(
     build: impl FnOnce(&'static Api, Handle) -> Result<Plan>,
     uids: &[i64],
     ptrs: &[*mut c_void],
+) -> Result<bool> {
+    plan_then(dev, key, build, Some((uids, ptrs)))
+}
+
+/// Whether cuDNN has a plan for `key` (building it the first time), running nothing.
+fn prepare(
+    dev: &CudaDevice,
+    key: Key,
+    build: impl FnOnce(&'static Api, Handle) -> Result<Plan>,
+) -> Result<bool> {
+    plan_then(dev, key, build, None)
+}
+
+/// [`run`] when `pack` is given, else [`prepare`].
+fn plan_then(
+    dev: &CudaDevice,
+    key: Key,
+    build: impl FnOnce(&'static Api, Handle) -> Result<Plan>,
+    pack: Option<(&[i64], &[*mut c_void])>,
 ) -> Result<bool> {
     let Ok(api) = api() else {
         return Ok(false);
@@ -518,6 +566,9 @@ fn run(
     });
     let Some(plan) = plan.as_ref() else {
         return Ok(false);
+    };
+    let Some((uids, ptrs)) = pack else {
+        return Ok(true);
     };
     if plan.workspace > workspace.as_ref().map_or(0, |w| w.len()) {
         *workspace = None;
@@ -640,6 +691,217 @@ pub fn sdpa(
         (&mut scale as *mut f32).cast(),
     ];
     run(dev, key, build, &[1, 2, 3, 4, 5], &ptrs)
+}
+
+/// A pointwise operation `y = mode(x[, b])` in f32 (alpha1 = alpha2 = 1, as cuDNN's frontend
+/// states them for its fused attention graphs).
+fn pointwise(api: &'static Api, mode: u32, x: &D, b: Option<&D>, y: &D) -> Result<[D; 2]> {
+    let pw = D::new(api, DESC_POINTWISE)?;
+    pw.scalar(A_POINTWISE_MODE, T_POINTWISE_MODE, &mode, "pointwise mode")?;
+    pw.scalar(
+        A_POINTWISE_MATH_PREC,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "pointwise precision",
+    )?;
+    pw.finalize("pointwise descriptor")?;
+    let op = D::new(api, DESC_OP_POINTWISE)?;
+    op.descs(A_PW_DESC, &[&pw], "pointwise descriptor")?;
+    op.descs(A_PW_X, &[x], "pointwise x")?;
+    op.descs(A_PW_Y, &[y], "pointwise y")?;
+    if let Some(b) = b {
+        op.descs(A_PW_B, &[b], "pointwise b")?;
+    }
+    op.scalar(A_PW_ALPHA1, T_FLOAT, &1f32, "pointwise alpha1")?;
+    op.scalar(A_PW_ALPHA2, T_FLOAT, &1f32, "pointwise alpha2")?;
+    op.finalize("pointwise operation")?;
+    Ok([pw, op])
+}
+
+/// A reduction `y = op(x)` over the dims where `y` has 1, in f32.
+fn reduction(api: &'static Api, op_kind: u32, x: &D, y: &D) -> Result<[D; 2]> {
+    let r = D::new(api, DESC_REDUCTION)?;
+    r.scalar(
+        A_REDUCTION_COMP_TYPE,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "reduction precision",
+    )?;
+    r.scalar(
+        A_REDUCTION_OPERATOR,
+        T_REDUCTION_OPERATOR,
+        &op_kind,
+        "reduction operator",
+    )?;
+    r.scalar(
+        A_REDUCTION_DETERMINISTIC,
+        T_BOOLEAN,
+        &false,
+        "reduction determinism",
+    )?;
+    r.finalize("reduction descriptor")?;
+    let op = D::new(api, DESC_OP_REDUCTION)?;
+    op.descs(A_OP_REDUCTION_DESC, &[&r], "reduction descriptor")?;
+    op.descs(A_OP_REDUCTION_X, &[x], "reduction x")?;
+    op.descs(A_OP_REDUCTION_Y, &[y], "reduction y")?;
+    op.finalize("reduction operation")?;
+    Ok([r, op])
+}
+
+/// A batched matmul `c = a · b` with f32 accumulation.
+fn matmul(api: &'static Api, a: &D, b: &D, c: &D) -> Result<[D; 2]> {
+    let m = D::new(api, DESC_MATMUL)?;
+    m.scalar(
+        A_MATMUL_COMP_TYPE,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "matmul precision",
+    )?;
+    m.finalize("matmul descriptor")?;
+    let op = D::new(api, DESC_OP_MATMUL)?;
+    op.descs(A_OP_MATMUL_A, &[a], "matmul a")?;
+    op.descs(A_OP_MATMUL_B, &[b], "matmul b")?;
+    op.descs(A_OP_MATMUL_C, &[c], "matmul c")?;
+    op.descs(A_OP_MATMUL_DESC, &[&m], "matmul descriptor")?;
+    op.finalize("matmul operation")?;
+    Ok([m, op])
+}
+
+/// Where [`sdpa_fp8`]'s scalars sit in the buffer of f32 its caller passes: slot `i` at float
+/// `4 i` (16-byte aligned). The order is that of cuda/quant.cu's `FP8_ATTN_*`.
+pub const FP8_SDPA_SLOTS: [&str; 8] = [
+    "descale q",
+    "descale k",
+    "descale v",
+    "descale s",
+    "scale s",
+    "scale o",
+    "amax s",
+    "amax o",
+];
+
+/// Whether cuDNN can run [`sdpa_fp8`] for this shape on `dev` (the plan is built and kept the
+/// first time); nothing runs.
+pub fn sdpa_fp8_ready(
+    dev: &CudaDevice,
+    shape: (usize, usize, usize, usize, usize),
+) -> Result<bool> {
+    let (key, build) = sdpa_fp8_plan(shape);
+    prepare(dev, key, build)
+}
+
+/// cuDNN's FP8 attention on Hopper: `o = softmax(scale · q kᵀ) v` for e4m3 `q: (b, h, lq, d)`,
+/// `k`, `v: (b, h, lk, d)` (contiguous, each with one scale a tensor), written as e4m3
+/// `o: (b, lq, h·d)` contiguous. `scalars` points at f32 slots 4 apart: descale q, k, v, s; scale
+/// s, o; amax s, o written back ([`FP8_SDPA_SLOTS`]). The graph is the one cuDNN's frontend
+/// builds for `sdpa_fp8` (matmul, scalings, softmax as max/sub/exp/sum/div, P scaled to e4m3,
+/// matmul, scalings, amaxes), which cuDNN 9 runs as one fused kernel. Returns `Ok(false)` when
+/// cuDNN cannot run it (nothing ran).
+pub fn sdpa_fp8(
+    dev: &CudaDevice,
+    shape: (usize, usize, usize, usize, usize),
+    scale: f32,
+    [q, k, v, o]: [*mut c_void; 4],
+    scalars: *mut c_void,
+) -> Result<bool> {
+    let slot = |i: usize| -> *mut c_void {
+        // SAFETY: the caller's buffer holds 4 · FP8_SDPA_SLOTS.len() floats.
+        unsafe { scalars.cast::<f32>().add(4 * i).cast() }
+    };
+    let mut ptrs = vec![q, k, v, o];
+    ptrs.extend((0..FP8_SDPA_SLOTS.len()).map(slot));
+    if !aligned(&ptrs) {
+        return Ok(false);
+    }
+    let mut scale = scale;
+    ptrs.push((&mut scale as *mut f32).cast());
+    let (key, build) = sdpa_fp8_plan(shape);
+    run(
+        dev,
+        key,
+        build,
+        &[1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 5],
+        &ptrs,
+    )
+}
+
+/// The key and builder of [`sdpa_fp8`]'s plan.
+#[allow(clippy::type_complexity)]
+fn sdpa_fp8_plan(
+    (b, h, lq, lk, d): (usize, usize, usize, usize, usize),
+) -> (Key, impl FnOnce(&'static Api, Handle) -> Result<Plan>) {
+    let [b, h, lq, lk, d] = [b, h, lq, lk, d].map(|v| v as i64);
+    let key = Key::SdpaFp8([b, h, lq, lk, d]);
+    let build = move |api: &'static Api, handle: Handle| -> Result<Plan> {
+        let f8 = DATA_FP8_E4M3;
+        let one = [1i64, 1, 1, 1];
+        let q = tensor(api, 1, f8, &[b, h, lq, d], &[h * lq * d, lq * d, d, 1])?;
+        // kᵀ as a view of the contiguous (b, h, lk, d) keys.
+        let kt = tensor(api, 2, f8, &[b, h, d, lk], &[h * lk * d, lk * d, 1, d])?;
+        let v = tensor(api, 3, f8, &[b, h, lk, d], &[h * lk * d, lk * d, d, 1])?;
+        let o = tensor(api, 4, f8, &[b, h, lq, d], &[lq * h * d, d, h * d, 1])?;
+        let attn_scale = tensor_with(api, 5, DATA_FLOAT, &one, &one, true)?;
+        let sc = (6..14)
+            .map(|uid| tensor(api, uid, DATA_FLOAT, &one, &one))
+            .collect::<Result<Vec<_>>>()?;
+        let [dq, dk, dv, ds, ss, so, amax_s, amax_o] = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| &sc[i]);
+        let scores = [b, h, lq, lk];
+        let scores_st = [h * lq * lk, lq * lk, lk, 1];
+        let rows = [b, h, lq, 1];
+        let rows_st = [h * lq, lq, 1, 1];
+        let out_st = [h * lq * d, lq * d, d, 1];
+        let mut uid = 20;
+        let mut virt = |dt: u32, dims: &[i64], st: &[i64]| {
+            uid += 1;
+            virtual_typed(api, uid, dt, dims, st)
+        };
+        let s0 = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let s1 = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let s2 = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let s3 = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let row_max = virt(DATA_FLOAT, &rows, &rows_st)?;
+        let shifted = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let exps = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let sum_exp = virt(DATA_FLOAT, &rows, &rows_st)?;
+        let log_sum = virt(DATA_FLOAT, &rows, &rows_st)?;
+        let stats = virt(DATA_FLOAT, &rows, &rows_st)?;
+        let probs = virt(DATA_FLOAT, &scores, &scores_st)?;
+        let probs8 = virt(f8, &scores, &scores_st)?;
+        let o0 = virt(DATA_FLOAT, &[b, h, lq, d], &out_st)?;
+        let o1 = virt(DATA_FLOAT, &[b, h, lq, d], &out_st)?;
+        let o2 = virt(DATA_FLOAT, &[b, h, lq, d], &out_st)?;
+        let ops = [
+            matmul(api, &q, &kt, &s0)?,
+            pointwise(api, POINTWISE_MUL, &s0, Some(&attn_scale), &s1)?,
+            pointwise(api, POINTWISE_MUL, &s1, Some(dq), &s2)?,
+            pointwise(api, POINTWISE_MUL, &s2, Some(dk), &s3)?,
+            reduction(api, REDUCE_MAX, &s3, &row_max)?,
+            pointwise(api, POINTWISE_SUB, &s3, Some(&row_max), &shifted)?,
+            pointwise(api, POINTWISE_EXP, &shifted, None, &exps)?,
+            reduction(api, REDUCE_ADD, &exps, &sum_exp)?,
+            pointwise(api, POINTWISE_LOG, &sum_exp, None, &log_sum)?,
+            pointwise(api, POINTWISE_ADD, &row_max, Some(&log_sum), &stats)?,
+            pointwise(api, POINTWISE_DIV, &exps, Some(&sum_exp), &probs)?,
+            reduction(api, REDUCE_AMAX, &probs, amax_s)?,
+            pointwise(api, POINTWISE_MUL, &probs, Some(ss), &probs8)?,
+            matmul(api, &probs8, &v, &o0)?,
+            pointwise(api, POINTWISE_MUL, &o0, Some(ds), &o1)?,
+            pointwise(api, POINTWISE_MUL, &o1, Some(dv), &o2)?,
+            pointwise(api, POINTWISE_MUL, &o2, Some(so), &o)?,
+            reduction(api, REDUCE_AMAX, &o2, amax_o)?,
+        ];
+        let op_refs: Vec<&D> = ops.iter().map(|[_, op]| op).collect();
+        let mut plan = plan_for(api, handle, &op_refs)?;
+        plan._keep.extend([q, kt, v, o, attn_scale]);
+        plan._keep.extend(sc);
+        plan._keep.extend([
+            s0, s1, s2, s3, row_max, shifted, exps, sum_exp, log_sum, stats, probs, probs8, o0, o1,
+            o2,
+        ]);
+        plan._keep.extend(ops.into_iter().flatten());
+        Ok(plan)
+    };
+    (key, build)
 }
 
 /// A 2-D cross-correlation `y = conv(x, w)` over NCHW `x: (n, c, h, w)`, `w: (k, c, r, s)`,

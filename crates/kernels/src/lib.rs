@@ -117,6 +117,27 @@ pub fn qkv_norm_rope(
     imp::qkv_norm_rope(parts, heads, cos, sin, eps)
 }
 
+/// FP8 attention for the token ranges of [`qkv_norm_rope`]: RMSNorm and RoPE on q and k, then
+/// q, k and v in e4m3 with one scale a tensor and cuDNN's FP8 attention (Hopper), the output
+/// back in the input's dtype as `(B, L, H·128)` rows, continued by the SwiGLU of `mlp` as in
+/// [`attention_then_swiglu`] when given.
+///
+/// Scales: q and k from their norm weights (`448 / (√128 · max|w|)`, a bound RMSNorm and RoPE
+/// guarantee), v from its amax, the softmax probabilities 448, the output `384 / amax(v)`.
+/// The error against bf16 attention is that of e4m3 (3 mantissa bits) on q, k, P, v and o: about
+/// 6e-2 relative on random inputs (see docs/performance.md). `Ok(None)` when it cannot run here
+/// (no cuDNN, no Hopper, no plan for the shape): nothing ran, and the caller takes the bf16 path.
+pub fn attention_fp8(
+    parts: &[QkvPart<'_>],
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    eps: f32,
+    mlp: Option<(&Tensor, usize, usize, usize)>,
+) -> Result<Option<Tensor>> {
+    imp::attention_fp8(parts, heads, cos, sin, eps, mlp)
+}
+
 /// `LN(x) · (1 + scale) + shift`, LN without affine; `x: (B, L, n)`, `shift`, `scale`: `(B, 1, n)`.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
     imp::modulate(x, shift, scale, eps)
@@ -365,6 +386,16 @@ mod imp {
         _eps: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         bail!("fused kernels need a build with the `cuda` feature")
+    }
+    pub fn attention_fp8(
+        _parts: &[super::QkvPart<'_>],
+        _heads: usize,
+        _cos: &Tensor,
+        _sin: &Tensor,
+        _eps: f32,
+        _mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
     }
     pub fn modulate(_x: &Tensor, _shift: &Tensor, _scale: &Tensor, _eps: f32) -> Result<Tensor> {
         bail!("fused kernels need a build with the `cuda` feature")
@@ -939,6 +970,228 @@ mod imp {
         drop((cs, ss));
         let all = wrap(out, &dev, (3, batch, heads, l_tot, d));
         Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+    }
+
+    pub fn attention_fp8(
+        parts: &[super::QkvPart<'_>],
+        heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f32,
+        mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Option<Tensor>> {
+        let Some(first) = parts.first() else {
+            bail!("attention_fp8: no input")
+        };
+        dispatch!(
+            first.qkv.dtype(),
+            attn_fp8_t,
+            parts,
+            heads,
+            cos,
+            sin,
+            eps,
+            mlp
+        )
+    }
+
+    fn attn_fp8_t<T: CudaDType + DeviceRepr>(
+        parts: &[super::QkvPart<'_>],
+        heads: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f32,
+        mlp: Option<(&Tensor, usize, usize, usize)>,
+    ) -> Result<Option<Tensor>> {
+        let d = 128usize;
+        if parts.len() > 2 {
+            bail!(
+                "attention_fp8 takes one or two token ranges, got {}",
+                parts.len()
+            )
+        }
+        let batch = parts[0].qkv.dim(0)?;
+        let l_tot: usize = parts.iter().map(|p| p.qkv.dim(1)).sum::<Result<usize>>()?;
+        if cos.dims() != [l_tot, d / 2] || sin.dims() != [l_tot, d / 2] {
+            bail!(
+                "attention_fp8: cos/sin must be ({l_tot}, 64), got {:?}",
+                cos.dims()
+            )
+        }
+        if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+            bail!("attention_fp8: cos/sin must be f32")
+        }
+        let dtype = parts[0].qkv.dtype();
+        let sfx = suffix(dtype)?;
+        let extra = mlp.map(|(_, _, _, n)| n).unwrap_or(0);
+        let width = heads * d + extra;
+        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+        let (cs, cl) = cos.storage_and_layout();
+        let (ss, sl) = sin.storage_and_layout();
+        let csc = cuda_of(&cs, "cos")?;
+        let dev = csc.device().clone();
+        if width % 8 != 0 || !is_sm90(&dev)? || !super::cudnn::loaded() {
+            return Ok(None);
+        }
+        if !super::cudnn::sdpa_fp8_ready(&dev, (batch, heads, l_tot, l_tot, d))? {
+            return Ok(None);
+        }
+        let cv = view::<f32>(csc, cl)?;
+        let sv = view::<f32>(cuda_of(&ss, "sin")?, sl)?;
+        let plane = batch * heads * l_tot * d;
+        // The attention graph's scalars, 4 floats apart (cuda/quant.cu's FP8_ATTN_* slots).
+        // SAFETY: fp8_attn_scales and fp8_attn_quant_v write every slot read before it is read;
+        // cuDNN writes the two amax slots.
+        let mut scalars = unsafe { dev.alloc::<f32>(64) }?;
+        let norms = parts
+            .iter()
+            .map(|p| -> Result<(Tensor, Tensor)> {
+                let (q, k) = (p.q_norm.to_dtype(dtype)?, p.k_norm.to_dtype(dtype)?);
+                if q.elem_count() != d || k.elem_count() != d {
+                    bail!("attention_fp8: the q/k norm weights must hold {d} values")
+                }
+                Ok((q.contiguous()?, k.contiguous()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let last = &norms[norms.len() - 1];
+        {
+            let (a, al) = norms[0].0.storage_and_layout();
+            let (b, bl) = norms[0].1.storage_and_layout();
+            let (c, cl2) = last.0.storage_and_layout();
+            let (e, el) = last.1.storage_and_layout();
+            let func = load(&dev, &QUANT_MODULE, &format!("fp8_attn_scales_{sfx}"))?;
+            let (wq0, wk0) = (
+                view::<T>(cuda_of(&a, "q norm")?, al)?,
+                view::<T>(cuda_of(&b, "k norm")?, bl)?,
+            );
+            let (wq1, wk1) = (
+                view::<T>(cuda_of(&c, "q norm")?, cl2)?,
+                view::<T>(cuda_of(&e, "k norm")?, el)?,
+            );
+            let mut builder = func.builder();
+            builder.arg(&wq0);
+            builder.arg(&wk0);
+            builder.arg(&wq1);
+            builder.arg(&wk1);
+            builder.arg(&scalars);
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; each weight holds 128 values.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp
+        // writes all 128 elements of its q, k (e4m3) and v rows.
+        let qk8 = unsafe { dev.alloc::<u8>(2 * plane) }?;
+        let v16 = unsafe { dev.alloc::<T>(plane) }?;
+        let func = load(&dev, &QUANT_MODULE, &format!("qkv_norm_rope_fp8_{sfx}"))?;
+        let mut tok_off = 0usize;
+        for (i, (part, (wq, wk))) in parts.iter().zip(&norms).enumerate() {
+            let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
+            if pb != batch || w != 3 * heads * d || part.qkv.dtype() != dtype {
+                bail!(
+                    "attention_fp8: part {i} is {:?} {:?}, expected ({batch}, _, {}) {dtype:?}",
+                    part.qkv.dims(),
+                    part.qkv.dtype(),
+                    3 * heads * d
+                )
+            }
+            let (wqs, wql) = wq.storage_and_layout();
+            let (wks, wkl) = wk.storage_and_layout();
+            let wqv = view::<T>(cuda_of(&wqs, "q norm")?, wql)?;
+            let wkv = view::<T>(cuda_of(&wks, "k norm")?, wkl)?;
+            let (ps, pl) = part.qkv.storage_and_layout();
+            let pv = view::<T>(cuda_of(&ps, "qkv input")?, pl)?;
+            let warps = (batch * n * heads) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (warps.div_ceil(8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (n_i, b_i, h_i, lt_i, off_i) = (
+                n as i32,
+                batch as i32,
+                heads as i32,
+                l_tot as i32,
+                tok_off as i32,
+            );
+            let mut builder = func.builder();
+            builder.arg(&pv);
+            builder.arg(&rs);
+            builder.arg(&bs);
+            builder.arg(&n_i);
+            builder.arg(&b_i);
+            builder.arg(&h_i);
+            builder.arg(&wqv);
+            builder.arg(&wkv);
+            builder.arg(&cv);
+            builder.arg(&sv);
+            builder.arg(&qk8);
+            builder.arg(&v16);
+            builder.arg(&scalars);
+            builder.arg(&lt_i);
+            builder.arg(&off_i);
+            builder.arg(&eps);
+            // SAFETY: arguments match the kernel's signature; the grid covers batch·n·heads
+            // warps and the kernel skips any beyond (they still join the block's amax).
+            unsafe { builder.launch(cfg) }.w()?;
+            tok_off += n;
+        }
+        drop((cs, ss));
+        // SAFETY: fp8_attn_quant_v writes all `plane` values.
+        let v8 = unsafe { dev.alloc::<u8>(plane) }?;
+        {
+            let func = load(&dev, &QUANT_MODULE, &format!("fp8_attn_quant_v_{sfx}"))?;
+            let n = plane as i64;
+            let mut builder = func.builder();
+            builder.arg(&v16);
+            builder.arg(&n);
+            builder.arg(&scalars);
+            builder.arg(&v8);
+            // SAFETY: arguments match the kernel's signature; plane % 8 == 0 (d = 128).
+            unsafe { builder.launch(grid_for(plane / 8)) }.w()?;
+        }
+        drop(v16);
+        // SAFETY: cuDNN writes the whole (b, l, h·d) output.
+        let mut o8 = unsafe { dev.alloc::<u8>(plane) }?;
+        let ran = {
+            let stream = dev.cuda_stream();
+            let (qp, _gq) = qk8.device_ptr(&stream);
+            let (vp, _gv) = v8.device_ptr(&stream);
+            let (op, _go) = o8.device_ptr_mut(&stream);
+            let (sp, _gs) = scalars.device_ptr_mut(&stream);
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            super::cudnn::sdpa_fp8(
+                &dev,
+                (batch, heads, l_tot, l_tot, d),
+                scale,
+                [qp as _, (qp as usize + plane) as _, vp as _, op as _],
+                sp as _,
+            )?
+        };
+        if !ran {
+            return Ok(None);
+        }
+        // SAFETY: fp8_attn_out fills columns 0..H·128 of every row; finish_attention's SwiGLU
+        // the rest.
+        let out = unsafe { dev.alloc::<T>(batch * l_tot * width) }?;
+        {
+            let func = load(&dev, &QUANT_MODULE, &format!("fp8_attn_out_{sfx}"))?;
+            let (rows, cols, orow) = ((batch * l_tot) as i64, (heads * d) as i64, width as i64);
+            let mut builder = func.builder();
+            builder.arg(&o8);
+            builder.arg(&rows);
+            builder.arg(&cols);
+            builder.arg(&scalars);
+            builder.arg(&out);
+            builder.arg(&orow);
+            // SAFETY: arguments match the kernel's signature; cols and the row length are
+            // multiples of 8 (checked above), so the 16-byte stores stay aligned.
+            unsafe { builder.launch(grid_for(batch * l_tot * heads * d / 8)) }.w()?;
+        }
+        finish_attention::<T>(&dev, out, (batch, heads, l_tot, d, width), mlp, dtype).map(Some)
     }
 
     pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {

@@ -210,6 +210,65 @@ fn qkv_norm_rope_matches_reference() -> R<()> {
     Ok(())
 }
 
+/// FP8 attention (q, k, v and P in e4m3, cuDNN's FP8 SDPA) against f32 attention on the same
+/// normed and rotated bf16 q, k, v: one and two token ranges, v at two magnitudes (its scale
+/// comes from its amax), and the SwiGLU columns after it.
+#[test]
+fn fp8_attention_matches_f32_attention() -> R<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    if !cudnn_loaded() {
+        return Ok(());
+    }
+    let (heads, d, mlp) = (4usize, 128usize, 64usize);
+    for (dtype, two_parts, gain) in [
+        (DType::BF16, true, 1.0),
+        (DType::BF16, false, 30.0),
+        (DType::F16, true, 1.0),
+    ] {
+        let (n1, n2) = if two_parts { (256, 768) } else { (0, 1024) };
+        let l = n1 + n2;
+        let wide = (randn(&[1, n1.max(1), 3 * heads * d + 2 * mlp], dtype, &dev)? * gain)?;
+        let p1 = wide.narrow(D::Minus1, 0, 3 * heads * d)?;
+        let p2 = (randn(&[1, n2, 3 * heads * d], dtype, &dev)? * gain)?;
+        let hin = randn(&[1, l, 2 * mlp], dtype, &dev)?;
+        let norms: Vec<Tensor> = (0..4)
+            .map(|_| (randn(&[d], dtype, &dev)? * 0.3)? + 1.0)
+            .collect::<R<_>>()?;
+        let theta = (Tensor::rand(0f32, 1f32, (l, 64), &dev)? * (2.0 * std::f64::consts::PI))?;
+        let (cos, sin) = (theta.cos()?, theta.sin()?);
+        let part = |qkv, i: usize| kernels::QkvPart {
+            qkv,
+            q_norm: &norms[i],
+            k_norm: &norms[i + 1],
+        };
+        let parts = if two_parts {
+            vec![part(&p1, 0), part(&p2, 2)]
+        } else {
+            vec![part(&p2, 2)]
+        };
+        let (q, k, v) = kernels::qkv_norm_rope(&parts, heads, &cos, &sin, 1e-6)?;
+        let want = attention_ref(&q, &k, &v, false, l)?;
+        let bf16 = kernels::flash_attention(&q, &k, &v, false, None)?;
+        let got =
+            kernels::attention_fp8(&parts, heads, &cos, &sin, 1e-6, Some((&hin, 0, mlp, mlp)))?;
+        let Some(got) = got else {
+            panic!("cuDNN is loaded but FP8 attention did not run ({dtype:?}, L {l})")
+        };
+        assert_eq!(got.dims(), [1, l, heads * d + mlp]);
+        let e8 = rel(&got.narrow(D::Minus1, 0, heads * d)?, &want)?;
+        let e16 = rel(&bf16, &want)?;
+        let sw = (hin.narrow(D::Minus1, 0, mlp)?.silu()? * hin.narrow(D::Minus1, mlp, mlp)?)?;
+        let esw = rel(&got.narrow(D::Minus1, heads * d, mlp)?, &sw)?;
+        println!(
+            "fp8 attention {dtype:?}, {} range(s), v x{gain}: {e8:.2e} (bf16 path {e16:.2e}), swiglu {esw:.2e}",
+            parts.len()
+        );
+        assert!(e8 < 0.1, "fp8 attention error {e8}");
+        assert!(esw < 1e-2);
+    }
+    Ok(())
+}
+
 // ---- VAE decoder kernels
 
 /// `residual + conv2d(upsample?(x), w) + bias` in f32 with candle's ops.

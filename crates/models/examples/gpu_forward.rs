@@ -6,7 +6,8 @@
 //! (`attention`: stop after the attention timings; `gemm`: time the forward's matmul shapes alone,
 //! as `.verify/gpu/gemm_torch.py` does with PyTorch; `profile`: the fused forward's time per
 //! stage (CUDA events, `veetance_models::profile`); a fifth argument `fp8` converts the linear
-//! weights to fp8 e4m3 first)
+//! weights to fp8 e4m3 first (anything else keeps bf16), a sixth `attn8` profiles FP8 attention
+//! and prints the velocity's error against bf16 attention)
 
 use std::time::Instant;
 
@@ -141,10 +142,27 @@ fn main() -> candle_core::Result<()> {
     let txt_ids = Tensor::from_vec(txt_ids, (n_txt, 4), &dev)?;
     let t = Tensor::new(&[0.7f32], &dev)?;
     if args.get(3).map(String::as_str) == Some("profile") {
+        let fp8_attention = args.get(5).map(String::as_str) == Some("attn8");
         let opts = ForwardOptions {
-            attention: AttentionBackend::Flash,
+            attention: if fp8_attention {
+                AttentionBackend::FlashFp8
+            } else {
+                AttentionBackend::Flash
+            },
             fused: true,
         };
+        if fp8_attention {
+            let flash = ForwardOptions {
+                attention: AttentionBackend::Flash,
+                fused: true,
+            };
+            let a = model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &flash)?;
+            let b = model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)?;
+            println!(
+                "velocity with fp8 attention against flash (bf16 attention): rel err {:.2e}",
+                kernels::testing::rel(&b, &a)?
+            );
+        }
         let total = time(&dev, iters, || {
             model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)
         })?;

@@ -132,6 +132,7 @@ impl VelocityModel for Patched<'_> {
             AttentionImpl::Plain => AttentionBackend::Plain,
             AttentionImpl::Chunked(n) => AttentionBackend::Chunked(n),
             AttentionImpl::Flash => AttentionBackend::Flash,
+            AttentionImpl::FlashFp8 => AttentionBackend::FlashFp8,
         };
         let opts = ForwardOptions {
             attention,
@@ -200,7 +201,7 @@ fn activations(handle: &ModelHandle, batch: usize, img_tokens: usize, txt_tokens
     let chunk = match handle.patches.attention {
         AttentionImpl::Plain => None,
         AttentionImpl::Chunked(n) => Some(n),
-        AttentionImpl::Flash => Some(1),
+        AttentionImpl::Flash | AttentionImpl::FlashFp8 => Some(1),
     };
     handle
         .model

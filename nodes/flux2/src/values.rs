@@ -35,6 +35,9 @@ pub enum AttentionImpl {
     Chunked(usize),
     /// Our fused flash kernel (CUDA, bf16/f16; elsewhere the plain path).
     Flash,
+    /// FP8 attention through cuDNN on Hopper with the fused kernels (CompileModel); elsewhere
+    /// `Flash`.
+    FlashFp8,
 }
 
 /// The noise schedule a sampler uses (set by ModelSampling).

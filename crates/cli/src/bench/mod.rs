@@ -109,6 +109,8 @@ pub enum Attention {
     Chunked(usize),
     /// Our fused flash kernel (CUDA, bf16/f16; elsewhere the plain path).
     Flash,
+    /// FP8 attention through cuDNN (Hopper, with `--compiled`; elsewhere `Flash`).
+    FlashFp8,
 }
 
 impl FromStr for Attention {
@@ -119,6 +121,7 @@ impl FromStr for Attention {
             None if s == "plain" => Ok(Attention::Plain),
             None if s == "chunked" => Ok(Attention::Chunked(1024)),
             None if s == "flash" => Ok(Attention::Flash),
+            None if s == "flash_fp8" => Ok(Attention::FlashFp8),
             Some(("chunked", n)) => match n.parse::<usize>() {
                 Ok(n) if n > 0 => Ok(Attention::Chunked(n)),
                 _ => Err(format!(
@@ -126,7 +129,7 @@ impl FromStr for Attention {
                 )),
             },
             _ => Err(format!(
-                "unknown attention `{s}`; this build has: plain, chunked, chunked:N, flash"
+                "unknown attention `{s}`; this build has: plain, chunked, chunked:N, flash, flash_fp8"
             )),
         }
     }
@@ -138,6 +141,7 @@ impl fmt::Display for Attention {
             Attention::Plain => write!(f, "plain"),
             Attention::Chunked(n) => write!(f, "chunked:{n}"),
             Attention::Flash => write!(f, "flash"),
+            Attention::FlashFp8 => write!(f, "flash_fp8"),
         }
     }
 }
@@ -180,6 +184,7 @@ impl ForwardOptions {
             Attention::Plain => flux2::AttentionBackend::Plain,
             Attention::Chunked(n) => flux2::AttentionBackend::Chunked(n),
             Attention::Flash => flux2::AttentionBackend::Flash,
+            Attention::FlashFp8 => flux2::AttentionBackend::FlashFp8,
         };
         let opts = flux2::ForwardOptions {
             attention,
@@ -1268,7 +1273,13 @@ mod tests {
         assert_eq!("chunked".parse(), Ok(Attention::Chunked(1024)));
         assert_eq!("chunked:256".parse(), Ok(Attention::Chunked(256)));
         assert_eq!("flash".parse(), Ok(Attention::Flash));
-        for a in [Attention::Plain, Attention::Chunked(77), Attention::Flash] {
+        assert_eq!("flash_fp8".parse(), Ok(Attention::FlashFp8));
+        for a in [
+            Attention::Plain,
+            Attention::Chunked(77),
+            Attention::Flash,
+            Attention::FlashFp8,
+        ] {
             assert_eq!(a.to_string().parse(), Ok(a));
         }
         assert!("chunked:0"

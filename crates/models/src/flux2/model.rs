@@ -33,6 +33,16 @@ pub enum AttentionBackend {
     Chunked(usize),
     /// Our fused flash kernel (CUDA, bf16/f16); elsewhere the plain path.
     Flash,
+    /// With the fused kernels on a Hopper GPU with cuDNN: q, k, v and the probabilities in fp8
+    /// e4m3 (one scale a tensor) and cuDNN's FP8 attention ([`kernels::attention_fp8`]), about
+    /// 6e-2 relative error per attention; elsewhere exactly [`AttentionBackend::Flash`].
+    FlashFp8,
+}
+
+impl AttentionBackend {
+    fn flash(self) -> bool {
+        matches!(self, AttentionBackend::Flash | AttentionBackend::FlashFp8)
+    }
 }
 
 /// Options of one forward pass.
@@ -54,7 +64,7 @@ impl ForwardOptions {
 /// Attention over `(B, H, L, D)` q, k, v with the chosen backend; `(B, L, H·D)`.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, opts: &ForwardOptions) -> CResult<Tensor> {
     match opts.attention {
-        AttentionBackend::Flash if kernels::supported(q) && q.dim(D::Minus1)? == 128 => {
+        a if a.flash() && kernels::supported(q) && q.dim(D::Minus1)? == 128 => {
             kernels::flash_attention(q, k, v, false, None)
         }
         AttentionBackend::Chunked(n) => attention(q, k, v, Some(n)),
@@ -95,7 +105,9 @@ pub fn rope_tables(ids: &Tensor, axes_dims: &[usize], theta: f64) -> CResult<(Te
                 .collect()
         })
         .collect();
-    let mut rows: Vec<HashMap<u32, (Vec<f32>, Vec<f32>)>> = vec![HashMap::new(); axes_dims.len()];
+    // Per axis: position bits -> (cos row, sin row).
+    type Rows = HashMap<u32, (Vec<f32>, Vec<f32>)>;
+    let mut rows: Vec<Rows> = vec![HashMap::new(); axes_dims.len()];
     let mut cos = Vec::with_capacity(ids_host.len() * half);
     let mut sin = Vec::with_capacity(ids_host.len() * half);
     for pos in &ids_host {
@@ -415,27 +427,38 @@ impl DoubleStreamBlock {
         let img_qkv = self.img_attn.qkv.forward(&img_mod)?;
         let txt_qkv = self.txt_attn.qkv.forward(&txt_mod)?;
         profile::mark(dev, "double: qkv matmul");
-        let (q, k, v) = kernels::qkv_norm_rope(
-            &[
-                kernels::QkvPart {
-                    qkv: &txt_qkv,
-                    q_norm: &self.txt_attn.norm.query_norm,
-                    k_norm: &self.txt_attn.norm.key_norm,
-                },
-                kernels::QkvPart {
-                    qkv: &img_qkv,
-                    q_norm: &self.img_attn.norm.query_norm,
-                    k_norm: &self.img_attn.norm.key_norm,
-                },
-            ],
-            self.heads,
-            cos,
-            sin,
-            self.img_attn.norm.eps,
-        )?;
-        profile::mark(dev, "double: qk norm + rope");
-        let attn = attend(&q, &k, &v, opts)?;
-        profile::mark(dev, "double: attention");
+        let parts = [
+            kernels::QkvPart {
+                qkv: &txt_qkv,
+                q_norm: &self.txt_attn.norm.query_norm,
+                k_norm: &self.txt_attn.norm.key_norm,
+            },
+            kernels::QkvPart {
+                qkv: &img_qkv,
+                q_norm: &self.img_attn.norm.query_norm,
+                k_norm: &self.img_attn.norm.key_norm,
+            },
+        ];
+        let eps_qk = self.img_attn.norm.eps;
+        let fp8 = match opts.attention {
+            AttentionBackend::FlashFp8 => {
+                kernels::attention_fp8(&parts, self.heads, cos, sin, eps_qk, None)?
+            }
+            _ => None,
+        };
+        let attn = match fp8 {
+            Some(attn) => {
+                profile::mark(dev, "double: attention");
+                attn
+            }
+            None => {
+                let (q, k, v) = kernels::qkv_norm_rope(&parts, self.heads, cos, sin, eps_qk)?;
+                profile::mark(dev, "double: qk norm + rope");
+                let attn = attend(&q, &k, &v, opts)?;
+                profile::mark(dev, "double: attention");
+                attn
+            }
+        };
         let l = attn.dim(1)?;
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, l - n_txt)?;
@@ -544,26 +567,34 @@ impl SingleStreamBlock {
         profile::mark(dev, "single: linear1 matmul");
         let (d, mh) = (self.hidden, self.mlp_hidden);
         let qkv = h.narrow(D::Minus1, 0, 3 * d)?;
-        let (q, k, v) = kernels::qkv_norm_rope(
-            &[kernels::QkvPart {
-                qkv: &qkv,
-                q_norm: &self.norm.query_norm,
-                k_norm: &self.norm.key_norm,
-            }],
-            self.heads,
-            cos,
-            sin,
-            self.norm.eps,
-        )?;
-        profile::mark(dev, "single: qk norm + rope");
-        let joined = match opts.attention {
-            AttentionBackend::Flash if q.dim(D::Minus1)? == 128 => {
-                kernels::attention_then_swiglu(&q, &k, &v, &h, 3 * d, 3 * d + mh, mh)?
+        let parts = [kernels::QkvPart {
+            qkv: &qkv,
+            q_norm: &self.norm.query_norm,
+            k_norm: &self.norm.key_norm,
+        }];
+        let mlp = (&h, 3 * d, 3 * d + mh, mh);
+        let fp8 = match opts.attention {
+            AttentionBackend::FlashFp8 => {
+                kernels::attention_fp8(&parts, self.heads, cos, sin, self.norm.eps, Some(mlp))?
             }
-            _ => {
-                let attn = attend(&q, &k, &v, opts)?;
-                let mlp = kernels::swiglu(&h, 3 * d, 3 * d + mh, mh)?;
-                Tensor::cat(&[attn, mlp], D::Minus1)?
+            _ => None,
+        };
+        let joined = match fp8 {
+            Some(joined) => joined,
+            None => {
+                let (q, k, v) =
+                    kernels::qkv_norm_rope(&parts, self.heads, cos, sin, self.norm.eps)?;
+                profile::mark(dev, "single: qk norm + rope");
+                match opts.attention {
+                    a if a.flash() && q.dim(D::Minus1)? == 128 => {
+                        kernels::attention_then_swiglu(&q, &k, &v, &h, 3 * d, 3 * d + mh, mh)?
+                    }
+                    _ => {
+                        let attn = attend(&q, &k, &v, opts)?;
+                        let mlp = kernels::swiglu(&h, 3 * d, 3 * d + mh, mh)?;
+                        Tensor::cat(&[attn, mlp], D::Minus1)?
+                    }
+                }
             }
         };
         profile::mark(dev, "single: attention + swiglu");
