@@ -22,7 +22,9 @@ export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(os.path.join(list(
 [ -x .gpu/veetance ] || { xz -dkc .gpu/veetance.xz > .gpu/veetance && chmod +x .gpu/veetance; }
 [ -f $M/vae/flux2-vae.safetensors ] || python3 .verify/gpu/make_full_size_models.py $M 2>&1 | grep -v "kept in float32"
 
-# ONLY=<regex>: run only the variants whose names match (bf16, the reference, always runs).
+# ONLY=<regex>: run only the variants whose names match (bf16, the reference, always runs);
+# e.g. ONLY='fp8_scaled_file|fp8_attention' for the fp8 file and FP8 attention (PatchAttention
+# flash_fp8), alone and together.
 ONLY=${ONLY:-.}
 if echo gguf | grep -Eq "$ONLY"; then
 for q in Q8_0 Q4_K; do
@@ -41,6 +43,8 @@ variants=(
   "bf16|"
   "fp8_e4m3_at_load|--set model.weight_dtype=fp8_e4m3"
   "fp8_scaled_file|--set model.file=flux-2-klein-4b-fp8_scaled.safetensors"
+  "fp8_attention|--set attention.attention=flash_fp8"
+  "fp8_scaled_file_fp8_attention|--set model.file=flux-2-klein-4b-fp8_scaled.safetensors --set attention.attention=flash_fp8"
   "gguf_Q8_0|--set model.file=flux-2-klein-4b-Q8_0.gguf --set text_encoder.file=qwen_3_4b-Q8_0.gguf"
   "gguf_Q4_K|--set model.file=flux-2-klein-4b-Q4_K.gguf --set text_encoder.file=qwen_3_4b-Q4_K.gguf"
   "gguf_Q8_0_transformer_only|--set model.file=flux-2-klein-4b-Q8_0.gguf"

@@ -118,8 +118,14 @@ fn main() -> candle_core::Result<()> {
     }
     // `fp8` after the mode: the same random weights, linears converted to fp8 e4m3 at build (one
     // scale a row), as the loader's `weight_dtype=fp8_e4m3` does; FP8 GEMMs on Hopper.
+    let mut bf16_model = None;
     let model = if args.get(4).map(String::as_str) == Some("fp8") {
-        drop(model);
+        // Kept for `attn8`'s comparison: how far fp8 linears alone move this model's velocity.
+        if args.get(5).map(String::as_str) == Some("attn8") {
+            bf16_model = Some(model);
+        } else {
+            drop(model);
+        }
         let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &dev);
         println!("linear weights: fp8 e4m3");
         Flux2Transformer::new(
@@ -162,6 +168,13 @@ fn main() -> candle_core::Result<()> {
                 "velocity with fp8 attention against flash (bf16 attention): rel err {:.2e}",
                 kernels::testing::rel(&b, &a)?
             );
+            if let Some(bf16) = bf16_model.take() {
+                let w = bf16.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &flash)?;
+                println!(
+                    "for scale, fp8 linears alone (flash attention) against bf16 linears: rel err {:.2e}",
+                    kernels::testing::rel(&a, &w)?
+                );
+            }
         }
         let total = time(&dev, iters, || {
             model.forward_with(&img, &img_ids, &txt, &txt_ids, &t, &opts)
