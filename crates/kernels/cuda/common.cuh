@@ -21,6 +21,25 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 // x rounded to T and back: what an unfused path that stores an intermediate in T sees.
 template <typename T> __device__ __forceinline__ float round_t(float x) { return to_f<T>(from_f<T>(x)); }
 
+// One warp's RMSNorm of a 128-wide row, 4 elements a lane: `x` points at the lane's first element
+// (4·lane of the row), `w` at the whole weight. y = x · rsqrt(mean(x²) + eps) · w, rounded to T as
+// the unfused path stores it (QK norm ahead of RoPE).
+template <typename T>
+__device__ __forceinline__ void rms_norm_row4(const T* x, const T* w, int e0, float eps, float y[4]) {
+    float xv[4];
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        xv[i] = to_f<T>(x[i]);
+        ss += xv[i] * xv[i];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, off);
+    const float inv = rsqrtf(ss / 128.f + eps);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) y[i] = round_t<T>(xv[i] * inv * to_f<T>(w[e0 + i]));
+}
+
 // 8 consecutive T (16 bytes, 16-byte aligned) <-> 8 floats.
 template <typename T> __device__ __forceinline__ void load8(const T* p, float* v) {
     uint4 u = *reinterpret_cast<const uint4*>(p);

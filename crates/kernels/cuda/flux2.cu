@@ -269,20 +269,8 @@ __device__ __forceinline__ void qkv_norm_rope(
 #pragma unroll
     for (int which = 0; which < 2; ++which) {
         const T* x = row + which * heads * 128 + h * 128 + e0;
-        const T* w = which == 0 ? wq : wk;
-        float xv[4];
-        float ss = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            xv[i] = to_f<T>(x[i]);
-            ss += xv[i] * xv[i];
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, off);
-        const float inv = rsqrtf(ss / 128.f + eps);
         float y[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) y[i] = to_f<T>(from_f<T>(xv[i] * inv * to_f<T>(w[e0 + i])));
+        rms_norm_row4<T>(x, which == 0 ? wq : wk, e0, eps, y);
         T* out = dst + which * plane + dst_off + e0;
 #pragma unroll
         for (int p = 0; p < 2; ++p) {

@@ -216,21 +216,9 @@ __device__ void qkv_norm_rope_fp8(const T* __restrict__ src, long long src_row_s
 #pragma unroll
         for (int which = 0; which < 2; ++which) {
             const T* x = row + which * heads * 128 + h * 128 + e0;
-            const T* w = which == 0 ? wq : wk;
             const float scale = s[FP8_SLOT(which == 0 ? FP8_ATTN_QQ : FP8_ATTN_QK)];
-            float xv[4];
-            float ss = 0.f;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                xv[i] = to_f<T>(x[i]);
-                ss += xv[i] * xv[i];
-            }
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, off);
-            const float inv = rsqrtf(ss / 128.f + eps);
             float y[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) y[i] = round_t<T>(xv[i] * inv * to_f<T>(w[e0 + i]));
+            rms_norm_row4<T>(x, which == 0 ? wq : wk, e0, eps, y);
             uchar4 q4;
             uint8_t* qb = reinterpret_cast<uint8_t*>(&q4);
 #pragma unroll

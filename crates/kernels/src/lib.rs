@@ -902,7 +902,6 @@ mod imp {
         if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
             bail!("qkv_norm_rope: cos/sin must be f32")
         }
-        let dtype = parts[0].qkv.dtype();
         let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
         let (cs, cl) = cos.storage_and_layout();
         let (ss, sl) = sin.storage_and_layout();
@@ -914,7 +913,47 @@ mod imp {
         // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp writes
         // all 128 elements of its q, k and v rows.
         let out = unsafe { dev.alloc::<T>(3 * plane) }?;
-        let func = load(&dev, &MODULE, &format!("qkv_norm_rope_{}", suffix(dtype)?))?;
+        launch_qkv::<T>(
+            &dev,
+            parts,
+            (heads, batch, l_tot),
+            (&cv, &sv),
+            eps,
+            QkvOut::Planes(&out),
+        )?;
+        drop((cs, ss));
+        let all = wrap(out, &dev, (3, batch, heads, l_tot, d));
+        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+    }
+
+    /// Where the QK-norm + RoPE kernels write: q, k and v as three planes of T
+    /// (`qkv_norm_rope_*`), or q and k in e4m3 with the FP8 attention's scalars and v in T
+    /// (`qkv_norm_rope_fp8_*`).
+    enum QkvOut<'a, T> {
+        Planes(&'a CudaSlice<T>),
+        Fp8 {
+            qk8: &'a CudaSlice<u8>,
+            v: &'a CudaSlice<T>,
+            scalars: &'a CudaSlice<f32>,
+        },
+    }
+
+    /// Launches the QK-norm + RoPE kernel of `out` once for each token range of `parts`.
+    fn launch_qkv<T: CudaDType + DeviceRepr>(
+        dev: &CudaDevice,
+        parts: &[super::QkvPart<'_>],
+        (heads, batch, l_tot): (usize, usize, usize),
+        (cv, sv): (&CudaView<'_, f32>, &CudaView<'_, f32>),
+        eps: f32,
+        out: QkvOut<'_, T>,
+    ) -> Result<()> {
+        let d = 128usize;
+        let dtype = parts[0].qkv.dtype();
+        let sfx = suffix(dtype)?;
+        let func = match out {
+            QkvOut::Planes(_) => load(dev, &MODULE, &format!("qkv_norm_rope_{sfx}"))?,
+            QkvOut::Fp8 { .. } => load(dev, &QUANT_MODULE, &format!("qkv_norm_rope_fp8_{sfx}"))?,
+        };
         let mut tok_off = 0usize;
         for (i, part) in parts.iter().enumerate() {
             let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
@@ -928,6 +967,9 @@ mod imp {
             }
             let wq = part.q_norm.to_dtype(dtype)?.contiguous()?;
             let wk = part.k_norm.to_dtype(dtype)?.contiguous()?;
+            if wq.elem_count() != d || wk.elem_count() != d {
+                bail!("qkv_norm_rope: part {i}'s q/k norm weights must hold {d} values")
+            }
             let (wqs, wql) = wq.storage_and_layout();
             let (wks, wkl) = wk.storage_and_layout();
             let wqv = view::<T>(cuda_of(&wqs, "query norm")?, wql)?;
@@ -956,20 +998,28 @@ mod imp {
             builder.arg(&h_i);
             builder.arg(&wqv);
             builder.arg(&wkv);
-            builder.arg(&cv);
-            builder.arg(&sv);
-            builder.arg(&out);
+            builder.arg(cv);
+            builder.arg(sv);
+            match &out {
+                QkvOut::Planes(o) => {
+                    builder.arg(*o);
+                }
+                QkvOut::Fp8 { qk8, v, scalars } => {
+                    builder.arg(*qk8);
+                    builder.arg(*v);
+                    builder.arg(*scalars);
+                }
+            }
             builder.arg(&lt_i);
             builder.arg(&off_i);
             builder.arg(&eps);
             // SAFETY: arguments match the kernel's signature; the grid covers exactly
-            // batch·n·heads warps and the kernel returns for any beyond.
+            // batch·n·heads warps and the kernel skips any beyond (in the fp8 kernel they still
+            // join their block's amax).
             unsafe { builder.launch(cfg) }.w()?;
             tok_off += n;
         }
-        drop((cs, ss));
-        let all = wrap(out, &dev, (3, batch, heads, l_tot, d));
-        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+        Ok(())
     }
 
     pub fn attention_fp8(
@@ -1086,59 +1136,18 @@ mod imp {
         // writes all 128 elements of its q, k (e4m3) and v rows.
         let qk8 = unsafe { dev.alloc::<u8>(2 * plane) }?;
         let v16 = unsafe { dev.alloc::<T>(plane) }?;
-        let func = load(&dev, &QUANT_MODULE, &format!("qkv_norm_rope_fp8_{sfx}"))?;
-        let mut tok_off = 0usize;
-        for (i, (part, (wq, wk))) in parts.iter().zip(&norms).enumerate() {
-            let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
-            if pb != batch || w != 3 * heads * d || part.qkv.dtype() != dtype {
-                bail!(
-                    "attention_fp8: part {i} is {:?} {:?}, expected ({batch}, _, {}) {dtype:?}",
-                    part.qkv.dims(),
-                    part.qkv.dtype(),
-                    3 * heads * d
-                )
-            }
-            let (wqs, wql) = wq.storage_and_layout();
-            let (wks, wkl) = wk.storage_and_layout();
-            let wqv = view::<T>(cuda_of(&wqs, "q norm")?, wql)?;
-            let wkv = view::<T>(cuda_of(&wks, "k norm")?, wkl)?;
-            let (ps, pl) = part.qkv.storage_and_layout();
-            let pv = view::<T>(cuda_of(&ps, "qkv input")?, pl)?;
-            let warps = (batch * n * heads) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (warps.div_ceil(8), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (n_i, b_i, h_i, lt_i, off_i) = (
-                n as i32,
-                batch as i32,
-                heads as i32,
-                l_tot as i32,
-                tok_off as i32,
-            );
-            let mut builder = func.builder();
-            builder.arg(&pv);
-            builder.arg(&rs);
-            builder.arg(&bs);
-            builder.arg(&n_i);
-            builder.arg(&b_i);
-            builder.arg(&h_i);
-            builder.arg(&wqv);
-            builder.arg(&wkv);
-            builder.arg(&cv);
-            builder.arg(&sv);
-            builder.arg(&qk8);
-            builder.arg(&v16);
-            builder.arg(&scalars);
-            builder.arg(&lt_i);
-            builder.arg(&off_i);
-            builder.arg(&eps);
-            // SAFETY: arguments match the kernel's signature; the grid covers batch·n·heads
-            // warps and the kernel skips any beyond (they still join the block's amax).
-            unsafe { builder.launch(cfg) }.w()?;
-            tok_off += n;
-        }
+        launch_qkv::<T>(
+            &dev,
+            parts,
+            (heads, batch, l_tot),
+            (&cv, &sv),
+            eps,
+            QkvOut::Fp8 {
+                qk8: &qk8,
+                v: &v16,
+                scalars: &scalars,
+            },
+        )?;
         drop((cs, ss));
         // SAFETY: fp8_attn_quant_v writes all `plane` values.
         let v8 = unsafe { dev.alloc::<u8>(plane) }?;
