@@ -355,9 +355,29 @@ fn virtual_typed(api: &'static Api, uid: i64, dt: u32, dims: &[i64], strides: &[
     Ok(t)
 }
 
-/// `y = x + b` (b broadcast where its dims are 1), in f32.
+/// `y = x + b` (b broadcast where its dims are 1), in f32. Unlike [`pointwise`] it leaves the
+/// alphas unset (1, cuDNN's default): the channels-last VAE graphs were measured this way.
 fn add_op(api: &'static Api, x: &D, b: &D, y: &D) -> Result<(D, D)> {
-    let [pw, op] = pointwise(api, POINTWISE_ADD, x, Some(b), y)?;
+    let pw = D::new(api, DESC_POINTWISE)?;
+    pw.scalar(
+        A_POINTWISE_MODE,
+        T_POINTWISE_MODE,
+        &POINTWISE_ADD,
+        "pointwise mode",
+    )?;
+    pw.scalar(
+        A_POINTWISE_MATH_PREC,
+        T_DATA_TYPE,
+        &DATA_FLOAT,
+        "pointwise precision",
+    )?;
+    pw.finalize("pointwise descriptor")?;
+    let op = D::new(api, DESC_OP_POINTWISE)?;
+    op.descs(A_PW_DESC, &[&pw], "pointwise descriptor")?;
+    op.descs(A_PW_X, &[x], "pointwise x")?;
+    op.descs(A_PW_B, &[b], "pointwise b")?;
+    op.descs(A_PW_Y, &[y], "pointwise y")?;
+    op.finalize("pointwise operation")?;
     Ok((pw, op))
 }
 
