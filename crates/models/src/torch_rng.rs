@@ -127,24 +127,63 @@ impl Mt19937 {
         if self.index >= STATE_WORDS {
             self.regenerate();
         }
-        let mut y = self.state[self.index];
+        let y = self.state[self.index];
         self.index += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^= y >> 18;
-        y
+        temper(y)
     }
 
-    fn regenerate(&mut self) {
-        for i in 0..STATE_WORDS {
-            let next = self.state[(i + 1) % STATE_WORDS];
-            let mixed = (self.state[i] & UPPER_MASK) | (next & LOWER_MASK);
-            let odd = if next & 1 == 1 { MATRIX_A } else { 0 };
-            self.state[i] = self.state[(i + SHIFT_WORDS) % STATE_WORDS] ^ (mixed >> 1) ^ odd;
+    /// `f(next_u32())` into each element of `out`, in order: the same outputs as that many calls,
+    /// a state block at a time (what a large `torch.randn` draws first).
+    pub fn fill_with<T>(&mut self, out: &mut [T], f: impl Fn(u32) -> T) {
+        let mut rest = out;
+        while !rest.is_empty() {
+            if self.index >= STATE_WORDS {
+                self.regenerate();
+            }
+            let take = (STATE_WORDS - self.index).min(rest.len());
+            let (now, later) = rest.split_at_mut(take);
+            let words = &self.state[self.index..self.index + take];
+            for (v, &w) in now.iter_mut().zip(words) {
+                *v = f(temper(w));
+            }
+            self.index += take;
+            rest = later;
         }
+    }
+
+    /// The next block of state words. Word `i` mixes words `i` and `i + 1` and adds word
+    /// `i + 397`, all mod 624, where words below `i` are already new: the three ranges below
+    /// are that loop without its remainders.
+    fn regenerate(&mut self) {
+        let st = &mut self.state;
+        let twist = |upper: u32, lower: u32, far: u32| -> u32 {
+            let mixed = (upper & UPPER_MASK) | (lower & LOWER_MASK);
+            let odd = if lower & 1 == 1 { MATRIX_A } else { 0 };
+            far ^ (mixed >> 1) ^ odd
+        };
+        for i in 0..STATE_WORDS - SHIFT_WORDS {
+            st[i] = twist(st[i], st[i + 1], st[i + SHIFT_WORDS]);
+        }
+        for i in STATE_WORDS - SHIFT_WORDS..STATE_WORDS - 1 {
+            st[i] = twist(st[i], st[i + 1], st[i + SHIFT_WORDS - STATE_WORDS]);
+        }
+        let last = STATE_WORDS - 1;
+        st[last] = twist(st[last], st[0], st[SHIFT_WORDS - 1]);
         self.index = 0;
     }
+}
+
+/// torch's float32 uniform from one 32-bit draw: its low 24 bits times 2^-24.
+fn uniform24(r: u32) -> f32 {
+    (r & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// MT19937's output tempering of a state word.
+fn temper(mut y: u32) -> u32 {
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c_5680;
+    y ^= (y << 15) & 0xefc6_0000;
+    y ^ (y >> 18)
 }
 
 /// Which of torch's float32 Box–Muller kernels to reproduce for `numel >= 16` (see the module
@@ -206,7 +245,7 @@ impl CpuGenerator {
 
     /// A float32 uniform in `[0, 1)`: the low 24 bits of one draw, times 2^-24.
     fn uniform_f32(&mut self) -> f32 {
-        (self.random() & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
+        uniform24(self.random())
     }
 
     /// A float64 uniform in `[0, 1)`: the low 53 bits of [`CpuGenerator::random64`], times 2^-53.
@@ -243,9 +282,7 @@ impl CpuGenerator {
             }
             return;
         }
-        for v in out.iter_mut() {
-            *v = self.uniform_f32();
-        }
+        self.engine.fill_with(out, uniform24);
         // The draws above are the generator's only state; the transform of each block of 16 is
         // independent of the others, so blocks are shared out over rayon's pool.
         out.par_chunks_mut(16 * BLOCKS_PER_TASK).for_each(|chunk| {
@@ -504,6 +541,21 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{kernel:?}: the parallel transform changed values");
         }
+    }
+
+    #[test]
+    fn block_fill_gives_the_same_outputs_as_single_draws() {
+        // Starting mid-block, across three regenerations, ending mid-block.
+        let mut one = Mt19937::new(20_261_204);
+        let mut block = one.clone();
+        for _ in 0..100 {
+            assert_eq!(one.next_u32(), block.next_u32());
+        }
+        let want: Vec<u32> = (0..3 * STATE_WORDS + 17).map(|_| one.next_u32()).collect();
+        let mut got = vec![0u32; want.len()];
+        block.fill_with(&mut got, |r| r);
+        assert_eq!(got, want);
+        assert_eq!(one.next_u32(), block.next_u32());
     }
 
     #[test]
