@@ -40,6 +40,50 @@ __device__ __forceinline__ void rms_norm_row4(const T* x, const T* w, int e0, fl
     for (int i = 0; i < 4; ++i) y[i] = round_t<T>(xv[i] * inv * to_f<T>(w[e0 + i]));
 }
 
+// Where warp `w` of the QK-norm + RoPE kernels works: one warp per (batch, token, head) of a token
+// range of `n_tok` tokens whose source rows (q | k | v, each (H, 128)) are `rs` elements apart
+// (`bs` a batch), landing at tokens [tok_off, tok_off + n_tok) of (B, H, l_tot, 128) planes.
+struct QkvAt {
+    long long src_off;  // the token's source row, elements from the source's start
+    long long dst_off;  // its row in each destination plane
+    long long plane;    // elements of one destination plane
+    int head, dtok;     // its head, and its destination token (the row of cos/sin)
+};
+__device__ __forceinline__ QkvAt qkv_at(int w, long long rs, long long bs, int n_tok, int batch,
+                                        int heads, int l_tot, int tok_off) {
+    QkvAt at;
+    at.head = w % heads;
+    const int tok = (w / heads) % n_tok;
+    const int b = w / (heads * n_tok);
+    at.dtok = tok_off + tok;
+    at.src_off = (long long)b * bs + (long long)tok * rs;
+    at.plane = (long long)batch * heads * l_tot * 128;
+    at.dst_off = (((long long)b * heads + at.head) * l_tot + at.dtok) * 128;
+    return at;
+}
+
+// q (`which` 0) or k (1) of that row, the lane's 4 elements (pairs 2·lane, 2·lane + 1): RMSNorm
+// rounded to T as the unfused path stores it, then RoPE in f32 on the pairs, left unrounded.
+template <typename T>
+__device__ __forceinline__ void qk_norm_rope4(const T* __restrict__ row, const QkvAt& at, int heads,
+                                              int which, const T* __restrict__ w,
+                                              const float* __restrict__ cos_t,
+                                              const float* __restrict__ sin_t, float eps,
+                                              float r[4]) {
+    const int lane = threadIdx.x & 31, e0 = 4 * lane;
+    float y[4];
+    rms_norm_row4<T>(row + which * heads * 128 + at.head * 128 + e0, w, e0, eps, y);
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+        const int pair = 2 * lane + p;
+        const float c = cos_t[(long long)at.dtok * 64 + pair];
+        const float s = sin_t[(long long)at.dtok * 64 + pair];
+        const float a = y[2 * p], bb = y[2 * p + 1];
+        r[2 * p] = a * c - bb * s;
+        r[2 * p + 1] = a * s + bb * c;
+    }
+}
+
 // 8 consecutive T (16 bytes, 16-byte aligned) <-> 8 floats.
 template <typename T> __device__ __forceinline__ void load8(const T* p, float* v) {
     uint4 u = *reinterpret_cast<const uint4*>(p);

@@ -254,36 +254,22 @@ __device__ __forceinline__ void qkv_norm_rope(
     const float* __restrict__ cos_t, const float* __restrict__ sin_t, T* __restrict__ dst,
     int l_tot, int tok_off, float eps) {
     const int warp_global = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
-    const int total = batch * n_tok * heads;
-    if (warp_global >= total) return;
-    const int h = warp_global % heads;
-    const int tok = (warp_global / heads) % n_tok;
-    const int b = warp_global / (heads * n_tok);
-    const int dtok = tok_off + tok;
-    const T* row = src + (long long)b * src_batch_stride + (long long)tok * src_row_stride;
-    const long long plane = (long long)batch * heads * l_tot * 128;
-    const long long dst_off = (((long long)b * heads + h) * l_tot + dtok) * 128;
+    if (warp_global >= batch * n_tok * heads) return;
+    const QkvAt at = qkv_at(warp_global, src_row_stride, src_batch_stride, n_tok, batch, heads,
+                            l_tot, tok_off);
+    const T* row = src + at.src_off;
     // lane owns elements 4*lane .. 4*lane+3 = pairs 2*lane, 2*lane+1
-    const int e0 = 4 * lane;
+    const int e0 = 4 * (threadIdx.x & 31);
 #pragma unroll
     for (int which = 0; which < 2; ++which) {
-        const T* x = row + which * heads * 128 + h * 128 + e0;
-        float y[4];
-        rms_norm_row4<T>(x, which == 0 ? wq : wk, e0, eps, y);
-        T* out = dst + which * plane + dst_off + e0;
+        float r[4];
+        qk_norm_rope4<T>(row, at, heads, which, which == 0 ? wq : wk, cos_t, sin_t, eps, r);
+        T* out = dst + which * at.plane + at.dst_off + e0;
 #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-            const int pair = 2 * lane + p;
-            const float c = cos_t[(long long)dtok * 64 + pair];
-            const float s = sin_t[(long long)dtok * 64 + pair];
-            const float a = y[2 * p], bb = y[2 * p + 1];
-            out[2 * p] = from_f<T>(a * c - bb * s);
-            out[2 * p + 1] = from_f<T>(a * s + bb * c);
-        }
+        for (int i = 0; i < 4; ++i) out[i] = from_f<T>(r[i]);
     }
-    const T* xv = row + 2 * heads * 128 + h * 128 + e0;
-    T* out = dst + 2 * plane + dst_off + e0;
+    const T* xv = row + 2 * heads * 128 + at.head * 128 + e0;
+    T* out = dst + 2 * at.plane + at.dst_off + e0;
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[i] = xv[i];
 }

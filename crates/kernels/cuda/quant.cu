@@ -205,35 +205,23 @@ __device__ void qkv_norm_rope_fp8(const T* __restrict__ src, long long src_row_s
     const int total = batch * n_tok * heads;
     float vmax = 0.f;
     if (warp_global < total) {
-        const int h = warp_global % heads;
-        const int tok = (warp_global / heads) % n_tok;
-        const int b = warp_global / (heads * n_tok);
-        const int dtok = tok_off + tok;
-        const T* row = src + (long long)b * src_batch_stride + (long long)tok * src_row_stride;
-        const long long plane = (long long)batch * heads * l_tot * 128;
-        const long long dst_off = (((long long)b * heads + h) * l_tot + dtok) * 128;
+        const QkvAt at = qkv_at(warp_global, src_row_stride, src_batch_stride, n_tok, batch,
+                                heads, l_tot, tok_off);
+        const T* row = src + at.src_off;
         const int e0 = 4 * lane;
 #pragma unroll
         for (int which = 0; which < 2; ++which) {
-            const T* x = row + which * heads * 128 + h * 128 + e0;
             const float scale = s[FP8_SLOT(which == 0 ? FP8_ATTN_QQ : FP8_ATTN_QK)];
-            float y[4];
-            rms_norm_row4<T>(x, which == 0 ? wq : wk, e0, eps, y);
+            float r[4];
+            qk_norm_rope4<T>(row, at, heads, which, which == 0 ? wq : wk, cos_t, sin_t, eps, r);
             uchar4 q4;
             uint8_t* qb = reinterpret_cast<uint8_t*>(&q4);
 #pragma unroll
-            for (int p = 0; p < 2; ++p) {
-                const int pair = 2 * lane + p;
-                const float c = cos_t[(long long)dtok * 64 + pair];
-                const float sn = sin_t[(long long)dtok * 64 + pair];
-                const float a = y[2 * p], bb = y[2 * p + 1];
-                qb[2 * p] = to_e4m3(round_t<T>(a * c - bb * sn) * scale);
-                qb[2 * p + 1] = to_e4m3(round_t<T>(a * sn + bb * c) * scale);
-            }
-            *reinterpret_cast<uchar4*>(qk8 + which * plane + dst_off + e0) = q4;
+            for (int i = 0; i < 4; ++i) qb[i] = to_e4m3(round_t<T>(r[i]) * scale);
+            *reinterpret_cast<uchar4*>(qk8 + which * at.plane + at.dst_off + e0) = q4;
         }
-        const T* xv = row + 2 * heads * 128 + h * 128 + e0;
-        T* out = v_out + dst_off + e0;
+        const T* xv = row + 2 * heads * 128 + at.head * 128 + e0;
+        T* out = v_out + at.dst_off + e0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             out[i] = xv[i];

@@ -355,29 +355,10 @@ fn virtual_typed(api: &'static Api, uid: i64, dt: u32, dims: &[i64], strides: &[
     Ok(t)
 }
 
-/// `y = x + b` (b broadcast where its dims are 1), in f32. Unlike [`pointwise`] it leaves the
-/// alphas unset (1, cuDNN's default): the channels-last VAE graphs were measured this way.
+/// `y = x + b` (b broadcast where its dims are 1), in f32, the alphas left at cuDNN's default
+/// (the channels-last VAE graphs were measured this way).
 fn add_op(api: &'static Api, x: &D, b: &D, y: &D) -> Result<(D, D)> {
-    let pw = D::new(api, DESC_POINTWISE)?;
-    pw.scalar(
-        A_POINTWISE_MODE,
-        T_POINTWISE_MODE,
-        &POINTWISE_ADD,
-        "pointwise mode",
-    )?;
-    pw.scalar(
-        A_POINTWISE_MATH_PREC,
-        T_DATA_TYPE,
-        &DATA_FLOAT,
-        "pointwise precision",
-    )?;
-    pw.finalize("pointwise descriptor")?;
-    let op = D::new(api, DESC_OP_POINTWISE)?;
-    op.descs(A_PW_DESC, &[&pw], "pointwise descriptor")?;
-    op.descs(A_PW_X, &[x], "pointwise x")?;
-    op.descs(A_PW_B, &[b], "pointwise b")?;
-    op.descs(A_PW_Y, &[y], "pointwise y")?;
-    op.finalize("pointwise operation")?;
+    let [pw, op] = pointwise_with(api, POINTWISE_ADD, x, Some(b), y, false)?;
     Ok((pw, op))
 }
 
@@ -694,9 +675,21 @@ pub fn sdpa(
     run(dev, key, build, &[1, 2, 3, 4, 5], &ptrs)
 }
 
-/// A pointwise operation `y = mode(x[, b])` in f32 (alpha1 = alpha2 = 1, as cuDNN's frontend
-/// states them for its fused attention graphs).
+/// A pointwise operation `y = mode(x[, b])` in f32 with alpha1 = alpha2 = 1 stated, as cuDNN's
+/// frontend states them for its fused attention graphs (the FP8 attention was measured so).
 fn pointwise(api: &'static Api, mode: u32, x: &D, b: Option<&D>, y: &D) -> Result<[D; 2]> {
+    pointwise_with(api, mode, x, b, y, true)
+}
+
+/// [`pointwise`], the alphas stated (`true`) or left at cuDNN's default of 1.
+fn pointwise_with(
+    api: &'static Api,
+    mode: u32,
+    x: &D,
+    b: Option<&D>,
+    y: &D,
+    state_alphas: bool,
+) -> Result<[D; 2]> {
     let pw = D::new(api, DESC_POINTWISE)?;
     pw.scalar(A_POINTWISE_MODE, T_POINTWISE_MODE, &mode, "pointwise mode")?;
     pw.scalar(
@@ -713,8 +706,10 @@ fn pointwise(api: &'static Api, mode: u32, x: &D, b: Option<&D>, y: &D) -> Resul
     if let Some(b) = b {
         op.descs(A_PW_B, &[b], "pointwise b")?;
     }
-    op.scalar(A_PW_ALPHA1, T_FLOAT, &1f32, "pointwise alpha1")?;
-    op.scalar(A_PW_ALPHA2, T_FLOAT, &1f32, "pointwise alpha2")?;
+    if state_alphas {
+        op.scalar(A_PW_ALPHA1, T_FLOAT, &1f32, "pointwise alpha1")?;
+        op.scalar(A_PW_ALPHA2, T_FLOAT, &1f32, "pointwise alpha2")?;
+    }
     op.finalize("pointwise operation")?;
     Ok([pw, op])
 }
@@ -768,18 +763,10 @@ fn matmul(api: &'static Api, a: &D, b: &D, c: &D) -> Result<[D; 2]> {
     Ok([m, op])
 }
 
-/// Where [`sdpa_fp8`]'s scalars sit in the buffer of f32 its caller passes: slot `i` at float
-/// `4 i` (16-byte aligned). The order is that of cuda/quant.cu's `FP8_ATTN_*`.
-pub const FP8_SDPA_SLOTS: [&str; 8] = [
-    "descale q",
-    "descale k",
-    "descale v",
-    "descale s",
-    "scale s",
-    "scale o",
-    "amax s",
-    "amax o",
-];
+/// How many scalars [`sdpa_fp8`] reads and writes in its caller's f32 buffer, slot `i` at float
+/// `4 i` (16-byte aligned), in this order (cuda/quant.cu's `FP8_ATTN_*`): descale q, k, v, s;
+/// scale s, o; amax s, o (the last two written).
+pub const FP8_SDPA_SLOTS: usize = 8;
 
 /// Whether cuDNN can run [`sdpa_fp8`] for this shape on `dev` (the plan is built and kept the
 /// first time); nothing runs.
@@ -794,7 +781,7 @@ pub fn sdpa_fp8_ready(
 /// cuDNN's FP8 attention on Hopper: `o = softmax(scale · q kᵀ) v` for e4m3 `q: (b, h, lq, d)`,
 /// `k`, `v: (b, h, lk, d)` (contiguous, each with one scale a tensor), written as e4m3
 /// `o: (b, lq, h·d)` contiguous. `scalars` points at f32 slots 4 apart: descale q, k, v, s; scale
-/// s, o; amax s, o written back ([`FP8_SDPA_SLOTS`]). The graph is the one cuDNN's frontend
+/// s, o; amax s, o written back ([`FP8_SDPA_SLOTS`] of them). The graph is the one cuDNN's frontend
 /// builds for `sdpa_fp8` (matmul, scalings, softmax as max/sub/exp/sum/div, P scaled to e4m3,
 /// matmul, scalings, amaxes), which cuDNN 9 runs as one fused kernel. Returns `Ok(false)` when
 /// cuDNN cannot run it (nothing ran).
@@ -806,11 +793,11 @@ pub fn sdpa_fp8(
     scalars: *mut c_void,
 ) -> Result<bool> {
     let slot = |i: usize| -> *mut c_void {
-        // SAFETY: the caller's buffer holds 4 · FP8_SDPA_SLOTS.len() floats.
+        // SAFETY: the caller's buffer holds 4 · FP8_SDPA_SLOTS floats.
         unsafe { scalars.cast::<f32>().add(4 * i).cast() }
     };
     let mut ptrs = vec![q, k, v, o];
-    ptrs.extend((0..FP8_SDPA_SLOTS.len()).map(slot));
+    ptrs.extend((0..FP8_SDPA_SLOTS).map(slot));
     if !aligned(&ptrs) {
         return Ok(false);
     }

@@ -890,40 +890,67 @@ mod imp {
         sin: &Tensor,
         eps: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let inp = qkv_inputs(parts, cos, sin, "qkv_norm_rope")?;
+        let (dev, batch, l_tot) = (&inp.dev, inp.batch, inp.l_tot);
+        let plane = batch * heads * l_tot * 128;
+        // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp writes
+        // all 128 elements of its q, k and v rows.
+        let out = unsafe { dev.alloc::<T>(3 * plane) }?;
+        launch_qkv::<T>(parts, heads, &inp, eps, QkvOut::Planes(&out))?;
+        let all = wrap(out, dev, (3, batch, heads, l_tot, 128));
+        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+    }
+
+    /// What both QK-norm + RoPE paths check and prepare first: the token ranges' device, batch
+    /// and total length, cos/sin `(l_tot, 64)` f32 (contiguous), each range's q/k norm weights
+    /// (128 values) in the compute dtype.
+    struct QkvInputs {
+        dev: CudaDevice,
+        batch: usize,
+        l_tot: usize,
+        cos: Tensor,
+        sin: Tensor,
+        norms: Vec<(Tensor, Tensor)>,
+    }
+
+    fn qkv_inputs(
+        parts: &[super::QkvPart<'_>],
+        cos: &Tensor,
+        sin: &Tensor,
+        what: &str,
+    ) -> Result<QkvInputs> {
         let d = 128usize;
         let batch = parts[0].qkv.dim(0)?;
         let l_tot: usize = parts.iter().map(|p| p.qkv.dim(1)).sum::<Result<usize>>()?;
         if cos.dims() != [l_tot, d / 2] || sin.dims() != [l_tot, d / 2] {
             bail!(
-                "qkv_norm_rope: cos/sin must be ({l_tot}, 64), got {:?}",
+                "{what}: cos/sin must be ({l_tot}, 64), got {:?}",
                 cos.dims()
             )
         }
         if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
-            bail!("qkv_norm_rope: cos/sin must be f32")
+            bail!("{what}: cos/sin must be f32")
         }
-        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-        let (cs, cl) = cos.storage_and_layout();
-        let (ss, sl) = sin.storage_and_layout();
-        let csc = cuda_of(&cs, "cos")?;
-        let dev = csc.device().clone();
-        let cv = view::<f32>(csc, cl)?;
-        let sv = view::<f32>(cuda_of(&ss, "sin")?, sl)?;
-        let plane = batch * heads * l_tot * d;
-        // SAFETY: the token ranges cover 0..l_tot for every batch and head, and each warp writes
-        // all 128 elements of its q, k and v rows.
-        let out = unsafe { dev.alloc::<T>(3 * plane) }?;
-        launch_qkv::<T>(
-            &dev,
-            parts,
-            (heads, batch, l_tot),
-            (&cv, &sv),
-            eps,
-            QkvOut::Planes(&out),
-        )?;
-        drop((cs, ss));
-        let all = wrap(out, &dev, (3, batch, heads, l_tot, d));
-        Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+        let dtype = parts[0].qkv.dtype();
+        let norms = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| -> Result<(Tensor, Tensor)> {
+                let (q, k) = (p.q_norm.to_dtype(dtype)?, p.k_norm.to_dtype(dtype)?);
+                if q.elem_count() != d || k.elem_count() != d {
+                    bail!("{what}: part {i}'s q/k norm weights must hold {d} values")
+                }
+                Ok((q.contiguous()?, k.contiguous()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(QkvInputs {
+            dev: device_of(parts[0].qkv, "qkv input")?,
+            batch,
+            l_tot,
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
+            norms,
+        })
     }
 
     /// Where the QK-norm + RoPE kernels write: q, k and v as three planes of T
@@ -940,14 +967,18 @@ mod imp {
 
     /// Launches the QK-norm + RoPE kernel of `out` once for each token range of `parts`.
     fn launch_qkv<T: CudaDType + DeviceRepr>(
-        dev: &CudaDevice,
         parts: &[super::QkvPart<'_>],
-        (heads, batch, l_tot): (usize, usize, usize),
-        (cv, sv): (&CudaView<'_, f32>, &CudaView<'_, f32>),
+        heads: usize,
+        inp: &QkvInputs,
         eps: f32,
         out: QkvOut<'_, T>,
     ) -> Result<()> {
         let d = 128usize;
+        let (dev, batch, l_tot) = (&inp.dev, inp.batch, inp.l_tot);
+        let (cs, cl) = inp.cos.storage_and_layout();
+        let (ss, sl) = inp.sin.storage_and_layout();
+        let cv = view::<f32>(cuda_of(&cs, "cos")?, cl)?;
+        let sv = view::<f32>(cuda_of(&ss, "sin")?, sl)?;
         let dtype = parts[0].qkv.dtype();
         let sfx = suffix(dtype)?;
         let func = match out {
@@ -955,7 +986,7 @@ mod imp {
             QkvOut::Fp8 { .. } => load(dev, &QUANT_MODULE, &format!("qkv_norm_rope_fp8_{sfx}"))?,
         };
         let mut tok_off = 0usize;
-        for (i, part) in parts.iter().enumerate() {
+        for (i, (part, (wq, wk))) in parts.iter().zip(&inp.norms).enumerate() {
             let (pb, n, w, bs, rs) = rows3(part.qkv, "qkv input")?;
             if pb != batch || w != 3 * heads * d || part.qkv.dtype() != dtype {
                 bail!(
@@ -964,11 +995,6 @@ mod imp {
                     part.qkv.dtype(),
                     3 * heads * d
                 )
-            }
-            let wq = part.q_norm.to_dtype(dtype)?.contiguous()?;
-            let wk = part.k_norm.to_dtype(dtype)?.contiguous()?;
-            if wq.elem_count() != d || wk.elem_count() != d {
-                bail!("qkv_norm_rope: part {i}'s q/k norm weights must hold {d} values")
             }
             let (wqs, wql) = wq.storage_and_layout();
             let (wks, wkl) = wk.storage_and_layout();
@@ -998,8 +1024,8 @@ mod imp {
             builder.arg(&h_i);
             builder.arg(&wqv);
             builder.arg(&wkv);
-            builder.arg(cv);
-            builder.arg(sv);
+            builder.arg(&cv);
+            builder.arg(&sv);
             match &out {
                 QkvOut::Planes(o) => {
                     builder.arg(*o);
@@ -1060,49 +1086,26 @@ mod imp {
                 parts.len()
             )
         }
-        let batch = parts[0].qkv.dim(0)?;
-        let l_tot: usize = parts.iter().map(|p| p.qkv.dim(1)).sum::<Result<usize>>()?;
-        if cos.dims() != [l_tot, d / 2] || sin.dims() != [l_tot, d / 2] {
-            bail!(
-                "attention_fp8: cos/sin must be ({l_tot}, 64), got {:?}",
-                cos.dims()
-            )
-        }
-        if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
-            bail!("attention_fp8: cos/sin must be f32")
-        }
+        let inp = qkv_inputs(parts, cos, sin, "attention_fp8")?;
+        let (dev, batch, l_tot) = (inp.dev.clone(), inp.batch, inp.l_tot);
         let dtype = parts[0].qkv.dtype();
         let sfx = suffix(dtype)?;
         let extra = mlp.map(|(_, _, _, n)| n).unwrap_or(0);
         let width = heads * d + extra;
-        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-        let (cs, cl) = cos.storage_and_layout();
-        let (ss, sl) = sin.storage_and_layout();
-        let csc = cuda_of(&cs, "cos")?;
-        let dev = csc.device().clone();
         if width % 8 != 0 || !is_sm90(&dev)? || !super::cudnn::loaded() {
             return Ok(None);
         }
         if !super::cudnn::sdpa_fp8_ready(&dev, (batch, heads, l_tot, l_tot, d))? {
             return Ok(None);
         }
-        let cv = view::<f32>(csc, cl)?;
-        let sv = view::<f32>(cuda_of(&ss, "sin")?, sl)?;
         let plane = batch * heads * l_tot * d;
-        // The attention graph's scalars, 4 floats apart (cuda/quant.cu's FP8_ATTN_* slots).
+        // The scalars, 4 floats apart: cuDNN's (cudnn::FP8_SDPA_SLOTS) then our kernels' q and k
+        // scales, v's amax and O's descale (cuda/quant.cu's FP8_ATTN_* slots 8..11).
+        const SLOTS: usize = super::cudnn::FP8_SDPA_SLOTS + 4;
         // SAFETY: fp8_attn_scales and fp8_attn_quant_v write every slot read before it is read;
         // cuDNN writes the two amax slots.
-        let mut scalars = unsafe { dev.alloc::<f32>(64) }?;
-        let norms = parts
-            .iter()
-            .map(|p| -> Result<(Tensor, Tensor)> {
-                let (q, k) = (p.q_norm.to_dtype(dtype)?, p.k_norm.to_dtype(dtype)?);
-                if q.elem_count() != d || k.elem_count() != d {
-                    bail!("attention_fp8: the q/k norm weights must hold {d} values")
-                }
-                Ok((q.contiguous()?, k.contiguous()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut scalars = unsafe { dev.alloc::<f32>(4 * SLOTS) }?;
+        let norms = &inp.norms;
         let last = &norms[norms.len() - 1];
         {
             let (a, al) = norms[0].0.storage_and_layout();
@@ -1137,10 +1140,9 @@ mod imp {
         let qk8 = unsafe { dev.alloc::<u8>(2 * plane) }?;
         let v16 = unsafe { dev.alloc::<T>(plane) }?;
         launch_qkv::<T>(
-            &dev,
             parts,
-            (heads, batch, l_tot),
-            (&cv, &sv),
+            heads,
+            &inp,
             eps,
             QkvOut::Fp8 {
                 qk8: &qk8,
@@ -1148,7 +1150,6 @@ mod imp {
                 scalars: &scalars,
             },
         )?;
-        drop((cs, ss));
         // SAFETY: fp8_attn_quant_v writes all `plane` values.
         let v8 = unsafe { dev.alloc::<u8>(plane) }?;
         {
